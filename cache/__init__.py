@@ -1,0 +1,1 @@
+"""The HDF5 feature cache (schema in DESIGN.md)."""

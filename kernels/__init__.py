@@ -1,0 +1,1 @@
+"""Batched soft / hard / OTAM dynamic time warping (see dtw.py)."""

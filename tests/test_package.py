@@ -1,0 +1,46 @@
+"""The installed package: namespace layout, console script, README/CI agreement."""
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+import m3net
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("name", ["m3net.cli", "m3net.kernels", "m3net.extract", "m3net.cache"])
+def test_namespace_modules_import(name):
+    importlib.import_module(name)
+
+
+def test_no_generic_top_level_modules_installed():
+    # cli/cache/kernels/extract exist only inside m3net, never as top-level names.
+    for generic in ("cli", "cache", "kernels", "extract"):
+        spec = importlib.util.find_spec(generic)
+        assert spec is None or REPO in os.path.abspath(spec.origin or REPO), generic
+
+
+def test_version_flag_runs_console_script_and_module():
+    out = subprocess.run(["m3net", "--version"], capture_output=True, text=True, check=True)
+    assert m3net.__version__ in out.stdout
+    out = subprocess.run([sys.executable, "-m", "m3net", "--help"], capture_output=True, text=True, check=True)
+    assert "train-head" in out.stdout and "bench-dtw" in out.stdout
+
+
+def test_splits_ship_inside_package():
+    base = os.path.join(os.path.dirname(m3net.__file__), "splits")
+    assert os.path.isfile(os.path.join(base, "LICENSE"))
+    for ds in ("Gym99", "Gym288", "Diving48"):
+        for split in ("trainlist.txt", "vallist.txt", "testlist.txt"):
+            assert os.path.getsize(os.path.join(base, ds, split)) > 0
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    ci = open(os.path.join(REPO, ".ci", "run"), encoding="utf-8").read()
+    blocks = [b.split("```", 1)[0].strip() for b in readme.split("```bash\n")[1:3]]
+    assert len(blocks) == 2 and "m3net demo" in blocks[0] and "pytest" in blocks[1]
+    assert blocks[1] in ci.splitlines()
