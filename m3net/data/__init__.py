@@ -1,0 +1,1 @@
+"""Datasets and split lists, the generated benchmark, seeded episodes."""

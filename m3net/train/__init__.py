@@ -1,0 +1,1 @@
+"""Episodic training, evaluation and prediction on the feature cache."""
