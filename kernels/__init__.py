@@ -1,1 +1,4 @@
-"""Batched soft / hard / OTAM dynamic time warping (see dtw.py)."""
+"""Batched soft / hard / OTAM dynamic time warping (see dtw.py for the algorithm and limits)."""
+from m3net.kernels.dtw import MAX_KERNEL_WIDTH, MODES, cosine_cost, dtw, dtw_path, dtw_reference
+
+__all__ = ["dtw", "dtw_reference", "dtw_path", "cosine_cost", "MODES", "MAX_KERNEL_WIDTH"]
