@@ -4,6 +4,7 @@ Oracles: brute force over every monotone warping path, float64 gradcheck, tslear
 the literal per-cell loops of m3net.kernels.eager, and the torch reference vs the Triton kernel
 (interpreted on CPU, compiled on CUDA).
 """
+import importlib
 import warnings
 
 import numpy as np
@@ -231,8 +232,8 @@ def test_empty_batch_and_non_contiguous(backend, monkeypatch):
 
 
 def test_width_past_kernel_limit_falls_back_with_one_warning(triton_backend):
-    import m3net.kernels.dtw as dtw_module
-
+    # importlib, not `import m3net.kernels.dtw as`, which resolves to the function of that name.
+    dtw_module = importlib.import_module("m3net.kernels.dtw")
     dtw_module._warned_fallback = False
     cost = torch.rand(2, 2, MAX_KERNEL_WIDTH + 5, device=DEVICE)
     with warnings.catch_warnings(record=True) as caught:
