@@ -89,51 +89,33 @@ def _predecessor_mask(mode, rows, cols):
     i = torch.arange(rows).view(-1, 1).expand(rows, cols)
     j = torch.arange(cols).view(1, -1).expand(rows, cols)
     if mode == "otam":
-        soft_rows = i >= 1
-        three = soft_rows & ((j == 1) | (j == cols - 1))
-        diag = soft_rows & (j >= 1)
-        up = three
-        left = j >= 1
+        diag = (i >= 1) & (j >= 1)
+        up = (i >= 1) & ((j == 1) | (j == cols - 1))
     else:
         diag = (i >= 1) & (j >= 1)
         up = i >= 1
-        left = j >= 1
+    left = j >= 1
     return torch.stack([diag, up, left], dim=-1)
 
 
 @functools.lru_cache(maxsize=256)
-def _antidiagonals(rows, cols):
-    """Flat cell indices of each anti-diagonal i + j = d, in increasing d."""
-    i = torch.arange(rows).view(-1, 1).expand(rows, cols).reshape(-1)
-    j = torch.arange(cols).view(1, -1).expand(rows, cols).reshape(-1)
-    flat = torch.arange(rows * cols)
-    return [flat[(i + j) == d] for d in range(rows + cols - 1)]
+def _wavefront_plan(mode, rows, cols):
+    """Per anti-diagonal i + j = d: (cells (L,), predecessor indices (L, 3)) into a flat R.
 
-
-def _soft_min(values, mask, mode, gamma):
-    """Soft/hard minimum over the last axis where ``mask``; returns (min, weights).
-
-    values: (..., 3) with anything where ~mask; cells with no predecessor get min 0 and
-    weights 0 (they are sources).
+    R is the flat grid followed by two virtual cells: ZERO (value 0), the single predecessor of
+    every source, and INF (value +inf), standing in for predecessors a cell does not have. The
+    soft-min over {0} is exactly 0 and +inf gets weight 0, so no cell needs a special case.
     """
-    inf = torch.tensor(float("inf"), dtype=values.dtype, device=values.device)
-    masked = torch.where(mask, values, inf)
-    has_pred = mask.any(dim=-1)
-    if mode == "hard":
-        # argmin returns the first minimum: the order diag, up, left is the documented tie-break.
-        idx = masked.argmin(dim=-1)
-        smin = masked.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
-        weights = torch.nn.functional.one_hot(idx, 3).to(values.dtype)
-    else:
-        shift = masked.amin(dim=-1, keepdim=True)
-        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-        scaled = torch.where(mask, -(masked - shift) / gamma, -inf)
-        lse = torch.logsumexp(scaled, dim=-1)
-        smin = shift.squeeze(-1) - gamma * lse
-        weights = torch.softmax(scaled, dim=-1)
-    smin = torch.where(has_pred, smin, torch.zeros_like(smin))
-    weights = torch.where(has_pred.unsqueeze(-1), weights, torch.zeros_like(weights))
-    return smin, weights
+    size = rows * cols
+    zero, inf = size, size + 1
+    mask = _predecessor_mask(mode, rows, cols).reshape(size, 3)
+    flat = torch.arange(size)
+    i, j = flat // cols, flat % cols
+    preds = torch.stack([flat - cols - 1, flat - cols, flat - 1], dim=-1)
+    preds = torch.where(mask, preds, torch.full_like(preds, inf))
+    is_source = ~mask.any(dim=-1)
+    preds[is_source, 0] = zero
+    return [(flat[(i + j) == d], preds[(i + j) == d]) for d in range(rows + cols - 1)]
 
 
 def _accumulation_dtype(dtype):
@@ -143,46 +125,51 @@ def _accumulation_dtype(dtype):
 # --------------------------------------------------------------------------------------------
 # Torch reference
 # --------------------------------------------------------------------------------------------
-def _reference_forward(cost, mode, gamma):
-    """Returns (value (B,), weights (B, rows, cols, 3)) computed in the accumulation dtype."""
+def _reference_forward(cost, mode, gamma, store_weights=True):
+    """Returns (value (B,), weights (B, rows, cols, 3) or None), in the accumulation dtype.
+
+    Vectorised over the batch and over each anti-diagonal (all its cells are independent).
+    """
     grid_cost = _pad_cost(cost.to(_accumulation_dtype(cost.dtype)), mode)  # (B, rows, cols)
     batch, rows, cols = grid_cost.shape
     flat_cost = grid_cost.reshape(batch, rows * cols)
-    mask = _predecessor_mask(mode, rows, cols).to(cost.device).reshape(rows * cols, 3)
-    # Flat offsets of diag / up / left; invalid ones are masked, so clamp keeps gathers in range.
-    offsets = torch.tensor([-cols - 1, -cols, -1], device=cost.device)
-    R = torch.zeros_like(flat_cost)
-    W = torch.zeros(batch, rows * cols, 3, dtype=flat_cost.dtype, device=cost.device)
-    for cells in _antidiagonals(rows, cols):
-        cells = cells.to(cost.device)
-        preds = (cells.unsqueeze(-1) + offsets).clamp(min=0)  # (L, 3)
-        pred_values = R[:, preds]  # (B, L, 3)
-        smin, weights = _soft_min(pred_values, mask[cells], mode, gamma)
+    R = flat_cost.new_zeros(batch, rows * cols + 2)
+    R[:, -1] = float("inf")  # the INF virtual cell; ZERO (index rows*cols) stays 0
+    W = flat_cost.new_zeros(batch, rows * cols, 3) if store_weights else None
+    for cells, preds in _wavefront_plan(mode, rows, cols):
+        cells, preds = cells.to(cost.device), preds.to(cost.device)
+        values = R[:, preds]  # (B, L, 3), at least one finite per cell
+        if mode == "hard":
+            best = values.argmin(dim=-1, keepdim=True)  # first minimum: diag, up, left tie-break
+            smin = values.gather(-1, best).squeeze(-1)
+            weights = torch.zeros_like(values).scatter_(-1, best, 1.0) if store_weights else None
+        else:
+            shift = values.amin(dim=-1, keepdim=True)
+            scaled = (shift - values) / gamma  # <= 0: exp never overflows
+            lse = torch.logsumexp(scaled, dim=-1, keepdim=True)
+            smin = (shift - gamma * lse).squeeze(-1)
+            weights = torch.exp(scaled - lse) if store_weights else None
         R[:, cells] = flat_cost[:, cells] + smin
-        W[:, cells] = weights
-    return R[:, -1], W.view(batch, rows, cols, 3)
+        if store_weights:
+            W[:, cells] = weights
+    value = R[:, rows * cols - 1]
+    return value, (W.view(batch, rows, cols, 3) if store_weights else None)
 
 
 def _reference_backward(weights, mode, n, m):
-    """dvalue/dcost (B, N, M) from the stored predecessor weights (expected alignment E)."""
+    """dvalue/dcost (B, N, M) from the stored predecessor weights (expected alignment E).
+
+    Reverse wavefront: once a diagonal's E is final, each cell pushes E·W to its predecessors.
+    """
     batch, rows, cols, _ = weights.shape
     flat_w = weights.reshape(batch, rows * cols, 3)
-    device = weights.device
-    E = torch.zeros(batch, rows * cols, dtype=weights.dtype, device=device)
-    E[:, -1] = 1
-    i_of = torch.arange(rows * cols, device=device) // cols
-    j_of = torch.arange(rows * cols, device=device) % cols
-    # Successor reached through each direction: diag (i+1, j+1), up (i+1, j), left (i, j+1).
-    succ_offsets = torch.tensor([cols + 1, cols, 1], device=device)
-    for cells in reversed(_antidiagonals(rows, cols)[:-1]):
-        cells = cells.to(device)
-        i, j = i_of[cells], j_of[cells]
-        valid = torch.stack([(i + 1 < rows) & (j + 1 < cols), i + 1 < rows, j + 1 < cols], dim=-1)
-        succ = torch.where(valid, cells.unsqueeze(-1) + succ_offsets, torch.zeros_like(valid, dtype=torch.long))
-        direction = torch.arange(3, device=device).expand_as(succ)
-        contrib = E[:, succ] * flat_w[:, succ, direction]  # (B, L, 3)
-        E[:, cells] = (contrib * valid).sum(dim=-1)
-    grad = E.view(batch, rows, cols)
+    E = flat_w.new_zeros(batch, rows * cols + 2)  # + the ZERO / INF virtual cells (ignored)
+    E[:, rows * cols - 1] = 1
+    for cells, preds in reversed(_wavefront_plan(mode, rows, cols)):
+        cells, preds = cells.to(weights.device), preds.to(weights.device)
+        push = E[:, cells, None] * flat_w[:, cells]  # (B, L, 3)
+        E.index_add_(1, preds.reshape(-1), push.reshape(batch, -1))
+    grad = E[:, : rows * cols].view(batch, rows, cols)
     return grad[:, :, 1 : m + 1] if mode == "otam" else grad
 
 
@@ -436,7 +423,7 @@ class _DTWFunction(torch.autograd.Function):
         if backend == "triton":
             value, weights = _triton_forward(cost, mode, gamma, store_weights=needs_grad)
         else:
-            value, weights = _reference_forward(cost, mode, gamma)
+            value, weights = _reference_forward(cost, mode, gamma, store_weights=needs_grad)
         ctx.mode, ctx.backend, ctx.n, ctx.m, ctx.dtype = mode, backend, cost.shape[1], cost.shape[2], cost.dtype
         if needs_grad:
             ctx.save_for_backward(weights)

@@ -1,0 +1,33 @@
+"""`m3net bench-dtw` runs, prints the side-by-side table and writes CSV + JSON with provenance."""
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from m3net.cli import main
+
+
+def test_bench_dtw_writes_table_and_files(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        ["bench-dtw", "--pairs", "64", "--n", "5", "--m", "7", "--repeats", "1", "--mode", "soft",
+         "--pass", "fwd+bwd", "--impl", "torch-reference", "--impl", "eager-loop", "--impl", "pysdtw",
+         "--out-dir", str(tmp_path)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "torch-reference" in result.output and "eager-loop" in result.output
+    (json_path,) = tmp_path.glob("bench_dtw_*.json")
+    (csv_path,) = tmp_path.glob("bench_dtw_*.csv")
+    data = json.loads(json_path.read_text())
+    assert data["versions"]["torch"] and data["git_sha"] and data["device"]
+    assert data["config"]["backward"] is True and data["config"]["pairs"] == 64
+    rows = {r["implementation"]: r for r in data["rows"]}
+    assert rows["torch-reference"]["pairs_per_s"] > 0 and rows["eager-loop"]["pairs_per_s"] > 0
+    # 64 pairs of 5x7 float32: cost in + value out + gradient out.
+    assert rows["torch-reference"]["gb_per_s"] * rows["torch-reference"]["seconds"] * 1e9 == pytest.approx(
+        (64 * 35 * 4) * 2 + 64 * 4)
+    with open(csv_path) as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert {r["implementation"] for r in csv_rows} == set(rows)
+    assert all(r["device"] == data["device"] and r["git_sha"] == data["git_sha"] for r in csv_rows)
