@@ -1,0 +1,220 @@
+"""The generated benchmark: determinism, layout, decodability, the order property, reuse."""
+import json
+import os
+from collections import Counter
+
+import av
+import decord
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from m3net.cli import main as cli_main
+from m3net.data.synthetic import (
+    SPLITS,
+    SUBACTIONS,
+    VARIANTS,
+    SyntheticConfig,
+    generate_synthetic,
+    load_manifest,
+    random_clip_params,
+    render_background,
+    render_clip,
+    render_frame,
+)
+
+# One family per split at most: test = 3 orders + 1 detail sibling.
+SMALL = SyntheticConfig(
+    seed=7, train_classes=3, val_classes=2, test_classes=4, clips_per_class=2,
+    frames=12, size=64, fps=8, phases=3, family_size=4,
+)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("syn") / "bench")
+    manifest, status = generate_synthetic(out, SMALL, progress=False)
+    assert status == "generated"
+    return out, manifest
+
+
+def decode_pyav(path):
+    with av.open(path) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def decode_decord(path):
+    reader = decord.VideoReader(path)
+    return reader.get_batch(list(range(len(reader)))).asnumpy()
+
+
+def blocks(clip, k=8):
+    t, h, w, c = clip.shape
+    return clip.astype(float).reshape(t, h // k, k, w // k, k, c).mean(axis=(2, 4))
+
+
+def other_sequence(manifest, name):
+    return next(c["sequence"] for c in manifest["classes"] if c["name"] != name)
+
+
+def all_frames(out, manifest):
+    return {c["id"]: decode_pyav(os.path.join(out, c["path"])) for c in manifest["clips"]}
+
+
+def test_layout_and_disjoint_classes(bench):
+    out, manifest = bench
+    expected = {c["path"] for c in manifest["clips"]}
+    found = {
+        os.path.relpath(os.path.join(root, name), out)
+        for root, _, names in os.walk(out) for name in names if name != "manifest.json"
+    }
+    assert found == expected  # no stray or partial files
+    counts = {s: getattr(SMALL, f"{s}_classes") for s in SPLITS}
+    assert {s: len(manifest["splits"][s]) for s in SPLITS} == counts
+    assert len(expected) == sum(counts.values()) * SMALL.clips_per_class
+    for path in expected:
+        split, cls, clip = path.split("/")
+        assert split in SPLITS and cls in manifest["splits"][split] and clip.endswith(".mp4")
+    names = [set(manifest["splits"][s]) for s in SPLITS]
+    assert all(not (a & b) for i, a in enumerate(names) for b in names[i + 1:])
+    assert len({c["id"] for c in manifest["clips"]}) == len(manifest["clips"])
+    assert manifest["complete"] and manifest["seed"] == SMALL.seed and manifest["m3net_version"]
+
+
+def test_both_decoders_read_every_clip(bench):
+    out, manifest = bench
+    sequences = {c["name"]: c["sequence"] for c in manifest["classes"]}
+    for entry in manifest["clips"]:
+        path = os.path.join(out, entry["path"])
+        a, b = decode_decord(path), decode_pyav(path)
+        assert a.shape == b.shape == (SMALL.frames, SMALL.size, SMALL.size, 3)
+        assert np.array_equal(a, b)
+        # The decoded frames are the ones rendered from the manifest's parameters, up to the
+        # codec (yuv420 halves chroma at edges, pixel noise is not kept exactly): compare 8x8
+        # block means, and against a clip of another class.
+        rendered = render_clip(sequences[entry["class"]], entry["params"], SMALL.frames, SMALL.size)
+        assert np.abs(blocks(a) - blocks(rendered)).mean() < 2
+        rendered_other = render_clip(other_sequence(manifest, entry["class"]), entry["params"], SMALL.frames, SMALL.size)
+        assert np.abs(blocks(a) - blocks(rendered_other)).mean() > 3
+
+
+def test_same_seed_same_frames_other_seed_differs(bench, tmp_path):
+    out, manifest = bench
+    again, _ = generate_synthetic(str(tmp_path / "again"), SMALL, progress=False)
+    assert again == manifest
+    first = all_frames(out, manifest)
+    second = all_frames(str(tmp_path / "again"), again)
+    assert all(np.array_equal(first[k], second[k]) for k in first)
+
+    other, _ = generate_synthetic(str(tmp_path / "other"), SyntheticConfig(**{**vars(SMALL), "seed": 8}), progress=False)
+    other_frames = all_frames(str(tmp_path / "other"), other)
+    assert other["classes"] != manifest["classes"] or other["clips"] != manifest["clips"]
+    assert not any(np.array_equal(first[k], other_frames[k]) for k in first)
+
+
+def test_order_only_pairs_in_test_split(bench):
+    _, manifest = bench
+    test = [c for c in manifest["classes"] if c["split"] == "test"]
+    pairs = [
+        (a["name"], b["name"])
+        for i, a in enumerate(test) for b in test[i + 1:]
+        if Counter(map(tuple, a["sequence"])) == Counter(map(tuple, b["sequence"])) and a["sequence"] != b["sequence"]
+    ]
+    assert len(pairs) >= 2
+    assert sorted(map(tuple, manifest["order_only_pairs"]["test"])) == sorted(pairs)
+    # Order classes of one family differ at every phase position (nothing to align on).
+    orders = [c["sequence"] for c in test if c["relation"] == "order"]
+    for i, a in enumerate(orders):
+        for b in orders[i + 1:]:
+            assert all(x != y for x, y in zip(a, b))
+    # The detail sibling differs from one order class in exactly one phase's variant.
+    detail = next(c["sequence"] for c in test if c["relation"] == "detail")
+    diffs = [[(x, y) for x, y in zip(detail, o) if x != y] for o in orders]
+    assert any(len(d) == 1 and d[0][0][0] == d[0][1][0] for d in diffs)
+
+
+def test_subaction_types_differ_in_global_colour():
+    """Cheap stand-in for the backbone check (m3net.data.synthetic_validate): the mean colour of
+    a frame's saturated pixels names the sub-action type under nuisance (nearest centroid)."""
+    rng = np.random.default_rng(0)
+    stats, labels = [], []
+    for t, kind in enumerate(SUBACTIONS):
+        for variant in VARIANTS:
+            for _ in range(6):
+                params = random_clip_params(rng, 4)
+                frame = render_frame(render_background(params, 48), [kind.name, variant], rng.uniform(), params,
+                                     np.random.default_rng(params["noise_seed"])).astype(float)
+                saturated = frame.max(2) - frame.min(2) > 80  # backgrounds are muted
+                stats.append(frame[saturated].mean(0))
+                labels.append(t)
+    stats, labels = np.array(stats), np.array(labels)
+    fit = np.arange(len(labels)) % 2 == 0
+    centroids = np.stack([stats[fit & (labels == t)].mean(0) for t in range(len(SUBACTIONS))])
+    predicted = np.argmin(((stats[~fit, None] - centroids) ** 2).sum(-1), axis=1)
+    assert np.mean(predicted == labels[~fit]) >= 0.9
+
+    # The detail (variant b: light texture) brightens the same sub-action in the same pose.
+    params = random_clip_params(np.random.default_rng(1), 4)
+    background = render_background(params, 48)
+    for kind in SUBACTIONS:
+        a, b = (render_frame(background, [kind.name, v], 0.3, params, np.random.default_rng(0)).mean() for v in VARIANTS)
+        assert b > a + 5
+
+
+def test_reuse_resume_and_refusals(bench, tmp_path):
+    out, manifest = bench
+    mtimes = {c["path"]: os.stat(os.path.join(out, c["path"])).st_mtime_ns for c in manifest["clips"]}
+    again, status = generate_synthetic(out, SMALL, progress=False)
+    assert status == "reused" and again == manifest
+    assert all(os.stat(os.path.join(out, p)).st_mtime_ns == m for p, m in mtimes.items())
+
+    with pytest.raises(FileExistsError, match="frames: 12 there, 10 asked"):
+        generate_synthetic(out, SyntheticConfig(**{**vars(SMALL), "frames": 10}), progress=False)
+
+    # An interrupted run (manifest not complete, a clip missing) is finished, identically.
+    copy = tmp_path / "copy"
+    generate_synthetic(str(copy), SMALL, progress=False)
+    victim = os.path.join(copy, manifest["clips"][3]["path"])
+    reference = decode_pyav(victim)
+    os.remove(victim)
+    partial = dict(load_manifest(str(copy)), complete=False)
+    with open(copy / "manifest.json", "w") as fh:
+        json.dump(partial, fh)
+    _, status = generate_synthetic(str(copy), SMALL, progress=False)
+    assert status == "resumed" and np.array_equal(decode_pyav(victim), reference)
+    assert load_manifest(str(copy))["complete"]
+
+    _, status = generate_synthetic(str(copy), SyntheticConfig(**{**vars(SMALL), "clips_per_class": 1}),
+                                   overwrite=True, progress=False)
+    assert status == "generated" and not os.path.exists(victim.replace("_001.mp4", "_002.mp4"))
+    assert len(load_manifest(str(copy))["clips"]) == sum(getattr(SMALL, f"{s}_classes") for s in SPLITS)
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "holiday.mp4").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="no manifest.json"):
+        generate_synthetic(str(foreign), SMALL, progress=False)
+    assert (foreign / "holiday.mp4").exists()
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("phases", 9, "--phases 9"), ("size", 48, "--size 48"), ("family_size", 6, "--family-size 6"), ("test_classes", 0, "--test-classes 0"),
+])
+def test_bad_config_names_the_option(tmp_path, option, value, expected):
+    with pytest.raises(ValueError, match=expected):
+        generate_synthetic(str(tmp_path), SyntheticConfig(**{**vars(SMALL), option: value}), progress=False)
+
+
+def test_cli_make_synthetic(tmp_path):
+    out = str(tmp_path / "cli")
+    args = ["make-synthetic", "--out", out, "--seed", "3", "--train-classes", "2", "--val-classes", "1",
+            "--test-classes", "2", "--clips-per-class", "1", "--frames", "6", "--size", "32", "--phases", "2",
+            "--family-size", "2", "--codec", "mpeg4"]
+    result = CliRunner().invoke(cli_main, args)
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(out)
+    assert manifest["config"]["codec"] == "mpeg4" and manifest["seed"] == 3 and len(manifest["clips"]) == 5
+    assert decode_decord(os.path.join(out, manifest["clips"][0]["path"])).shape == (6, 32, 32, 3)
+    assert "reused" in CliRunner().invoke(cli_main, args).output
+    refused = CliRunner().invoke(cli_main, args[:-2] + ["--codec", "libx264"])
+    assert refused.exit_code != 0 and "codec: 'mpeg4' there, 'libx264' asked" in refused.output
