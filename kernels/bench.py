@@ -244,6 +244,8 @@ def run_bench(config):
         "peak_bandwidth_bytes_per_s": peak,
         "git_sha": git_sha(),
         "versions": versions(),
+        # Other work on the machine slows every column alike; recorded so readers can judge.
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "config": {**dataclasses.asdict(config), "pairs": pairs, "implementations": list(config.implementations)},
         "rows": rows,
     }
@@ -257,14 +259,14 @@ def format_table(result):
     ]
     if result["cpu_numbers"]:
         lines.append("(CPU numbers: no GPU here, no bandwidth floor percentage)")
-    header = f"{'implementation':<16} {'pairs timed':>11} {'time/call':>11} {'pairs/s':>12} {'GB/s':>8} {'% floor':>8} {'triton x':>9}  note"
+    header = f"{'implementation':<16} {'pairs timed':>11} {'s/call':>11} {'pairs/s':>12} {'GB/s':>8} {'% floor':>8} {'triton x':>9}  note"
     lines += [header, "-" * len(header)]
     for r in result["rows"]:
         def fmt(value, spec):
             return format(value, spec) if value is not None else "-"
 
         lines.append(
-            f"{r['implementation']:<16} {r['pairs_timed']:>11} {fmt(r['seconds'], '>10.4g'):>10}s {fmt(r['pairs_per_s'], '>12.4g'):>12} "
+            f"{r['implementation']:<16} {r['pairs_timed']:>11} {fmt(r['seconds'], '>11.4g'):>11} {fmt(r['pairs_per_s'], '>12.4g'):>12} "
             f"{fmt(r['gb_per_s'], '>8.3g'):>8} {fmt(r['pct_of_floor'], '>8.1f'):>8} {fmt(r['triton_speedup'], '>9.1f'):>9}  {r['note']}"
         )
     return "\n".join(lines)
