@@ -197,12 +197,15 @@ def test_reuse_resume_and_refusals(bench, tmp_path):
     assert (foreign / "holiday.mp4").exists()
 
 
-@pytest.mark.parametrize("option, value, expected", [
-    ("phases", 9, "--phases 9"), ("size", 48, "--size 48"), ("family_size", 6, "--family-size 6"), ("test_classes", 0, "--test-classes 0"),
+@pytest.mark.parametrize("overrides, expected", [
+    ({"phases": 9}, "--phases 9"), ({"size": 48}, "--size 48"), ({"family_size": 6}, "--family-size 6"),
+    ({"test_classes": 0}, "--test-classes 0"),
+    ({"phases": 2, "family_size": 2, "train_classes": 200}, "--family-size 2: .* 103 families needed, 60 sets"),
 ])
-def test_bad_config_names_the_option(tmp_path, option, value, expected):
+def test_bad_config_names_the_option(tmp_path, overrides, expected):
     with pytest.raises(ValueError, match=expected):
-        generate_synthetic(str(tmp_path), SyntheticConfig(**{**vars(SMALL), option: value}), progress=False)
+        generate_synthetic(str(tmp_path / "out"), SyntheticConfig(**{**vars(SMALL), **overrides}), progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_make_synthetic(tmp_path):

@@ -159,6 +159,7 @@ def episode_accuracy(feats, labels, ways=5, shots=1, queries=1, episodes=2000, s
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="benchmark folder (generated with the defaults if absent)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of a benchmark generated here (defaults otherwise)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--episodes", type=int, default=2000)
     parser.add_argument("--per-variant", type=int, default=20, help="frames per (type, variant) in check (a)")
@@ -166,7 +167,7 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    manifest, _ = generate_synthetic(args.out, SyntheticConfig(**_config_of(args.out)))
+    manifest, _ = generate_synthetic(args.out, SyntheticConfig(**{"seed": args.seed, **_config_of(args.out)}))
     config = SyntheticConfig(**manifest["config"])
     model = random_backbone(seed=0)
     results = {"config": manifest["config"]}
