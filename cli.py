@@ -33,16 +33,108 @@ def extract_cmd():
     _not_built("extract")
 
 
+def _parse_head_options(pairs):
+    """--head-opt key=value pairs -> dict, values parsed as JSON where they parse (1, 0.5, true)."""
+    import json
+
+    options = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r}: expected key=value", param_hint="--head-opt")
+        key, value = pair.split("=", 1)
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    return options
+
+
 @main.command("train-head")
-def train_head_cmd():
-    """Train a few-shot head episodically on a feature cache."""
-    _not_built("train-head")
+@click.option("--cache", required=True, type=click.Path(dir_okay=False), help="HDF5 feature cache from `m3net extract`.")
+@click.option("--out", default="runs/head", show_default=True, type=click.Path(file_okay=False),
+              help="Run folder: best.pt, last.pt, train_log.csv, val_log.csv.")
+@click.option("--head", default="m3net", show_default=True, help="Head from the registry (see `m3net heads`).")
+@click.option("--head-opt", multiple=True, metavar="KEY=VALUE",
+              help="Head option, repeatable, e.g. --head-opt use_cm=false (ablations of Tables 2-4).")
+@click.option("--way", default=5, show_default=True)
+@click.option("--shot", default=1, show_default=True)
+@click.option("--queries", default=5, show_default=True, help="Queries per class in training episodes.")
+@click.option("--episodes", default=60000, show_default=True, help="Training episodes (paper: 60 000).")
+@click.option("--lr", default=1e-4, show_default=True, help="SGD learning rate (paper: 1e-4).")
+@click.option("--momentum", default=0.9, show_default=True)
+@click.option("--weight-decay", default=5e-4, show_default=True)
+@click.option("--lr-step", default=2000, show_default=True, help="Multiply the lr by --lr-gamma every this many episodes.")
+@click.option("--lr-gamma", default=0.5, show_default=True)
+@click.option("--val-every", default=1000, show_default=True, help="Validate (and save last.pt) every this many episodes.")
+@click.option("--val-episodes", default=300, show_default=True)
+@click.option("--checkpoint-every", default=500, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Decides parameter init and every episode.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cuda, cpu.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt, exactly.")
+def train_head_cmd(head_opt, **options):
+    """Train a few-shot head episodically on a feature cache (SGD, lr x0.5 every 2000 episodes)."""
+    from m3net.cache import CacheError
+    from m3net.data.episodes import EpisodeError
+    from m3net.train.checkpoint import CheckpointError
+    from m3net.train.loop import TrainConfig, train_head
+
+    config = TrainConfig(head_options=_parse_head_options(head_opt), **options)
+    try:
+        summary = train_head(config)
+    except (CacheError, CheckpointError, EpisodeError, ValueError, FileExistsError) as err:
+        raise click.ClickException(str(err))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: state saved in {config.out}/last.pt; continue with --resume", err=True)
+        sys.exit(130)
+    click.echo(f"trained {config.head} for {summary['step']} episodes; best val accuracy "
+               f"{summary['best_val_acc']:.2f}% -> {summary['best']}")
 
 
 @main.command("evaluate")
-def evaluate_cmd():
-    """Score heads on seeded test episodes (accuracy +- 95% CI)."""
-    _not_built("evaluate")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(dir_okay=False),
+              help="Trained head checkpoint (repeatable).")
+@click.option("--head", "heads", multiple=True, help="Parameter-free head scored from the cache (repeatable): protonet, tsn-cosine, otam.")
+@click.option("--cache", default="", type=click.Path(dir_okay=False),
+              help="Feature cache; default: the one the first checkpoint was trained on.")
+@click.option("--way", default=5, show_default=True)
+@click.option("--shot", default=1, show_default=True)
+@click.option("--queries", default=1, show_default=True, help="Queries per class.")
+@click.option("--episodes", default=6000, show_default=True, help="Test episodes (paper: 6000).")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Same seed, same episodes, for every head.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", default="", type=click.Path(file_okay=False), help="Write results.json and results.csv here.")
+def evaluate_cmd(checkpoints, heads, **options):
+    """Score heads on the same seeded episodes: accuracy ± 95% CI per view, paired differences."""
+    from m3net.cache import CacheError
+    from m3net.data.episodes import EpisodeError
+    from m3net.train.checkpoint import CheckpointError
+    from m3net.train.evaluate import EvalConfig, evaluate, format_table, write_summary
+
+    config = EvalConfig(checkpoints=checkpoints, heads=heads, **options)
+    try:
+        summary = evaluate(config)
+    except (CacheError, CheckpointError, EpisodeError, ValueError) as err:
+        raise click.ClickException(str(err))
+    click.echo(format_table(summary))
+    if config.out:
+        paths = write_summary(summary, config.out)
+        click.echo("wrote " + " and ".join(paths))
+
+
+@main.command("heads")
+def heads_cmd():
+    """List the registered few-shot heads and their options."""
+    import dataclasses
+
+    from m3net.model import HEADS
+
+    for name in sorted(HEADS):
+        cls = HEADS[name]
+        opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config)
+                         if f.name not in ("feature_dim", "num_frames"))
+        kind = "trained" if cls.trainable else "parameter-free"
+        click.echo(f"{name:<12} {kind:<15} {opts}")
 
 
 @main.command("finetune")

@@ -1,0 +1,71 @@
+"""Seeded N-way K-shot episodes over the clips of one split.
+
+Episode ``i`` of a sampler is a pure function of (seed, split, i): every head is scored on the very
+same episodes, and a resumed training run sees exactly the episodes it would have seen.
+"""
+import warnings
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class EpisodeError(ValueError):
+    """The split cannot provide the requested episodes; the message says which classes lack clips."""
+
+
+@dataclass(frozen=True)
+class Episode:
+    support_rows: np.ndarray  # (S,) rows of the feature array, S = N·K, grouped by class
+    support_labels: np.ndarray  # (S,) in 0..N-1
+    query_rows: np.ndarray  # (Q,) Q = N·q
+    query_labels: np.ndarray  # (Q,)
+    classes: np.ndarray  # (N,) class ids (index into the cache's classes) of labels 0..N-1
+
+
+class EpisodeSampler:
+    def __init__(self, labels, split, split_name, way, shot, queries, seed=0, class_names=None):
+        if way < 2 or shot < 1 or queries < 1:
+            raise EpisodeError(f"need way >= 2, shot >= 1, queries >= 1; got way={way}, shot={shot}, queries={queries}")
+        labels, split = np.asarray(labels), np.asarray(split)
+        rows = np.flatnonzero(split == split_name)
+        by_class = {int(c): rows[labels[rows] == c] for c in np.unique(labels[rows])}
+        need = shot + queries
+        name = (lambda c: class_names[c]) if class_names is not None else str
+        short = {c: len(r) for c, r in by_class.items() if len(r) < need}
+        eligible = sorted(c for c in by_class if c not in short)
+        if len(by_class) < way:
+            raise EpisodeError(f"split {split_name!r} has {len(by_class)} classes, fewer than --way {way}")
+        if len(eligible) < way:
+            listed = ", ".join(f"{name(c)} ({n} clips)" for c, n in sorted(short.items()))
+            raise EpisodeError(
+                f"split {split_name!r}: only {len(eligible)} classes have the {need} clips a {shot}-shot episode "
+                f"with {queries} queries per class needs, fewer than --way {way}; too few clips: {listed}"
+            )
+        if short:
+            listed = ", ".join(f"{name(c)} ({n} clips)" for c, n in sorted(short.items()))
+            warnings.warn(f"split {split_name!r}: classes with fewer than {need} clips are left out of episodes: {listed}")
+        self.by_class = {c: by_class[c] for c in eligible}
+        self.classes = np.asarray(eligible)
+        self.split_name, self.way, self.shot, self.queries, self.seed = split_name, way, shot, queries, seed
+        self._split_code = zlib.crc32(split_name.encode())
+
+    def rng(self, index):
+        return np.random.default_rng([self.seed, self._split_code, index])
+
+    def episode(self, index):
+        rng = self.rng(index)
+        chosen = rng.choice(self.classes, size=self.way, replace=False)
+        support, query = [], []
+        for c in chosen:
+            picked = rng.choice(self.by_class[int(c)], size=self.shot + self.queries, replace=False)
+            support.append(picked[: self.shot])
+            query.append(picked[self.shot :])
+        labels = np.arange(self.way)
+        return Episode(
+            support_rows=np.concatenate(support),
+            support_labels=np.repeat(labels, self.shot),
+            query_rows=np.concatenate(query),
+            query_labels=np.repeat(labels, self.queries),
+            classes=chosen,
+        )

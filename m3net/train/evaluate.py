@@ -1,0 +1,143 @@
+"""``m3net evaluate``: accuracy ± 95% CI per view and per head, all on the same seeded episodes.
+
+Trained heads come from checkpoints; parameter-free heads (protonet, tsn-cosine, otam) are scored
+straight from the cache. With two or more heads, the paired difference of each head's fused
+prediction against the first one is reported with its own CI (same episodes, so the pairing
+removes the episode-to-episode variance).
+"""
+import csv
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from m3net.cache import ProvenanceError, load_cache
+from m3net.cache.schema import provenance_differences
+from m3net.data.episodes import EpisodeSampler
+from m3net.model import build_head
+from m3net.train.checkpoint import load_checkpoint
+from m3net.train.common import FeatureBank, episode_accuracies, mean_and_ci, resolve_device
+
+
+@dataclass
+class EvalConfig:
+    cache: str = ""  # default: the cache the (first) checkpoint was trained on
+    checkpoints: tuple = ()
+    heads: tuple = ()  # parameter-free heads from the registry
+    head_options: dict = field(default_factory=dict)  # for the parameter-free heads
+    way: int = 5
+    shot: int = 1
+    queries: int = 1
+    episodes: int = 6000
+    split: str = "test"
+    seed: int = 0
+    device: str = "auto"
+    out: str = ""
+
+
+def _load_trained(path, device):
+    state = load_checkpoint(path, map_location=device)
+    head = build_head(state["head"], **state["head_config"]).to(device)
+    head.load_state_dict(state["model"])
+    return head.eval(), state
+
+
+def _label(name, taken):
+    label, n = name, 2
+    while label in taken:
+        label, n = f"{name}#{n}", n + 1
+    return label
+
+
+def build_heads(config, device, feature_dim, num_frames):
+    """[(label, head, checkpoint state or None)] in the order asked for."""
+    heads = []
+    for path in config.checkpoints:
+        head, state = _load_trained(path, device)
+        heads.append((_label(f"{state['head']} ({os.path.basename(os.path.dirname(os.path.abspath(path)))})",
+                             {h[0] for h in heads}), head, state))
+    for name in config.heads:
+        head = build_head(name, feature_dim=feature_dim, num_frames=num_frames, **config.head_options.get(name, {}))
+        if head.trainable:
+            raise ValueError(f"head {name!r} has parameters: train it with `m3net train-head` and pass --checkpoint")
+        heads.append((_label(name, {h[0] for h in heads}), head.to(device).eval(), None))
+    if not heads:
+        raise ValueError("nothing to evaluate: give --checkpoint and/or --head")
+    return heads
+
+
+@torch.no_grad()
+def evaluate(config, progress=True):
+    device = resolve_device(config.device)
+    cache_path = config.cache
+    if not cache_path:
+        if not config.checkpoints:
+            raise ValueError("--cache is required when no --checkpoint names one")
+        cache_path = load_checkpoint(config.checkpoints[0])["train_config"]["cache"]
+    cached = load_cache(cache_path, splits=(config.split,))
+    bank = FeatureBank(cached, device)
+    num_frames, _, _, feature_dim = bank.clip_shape
+    heads = build_heads(config, device, feature_dim, num_frames)
+    for label, _, state in heads:
+        if state is not None:
+            diffs = provenance_differences(cached.provenance(), state["provenance"])
+            if diffs:
+                raise ProvenanceError(f"{cache_path}: not the kind of cache {label} was trained on: "
+                                      + "; ".join(f"{k}: {a!r} vs {b!r}" for k, a, b in diffs))
+    sampler = EpisodeSampler(cached.labels, cached.split, config.split, config.way, config.shot, config.queries,
+                             seed=config.seed, class_names=cached.classes)
+    per_episode = {label: {} for label, _, _ in heads}  # label -> view -> [accuracy per episode]
+    for index in tqdm(range(config.episodes), disable=not progress, desc="evaluate", unit="ep"):
+        support, support_labels, query, query_labels = bank.episode(sampler.episode(index))
+        for label, head, _ in heads:
+            for view, acc in episode_accuracies(head(support, support_labels, query), query_labels).items():
+                per_episode[label].setdefault(view, []).append(acc)
+    return summarize(config, cache_path, cached, heads, per_episode)
+
+
+def summarize(config, cache_path, cached, heads, per_episode):
+    rows = []
+    for label, views in per_episode.items():
+        for view, accs in sorted(views.items(), key=lambda kv: (kv[0] == "y", kv[0])):
+            mean, ci = mean_and_ci(accs)
+            rows.append({"head": label, "view": view, "accuracy": mean, "ci95": ci, "episodes": len(accs)})
+    paired = []
+    labels = list(per_episode)
+    for other in labels[1:]:
+        diff = np.asarray(per_episode[other]["y"]) - np.asarray(per_episode[labels[0]]["y"])
+        mean, ci = mean_and_ci(diff)
+        paired.append({"head": other, "minus": labels[0], "difference": mean, "ci95": ci})
+    return {
+        "config": {**dataclasses.asdict(config), "cache": os.path.abspath(cache_path)},
+        "cache_provenance": cached.provenance(),
+        "task": f"{config.way}-way {config.shot}-shot, {config.queries} queries/class, {config.episodes} "
+                f"{config.split} episodes, seed {config.seed}",
+        "results": rows,
+        "paired": paired,
+        "per_episode_y": {label: views["y"] for label, views in per_episode.items()},
+    }
+
+
+def format_table(summary):
+    lines = [summary["task"], f"{'head':<28} {'view':<5} {'accuracy (%)':>18}"]
+    lines.append("-" * len(lines[-1]))
+    for r in summary["results"]:
+        lines.append(f"{r['head']:<28} {r['view']:<5} {r['accuracy']:>10.2f} ± {r['ci95']:<5.2f}")
+    for p in summary["paired"]:
+        lines.append(f"paired: {p['head']} − {p['minus']} = {p['difference']:+.2f} ± {p['ci95']:.2f} points")
+    return "\n".join(lines)
+
+
+def write_summary(summary, out):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as fh:
+        json.dump(summary, fh, indent=2)
+    with open(os.path.join(out, "results.csv"), "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["head", "view", "accuracy", "ci95", "episodes"])
+        writer.writeheader()
+        writer.writerows(summary["results"])
+    return os.path.join(out, "results.json"), os.path.join(out, "results.csv")
