@@ -1,0 +1,284 @@
+"""The extraction loop: every clip of a dataset through the ResNet-50 trunk into the HDF5 cache.
+
+DataLoader workers open, sample, decode and crop clips (uint8, pinned); the main process runs the
+backbone on batches of ``batch_size`` clips (all their views and frames in one forward,
+channels_last, autocast fp16/bf16 on CUDA, fp32 on CPU); a writer thread stores rows while the
+next batch computes.
+
+Resumable and reproducible: only rows not ``done`` are computed. Every forward has the same
+shape (a short last batch is padded with zero clips) and BatchNorm runs in eval mode, so a clip's
+features do not depend on which clips share its batch; training-view randomness comes from
+(seed, row, view). An interrupted run (Ctrl-C, kill -9) resumed with the same settings therefore
+gives the same bytes as an uninterrupted one. ``batch_size`` and ``precision`` are stored as
+attrs and checked on resume, since they can change the last bits of the features.
+
+With ``views`` = K > 0 every row holds K views (V, K, T, 7, 7, C): view 0 is the test view
+(segment centres, centre crop; evaluation reads it), views 1..K-1 are training views (random
+frame within each segment, random crop 224 of the 256x256 frame, horizontal flip p=1/2).
+"""
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from m3net.cache import CacheWriter
+from m3net.data.datasets import load_dataset
+from m3net.extract.backbone import build_backbone
+from m3net.extract.sampling import sample_indices
+from m3net.extract.transforms import TransformConfig, normalise, test_view, train_view
+from m3net.extract.video import Clip
+
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ExtractConfig:
+    dataset: str
+    root: str
+    out: str
+    weights: str = "imagenet"
+    frames: int = 8  # T
+    batch_size: int = 8  # clips per backbone forward (x views x frames images)
+    workers: int = 2  # DataLoader processes decoding clips; 0 decodes in the main process
+    views: int = 0  # 0: one test view per clip; K > 0: view 0 test + K-1 random training views
+    device: str = "auto"  # auto (cuda if available), cuda, cuda:1, cpu
+    precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU), fp16, bf16, fp32
+    seed: int = 0  # random weights and training views
+    folder_split: str = "test"  # split of every clip of a flat <root>/<class>/<clip> folder
+    progress: bool = True
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def resolve_precision(name, device):
+    if name == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if name not in PRECISIONS:
+        raise ValueError(f"--precision {name}: expected auto, {', '.join(PRECISIONS)}")
+    if device.type == "cpu" and name == "fp16":
+        raise ValueError("--precision fp16 needs CUDA; use fp32 or bf16 on CPU")
+    return name
+
+
+def code_version():
+    from m3net.kernels.bench import git_sha
+
+    return git_sha()
+
+
+class ClipViews(torch.utils.data.Dataset):
+    """Item i: (row, uint8 (V, T, 3, crop, crop) views or None, failure reason or None)."""
+
+    def __init__(self, items, frames, views, seed, transform=TransformConfig()):
+        self.items = items  # [(row, clip id, path)]
+        self.frames, self.views, self.seed, self.transform = frames, views, seed, transform
+
+    def __len__(self):
+        return len(self.items)
+
+    def views_of(self, row, path):
+        clip = Clip(path)
+        total = len(clip)
+        plans = [(sample_indices(total, self.frames), None)]
+        for view in range(1, self.views):
+            rng = np.random.default_rng([self.seed, row, view])
+            plans.append((sample_indices(total, self.frames, train=True, rng=rng), rng))
+        wanted = sorted({int(i) for indices, _ in plans for i in indices})
+        decoded = clip.read(wanted)  # (U, H, W, 3): every wanted frame decoded once
+        position = {index: k for k, index in enumerate(wanted)}
+        out = []
+        for indices, rng in plans:
+            frames = decoded[[position[int(i)] for i in indices]]  # (T, H, W, 3)
+            out.append(test_view(frames, self.transform) if rng is None else train_view(frames, rng, self.transform))
+        return torch.stack(out)  # (V, T, 3, crop, crop)
+
+    def __getitem__(self, i):
+        row, clip_id, path = self.items[i]
+        try:
+            return row, self.views_of(row, path), None
+        except Exception as err:  # any reason a clip cannot be read is recorded, never fatal
+            reason = str(err) or type(err).__name__
+            return row, None, reason if path and path in reason else f"{reason} ({path})"
+
+
+def collate(items):
+    """-> (rows, uint8 (n, V, T, 3, crop, crop) or None, [(row, reason)])."""
+    good = [(row, views) for row, views, reason in items if reason is None]
+    failed = [(row, reason) for row, _, reason in items if reason is not None]
+    frames = torch.stack([v for _, v in good]) if good else None
+    return [row for row, _ in good], frames, failed
+
+
+class BackgroundWriter:
+    """Runs CacheWriter calls in one thread so HDF5 writes overlap the next forward."""
+
+    def __init__(self, writer, depth=16):
+        self.writer, self.queue, self.error = writer, queue.Queue(depth), None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            if self.error is None:
+                try:
+                    job[0](*job[1:])
+                except Exception as err:  # re-raised in the main thread
+                    self.error = err
+
+    def submit(self, fn, *args):
+        if self.error is not None:
+            raise self.error
+        self.queue.put((fn, *args))
+
+    def close(self):
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+class Extractor:
+    """The backbone on one device: uint8 clip views -> float16 (n, V, T, 7, 7, C) numpy."""
+
+    def __init__(self, model, device, precision, batch_size, transform=TransformConfig()):
+        self.device, self.batch_size, self.transform = device, batch_size, transform
+        self.amp_dtype = PRECISIONS[precision]
+        if device.type == "cuda":
+            # Same algorithms every run: bit-identical rows after a resume.
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        self.model = model.to(device, memory_format=torch.channels_last).eval()
+
+    @torch.inference_mode()
+    def __call__(self, frames):
+        n, views, t = frames.shape[:3]
+        x = frames.to(self.device, non_blocking=True).flatten(0, 2)  # (n*V*T, 3, crop, crop) uint8
+        pad = (self.batch_size - n) * views * t
+        if pad > 0:  # fixed forward shape: a clip's features never depend on its batch
+            x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])])
+        x = normalise(x, self.transform).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            y = self.model(x)  # (B*V*T, C, 7, 7)
+        y = y[: n * views * t].permute(0, 2, 3, 1).to(torch.float16)  # (n*V*T, 7, 7, C)
+        return y.reshape(n, views, t, *y.shape[1:]).cpu().numpy()  # (n, V, T, 7, 7, C)
+
+
+def cache_attrs(config, provenance, precision, transform=TransformConfig()):
+    return {
+        "dataset": config.dataset, "backbone": "resnet50", **provenance,
+        "num_frames": config.frames,
+        "sampling": "tsn-centre+random-crop-flip" if config.views else "tsn-centre",
+        "resize": list(transform.resize), "crop": transform.crop,
+        "mean": list(transform.mean), "std": list(transform.std),
+        "dtype": "float16", "views": config.views, "precision": precision,
+        "batch_size": config.batch_size, "code_version": code_version(),
+    }
+
+
+def _recorded_failures(writer):
+    return {(f["video_id"].decode() if isinstance(f["video_id"], bytes) else f["video_id"],
+             f["error"].decode() if isinstance(f["error"], bytes) else f["error"]) for f in writer.failures[()]}
+
+
+def extract_dataset(config):
+    """Fill ``config.out`` with the features of every clip; returns a summary dict."""
+    if config.frames <= 0 or config.batch_size <= 0 or config.views < 0 or config.workers < 0:
+        raise ValueError("--frames and --batch-size must be positive, --views and --workers not negative")
+    dataset = load_dataset(config.dataset, config.root, config.folder_split)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    model, provenance = build_backbone(config.weights, seed=config.seed)
+    attrs = cache_attrs(config, provenance, precision)
+    clips = dataset.clips
+    writer = CacheWriter(config.out, [c.clip_id for c in clips], [c.label for c in clips], dataset.classes,
+                         [c.split for c in clips], attrs)
+    started, computed, failed = time.perf_counter(), 0, []
+    try:
+        recorded = _recorded_failures(writer)
+        pending = writer.pending()
+        background = BackgroundWriter(writer)
+
+        def fail(row, reason):
+            failed.append((clips[row].clip_id, reason))
+            if (clips[row].clip_id, reason) not in recorded:
+                background.submit(writer.add_failure, clips[row].clip_id, reason)
+
+        for row in pending:
+            if clips[row].path is None:
+                fail(row, f"missing: no video file or frame folder named {clips[row].clip_id} under {dataset.root}")
+        items = [(row, clips[row].clip_id, clips[row].path) for row in pending if clips[row].path is not None]
+        loader = torch.utils.data.DataLoader(
+            ClipViews(items, config.frames, max(config.views, 1), config.seed),
+            batch_size=config.batch_size, shuffle=False, num_workers=config.workers, collate_fn=collate,
+            pin_memory=device.type == "cuda", persistent_workers=False,
+            prefetch_factor=4 if config.workers else None,
+        )
+        extractor = Extractor(model, device, precision, config.batch_size)
+        views = max(config.views, 1)
+        bar = tqdm(total=len(items), unit="clip", disable=not config.progress, desc=f"extract {config.dataset}",
+                   dynamic_ncols=True)
+        try:
+            for rows, frames, failures in loader:
+                for row, reason in failures:
+                    fail(row, reason)
+                if frames is not None:
+                    features = extractor(frames)  # (n, V, T, 7, 7, C)
+                    for row, row_features in zip(rows, features):
+                        background.submit(writer.write, row, row_features if config.views else row_features[0])
+                    computed += len(rows)
+                bar.update(len(rows) + len(failures))
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(clips_s=f"{computed / elapsed:.2f}",
+                                frames_s=f"{computed * views * config.frames / elapsed:.1f}", failed=len(failed))
+        finally:
+            bar.close()
+            background.close()  # drains the queue: every computed row lands before the file closes
+    finally:
+        writer.close()
+    seconds = time.perf_counter() - started
+    done = int(np.count_nonzero(_done_flags(config.out)))
+    return {
+        "out": config.out, "config": asdict(config), "device": str(device), "precision": precision,
+        "weights": provenance["weights"], "clips": len(clips), "pending_before": len(pending),
+        "computed": computed, "failed": len(failed), "failures": failed, "missing": len(dataset.missing),
+        "done": done, "not_done": len(clips) - done, "seconds": seconds,
+        "clips_per_s": computed / seconds if seconds else 0.0,
+        "frames_per_s": computed * views * config.frames / seconds if seconds else 0.0,
+    }
+
+
+def _done_flags(path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return f["done"][()]
+
+
+def format_summary(summary, max_failures=10):
+    lines = [
+        f"{summary['out']}: {summary['done']}/{summary['clips']} clips done "
+        f"({summary['computed']} computed now in {summary['seconds']:.1f} s: "
+        f"{summary['clips_per_s']:.2f} clips/s, {summary['frames_per_s']:.1f} frames/s on {summary['device']}, "
+        f"{summary['precision']})",
+    ]
+    if summary["failed"]:
+        lines.append(f"{summary['failed']} clips failed ({summary['missing']} missing under --root); "
+                     f"their reasons are in /failures (m3net cache-info):")
+        lines += [f"  {clip_id}: {reason}" for clip_id, reason in summary["failures"][:max_failures]]
+        if summary["failed"] > max_failures:
+            lines.append(f"  ... and {summary['failed'] - max_failures} more")
+    return "\n".join(lines)

@@ -1,0 +1,215 @@
+"""Datasets for stage one: which clips exist, their class and split, and where their frames are.
+
+    gym99, gym288, diving48   class/clip lists from the shipped M3Net few-shot splits
+                              (m3net/splits/<Gym99|Gym288|Diving48>/{train,val,test}list.txt,
+                              lines ``<class>/<clip_id>``); ``--root`` holds the clips
+    folder                    ``<root>/<class>/<clip>`` (every clip goes to one split,
+                              ``folder_split``, default test: a user's own few-shot test set)
+                              or ``<root>/{train,val,test}/<class>/<clip>``
+    synthetic                 the folder layout written by ``m3net make-synthetic``
+
+A clip on disk is a video file (mp4, webm, mkv, avi) named ``<clip_id>.<ext>`` or a frame folder
+``<clip_id>/`` of zero-padded images (``img_00001.jpg``, ``00001.png``, ...), anywhere under the
+root (flat or in class folders). Clips of a list that are not found are listed as missing.
+"""
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+
+SPLITS = ("train", "val", "test")
+SPLIT_FOLDERS = {"gym99": "Gym99", "gym288": "Gym288", "diving48": "Diving48"}
+LISTED_DATASETS = tuple(SPLIT_FOLDERS)
+FOLDER_DATASETS = ("folder", "synthetic")
+DATASETS = LISTED_DATASETS + FOLDER_DATASETS
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+# FineGym: <youtube id>_E_<event start 6d>_<event end 6d>_A_<action start 4d>_<action end 4d>.
+FINEGYM_ID = re.compile(r"^(?P<youtube_id>[A-Za-z0-9_-]{11})_E_(?P<event_start>\d{6})_(?P<event_end>\d{6})"
+                        r"_A_(?P<action_start>\d{4})_(?P<action_end>\d{4})$")
+# Diving48: <youtube id>_<5 digits>; youtube ids contain '_' and '-', so split on the last '_'.
+DIVING48_ID = re.compile(r"^(?P<youtube_id>[A-Za-z0-9_-]+)_(?P<index>\d{5})$")
+# A frame file: any prefix, a zero-padded frame number, an image extension.
+FRAME_FILE = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
+
+
+class DatasetError(ValueError):
+    """Unknown dataset, unreadable root or split list; the message names the file or option."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    clip_id: str
+    label: int  # index into Dataset.classes
+    split: str  # train | val | test
+    path: str = None  # video file or frame folder; None when not found under the root
+
+
+@dataclass
+class Dataset:
+    name: str
+    root: str
+    classes: list  # class names: train classes first, then val, then test (first appearance)
+    clips: list = field(default_factory=list)  # [Clip] in split order, then list order
+
+    @property
+    def missing(self):
+        return [c.clip_id for c in self.clips if c.path is None]
+
+    def summary(self, max_missing=10):
+        """Per split: classes, clips, found and missing (first ``max_missing`` named)."""
+        out = {"dataset": self.name, "root": self.root, "splits": {}}
+        for split in SPLITS:
+            clips = [c for c in self.clips if c.split == split]
+            missing = [c.clip_id for c in clips if c.path is None]
+            entry = {"classes": len({c.label for c in clips}), "clips": len(clips)}
+            if self.root:
+                entry.update(found=len(clips) - len(missing), missing=len(missing),
+                             missing_examples=missing[:max_missing])
+            out["splits"][split] = entry
+        return out
+
+
+def parse_clip_id(dataset, clip_id):
+    """The fields of a clip id ({youtube_id, ...}); ValueError naming the id when it does not fit."""
+    pattern = {"gym99": FINEGYM_ID, "gym288": FINEGYM_ID, "diving48": DIVING48_ID}.get(dataset)
+    if pattern is None:
+        raise DatasetError(f"--dataset {dataset}: clip ids are only defined for {LISTED_DATASETS}")
+    match = pattern.match(clip_id)
+    if not match:
+        expected = ("<youtube id>_<5 digits>" if dataset == "diving48"
+                    else "<youtube id>_E_<6 digits>_<6 digits>_A_<4 digits>_<4 digits>")
+        raise ValueError(f"{dataset} clip id {clip_id!r}: expected {expected}")
+    fields_ = match.groupdict()
+    return {k: (v if k == "youtube_id" else int(v)) for k, v in fields_.items()}
+
+
+def load_split_lists(name):
+    """{split: [(class name, clip id)]} from the shipped split lists of ``name``."""
+    if name not in SPLIT_FOLDERS:
+        raise DatasetError(f"--dataset {name}: no shipped split lists; expected one of {LISTED_DATASETS}")
+    folder = resources.files("m3net").joinpath("splits", SPLIT_FOLDERS[name])
+    lists = {}
+    for split in SPLITS:
+        entry = folder.joinpath(f"{split}list.txt")
+        entries = []
+        for number, line in enumerate(entry.read_text().splitlines(), 1):
+            line = line.strip()
+            if not line:
+                continue
+            if "/" not in line:
+                raise DatasetError(f"{entry}: line {number} {line!r}: expected <class>/<clip_id>")
+            label, clip_id = line.rsplit("/", 1)
+            entries.append((label, clip_id))
+        lists[split] = entries
+    return lists
+
+
+def _is_frame_folder(files):
+    return any(FRAME_FILE.match(f) for f in files)
+
+
+def scan_root(root):
+    """{clip id: path} for every video file and frame folder under ``root`` (first in sorted order wins)."""
+    if not os.path.isdir(root):
+        raise DatasetError(f"--root {root}: not a directory")
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        if folder != root and _is_frame_folder(files):
+            found.setdefault(os.path.basename(folder), folder)
+            dirs[:] = []  # a frame folder holds frames, not clips
+            continue
+        for name in sorted(files):
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in VIDEO_EXTENSIONS:
+                found.setdefault(stem, os.path.join(folder, name))
+    return found
+
+
+def frame_files(folder):
+    """The frame images of a frame folder, ordered by their frame number."""
+    numbered = []
+    for name in os.listdir(folder):
+        match = FRAME_FILE.match(name)
+        if match:
+            numbered.append((int(match.group("number")), name))
+    return [os.path.join(folder, name) for _, name in sorted(numbered)]
+
+
+def _listed_dataset(name, root):
+    lists = load_split_lists(name)
+    located = scan_root(root) if root else {}
+    classes, index, clips = [], {}, []
+    for split in SPLITS:
+        for label, clip_id in lists[split]:
+            if label not in index:
+                index[label] = len(classes)
+                classes.append(label)
+            clips.append(Clip(clip_id, index[label], split, located.get(clip_id)))
+    return Dataset(name, root or "", classes, clips)
+
+
+def _class_clips(class_dir):
+    """[(stem, path)] of the clips (video files, frame folders) directly inside a class folder."""
+    out = []
+    for name in sorted(os.listdir(class_dir)):
+        path = os.path.join(class_dir, name)
+        stem, ext = os.path.splitext(name)
+        if os.path.isfile(path) and ext.lower() in VIDEO_EXTENSIONS:
+            out.append((stem, path))
+        elif os.path.isdir(path) and _is_frame_folder(os.listdir(path)):
+            out.append((name, path))
+    return out
+
+
+def _folder_dataset(name, root, folder_split):
+    if not root or not os.path.isdir(root):
+        raise DatasetError(f"--dataset {name} needs --root DIR with <class>/<clip> folders; got {root!r}")
+    if folder_split not in SPLITS:
+        raise DatasetError(f"--folder-split {folder_split}: expected one of {SPLITS}")
+    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if any(d in SPLITS for d in subdirs):
+        split_roots = [(s, os.path.join(root, s)) for s in SPLITS if s in subdirs]
+    else:
+        split_roots = [(folder_split, root)]
+    classes, index, entries = [], {}, []
+    for split, split_root in split_roots:
+        for label in sorted(d for d in os.listdir(split_root) if os.path.isdir(os.path.join(split_root, d))):
+            for stem, path in _class_clips(os.path.join(split_root, label)):
+                if label not in index:
+                    index[label] = len(classes)
+                    classes.append(label)
+                entries.append((stem, index[label], split, path))
+    if not entries:
+        raise DatasetError(f"--root {root}: no clips found; expected <class>/<clip>.mp4 (or frame folders), "
+                           f"optionally under train/, val/, test/")
+    stems = [e[0] for e in entries]
+    unique = len(set(stems)) == len(stems)
+    # Clip ids are file stems; when two classes reuse a stem, every id becomes its relative path.
+    clips = [Clip(stem if unique else os.path.splitext(os.path.relpath(path, root))[0], label, split, path)
+             for stem, label, split, path in entries]
+    return Dataset(name, root, classes, clips)
+
+
+def load_dataset(name, root=None, folder_split="test"):
+    """The Dataset ``name`` with its clips located under ``root`` (listed datasets: root optional)."""
+    if name in LISTED_DATASETS:
+        return _listed_dataset(name, root)
+    if name in FOLDER_DATASETS:
+        return _folder_dataset(name, root, folder_split)
+    raise DatasetError(f"--dataset {name}: unknown; expected one of {DATASETS}")
+
+
+def format_summary(summary):
+    lines = [f"{summary['dataset']}" + (f" under {summary['root']}" if summary["root"] else "")]
+    for split, entry in summary["splits"].items():
+        line = f"  {split:<5} {entry['classes']:>4} classes {entry['clips']:>6} clips"
+        if "found" in entry:
+            line += f"  found {entry['found']:>6}  missing {entry['missing']:>6}"
+            if entry["missing_examples"]:
+                more = entry["missing"] - len(entry["missing_examples"])
+                line += "  e.g. " + ", ".join(entry["missing_examples"]) + (f" (+{more} more)" if more else "")
+        lines.append(line)
+    return "\n".join(lines)
