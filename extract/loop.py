@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from m3net.cache import CacheWriter
-from m3net.data.datasets import load_dataset
+from m3net.data.datasets import DatasetError, load_dataset
 from m3net.extract.backbone import build_backbone
 from m3net.extract.sampling import sample_indices
 from m3net.extract.transforms import TransformConfig, normalise, test_view, train_view
@@ -199,6 +199,11 @@ def extract_dataset(config):
     if config.frames <= 0 or config.batch_size <= 0 or config.views < 0 or config.workers < 0:
         raise ValueError("--frames and --batch-size must be positive, --views and --workers not negative")
     dataset = load_dataset(config.dataset, config.root, config.folder_split)
+    if len(dataset.missing) == len(dataset.clips):
+        example = dataset.clips[0].clip_id
+        raise DatasetError(f"--root {config.root}: none of the {len(dataset.clips)} {config.dataset} clips is there; "
+                           f"expected video files named like {example}.mp4 (flat or in class folders) "
+                           f"or frame folders {example}/img_00001.jpg")
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     model, provenance = build_backbone(config.weights, seed=config.seed)
@@ -281,4 +286,18 @@ def format_summary(summary, max_failures=10):
         lines += [f"  {clip_id}: {reason}" for clip_id, reason in summary["failures"][:max_failures]]
         if summary["failed"] > max_failures:
             lines.append(f"  ... and {summary['failed'] - max_failures} more")
+    return "\n".join(lines)
+
+
+def format_cache_info(info, max_failures=10):
+    """Text for `m3net cache-info`: provenance attrs, per-split done/total, failures."""
+    lines = [f"{info['path']}  features {tuple(info['feature_shape'])}  done {info['done']}/{info['total']}"]
+    lines += [f"  {key:<15} {value}" for key, value in sorted(info["attrs"].items())]
+    for split, entry in info["splits"].items():
+        lines.append(f"  {split:<5} {entry['classes']:>4} classes  {entry['done']:>6}/{entry['clips']:<6} clips done")
+    failures = info["failures"]
+    lines.append(f"  failures: {len(failures)}")
+    lines += [f"    {clip_id}: {reason}" for clip_id, reason in failures[:max_failures]]
+    if len(failures) > max_failures:
+        lines.append(f"    ... and {len(failures) - max_failures} more")
     return "\n".join(lines)

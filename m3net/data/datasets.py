@@ -57,7 +57,7 @@ class Dataset:
     def missing(self):
         return [c.clip_id for c in self.clips if c.path is None]
 
-    def summary(self, max_missing=10):
+    def summary(self, max_missing=5):
         """Per split: classes, clips, found and missing (first ``max_missing`` named)."""
         out = {"dataset": self.name, "root": self.root, "splits": {}}
         for split in SPLITS:
