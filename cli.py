@@ -217,6 +217,20 @@ def demo_cmd(out, seed, weights, train_episodes, eval_episodes, train_classes, v
                         eval_episodes=eval_episodes, device=device))
 
 
+@main.command("report")
+@click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False),
+              help="Training run folder (train_log.csv, val_log.csv) for the training curves.")
+@click.option("--clips", "clips_root", type=click.Path(exists=True, file_okay=False),
+              help="Folder dataset with the clips, for the activation-map picture.")
+def report_cmd(results_dir, run_dir, clips_root):
+    """Redraw the pictures of an evaluation folder (results.json) as PNG files."""
+    from m3net.report import draw_report
+
+    for path in draw_report(results_dir, run_dir, clips_root):
+        click.echo(f"wrote {path}")
+
+
 @main.command("dataset-info")
 @click.option("--dataset", required=True, type=click.Choice(["gym99", "gym288", "diving48", "folder", "synthetic"]))
 @click.option("--root", default=None, type=click.Path(file_okay=False), help="Also count the clips found / missing here.")

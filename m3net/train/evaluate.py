@@ -91,12 +91,25 @@ def evaluate(config, progress=True):
     sampler = EpisodeSampler(cached.labels, cached.split, config.split, config.way, config.shot, config.queries,
                              seed=config.seed, class_names=cached.classes)
     per_episode = {label: {} for label, _, _ in heads}  # label -> view -> [accuracy per episode]
+    # Where the queries of each split class go (paper Fig. 6): label -> view -> (K, K) counts.
+    split_classes = sampler.classes
+    compact = {int(c): i for i, c in enumerate(split_classes)}
+    confusion = {label: {} for label, _, _ in heads}
     for index in tqdm(range(config.episodes), disable=not progress, desc="evaluate", unit="ep"):
-        support, support_labels, query, query_labels = bank.episode(sampler.episode(index))
+        episode = sampler.episode(index)
+        support, support_labels, query, query_labels = bank.episode(episode)
+        true_ids = [compact[int(c)] for c in episode.classes[episode.query_labels]]
         for label, head, _ in heads:
-            for view, acc in episode_accuracies(head(support, support_labels, query), query_labels).items():
+            outputs = head(support, support_labels, query)
+            for view, acc in episode_accuracies(outputs, query_labels).items():
                 per_episode[label].setdefault(view, []).append(acc)
-    return summarize(config, cache_path, cached, heads, per_episode)
+                counts = confusion[label].setdefault(view, np.zeros((len(split_classes),) * 2, dtype=np.int64))
+                predicted = episode.classes[outputs[view].argmax(dim=-1).cpu().numpy()]
+                np.add.at(counts, (true_ids, [compact[int(c)] for c in predicted]), 1)
+    summary = summarize(config, cache_path, cached, heads, per_episode)
+    summary["confusion_classes"] = [cached.classes[c] for c in split_classes]
+    summary["confusion"] = {label: {v: m.tolist() for v, m in views.items()} for label, views in confusion.items()}
+    return summary
 
 
 def summarize(config, cache_path, cached, heads, per_episode):

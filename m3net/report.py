@@ -1,0 +1,194 @@
+"""Pictures of a results folder (PNG, matplotlib): what the paper shows, for our runs.
+
+    accuracy.png        accuracy ± 95% CI per view (Y1, Y2, Y3, Y) and per head
+    predictions.png     where the queries of each test class go, per view (paper Fig. 6)
+    training.png        training loss and validation accuracy over episodes
+    alignment.png       the DTW path between a query and its best support over the cosine cost
+    activations.png     a query's frames with the feature-norm heat map of each (cf. paper Fig. 5)
+
+``m3net report DIR`` redraws them from DIR/results.json (and the run folder / cache it names).
+"""
+import csv
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+VIEW_NAMES = {"y1": "Y1 (I-M)", "y2": "Y2 (C-M)", "y3": "Y3 (T-M)", "y": "Y (fused)"}
+
+
+def plot_accuracy(summary, path):
+    rows = summary["results"]
+    heads = list(dict.fromkeys(r["head"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 4))
+    labels, means, cis, colours = [], [], [], []
+    palette = plt.get_cmap("tab10")
+    for i, head in enumerate(heads):
+        for r in (r for r in rows if r["head"] == head):
+            labels.append(f"{head}\n{VIEW_NAMES.get(r['view'], r['view'])}")
+            means.append(r["accuracy"])
+            cis.append(r["ci95"])
+            colours.append(palette(i % 10))
+    x = np.arange(len(labels))
+    ax.bar(x, means, yerr=cis, capsize=4, color=colours)
+    for xi, m in zip(x, means):
+        ax.text(xi, m + 1, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylabel("accuracy (%) ± 95% CI")
+    ax.set_ylim(0, 105)
+    ax.set_title(summary["task"], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_predictions(summary, head, path):
+    views = summary["confusion"][head]
+    classes = summary["confusion_classes"]
+    fig, axes = plt.subplots(1, len(views), figsize=(3.6 * len(views), 3.6), squeeze=False)
+    for ax, (view, counts) in zip(axes[0], sorted(views.items(), key=lambda kv: (kv[0] == "y", kv[0]))):
+        counts = np.asarray(counts, dtype=float)
+        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        ax.imshow(share, cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(VIEW_NAMES.get(view, view), fontsize=9)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ticks = np.arange(len(classes))
+        ax.set_xticks(ticks, [str(i) for i in ticks], fontsize=7)
+        ax.set_yticks(ticks, [str(i) for i in ticks], fontsize=7)
+    fig.suptitle(f"{head}: share of each test class's queries per predicted class", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def plot_training(run_dir, path):
+    train = _read_csv(os.path.join(run_dir, "train_log.csv"))
+    val_path = os.path.join(run_dir, "val_log.csv")
+    val = _read_csv(val_path) if os.path.exists(val_path) else []
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(9, 3.5))
+    steps = [int(r["step"]) for r in train]
+    ax_loss.plot(steps, [float(r["loss"]) for r in train], label="total")
+    per_view = {}
+    for r in train:
+        for item in filter(None, r["views_loss"].split(" ")):
+            view, value = item.split("=")
+            per_view.setdefault(view, []).append(float(value))
+    for view, values in per_view.items():
+        if len(per_view) > 1:
+            ax_loss.plot(steps, values, label=VIEW_NAMES.get(view, view), linewidth=1)
+    ax_loss.set_xlabel("episode")
+    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.legend(fontsize=7)
+    ax_loss.set_title("training loss", fontsize=9)
+    if val:
+        ax_val.errorbar([int(r["step"]) for r in val], [float(r["val_acc"]) for r in val],
+                        yerr=[float(r["val_ci"]) for r in val], marker="o", capsize=3)
+    ax_val.set_xlabel("episode")
+    ax_val.set_ylabel("val accuracy (%)")
+    ax_val.set_title("validation (Y)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _pooled(clip):
+    return torch.as_tensor(np.asarray(clip, dtype=np.float32)).mean(dim=(1, 2))  # (T, C)
+
+
+def plot_alignment(cached, query_row, support_rows, path):
+    """Cosine cost between a query and each support (spatially pooled frames); the support with
+    the lowest hard-DTW cost is drawn with its optimal path."""
+    from m3net.kernels import cosine_cost, dtw, dtw_path
+
+    q = _pooled(cached.features[query_row])
+    costs = torch.stack([cosine_cost(q[None], _pooled(cached.features[r])[None])[0] for r in support_rows])
+    values = dtw(costs, mode="hard")
+    best = int(values.argmin())
+    path_mask = dtw_path(costs[best : best + 1])[0]
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    im = ax.imshow(costs[best].numpy(), cmap="magma_r")
+    ii, jj = np.nonzero(path_mask.numpy())
+    ax.plot(jj, ii, "c-o", markersize=4, linewidth=1.5, label="DTW path")
+    ax.set_xlabel(f"support frame ({cached.video_ids[support_rows[best]]})", fontsize=7)
+    ax.set_ylabel(f"query frame ({cached.video_ids[query_row]})", fontsize=7)
+    ax.set_title(f"cosine cost, best support (hard DTW {values[best]:.3g})", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_activations(frames, features, title, path):
+    """frames (T, H, W, 3) uint8 and their maps (T, h, w, C): the L2 norm over channels of each
+    map, upsampled over its frame (a class-agnostic activation map)."""
+    norms = np.linalg.norm(np.asarray(features, dtype=np.float32), axis=-1)  # (T, h, w)
+    t = len(frames)
+    fig, axes = plt.subplots(2, t, figsize=(1.6 * t, 3.4))
+    for k in range(t):
+        heat = torch.nn.functional.interpolate(torch.as_tensor(norms[k])[None, None], size=frames[k].shape[:2],
+                                               mode="bilinear", align_corners=False)[0, 0].numpy()
+        axes[0, k].imshow(frames[k])
+        axes[1, k].imshow(frames[k])
+        axes[1, k].imshow(heat, cmap="jet", alpha=0.5)
+        axes[0, k].set_title(f"frame {k + 1}", fontsize=7)
+        for ax in axes[:, k]:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_report(results_dir, run_dir=None, clips_root=None):
+    """Draws every picture whose inputs exist; returns the list of written PNG paths."""
+    from m3net.cache import load_cache
+    from m3net.data.episodes import EpisodeSampler
+
+    with open(os.path.join(results_dir, "results.json")) as fh:
+        summary = json.load(fh)
+    written = []
+
+    def out(name):
+        written.append(os.path.join(results_dir, name))
+        return written[-1]
+
+    plot_accuracy(summary, out("accuracy.png"))
+    first = summary["results"][0]["head"]
+    if summary.get("confusion"):
+        plot_predictions(summary, first, out("predictions.png"))
+    if run_dir and os.path.exists(os.path.join(run_dir, "train_log.csv")):
+        plot_training(run_dir, out("training.png"))
+    cfg = summary["config"]
+    cached = load_cache(cfg["cache"], splits=(cfg["split"],))
+    sampler = EpisodeSampler(cached.labels, cached.split, cfg["split"], cfg["way"], cfg["shot"], cfg["queries"],
+                             seed=cfg["seed"])
+    episode = sampler.episode(0)
+    plot_alignment(cached, int(episode.query_rows[0]), [int(r) for r in episode.support_rows], out("alignment.png"))
+    if clips_root:
+        from m3net.data.datasets import load_dataset
+        from m3net.extract.sampling import sample_indices
+        from m3net.extract.transforms import TransformConfig, test_view
+        from m3net.extract.video import decode_frames, num_frames
+
+        query_id = cached.video_ids[int(episode.query_rows[0])]
+        paths = {c.clip_id: c.path for c in load_dataset("folder", clips_root).clips}
+        if paths.get(query_id):
+            video = paths[query_id]
+            indices = sample_indices(num_frames(video), cached.features.shape[1])
+            frames = decode_frames(video, indices)  # (T, H, W, 3) uint8
+            crop = test_view(frames, TransformConfig())  # uint8 (T, 3, 224, 224): what the backbone saw
+            plot_activations(crop.permute(0, 2, 3, 1).numpy(), cached.features[int(episode.query_rows[0])],
+                             f"{query_id}: feature-norm maps of the cached 7x7 features", out("activations.png"))
+    return written
