@@ -1,4 +1,7 @@
 """Few-shot heads: M3Net (encoders, matchers, fusion) and baselines, behind one registry."""
 from m3net.model.registry import HEADS, FewShotHead, build_head, list_heads, register_head
 
+# Imported for their @register_head side effect.
+from m3net.model import baselines, m3net_head  # noqa: E402,F401  isort:skip
+
 __all__ = ["HEADS", "FewShotHead", "build_head", "list_heads", "register_head"]

@@ -1,0 +1,124 @@
+"""The M3Net head (paper §3): multi-view encoding, matching and fusion on cached frame maps.
+
+    maps (X, T, 7, 7, d) --IFCE--> patch tokens (X, T, P, d) --spatial mean--> frames (X, T, d)
+        frames                      -> I-M (DTW)               -> D1 -> y1
+        patch tokens --IVCE-->      -> C-M (cross-attention)   -> D2 -> y2
+        frames --IECE-->            -> T-M (nearest frame)     -> D3 -> y3
+    (which encoder feeds which matcher is configurable for Table 3; the default is the paper's.)
+
+A switched-off encoder passes its input through (IFCE off: the unpooled 7×7 map is the patch
+set; IVCE off: the spatial mean of the patches; IECE off: the frames unchanged). A switched-off
+matcher's view is absent from the outputs and from y.
+
+Fusion (§3.5): y_i = -τ_i · D_i; training loss Σ CE(y_i) over the enabled views (train_views);
+inference y = Σ softmax(y_i): ``y`` holds summed class probabilities (in [0, number of views]),
+not logits — use it for argmax / accuracy, not for a further softmax. Each τ_i is learnable
+(a log-parameter, initialised to ``temperature``) by default: the three distances live on
+different scales and the sum of softmaxes weighs each view by how peaked it is, so each view
+learns its own sharpness; ``learn_temperature=False`` keeps τ fixed.
+"""
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from m3net.model.encoders import IECE, IFCE, IVCE
+from m3net.model.matchers import DTW_MODES, CategoryMatching, instance_matching, task_matching
+from m3net.model.registry import FewShotHead, num_classes, register_head
+
+ENCODERS = ("ifce", "ivce", "iece")
+MATCHERS = (("im", "y1"), ("cm", "y2"), ("tm", "y3"))
+
+
+@register_head("m3net")
+class M3Net(FewShotHead):
+    train_views = ("y1", "y2", "y3")
+
+    @dataclasses.dataclass
+    class Config:
+        feature_dim: int = 2048  # d = C
+        num_frames: int = 8  # t (IVCE's T×T layers fix it)
+        patch_grid: int = 4  # n: IFCE pools 7×7 to n×n patches
+        use_ifce: bool = True
+        use_ivce: bool = True
+        use_iece: bool = True
+        use_im: bool = True
+        use_cm: bool = True
+        use_tm: bool = True
+        im_features: str = "ifce"  # encoder feeding each matcher (Table 3): ifce | ivce | iece
+        cm_features: str = "ivce"
+        tm_features: str = "iece"
+        dtw_mode: str = "hard"  # I-M: hard = the paper's DTW; soft = soft-DTW over the hard path length
+        dtw_gamma: float = 0.1
+        cm_dim: int = 0  # d_k of C-M's projections; 0 = feature_dim
+        iece_transductive: bool = False  # True: one IECE set of all supports + queries
+        temperature: float = 10.0
+        learn_temperature: bool = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        c = config
+        self.views = [view for matcher, view in MATCHERS if getattr(c, f"use_{matcher}")]
+        if not self.views:
+            raise ValueError("m3net: every matcher is switched off (use_im, use_cm, use_tm); enable at least one")
+        for matcher, _ in MATCHERS:
+            source = getattr(c, f"{matcher}_features")
+            if source not in ENCODERS:
+                raise ValueError(f"m3net: {matcher}_features={source!r}; expected one of {', '.join(ENCODERS)}")
+        if c.dtw_mode not in DTW_MODES:
+            raise ValueError(f"m3net: dtw_mode={c.dtw_mode!r}; expected one of {', '.join(DTW_MODES)}")
+        if c.temperature <= 0:
+            raise ValueError(f"m3net: temperature={c.temperature}; expected > 0")
+        self.sources = {matcher: getattr(c, f"{matcher}_features") for matcher, _ in MATCHERS
+                        if getattr(c, f"use_{matcher}")}
+        needed = set(self.sources.values())
+        dim = c.feature_dim
+        self.ifce = IFCE(dim, c.patch_grid) if c.use_ifce else None
+        self.ivce = IVCE(dim, c.num_frames) if c.use_ivce and "ivce" in needed else None
+        self.iece = IECE(dim, c.iece_transductive) if c.use_iece and "iece" in needed else None
+        self.cm = CategoryMatching(dim, c.cm_dim or dim) if c.use_cm else None
+        log_tau = torch.full((len(self.views),), math.log(c.temperature))
+        if c.learn_temperature:
+            self.log_temperature = nn.Parameter(log_tau)
+        else:
+            self.register_buffer("log_temperature", log_tau)
+
+    def encode(self, support, query):
+        """{encoder: (support (G, S, T, d), query (Q, T, d))} for the encoders the matchers use."""
+        n_support = support.shape[0]
+        maps = torch.cat([support, query])  # (X = S+Q, T, H, W, d)
+        patches = self.ifce(maps) if self.ifce is not None else maps.flatten(2, 3)  # (X, T, P, d)
+        frames = patches.mean(dim=2)  # (X, T, d)
+        features = {}
+        for source in set(self.sources.values()):
+            if source == "ifce":
+                encoded = frames
+            elif source == "ivce":
+                encoded = self.ivce(patches) if self.ivce is not None else frames
+            else:
+                if self.iece is not None:
+                    features[source] = self.iece(frames[:n_support], frames[n_support:])
+                    continue
+                encoded = frames
+            features[source] = (encoded[None, :n_support], encoded[n_support:])
+        return features
+
+    def forward(self, support, support_labels, query):
+        support, query = self.cast(support, query)
+        n_way = num_classes(support_labels)
+        features = self.encode(support, query)
+        distances = []
+        if self.config.use_im:
+            s, q = features[self.sources["im"]]
+            distances.append(instance_matching(q, s, support_labels, n_way, self.config.dtw_mode, self.config.dtw_gamma))
+        if self.config.use_cm:
+            s, q = features[self.sources["cm"]]
+            distances.append(self.cm(q, s, support_labels, n_way))
+        if self.config.use_tm:
+            s, q = features[self.sources["tm"]]
+            distances.append(task_matching(q, s, support_labels, n_way))
+        temperature = self.log_temperature.exp()
+        outputs = {view: -temperature[i] * d for i, (view, d) in enumerate(zip(self.views, distances))}  # (Q, N) each
+        outputs["y"] = sum(torch.softmax(outputs[view], dim=-1) for view in self.views)  # summed probabilities
+        return outputs
