@@ -10,7 +10,9 @@ shape (a short last batch is padded with zero clips) and BatchNorm runs in eval 
 features do not depend on which clips share its batch; training-view randomness comes from
 (seed, row, view). An interrupted run (Ctrl-C, kill -9) resumed with the same settings therefore
 gives the same bytes as an uninterrupted one. ``batch_size`` and ``precision`` are stored as
-attrs and checked on resume, since they can change the last bits of the features.
+attrs and checked on resume, since they can change the last bits of the features. So can the
+number of CPU threads (oneDNN picks its blocking from it; seen here: 1 vs 2 threads differ in
+float16 bits) and the GPU model: resume on the same kind of machine for identical bytes.
 
 With ``views`` = K > 0 every row holds K views (V, K, T, 7, 7, C): view 0 is the test view
 (segment centres, centre crop; evaluation reads it), views 1..K-1 are training views (random
@@ -198,6 +200,7 @@ def extract_dataset(config):
     """Fill ``config.out`` with the features of every clip; returns a summary dict."""
     if config.frames <= 0 or config.batch_size <= 0 or config.views < 0 or config.workers < 0:
         raise ValueError("--frames and --batch-size must be positive, --views and --workers not negative")
+    model, provenance = build_backbone(config.weights, seed=config.seed)  # first: a weights problem fails fast
     dataset = load_dataset(config.dataset, config.root, config.folder_split)
     if len(dataset.missing) == len(dataset.clips):
         example = dataset.clips[0].clip_id
@@ -206,7 +209,6 @@ def extract_dataset(config):
                            f"or frame folders {example}/img_00001.jpg")
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    model, provenance = build_backbone(config.weights, seed=config.seed)
     attrs = cache_attrs(config, provenance, precision)
     clips = dataset.clips
     writer = CacheWriter(config.out, [c.clip_id for c in clips], [c.label for c in clips], dataset.classes,
