@@ -182,9 +182,34 @@ def finetune_cmd():
 
 
 @main.command("predict")
-def predict_cmd():
-    """Classify query clips against a folder of labelled support clips."""
-    _not_built("predict")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Trained head (best.pt of `m3net train-head`).")
+@click.option("--support", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of <class>/<clip>: the same number (1-5) of labelled clips per class.")
+@click.option("--query", "queries", required=True, multiple=True, type=click.Path(),
+              help="Clip to classify (repeatable): a video file or a frame folder.")
+@click.option("--weights", default="", help="Backbone weights if not where the checkpoint's cache found them (checked by sha256).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def predict_cmd(checkpoint, support, queries, weights, device, as_json):
+    """Classify query clips against a folder of labelled support clips (few-shot, no training)."""
+    import json
+
+    from m3net.extract.backbone import WeightsError
+    from m3net.train.checkpoint import CheckpointError
+    from m3net.train.predict import PredictConfig, PredictError, predict
+
+    try:
+        results = predict(PredictConfig(checkpoint=checkpoint, support=support, queries=queries, weights=weights,
+                                        device=device))
+    except (PredictError, CheckpointError, WeightsError, ValueError) as err:
+        raise click.ClickException(str(err))
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for result in results:
+        top = ", ".join(f"{name} {p:.2f}" for name, p in list(result["probabilities"].items())[:5])
+        click.echo(f"{result['query']}: {result['predicted']}   ({top})")
 
 
 @main.command("demo")
@@ -265,6 +290,33 @@ def cache_info_cmd(path, as_json):
     except CacheError as err:
         raise click.ClickException(str(err))
     click.echo(json.dumps(info, indent=1) if as_json else format_cache_info(info))
+
+
+@main.command("bench-extract")
+@click.option("--root", required=True, type=click.Path(file_okay=False), help="Folder dataset to time (e.g. from make-synthetic).")
+@click.option("--clips", default=0, show_default=True, help="Clips timed (0: all of the folder).")
+@click.option("--frames", default=8, show_default=True)
+@click.option("--batch-size", default=8, show_default=True, help="Clips per backbone forward.")
+@click.option("--workers", default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp16", "bf16", "fp32"]), default="auto", show_default=True)
+@click.option("--weights", default="random", show_default=True, help="Speed does not depend on the weights' values.")
+@click.option("--out-dir", default="benchmarks", show_default=True, type=click.Path(file_okay=False))
+def bench_extract_cmd(**options):
+    """Decode-only clips/s, backbone-only frames/s and end-to-end extraction, side by side."""
+    import warnings
+
+    from m3net.data.datasets import DatasetError
+    from m3net.extract.bench import ExtractBenchConfig, format_table, run_bench, write_results
+
+    warnings.filterwarnings("ignore", message="--weights random")  # timing only: the values do not matter
+    try:
+        result = run_bench(ExtractBenchConfig(**options))
+    except (DatasetError, ValueError) as err:
+        raise click.ClickException(str(err))
+    click.echo(format_table(result))
+    csv_path, json_path = write_results(result, options["out_dir"])
+    click.echo(f"wrote {csv_path} and {json_path}")
 
 
 @main.command("bench-dtw")

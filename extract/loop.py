@@ -51,6 +51,7 @@ class ExtractConfig:
     precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU), fp16, bf16, fp32
     seed: int = 0  # random weights and training views
     folder_split: str = "test"  # split of every clip of a flat <root>/<class>/<clip> folder
+    limit: int = 0  # compute at most this many pending clips (0: all); for benchmarks and smoke runs
     progress: bool = True
 
 
@@ -120,6 +121,15 @@ def collate(items):
     failed = [(row, reason) for row, _, reason in items if reason is not None]
     frames = torch.stack([v for _, v in good]) if good else None
     return [row for row, _ in good], frames, failed
+
+
+def make_loader(items, config, device):
+    """DataLoader over [(row, clip id, path)] yielding collate()'s batches of ``config.batch_size`` clips."""
+    return torch.utils.data.DataLoader(
+        ClipViews(items, config.frames, max(config.views, 1), config.seed),
+        batch_size=config.batch_size, shuffle=False, num_workers=config.workers, collate_fn=collate,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if config.workers else None,
+    )
 
 
 class BackgroundWriter:
@@ -228,15 +238,10 @@ def extract_dataset(config):
             if clips[row].path is None:
                 fail(row, f"missing: no video file or frame folder named {clips[row].clip_id} under {dataset.root}")
         items = [(row, clips[row].clip_id, clips[row].path) for row in pending if clips[row].path is not None]
-        loader = torch.utils.data.DataLoader(
-            ClipViews(items, config.frames, max(config.views, 1), config.seed),
-            batch_size=config.batch_size, shuffle=False, num_workers=config.workers, collate_fn=collate,
-            pin_memory=device.type == "cuda", persistent_workers=False,
-            prefetch_factor=4 if config.workers else None,
-        )
+        loader = make_loader(items[:config.limit] if config.limit else items, config, device)
         extractor = Extractor(model, device, precision, config.batch_size)
         views = max(config.views, 1)
-        bar = tqdm(total=len(items), unit="clip", disable=not config.progress, desc=f"extract {config.dataset}",
+        bar = tqdm(total=len(loader.dataset), unit="clip", disable=not config.progress, desc=f"extract {config.dataset}",
                    dynamic_ncols=True)
         try:
             for rows, frames, failures in loader:
