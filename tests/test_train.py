@@ -1,42 +1,16 @@
 """Episodes, train-head, evaluate on small generated caches (CPU)."""
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers_cache import order_only_cache
+from helpers_cache import order_only_cache  # also registers the test-aligned head
 
 from m3net.cache import ProvenanceError, write_cache_arrays
 from m3net.cli import main
 from m3net.data.episodes import EpisodeError, EpisodeSampler
-from m3net.model.registry import HEADS, FewShotHead, class_means, num_classes, register_head
 from m3net.train.checkpoint import load_checkpoint
 from m3net.train.evaluate import EvalConfig, evaluate
 from m3net.train.loop import TrainConfig, train_head
-
-if "test-aligned" not in HEADS:
-
-    @register_head("test-aligned")
-    class AlignedHead(FewShotHead):
-        """A tiny trainable temporal head for the trainer's tests: per-frame projection, distance
-        to the class prototype frame by frame (order-aware, unlike ProtoNet)."""
-
-        @dataclasses.dataclass
-        class Config(FewShotHead.Config):
-            hidden: int = 8
-
-        def __init__(self, config):
-            super().__init__(config)
-            self.proj = torch.nn.Linear(config.feature_dim, config.hidden)
-
-        def forward(self, support, support_labels, query):
-            support, query = self.cast(support, query)
-            s = self.proj(support.mean(dim=(2, 3)))  # (S, T, h)
-            q = self.proj(query.mean(dim=(2, 3)))  # (Q, T, h)
-            protos = class_means(s, support_labels, num_classes(support_labels))  # (N, T, h)
-            return {"y": -((q[:, None] - protos[None]) ** 2).sum(-1).mean(-1)}  # (Q, N)
-
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
