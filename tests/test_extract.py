@@ -258,3 +258,30 @@ def test_kill_9_then_resume_gives_identical_bytes(tmp_path):
     # A resume must use the batch size the cache was started with (it can change the last bits).
     with pytest.raises(Exception, match="batch_size"):
         extract_dataset(ExtractConfig("folder", root, killed, **{**config, "batch_size": 1}))
+
+
+@pytest.mark.filterwarnings("ignore:--weights random")
+def test_ctrl_c_closes_the_cache_and_a_rerun_finishes(tmp_path, monkeypatch):
+    from m3net.extract import loop
+
+    root = _folder(tmp_path / "data", {"a/c0.mp4": SMALL, "a/c1.mp4": SMALL2, "b/c2.mp4": SMALL2})
+    out = tmp_path / "c.h5"
+    forward = loop.Extractor.__call__
+    calls = []
+
+    def interrupted_second_batch(self, frames):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return forward(self, frames)
+
+    monkeypatch.setattr(loop.Extractor, "__call__", interrupted_second_batch)
+    args = ["extract", "--dataset", "folder", "--root", root, "--out", str(out), "--weights", "random",
+            "--frames", "2", "--batch-size", "1", "--workers", "0"]
+    result = CliRunner().invoke(cli_main, args)
+    assert result.exit_code == 130 and "re-run the same command to resume" in result.output
+    with h5py.File(out, "r") as f:  # closed cleanly: opens, first row done, rest pending
+        assert f["done"][()].tolist() == [True, False, False]
+    monkeypatch.setattr(loop.Extractor, "__call__", forward)
+    result = CliRunner().invoke(cli_main, args)
+    assert result.exit_code == 0 and "3/3 clips done (2 computed now" in result.output
