@@ -86,9 +86,11 @@ class SetTokenMixing(nn.Module):
 
     def __init__(self, dim):
         super().__init__()
-        self.self_weight = nn.Parameter(torch.ones(dim))
-        self.set_weight = nn.Parameter(torch.zeros(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
+        # Per channel this is a linear map of the two inputs (x_l, mean): nn.Linear(2, 1)'s init.
+        bound = 2 ** -0.5
+        self.self_weight = nn.Parameter(torch.empty(dim).uniform_(-bound, bound))
+        self.set_weight = nn.Parameter(torch.empty(dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(dim).uniform_(-bound, bound))
 
     def forward(self, tokens):  # (G, L, d): G independent sets of L tokens
         return self.self_weight * tokens + self.set_weight * tokens.mean(dim=1, keepdim=True) + self.bias
