@@ -18,6 +18,7 @@ With ``views`` = K > 0 every row holds K views (V, K, T, 7, 7, C): view 0 is the
 (segment centres, centre crop; evaluation reads it), views 1..K-1 are training views (random
 frame within each segment, random crop 224 of the 256x256 frame, horizontal flip p=1/2).
 """
+import os
 import queue
 import threading
 import time
@@ -206,8 +207,24 @@ def _recorded_failures(writer):
              f["error"].decode() if isinstance(f["error"], bytes) else f["error"]) for f in writer.failures[()]}
 
 
-def extract_dataset(config):
-    """Fill ``config.out`` with the features of every clip; returns a summary dict."""
+@dataclass
+class Prepared:
+    """What every process of a run needs before it computes rows."""
+
+    dataset: object  # m3net.data.datasets.Dataset
+    model: torch.nn.Module
+    provenance: dict
+    device: torch.device
+    precision: str
+    attrs: dict
+
+    def open_writer(self, path):
+        clips = self.dataset.clips
+        return CacheWriter(path, [c.clip_id for c in clips], [c.label for c in clips], self.dataset.classes,
+                           [c.split for c in clips], self.attrs)
+
+
+def prepare(config, device=None):
     if config.frames <= 0 or config.batch_size <= 0 or config.views < 0 or config.workers < 0:
         raise ValueError("--frames and --batch-size must be positive, --views and --workers not negative")
     model, provenance = build_backbone(config.weights, seed=config.seed)  # first: a weights problem fails fast
@@ -217,60 +234,79 @@ def extract_dataset(config):
         raise DatasetError(f"--root {config.root}: none of the {len(dataset.clips)} {config.dataset} clips is there; "
                            f"expected video files named like {example}.mp4 (flat or in class folders) "
                            f"or frame folders {example}/img_00001.jpg")
-    device = resolve_device(config.device)
+    device = device or resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    attrs = cache_attrs(config, provenance, precision)
-    clips = dataset.clips
-    writer = CacheWriter(config.out, [c.clip_id for c in clips], [c.label for c in clips], dataset.classes,
-                         [c.split for c in clips], attrs)
+    return Prepared(dataset, model, provenance, device, precision, cache_attrs(config, provenance, precision))
+
+
+def compute_rows(config, prepared, writer, rows):
+    """Features of ``rows`` into ``writer`` (failures recorded once); returns (computed, [(id, reason)])."""
+    clips, device = prepared.dataset.clips, prepared.device
     started, computed, failed = time.perf_counter(), 0, []
+    recorded = _recorded_failures(writer)
+    background = BackgroundWriter(writer)
+
+    def fail(row, reason):
+        failed.append((clips[row].clip_id, reason))
+        if (clips[row].clip_id, reason) not in recorded:
+            background.submit(writer.add_failure, clips[row].clip_id, reason)
+
     try:
-        recorded = _recorded_failures(writer)
-        pending = writer.pending()
-        background = BackgroundWriter(writer)
-
-        def fail(row, reason):
-            failed.append((clips[row].clip_id, reason))
-            if (clips[row].clip_id, reason) not in recorded:
-                background.submit(writer.add_failure, clips[row].clip_id, reason)
-
-        for row in pending:
+        for row in rows:
             if clips[row].path is None:
-                fail(row, f"missing: no video file or frame folder named {clips[row].clip_id} under {dataset.root}")
-        items = [(row, clips[row].clip_id, clips[row].path) for row in pending if clips[row].path is not None]
+                fail(row, f"missing: no video file or frame folder named {clips[row].clip_id} under {prepared.dataset.root}")
+        items = [(row, clips[row].clip_id, clips[row].path) for row in rows if clips[row].path is not None]
         loader = make_loader(items[:config.limit] if config.limit else items, config, device)
-        extractor = Extractor(model, device, precision, config.batch_size)
+        extractor = Extractor(prepared.model, device, prepared.precision, config.batch_size)
         views = max(config.views, 1)
-        bar = tqdm(total=len(loader.dataset), unit="clip", disable=not config.progress, desc=f"extract {config.dataset}",
-                   dynamic_ncols=True)
-        try:
-            for rows, frames, failures in loader:
+        with tqdm(total=len(loader.dataset), unit="clip", disable=not config.progress, dynamic_ncols=True,
+                  desc=f"extract {config.dataset}") as bar:
+            for batch_rows, frames, failures in loader:
                 for row, reason in failures:
                     fail(row, reason)
                 if frames is not None:
                     features = extractor(frames)  # (n, V, T, 7, 7, C)
-                    for row, row_features in zip(rows, features):
+                    for row, row_features in zip(batch_rows, features):
                         background.submit(writer.write, row, row_features if config.views else row_features[0])
-                    computed += len(rows)
-                bar.update(len(rows) + len(failures))
+                    computed += len(batch_rows)
+                bar.update(len(batch_rows) + len(failures))
                 elapsed = max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix(clips_s=f"{computed / elapsed:.2f}",
                                 frames_s=f"{computed * views * config.frames / elapsed:.1f}", failed=len(failed))
-        finally:
-            bar.close()
-            background.close()  # drains the queue: every computed row lands before the file closes
     finally:
-        writer.close()
-    seconds = time.perf_counter() - started
+        background.close()  # drains the queue: every computed row lands before the file closes
+    return computed, failed
+
+
+def summarise(config, prepared, pending, computed, failed, seconds):
+    clips, views = prepared.dataset.clips, max(config.views, 1)
     done = int(np.count_nonzero(_done_flags(config.out)))
     return {
-        "out": config.out, "config": asdict(config), "device": str(device), "precision": precision,
-        "weights": provenance["weights"], "clips": len(clips), "pending_before": len(pending),
-        "computed": computed, "failed": len(failed), "failures": failed, "missing": len(dataset.missing),
+        "out": config.out, "config": asdict(config), "device": str(prepared.device), "precision": prepared.precision,
+        "weights": prepared.provenance["weights"], "clips": len(clips), "pending_before": pending,
+        "computed": computed, "failed": len(failed), "failures": failed, "missing": len(prepared.dataset.missing),
         "done": done, "not_done": len(clips) - done, "seconds": seconds,
         "clips_per_s": computed / seconds if seconds else 0.0,
         "frames_per_s": computed * views * config.frames / seconds if seconds else 0.0,
     }
+
+
+def extract_dataset(config):
+    """Fill ``config.out`` with the features of every clip; returns a summary dict.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) every process takes a share of the clips; see
+    m3net.extract.distributed.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from m3net.extract.distributed import extract_sharded
+
+        return extract_sharded(config)
+    prepared = prepare(config)
+    started = time.perf_counter()
+    with prepared.open_writer(config.out) as writer:
+        pending = writer.pending()
+        computed, failed = compute_rows(config, prepared, writer, pending)
+    return summarise(config, prepared, len(pending), computed, failed, time.perf_counter() - started)
 
 
 def _done_flags(path):
