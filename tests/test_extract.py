@@ -285,3 +285,22 @@ def test_ctrl_c_closes_the_cache_and_a_rerun_finishes(tmp_path, monkeypatch):
     monkeypatch.setattr(loop.Extractor, "__call__", forward)
     result = CliRunner().invoke(cli_main, args)
     assert result.exit_code == 0 and "3/3 clips done (2 computed now" in result.output
+
+
+@pytest.mark.filterwarnings("ignore:--weights random")
+def test_torchrun_shards_then_merges_one_cache(tmp_path):
+    root = _folder(tmp_path / "data", {"a/c0.mp4": SMALL, "a/c1.mp4": SMALL2, "b/c2.mp4": SMALL2})
+    (tmp_path / "data" / "b" / "bad.mp4").write_text("not a video")
+    sharded, single = str(tmp_path / "sharded.h5"), str(tmp_path / "single.h5")
+    args = ["extract", "--dataset", "folder", "--root", root, "--weights", "random", "--frames", "2",
+            "--batch-size", "1", "--workers", "0"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "m3net",
+                           *args, "--out", sharded], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0 and "1 clips failed" in proc.stdout, proc.stdout + proc.stderr  # the bad clip
+    assert sorted(os.listdir(tmp_path)) == ["data", "sharded.h5"]  # shards merged and removed
+    CliRunner().invoke(cli_main, [*args, "--out", single])
+    a, b = load_cache(sharded), load_cache(single)
+    assert a.video_ids == b.video_ids == ["c0", "c1", "c2"]  # every good clip done, in dataset order
+    assert a.failures == b.failures and len(a.failures) == 1 and a.failures[0][0] == "bad"
+    # torchrun runs each rank with one CPU thread, the single run with more: equal up to rounding.
+    assert np.allclose(a.features.astype(np.float32), b.features.astype(np.float32), rtol=1e-2, atol=1e-2)
