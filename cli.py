@@ -49,7 +49,9 @@ def extract_cmd(**options):
     """Run the backbone over a dataset's clips and write the HDF5 feature cache.
 
     Exit status 0 when every clip is done, 3 when some clips failed (reasons in the cache's
-    /failures and printed), 130 after Ctrl-C (re-run the same command to resume).
+    /failures and printed), 130 after Ctrl-C (re-run the same command to resume). Several GPUs or
+    nodes: `torchrun --nproc-per-node G -m m3net extract ...` (each rank writes its own shard,
+    rank 0 merges them into --out).
     """
     from m3net.cache import CacheError
     from m3net.data.datasets import DatasetError
