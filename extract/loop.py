@@ -227,6 +227,9 @@ class Prepared:
 def prepare(config, device=None):
     if config.frames <= 0 or config.batch_size <= 0 or config.views < 0 or config.workers < 0:
         raise ValueError("--frames and --batch-size must be positive, --views and --workers not negative")
+    if config.views == 1:
+        raise ValueError("--views 1 would store the test view alone; use --views 0 (test view) "
+                         "or --views K >= 2 (test view + K-1 random crop+flip training views)")
     model, provenance = build_backbone(config.weights, seed=config.seed)  # first: a weights problem fails fast
     dataset = load_dataset(config.dataset, config.root, config.folder_split)
     if len(dataset.missing) == len(dataset.clips):

@@ -304,3 +304,12 @@ def test_torchrun_shards_then_merges_one_cache(tmp_path):
     assert a.failures == b.failures and len(a.failures) == 1 and a.failures[0][0] == "bad"
     # torchrun runs each rank with one CPU thread, the single run with more: equal up to rounding.
     assert np.allclose(a.features.astype(np.float32), b.features.astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
+def test_option_errors_are_named(tmp_path):
+    root = _folder(tmp_path / "data", {"a/c0.mp4": SMALL})
+    for options, expected in [({"views": 1}, "--views 1"), ({"frames": 0}, "--frames"),
+                              ({"precision": "fp16", "device": "cpu"}, "--precision fp16 needs CUDA")]:
+        with pytest.raises(ValueError, match=expected):
+            extract_dataset(ExtractConfig("folder", root, str(tmp_path / "c.h5"), weights="random", **options))
+    assert not (tmp_path / "c.h5").exists()
