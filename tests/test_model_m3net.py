@@ -133,10 +133,12 @@ def dtw_path_average(cost):
     return total[-1, -1] / length[-1, -1]
 
 
+def unit(a):
+    return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+
 def cosine_matrix(a, b):
-    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
-    return 1 - a @ b.T
+    return 1 - unit(a) @ unit(b).T
 
 
 def test_instance_matching_matches_literal_dtw():
@@ -167,7 +169,8 @@ def test_task_matching_matches_literal_nearest_frames():
     for q in range(3):
         pair = []
         for s in range(4):
-            d = np.linalg.norm(query[q].numpy()[:, None] - support[q, s].numpy()[None], axis=-1) / np.sqrt(8)
+            a, b = unit(query[q].numpy()), unit(support[q, s].numpy())
+            d = np.linalg.norm(a[:, None] - b[None], axis=-1)
             pair.append(d.min(axis=1).mean() + d.min(axis=0).mean())
         expected = [np.mean([pair[s] for s in range(4) if labels[s] == c]) for c in range(2)]
         np.testing.assert_allclose(got[q].numpy(), expected, rtol=1e-8)
@@ -184,8 +187,8 @@ def test_category_matching_matches_per_pair_loop():
     def rebuild(target, source):
         return torch.softmax(target @ wq @ (source @ wk).T / np.sqrt(6), dim=-1) @ source @ wv
 
-    def distance(a, b):  # mean over frames of the per-frame euclidean norm / sqrt(d_k)
-        return ((a - b).norm(dim=-1) / np.sqrt(6)).mean()
+    def distance(a, b):  # mean over frames of the euclidean norm between unit-normalised frames
+        return (a / a.norm(dim=-1, keepdim=True) - b / b.norm(dim=-1, keepdim=True)).norm(dim=-1).mean()
 
     for q in range(2):
         for c in range(3):

@@ -32,22 +32,14 @@ def safe_sqrt(x, eps=1e-12):
     return torch.sqrt(x.clamp(min=eps))
 
 
-def rms_distance(a, b):
-    """Per-frame euclidean distance divided by sqrt(d): a, b (..., d) -> (...).
+def unit_distance(a, b):
+    """Euclidean distance between the unit-normalised vectors: a, b (..., d) -> (...), in [0, 2].
 
-    Dividing by sqrt(d) keeps distances on one scale for any feature width, so one temperature
-    initialisation fits d = 32 (tests) and d = 2048 (ResNet-50).
+    Normalising first makes C-M's and T-M's distances independent of the feature scale (ImageNet
+    ResNet maps average ~0.5, random-weight ones ~10) and of d, like I-M's cosine cost, so one
+    temperature initialisation fits every view and every cache.
     """
-    return safe_sqrt((a - b).pow(2).mean(dim=-1))
-
-
-def pairwise_rms_distance(a, b):
-    """rms_distance between every frame of a and every frame of b: (..., T, d), (..., U, d) -> (..., T, U).
-
-    Expanded as |a|^2 + |b|^2 - 2ab so no (..., T, U, d) difference tensor is materialised.
-    """
-    squared = a.pow(2).sum(-1)[..., :, None] + b.pow(2).sum(-1)[..., None, :] - 2 * a @ b.transpose(-1, -2)
-    return safe_sqrt(squared / a.shape[-1])
+    return safe_sqrt((F.normalize(a, dim=-1) - F.normalize(b, dim=-1)).pow(2).sum(dim=-1))
 
 
 def cosine_cost_all_pairs(query, support):

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from m3net.kernels import dtw, dtw_path
-from m3net.model.episode_ops import (class_mean_distance, cosine_cost_all_pairs, pairwise_rms_distance,
-                                     rms_distance, stack_by_class)
+from m3net.model.episode_ops import (class_mean_distance, cosine_cost_all_pairs, safe_sqrt, stack_by_class,
+                                     unit_distance)
 
 DTW_MODES = ("hard", "soft")
 
@@ -36,10 +36,10 @@ def task_matching(query, support, support_labels, n_way):
     """T-M (§3.4.3): bidirectional nearest-frame distance, D3 = mean over a class's supports.
 
     D_ij = mean over query frames of the distance to the nearest support frame + the same from
-    the support side. Distances are euclidean / sqrt(d) (see rms_distance).
+    the support side. Frame distances are euclidean between unit-normalised frames (see
+    unit_distance), i.e. sqrt(2 · cosine cost).
     """
-    support = support.expand(query.shape[0], -1, -1, -1)  # (Q, S, T, d)
-    frame = pairwise_rms_distance(query[:, None], support)  # (Q, S, T_query, T_support)
+    frame = safe_sqrt(2 * cosine_cost_all_pairs(query, support))  # (Q, S, T_query, T_support)
     pair = frame.min(dim=3).values.mean(dim=2) + frame.min(dim=2).values.mean(dim=2)  # (Q, S)
     return class_mean_distance(pair, support_labels, n_way)  # (Q, N)
 
@@ -50,8 +50,8 @@ class CategoryMatching(nn.Module):
     Prototype V_c = the K·T stacked support frames of class c. With shared W_Q, W_K, W_V (d × d_k):
       query-centred:      V̂_c = softmax(V_j W_Q (V_c W_K)ᵀ / √d_k) V_c W_V,  D(q→s) = ‖V_j W_V − V̂_c‖
       prototype-centred:  V̂_j = softmax(V_c W_Q (V_j W_K)ᵀ / √d_k) V_j W_V,  D(s→q) = ‖V_c W_V − V̂_j‖
-    D2 = D(s→q) + D(q→s); each norm is taken per frame (euclidean / sqrt(d_k)) and averaged over
-    that side's frames, so the two directions weigh equally although the prototype has K·T frames.
+    D2 = D(s→q) + D(q→s); each norm is taken per frame, between unit-normalised vectors (see
+    unit_distance), and averaged over that side's frames, so the two directions weigh equally although the prototype has K·T frames.
     Needs the same number of supports in every class.
     """
 
@@ -72,6 +72,6 @@ class CategoryMatching(nn.Module):
         q = query[:, None]  # (Q, 1, T, d) against (G, N, K·T, d)
         q_values, rebuilt_prototype = self.reconstruct(q, prototype)  # (Q, 1, T, d_k), (Q, N, T, d_k)
         p_values, rebuilt_query = self.reconstruct(prototype, q)  # (G, N, K·T, d_k), (Q, N, K·T, d_k)
-        query_to_support = rms_distance(q_values, rebuilt_prototype).mean(dim=-1)  # (Q, N)
-        support_to_query = rms_distance(p_values, rebuilt_query).mean(dim=-1)  # (Q, N)
+        query_to_support = unit_distance(q_values, rebuilt_prototype).mean(dim=-1)  # (Q, N)
+        support_to_query = unit_distance(p_values, rebuilt_query).mean(dim=-1)  # (Q, N)
         return query_to_support + support_to_query
