@@ -133,3 +133,17 @@ def test_dataset_info_cli(tmp_path):
                                       "missing_examples": [c for _, c in lists["test"][1:6]]}
     text = CliRunner().invoke(cli_main, ["dataset-info", "--dataset", "gym288"]).output
     assert "128 classes" in text and "19176 clips" in text
+
+
+def test_synthetic_dataset_follows_its_manifest(tmp_path):
+    entries = [{"id": f"syn00{c}_00{k}", "class": f"cls{c}", "split": split, "path": f"{split}/cls{c}/syn00{c}_00{k}.mp4"}
+               for c, split in [(0, "train"), (1, "test")] for k in range(2)]
+    (tmp_path / "manifest.json").write_text(json.dumps({"clips": entries}))
+    for entry in entries[:3]:  # the last clip was never written
+        _touch(tmp_path / entry["path"])
+    dataset = load_dataset("synthetic", str(tmp_path))
+    assert [c.clip_id for c in dataset.clips] == [e["id"] for e in entries]
+    assert dataset.classes == ["cls0", "cls1"] and [c.split for c in dataset.clips] == ["train"] * 2 + ["test"] * 2
+    assert dataset.missing == ["syn001_001"]
+    with pytest.raises(DatasetError, match="manifest.json not found"):
+        load_dataset("synthetic", str(tmp_path / "train"))

@@ -6,7 +6,8 @@
     folder                    ``<root>/<class>/<clip>`` (every clip goes to one split,
                               ``folder_split``, default test: a user's own few-shot test set)
                               or ``<root>/{train,val,test}/<class>/<clip>``
-    synthetic                 the folder layout written by ``m3net make-synthetic``
+    synthetic                 the folder written by ``m3net make-synthetic``: its manifest.json
+                              lists every clip, so clips missing on disk are counted
 
 A clip on disk is a video file (mp4, webm, mkv, avi) named ``<clip_id>.<ext>`` or a frame folder
 ``<clip_id>/`` of zero-padded images (``img_00001.jpg``, ``00001.png``, ...), anywhere under the
@@ -193,11 +194,34 @@ def _folder_dataset(name, root, folder_split):
     return Dataset(name, root, classes, clips)
 
 
+def _synthetic_dataset(root):
+    """Clips as the generator's manifest lists them (class order, then clip order)."""
+    import json
+
+    manifest_path = os.path.join(root or "", "manifest.json")
+    if not os.path.isfile(manifest_path):
+        raise DatasetError(f"--dataset synthetic: {manifest_path} not found; --root must be a folder written by "
+                           f"`m3net make-synthetic` (use --dataset folder for other <class>/<clip> trees)")
+    with open(manifest_path) as fh:
+        manifest = json.load(fh)
+    classes, index, clips = [], {}, []
+    for split in SPLITS:
+        for entry in (e for e in manifest["clips"] if e["split"] == split):
+            if entry["class"] not in index:
+                index[entry["class"]] = len(classes)
+                classes.append(entry["class"])
+            path = os.path.join(root, entry["path"])
+            clips.append(Clip(entry["id"], index[entry["class"]], split, path if os.path.exists(path) else None))
+    return Dataset("synthetic", root, classes, clips)
+
+
 def load_dataset(name, root=None, folder_split="test"):
     """The Dataset ``name`` with its clips located under ``root`` (listed datasets: root optional)."""
     if name in LISTED_DATASETS:
         return _listed_dataset(name, root)
-    if name in FOLDER_DATASETS:
+    if name == "synthetic":
+        return _synthetic_dataset(root)
+    if name == "folder":
         return _folder_dataset(name, root, folder_split)
     raise DatasetError(f"--dataset {name}: unknown; expected one of {DATASETS}")
 
