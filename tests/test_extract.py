@@ -20,7 +20,6 @@ from PIL import Image
 
 from m3net.cache import load_cache
 from m3net.cli import main as cli_main
-from m3net.data.datasets import load_split_lists
 from m3net.extract import video
 from m3net.extract.backbone import WeightsError, build_backbone
 from m3net.extract.loop import ExtractConfig, extract_dataset
