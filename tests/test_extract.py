@@ -305,6 +305,7 @@ def test_torchrun_shards_then_merges_one_cache(tmp_path):
     assert np.allclose(a.features.astype(np.float32), b.features.astype(np.float32), rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.filterwarnings("ignore:--weights random")
 def test_option_errors_are_named(tmp_path):
     root = _folder(tmp_path / "data", {"a/c0.mp4": SMALL})
     for options, expected in [({"views": 1}, "--views 1"), ({"frames": 0}, "--frames"),
