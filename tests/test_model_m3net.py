@@ -100,6 +100,18 @@ def test_table3_routing_changes_the_matched_features():
     assert ivce_fed.shape == iece_fed.shape and not torch.allclose(ivce_fed, iece_fed)
 
 
+@pytest.mark.parametrize("source", ["ifce", "ivce", "iece"])
+def test_every_matcher_reads_any_encoder_and_stays_inductive(source):
+    head = m3net(im_features=source, cm_features=source, tm_features=source, dtw_mode="soft").eval()
+    support, support_labels, query, _ = episode(queries=2)
+    with torch.no_grad():
+        everything = head(support, support_labels, query)
+        first = head(support, support_labels, query[:1])
+    for view in ("y1", "y2", "y3", "y"):
+        assert everything[view].shape == (len(query), 3) and torch.isfinite(everything[view]).all()
+        assert torch.allclose(everything[view][:1], first[view], atol=1e-5), view
+
+
 def test_ivce_rejects_a_different_clip_length():
     support, support_labels, query, _ = episode()
     with pytest.raises(ValueError, match="num_frames=5"):
