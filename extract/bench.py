@@ -20,8 +20,8 @@ import torch
 
 from m3net.data.datasets import load_dataset
 from m3net.extract.backbone import build_backbone
-from m3net.extract.loop import ExtractConfig, Extractor, extract_dataset, make_loader, resolve_device, resolve_precision
-from m3net.kernels.bench import device_name, git_sha, versions
+from m3net.extract.loop import ExtractConfig, Extractor, extract_dataset, make_loader, resolve_precision
+from m3net.runtime import device_name, git_sha, resolve_device, versions
 
 
 @dataclass

@@ -34,6 +34,7 @@ from m3net.extract.backbone import build_backbone
 from m3net.extract.sampling import sample_indices
 from m3net.extract.transforms import TransformConfig, normalise, test_view, train_view
 from m3net.extract.video import Clip
+from m3net.runtime import git_sha, resolve_device
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -56,15 +57,6 @@ class ExtractConfig:
     progress: bool = True
 
 
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
 def resolve_precision(name, device):
     if name == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
@@ -73,12 +65,6 @@ def resolve_precision(name, device):
     if device.type == "cpu" and name == "fp16":
         raise ValueError("--precision fp16 needs CUDA; use fp32 or bf16 on CPU")
     return name
-
-
-def code_version():
-    from m3net.kernels.bench import git_sha
-
-    return git_sha()
 
 
 class ClipViews(torch.utils.data.Dataset):
@@ -198,7 +184,7 @@ def cache_attrs(config, provenance, precision, transform=TransformConfig()):
         "resize": list(transform.resize), "crop": transform.crop,
         "mean": list(transform.mean), "std": list(transform.std),
         "dtype": "float16", "views": config.views, "precision": precision,
-        "batch_size": config.batch_size, "code_version": code_version(),
+        "batch_size": config.batch_size, "code_version": git_sha(),
     }
 
 

@@ -15,16 +15,14 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from m3net import __version__
 from m3net.kernels.dtw import dtw, dtw_reference
 from m3net.kernels.eager import eager_dtw
+from m3net.runtime import device_name, git_sha, resolve_device, versions
 
 # Peak DRAM bandwidth (bytes/s) by a substring of torch.cuda.get_device_name(); first match wins.
 PEAK_BANDWIDTH = [
@@ -64,49 +62,11 @@ class DTWBenchConfig:
     extra: dict = field(default_factory=dict)
 
 
-def _device(config):
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
-
-
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
 def peak_bandwidth(device):
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
     return next((bw for key, bw in PEAK_BANDWIDTH if key in name), None)
-
-
-def git_sha():
-    """The checkout's commit, or the package version when not run from a git checkout."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        if out.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
-            return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except OSError:
-        pass
-    return f"m3net-{__version__}"
-
-
-def versions():
-    info = {"m3net": __version__, "torch": torch.__version__, "python": platform.python_version()}
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    if torch.cuda.is_available():
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def _synchronize(device):
@@ -209,7 +169,7 @@ def floor_bytes(pairs, n, m, dtype, backward):
 
 def run_bench(config):
     """Times every implementation; returns a dict with metadata and one row per implementation."""
-    device = _device(config)
+    device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
     pairs = config.pairs or (1_000_000 if device.type == "cuda" else 4096)
     peak = peak_bandwidth(device)

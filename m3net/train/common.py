@@ -3,15 +3,6 @@ import numpy as np
 import torch
 
 
-def resolve_device(name="auto"):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
-    return device
-
-
 class FeatureBank:
     """A cache's features resident on ``device`` (float16), gathered into episode tensors.
 

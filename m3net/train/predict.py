@@ -13,7 +13,7 @@ from m3net.data.datasets import load_dataset
 from m3net.extract.backbone import build_backbone, file_sha256, resolve_weights_file
 from m3net.extract.loop import ClipViews, Extractor, resolve_precision
 from m3net.extract.transforms import TransformConfig
-from m3net.train.common import resolve_device
+from m3net.runtime import resolve_device
 from m3net.train.evaluate import _load_trained
 
 

@@ -1,0 +1,51 @@
+"""Facts about where code runs, shared by every stage: device choice and provenance stamps."""
+import os
+import platform
+import subprocess
+
+import torch
+
+from m3net._version import __version__
+
+
+def resolve_device(name="auto"):
+    """``auto`` -> cuda when available, else cpu; an unavailable CUDA device is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+    return device
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def git_sha():
+    """The source checkout's commit (``-dirty`` with local changes), or the package version when
+    m3net runs from an installed copy."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
+            return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        pass
+    return f"m3net-{__version__}"
+
+
+def versions():
+    info = {"m3net": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if torch.cuda.is_available():
+        info["cuda"] = torch.version.cuda
+    return info
