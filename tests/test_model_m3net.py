@@ -256,3 +256,16 @@ def test_trx_triples_option_and_tuple_count():
     assert head.transformers[1].tuples(frames).shape == (2, len(list(itertools.combinations(range(FRAMES), 3))), 3 * DIM)
     support, support_labels, query, _ = episode(3, 1, 2)
     assert head(support, support_labels, query)["y"].shape == (6, 3)
+
+
+@pytest.mark.parametrize("name, options", [("otam", {}), ("m3net", dict(use_ifce=False, use_ivce=False, use_iece=False))])
+def test_matching_runs_outside_autocast(name, options):
+    """Class distances differ below bf16 resolution: matching must not be rounded by AMP."""
+    torch.manual_seed(0)
+    head = build_head(name, feature_dim=DIM, num_frames=FRAMES, **options)
+    support, support_labels, query, _ = episode()
+    full = head(support, support_labels, query)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = head(support, support_labels, query)
+    for view in full:
+        assert mixed[view].dtype == torch.float32 and torch.allclose(mixed[view], full[view], atol=1e-6), view

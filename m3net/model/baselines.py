@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from m3net.kernels import dtw
-from m3net.model.episode_ops import class_mean_distance, cosine_cost_all_pairs, stack_by_class
+from m3net.model.episode_ops import autocast_off, class_mean_distance, cosine_cost_all_pairs, stack_by_class
 from m3net.model.registry import FewShotHead, class_means, num_classes, register_head
 
 
@@ -52,11 +52,12 @@ class OTAM(FewShotHead):
     def forward(self, support, support_labels, query):
         support, query = self.cast(support, query)
         n_way = num_classes(support_labels)
-        cost = cosine_cost_all_pairs(query.mean(dim=(2, 3)), support.mean(dim=(2, 3))[None])  # (Q, S, T, T)
-        flat = cost.flatten(0, 1)  # (Q·S, T, T)
-        gamma = self.config.gamma
-        score = dtw(flat, mode="otam", gamma=gamma) + dtw(flat.transpose(1, 2), mode="otam", gamma=gamma)
-        return {"y": -class_mean_distance(score.view(cost.shape[:2]), support_labels, n_way)}  # (Q, N)
+        with autocast_off(query):
+            cost = cosine_cost_all_pairs(query.mean(dim=(2, 3)), support.mean(dim=(2, 3))[None])  # (Q, S, T, T)
+            flat = cost.flatten(0, 1)  # (Q·S, T, T)
+            gamma = self.config.gamma
+            score = dtw(flat, mode="otam", gamma=gamma) + dtw(flat.transpose(1, 2), mode="otam", gamma=gamma)
+            return {"y": -class_mean_distance(score.view(cost.shape[:2]), support_labels, n_way)}  # (Q, N)
 
 
 def sinusoidal_positions(frames, dim, dtype, device):

@@ -5,6 +5,15 @@ import torch.nn.functional as F
 from m3net.model.registry import class_means
 
 
+def autocast_off(tensor):
+    """Context that runs matching outside autocast (AMP), in the dtype its inputs are cast to.
+
+    Class distances differ by less than 1e-2 (cosine costs of similar frames), below the
+    resolution of bf16 / fp16 costs, so the encoders may run under AMP but the matchers do not.
+    """
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
 def shots_per_class(support_labels, n_way):
     """K, checking every class has the same number of supports (stacked prototypes need it)."""
     counts = torch.bincount(support_labels, minlength=n_way)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from m3net.model.encoders import IECE, IFCE, IVCE
+from m3net.model.episode_ops import autocast_off
 from m3net.model.matchers import DTW_MODES, CategoryMatching, instance_matching, task_matching
 from m3net.model.registry import FewShotHead, num_classes, register_head
 
@@ -108,17 +109,20 @@ class M3Net(FewShotHead):
         support, query = self.cast(support, query)
         n_way = num_classes(support_labels)
         features = self.encode(support, query)
-        distances = []
-        if self.config.use_im:
-            s, q = features[self.sources["im"]]
-            distances.append(instance_matching(q, s, support_labels, n_way, self.config.dtw_mode, self.config.dtw_gamma))
-        if self.config.use_cm:
-            s, q = features[self.sources["cm"]]
-            distances.append(self.cm(q, s, support_labels, n_way))
-        if self.config.use_tm:
-            s, q = features[self.sources["tm"]]
-            distances.append(task_matching(q, s, support_labels, n_way))
-        temperature = self.log_temperature.exp()
-        outputs = {view: -temperature[i] * d for i, (view, d) in enumerate(zip(self.views, distances))}  # (Q, N) each
-        outputs["y"] = sum(torch.softmax(outputs[view], dim=-1) for view in self.views)  # summed probabilities
+        dtype = self.log_temperature.dtype  # the head's own dtype, also under AMP
+        with autocast_off(support):
+            features = {source: (s.to(dtype), q.to(dtype)) for source, (s, q) in features.items()}
+            distances = []
+            if self.config.use_im:
+                s, q = features[self.sources["im"]]
+                distances.append(instance_matching(q, s, support_labels, n_way, self.config.dtw_mode, self.config.dtw_gamma))
+            if self.config.use_cm:
+                s, q = features[self.sources["cm"]]
+                distances.append(self.cm(q, s, support_labels, n_way))
+            if self.config.use_tm:
+                s, q = features[self.sources["tm"]]
+                distances.append(task_matching(q, s, support_labels, n_way))
+            temperature = self.log_temperature.exp()
+            outputs = {view: -temperature[i] * d for i, (view, d) in enumerate(zip(self.views, distances))}  # (Q, N) each
+            outputs["y"] = sum(torch.softmax(outputs[view], dim=-1) for view in self.views)  # summed probabilities
         return outputs
