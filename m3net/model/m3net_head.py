@@ -34,6 +34,8 @@ MATCHERS = (("im", "y1"), ("cm", "y2"), ("tm", "y3"))
 
 @register_head("m3net")
 class M3Net(FewShotHead):
+    """M3Net (Tang et al., ACM MM 2023): IFCE/IVCE/IECE encoders, I-M/C-M/T-M matchers, fusion."""
+
     train_views = ("y1", "y2", "y3")
 
     @dataclasses.dataclass
