@@ -80,15 +80,15 @@ def test_transductive_iece_does_depend_on_other_queries():
 def test_sgd_steps_reduce_loss_on_a_fixed_episode(name):
     head = build(name)
     support, support_labels, query, query_labels = make_episode(3, 2, 2)
-    optimizer = torch.optim.SGD(head.parameters(), lr=0.2, momentum=0.9)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.03, momentum=0.9)
     losses = []
-    for _ in range(15):
+    for _ in range(30):
         loss = head.loss(head(support, support_labels, query), query_labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert losses[-1] < 0.5 * losses[0], losses
 
 
 @pytest.mark.parametrize("name", [name for name in list_heads() if not build(name).trainable])

@@ -101,7 +101,7 @@ class IECE(nn.Module):
 
     E (clips, T, d) -> video tokens Ê = temporal mean (no pos-emb) -> video-mixing block
     (set token mixing, ReLU, set token mixing, residual; channel mixing, residual) -> per-clip meta
-    weights m (d,) -> E' = E + DWConv_t(E ⊙ σ(m)).
+    weights m (d,) -> E' = E + DWConv_t(E ⊙ σ(LayerNorm(m))).
 
     Choices the paper leaves open, and why:
     - Which clips form the set. Default (inductive): for each query, its set is the S supports
@@ -110,9 +110,12 @@ class IECE(nn.Module):
       supports are therefore re-encoded once per query: outputs are (Q, S, T, d) for the
       supports. ``transductive=True``: one set of all S + Q clips, supports shared: (1, S, T, d).
     - "Meta weights modulate E through a learnable convolution": the block's output for a clip
-      becomes channel gates σ(m) on that clip's frames, and a learnable depthwise temporal
-      convolution (kernel 3, one filter per channel) turns the gated frames into a residual
-      update. The sigmoid keeps the gates bounded whatever the feature scale; the depthwise
+      becomes channel gates σ(LayerNorm(m)) on that clip's frames, and a learnable depthwise
+      temporal convolution (kernel 3, one filter per channel) turns the gated frames into a
+      residual update. The LayerNorm makes the gates independent of the feature scale (m
+      carries the features' scale through its residuals: ~0.5 for ImageNet ResNet maps, ~10 for
+      random-weight ones, where a plain sigmoid would saturate and pass no gradient); the
+      sigmoid keeps them in (0, 1); the depthwise
       kernel adds neighbouring-frame context at d·3 weights instead of d²·3; the residual keeps
       the frame identity that T-M's nearest-frame matching relies on.
     """
@@ -122,6 +125,7 @@ class IECE(nn.Module):
         self.transductive = transductive
         self.token_mixing = nn.Sequential(SetTokenMixing(dim), nn.ReLU(), SetTokenMixing(dim))
         self.channel_mixing = ChannelMixing(dim)
+        self.meta_norm = nn.LayerNorm(dim)
         self.conv = nn.Conv1d(dim, dim, kernel_size=3, padding=1, groups=dim)
 
     def mix(self, tokens):  # (G, L, d) -> meta weights (G, L, d)
@@ -129,7 +133,7 @@ class IECE(nn.Module):
         return self.channel_mixing(tokens)
 
     def modulate(self, frames, meta):  # frames (..., T, d), meta (..., d) -> (..., T, d)
-        gated = frames * torch.sigmoid(meta).unsqueeze(-2)
+        gated = frames * torch.sigmoid(self.meta_norm(meta)).unsqueeze(-2)
         lead, (length, dim) = gated.shape[:-2], gated.shape[-2:]
         update = self.conv(gated.reshape(-1, length, dim).transpose(1, 2)).transpose(1, 2)
         return frames + update.reshape(*lead, length, dim)
