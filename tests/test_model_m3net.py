@@ -76,6 +76,7 @@ def test_ablation_switches(options):
     summed = sum(torch.softmax(outputs[view], dim=-1) for view in views)
     assert torch.allclose(outputs["y"], summed)
     assert torch.allclose(outputs["y"].sum(dim=-1), torch.full((len(query),), float(len(views))))
+    assert torch.allclose(head.probabilities(outputs).sum(dim=-1), torch.ones(len(query)))
     # A switched-off encoder owns no parameters (it passes its input through).
     for encoder, matcher in (("ifce", None), ("ivce", "cm"), ("iece", "tm")):
         used = options.get(f"use_{encoder}", True) and (matcher is None or options.get(f"use_{matcher}", True))

@@ -36,8 +36,9 @@ def class_mean_distance(pair_distance, support_labels, n_way):
     return class_means(pair_distance.t(), support_labels, n_way).t()
 
 
-def safe_sqrt(x, eps=1e-12):
-    """sqrt with a finite gradient at 0 (a query frame identical to a support frame)."""
+def safe_sqrt(x, eps=1e-8):
+    """sqrt with a bounded gradient near 0 (nearly parallel frames): float32 rounding of 1 - cos
+    is ~1e-7, so below eps the value is noise and its 1/(2·sqrt) gradient would be a spike."""
     return torch.sqrt(x.clamp(min=eps))
 
 

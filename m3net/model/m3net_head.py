@@ -87,6 +87,10 @@ class M3Net(FewShotHead):
         else:
             self.register_buffer("log_temperature", log_tau)
 
+    def probabilities(self, outputs):
+        """Class probabilities (Q, N) from the fused prediction: the mean of the views' softmaxes."""
+        return outputs["y"] / len(self.views)
+
     def encode(self, support, query):
         """{encoder: (support (G, S, T, d), query (Q, T, d))} for the encoders the matchers use."""
         n_support = support.shape[0]
