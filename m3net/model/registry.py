@@ -82,6 +82,11 @@ class FewShotHead(nn.Module):
         dtype = param.dtype if param is not None else torch.float32
         return tuple(t.to(dtype) for t in tensors)
 
+    def probabilities(self, outputs):
+        """Class probabilities (Q, N) of the prediction "y" (logits here; heads whose "y" is
+        already a fused probability override this)."""
+        return torch.softmax(outputs["y"], dim=-1)
+
     def loss(self, outputs, query_labels):
         return sum(F.cross_entropy(outputs[view], query_labels) for view in self.train_views if view in outputs)
 

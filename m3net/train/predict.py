@@ -82,9 +82,7 @@ def predict(config):
     support_labels = torch.as_tensor([c.label for c in found], device=device)
     with torch.no_grad():
         outputs = head(torch.as_tensor(support, device=device), support_labels, torch.as_tensor(query, device=device))
-    # "y" is either logits (baselines) or summed per-view probabilities (M3Net): normalise both.
-    y = outputs["y"]
-    probs = y / y.sum(dim=-1, keepdim=True) if set(outputs) - {"y"} else torch.softmax(y, dim=-1)
+    probs = head.probabilities(outputs)  # (Q, N)
     results = []
     for path, row in zip(config.queries, probs.cpu().numpy()):
         ranked = sorted(zip(classes, row.tolist()), key=lambda kv: -kv[1])
