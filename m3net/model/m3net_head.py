@@ -97,19 +97,15 @@ class M3Net(FewShotHead):
         maps = torch.cat([support, query])  # (X = S+Q, T, H, W, d)
         patches = self.ifce(maps) if self.ifce is not None else maps.flatten(2, 3)  # (X, T, P, d)
         frames = patches.mean(dim=2)  # (X, T, d)
-        features = {}
-        for source in set(self.sources.values()):
-            if source == "ifce":
-                encoded = frames
-            elif source == "ivce":
-                encoded = self.ivce(patches) if self.ivce is not None else frames
-            else:
-                if self.iece is not None:
-                    features[source] = self.iece(frames[:n_support], frames[n_support:])
-                    continue
-                encoded = frames
-            features[source] = (encoded[None, :n_support], encoded[n_support:])
-        return features
+        return {source: self.encode_for(source, patches, frames, n_support)
+                for source in dict.fromkeys(self.sources.values())}
+
+    def encode_for(self, source, patches, frames, n_support):
+        if source == "iece" and self.iece is not None:
+            return self.iece(frames[:n_support], frames[n_support:])
+        if source == "ivce" and self.ivce is not None:
+            frames = self.ivce(patches)
+        return frames[None, :n_support], frames[n_support:]  # a switched-off encoder passes frames through
 
     def forward(self, support, support_labels, query):
         support, query = self.cast(support, query)
