@@ -165,6 +165,21 @@ def test_instance_matching_matches_literal_dtw():
         np.testing.assert_allclose(got[q].numpy(), expected, rtol=1e-10)
 
 
+def test_hard_instance_matching_gradient_is_the_dtw_gradient():
+    from m3net.kernels import dtw, dtw_path
+    from m3net.model.episode_ops import class_mean_distance, cosine_cost_all_pairs
+
+    g = torch.Generator().manual_seed(8)
+    query, support = torch.randn(2, 5, 8, generator=g), torch.randn(1, 4, 5, 8, generator=g)
+    labels = torch.tensor([0, 1, 0, 1])
+    q1, q2 = query.clone().requires_grad_(True), query.clone().requires_grad_(True)
+    instance_matching(q1, support, labels, 2, mode="hard").sum().backward()
+    cost = cosine_cost_all_pairs(q2, support).flatten(0, 1)
+    pair = dtw(cost, mode="hard") / dtw_path(cost.detach()).sum(dim=(1, 2))
+    class_mean_distance(pair.view(2, 4), labels, 2).sum().backward()
+    assert torch.allclose(q1.grad, q2.grad, atol=1e-6)
+
+
 def test_soft_instance_matching_approaches_hard_for_small_gamma():
     g = torch.Generator().manual_seed(2)
     query, support = torch.randn(2, 5, 8, generator=g), torch.randn(1, 4, 5, 8, generator=g)

@@ -19,16 +19,19 @@ def instance_matching(query, support, support_labels, n_way, mode="hard", gamma=
 
     cost M (Q·S, T, T) = 1 - cos of frame pairs, all pairs in one dtw call. "Average along the
     optimal path" = DTW value / number of cells on the hard optimal path (dtw_path):
-      mode="hard": the paper's DP (min over 3 predecessors); the value is the path's total cost,
-                   so D is exactly the mean cost of the path's cells (gradient: path / length).
+      mode="hard": the paper's DP (min over 3 predecessors): D is the mean cost of the optimal
+                   path's cells, computed as Σ cost·path / length from the one hard DP that
+                   dtw_path runs (same value and gradient as dtw(cost, "hard") / length).
       mode="soft": soft-DTW value (smoothing ``gamma``) over the same length, a smoother
                    gradient spread over near-optimal paths.
     The path length is taken from the detached cost (an integer, no gradient).
     """
     cost = cosine_cost_all_pairs(query, support)  # (Q, S, T, T)
     flat = cost.flatten(0, 1)  # (Q·S, T, T)
-    length = dtw_path(flat.detach()).sum(dim=(1, 2)).to(cost.dtype)  # (Q·S,)
-    pair = (dtw(flat, mode=mode, gamma=gamma) / length).view(cost.shape[:2])  # (Q, S)
+    path = dtw_path(flat.detach()).to(cost.dtype)  # (Q·S, T, T) 0/1
+    length = path.sum(dim=(1, 2))  # (Q·S,)
+    total = (flat * path).sum(dim=(1, 2)) if mode == "hard" else dtw(flat, mode=mode, gamma=gamma)
+    pair = (total / length).view(cost.shape[:2])  # (Q, S)
     return class_mean_distance(pair, support_labels, n_way)  # (Q, N)
 
 
