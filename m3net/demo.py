@@ -32,7 +32,9 @@ class DemoConfig:
     eval_episodes: int = 600
     lr: float = 1e-3  # the paper's 1e-4 is for 60 000 episodes; the demo trains a few hundred
     head: str = "m3net"
-    head_options: dict = field(default_factory=dict)
+    # d = 128 instead of the paper's 2048 (a learned projection of the cached maps): the head then
+    # trains in minutes on a 2-core CPU. Real runs keep the default (proj_dim=0, d = C).
+    head_options: dict = field(default_factory=lambda: {"proj_dim": 128})
     baselines: tuple = ("protonet", "tsn-cosine", "otam")
     batch_size: int = 16
     workers: int = 2

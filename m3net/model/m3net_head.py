@@ -43,6 +43,9 @@ class M3Net(FewShotHead):
         feature_dim: int = 2048  # d = C
         num_frames: int = 8  # t (IVCE's T×T layers fix it)
         patch_grid: int = 4  # n: IFCE pools 7×7 to n×n patches
+        # d of the head: 0 keeps d = C as in the paper; > 0 first projects the cached C-channel maps
+        # to proj_dim with a learned linear layer (~(C/d)² cheaper; the offline CPU demo uses it).
+        proj_dim: int = 0
         use_ifce: bool = True
         use_ivce: bool = True
         use_iece: bool = True
@@ -76,7 +79,10 @@ class M3Net(FewShotHead):
         self.sources = {matcher: getattr(c, f"{matcher}_features") for matcher, _ in MATCHERS
                         if getattr(c, f"use_{matcher}")}
         needed = set(self.sources.values())
-        dim = c.feature_dim
+        if c.proj_dim < 0:
+            raise ValueError(f"m3net: proj_dim={c.proj_dim}; expected 0 (d = C) or a positive width")
+        dim = c.proj_dim or c.feature_dim
+        self.project = nn.Linear(c.feature_dim, dim) if c.proj_dim else None
         self.ifce = IFCE(dim, c.patch_grid) if c.use_ifce else None
         self.ivce = IVCE(dim, c.num_frames) if c.use_ivce and "ivce" in needed else None
         self.iece = IECE(dim, c.iece_transductive) if c.use_iece and "iece" in needed else None
@@ -109,6 +115,8 @@ class M3Net(FewShotHead):
 
     def forward(self, support, support_labels, query):
         support, query = self.cast(support, query)
+        if self.project is not None:
+            support, query = self.project(support), self.project(query)  # (S|Q, T, H, W, proj_dim)
         n_way = num_classes(support_labels)
         features = self.encode(support, query)
         dtype = self.log_temperature.dtype  # the head's own dtype, also under AMP
