@@ -162,6 +162,27 @@ def evaluate_cmd(checkpoints, heads, **options):
         click.echo("wrote " + " and ".join(paths))
 
 
+@main.command("bench-train")
+@click.option("--head", default="m3net", show_default=True)
+@click.option("--head-opt", multiple=True, metavar="KEY=VALUE", help="Head option, repeatable.")
+@click.option("--way", default=5, show_default=True)
+@click.option("--shot", default=1, show_default=True)
+@click.option("--queries", default=5, show_default=True, help="Queries per class in training episodes.")
+@click.option("--channels", default=2048, show_default=True, help="C of the cached maps.")
+@click.option("--frames", default=8, show_default=True)
+@click.option("--train-episodes", default=20, show_default=True, help="Timed training episodes.")
+@click.option("--eval-episodes", default=50, show_default=True, help="Timed evaluation episodes.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out-dir", default="benchmarks", show_default=True, type=click.Path(file_okay=False))
+def bench_train_cmd(head_opt, **options):
+    """Episodes/s of training and evaluation at the real sizes, projected to 60 000 / 6 000 episodes."""
+    from m3net.train.bench import TrainBenchConfig, format_table, run_bench, write_results
+
+    result = run_bench(TrainBenchConfig(head_options=_parse_head_options(head_opt), **options))
+    click.echo(format_table(result))
+    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
+
+
 @main.command("heads")
 def heads_cmd():
     """List the registered few-shot heads and their options."""

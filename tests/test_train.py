@@ -108,3 +108,14 @@ def test_cli_train_and_evaluate(cache, tmp_path):
     assert too_wide.exit_code != 0 and "fewer than --way 9" in too_wide.output
     unknown = runner.invoke(main, ["train-head", "--cache", cache, "--out", str(tmp_path / "u"), "--head", "nope"])
     assert unknown.exit_code != 0 and "unknown head" in unknown.output
+
+
+def test_m3net_and_otam_beat_protonet_on_order_only_classes(cache, tmp_path):
+    run = train_head(_config(cache, tmp_path / "m3net", head="m3net", head_options={"patch_grid": 2}, episodes=30,
+                             lr=0.01, val_every=30), progress=False)
+    summary = evaluate(EvalConfig(checkpoints=(run["best"],), heads=("otam", "protonet"), way=3, shot=1,
+                                  episodes=150, device="cpu"), progress=False)
+    acc = {(r["head"], r["view"]): r for r in summary["results"]}
+    proto = acc[("protonet", "y")]
+    for temporal in (acc[("m3net (m3net)", "y")], acc[("otam", "y")]):
+        assert temporal["accuracy"] - temporal["ci95"] > proto["accuracy"] + proto["ci95"]
