@@ -114,7 +114,8 @@ def write_results(result, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     cfg = result["config"]
     slug = "".join(ch if ch.isalnum() else "-" for ch in result["device"].split("(")[0].strip()).strip("-").lower()
-    base = os.path.join(out_dir, f"bench_train_{slug}_{cfg['head']}_{cfg['way']}w{cfg['shot']}s_{result['created'][:10]}")
+    options = "".join(f"_{k}-{v}" for k, v in sorted(cfg["head_options"].items()))
+    base = os.path.join(out_dir, f"bench_train_{slug}_{cfg['head']}{options}_{cfg['way']}w{cfg['shot']}s_{result['created'][:10]}")
     with open(base + ".json", "w") as fh:
         json.dump(result, fh, indent=2)
     meta = {"device": result["device"], "git_sha": result["git_sha"], "torch": result["versions"]["torch"],
