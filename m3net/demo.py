@@ -25,6 +25,7 @@ class DemoConfig:
     frames: int = 8
     way: int = 5
     shot: int = 1
+    extra_shots: tuple = (5,)  # also evaluated (report/shot-K/), for the accuracy-vs-shot picture
     train_queries: int = 2
     train_episodes: int = 300
     val_every: int = 100
@@ -99,11 +100,18 @@ def run_demo(config):
                                device=config.device, resume=os.path.exists(last)))
 
     _step(f"4/4 evaluate on {config.eval_episodes} seeded test episodes -> {report}")
-    summary = evaluate(EvalConfig(cache=cache, checkpoints=(os.path.join(run, "best.pt"),), heads=config.baselines,
-                                  way=config.way, shot=config.shot, queries=1, episodes=config.eval_episodes,
-                                  seed=config.seed, device=config.device))
+
+    def score(shot):
+        return evaluate(EvalConfig(cache=cache, checkpoints=(os.path.join(run, "best.pt"),), heads=config.baselines,
+                                   way=config.way, shot=shot, queries=1, episodes=config.eval_episodes,
+                                   seed=config.seed, device=config.device))
+
+    summary = score(config.shot)
     summary["demo"] = {**asdict(config), "weights_used": weights}
     write_summary(summary, report)
+    for shot in config.extra_shots:
+        click.echo(f"[demo] and {config.way}-way {shot}-shot (same head, same seed)")
+        write_summary(score(shot), os.path.join(report, f"shot-{shot}"))
     with open(os.path.join(report, "demo_config.json"), "w") as fh:
         json.dump(summary["demo"], fh, indent=2, default=str)
     click.echo("\n" + format_table(summary))

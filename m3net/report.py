@@ -1,6 +1,8 @@
 """Pictures of a results folder (PNG, matplotlib): what the paper shows, for our runs.
 
     accuracy.png        accuracy ± 95% CI per view (Y1, Y2, Y3, Y) and per head
+    accuracy_vs_shot.png  the fused accuracy per head against K, when shot-K/results.json
+                        folders beside results.json hold other shots of the same heads
     predictions.png     where the queries of each test class go, per view (paper Fig. 6)
     training.png        training loss and validation accuracy over episodes
     alignment.png       the DTW path between a query and its best support over the cosine cost
@@ -42,6 +44,27 @@ def plot_accuracy(summary, path):
     ax.set_ylabel("accuracy (%) ± 95% CI")
     ax.set_ylim(0, 105)
     ax.set_title(summary["task"], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_shot(summaries, path):
+    """summaries: evaluation summaries of different shots; one line (Y ± CI) per head."""
+    by_head = {}
+    for summary in sorted(summaries, key=lambda s: s["config"]["shot"]):
+        for r in summary["results"]:
+            if r["view"] == "y":
+                by_head.setdefault(r["head"], []).append((summary["config"]["shot"], r["accuracy"], r["ci95"]))
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for head, points in by_head.items():
+        shots, accs, cis = zip(*points)
+        ax.errorbar(shots, accs, yerr=cis, marker="o", capsize=3, label=head)
+    ax.set_xlabel("shots per class (K)")
+    ax.set_ylabel("accuracy (%) ± 95% CI")
+    ax.set_xticks(sorted({s["config"]["shot"] for s in summaries}))
+    ax.set_title(f"{summaries[0]['config']['way']}-way accuracy (Y) against K", fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -165,6 +188,14 @@ def draw_report(results_dir, run_dir=None, clips_root=None):
         return written[-1]
 
     plot_accuracy(summary, out("accuracy.png"))
+    others = []
+    for name in sorted(os.listdir(results_dir)):
+        other = os.path.join(results_dir, name, "results.json")
+        if name.startswith("shot-") and os.path.isfile(other):
+            with open(other) as fh:
+                others.append(json.load(fh))
+    if others:
+        plot_accuracy_vs_shot([summary] + others, out("accuracy_vs_shot.png"))
     first = summary["results"][0]["head"]
     if summary.get("confusion"):
         plot_predictions(summary, first, out("predictions.png"))

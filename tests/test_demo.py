@@ -6,7 +6,8 @@ import pytest
 from m3net.data.synthetic import SyntheticConfig
 from m3net.demo import DemoConfig, run_demo
 
-PICTURES = ("accuracy.png", "predictions.png", "training.png", "alignment.png", "activations.png")
+PICTURES = ("accuracy.png", "accuracy_vs_shot.png", "predictions.png", "training.png", "alignment.png",
+            "activations.png")
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +15,7 @@ def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     config = DemoConfig(
         out=str(out), weights="random", frames=4, way=4, train_queries=1, train_episodes=30, val_every=15,
-        val_episodes=10, eval_episodes=150, workers=0, device="cpu", head_options={"proj_dim": 64},
+        val_episodes=10, eval_episodes=150, extra_shots=(3,), workers=0, device="cpu", head_options={"proj_dim": 64},
         synthetic=SyntheticConfig(train_classes=4, val_classes=4, test_classes=4, clips_per_class=5, frames=16),
     )
     return config, run_demo(config)
