@@ -109,12 +109,15 @@ def run_demo(config):
     summary = score(config.shot)
     summary["demo"] = {**asdict(config), "weights_used": weights}
     write_summary(summary, report)
+    extra = []
     for shot in config.extra_shots:
         click.echo(f"[demo] and {config.way}-way {shot}-shot (same head, same seed)")
-        write_summary(score(shot), os.path.join(report, f"shot-{shot}"))
+        extra.append(score(shot))
+        write_summary(extra[-1], os.path.join(report, f"shot-{shot}"))
     with open(os.path.join(report, "demo_config.json"), "w") as fh:
         json.dump(summary["demo"], fh, indent=2, default=str)
-    click.echo("\n" + format_table(summary))
+    for shown in [summary] + extra:
+        click.echo("\n" + format_table(shown))
     from m3net.report import draw_report
 
     pictures = draw_report(report, run_dir=run, clips_root=clips)
