@@ -8,9 +8,7 @@ Three numbers from one run, on the same clips and settings:
 The target on one H100 is end-to-end >= 90% of backbone-only frames/s (decode fully hidden).
 Results go to benchmarks/bench_extract_<device>_<date>.{csv,json} with device, versions, git SHA.
 """
-import csv
 import datetime
-import json
 import os
 import tempfile
 import time
@@ -21,7 +19,7 @@ import torch
 from m3net.data.datasets import load_dataset
 from m3net.extract.backbone import build_backbone
 from m3net.extract.loop import ExtractConfig, Extractor, extract_dataset, make_loader, resolve_precision
-from m3net.runtime import device_name, git_sha, resolve_device, versions
+from m3net.runtime import device_name, git_sha, resolve_device, versions, write_benchmark
 
 
 @dataclass
@@ -111,20 +109,9 @@ def format_table(result):
 
 
 def write_results(result, out_dir):
-    """CSV + JSON named after device and date; returns the two paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    slug = "".join(ch if ch.isalnum() else "-" for ch in result["device"].split("(")[0].strip()).strip("-").lower()
+    """CSV + JSON named after device, precision, frames, batch, workers and date."""
     cfg = result["config"]
-    base = os.path.join(out_dir, f"bench_extract_{slug}_{result['precision']}_t{cfg['frames']}_b{cfg['batch_size']}"
-                                 f"_w{cfg['workers']}_{result['created'][:10]}")
-    with open(base + ".json", "w") as fh:
-        json.dump(result, fh, indent=2)
-    meta = {"device": result["device"], "git_sha": result["git_sha"], "torch": result["versions"]["torch"],
-            "created": result["created"], "precision": result["precision"], "frames": cfg["frames"],
-            "batch_size": cfg["batch_size"], "workers": cfg["workers"]}
-    with open(base + ".csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(meta) + list(result["rows"][0]))
-        writer.writeheader()
-        for row in result["rows"]:
-            writer.writerow({**meta, **row})
-    return base + ".csv", base + ".json"
+    columns = {"precision": result["precision"], "frames": cfg["frames"], "batch_size": cfg["batch_size"],
+               "workers": cfg["workers"]}
+    return write_benchmark(result, out_dir, f"extract_{result['precision']}_t{cfg['frames']}_b{cfg['batch_size']}"
+                                            f"_w{cfg['workers']}", columns)

@@ -10,10 +10,8 @@ pair out; with the backward also the gradient out (same dtype as the cost). ``% 
 achieved bytes/s over the device's peak memory bandwidth, for known GPUs; CPU runs print CPU
 numbers and leave it empty.
 """
-import csv
 import dataclasses
 import datetime
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ import torch
 
 from m3net.kernels.dtw import dtw, dtw_reference
 from m3net.kernels.eager import eager_dtw
-from m3net.runtime import device_name, git_sha, resolve_device, versions
+from m3net.runtime import device_name, git_sha, resolve_device, versions, write_benchmark
 
 # Peak DRAM bandwidth (bytes/s) by a substring of torch.cuda.get_device_name(); first match wins.
 PEAK_BANDWIDTH = [
@@ -233,22 +231,9 @@ def format_table(result):
 
 
 def write_results(result, out_dir):
-    """CSV + JSON named after device, mode, pass and date; returns the two paths."""
-    os.makedirs(out_dir, exist_ok=True)
+    """CSV + JSON named after mode, pass, size, dtype, device and date; returns the two paths."""
     cfg = result["config"]
-    slug = "".join(ch if ch.isalnum() else "-" for ch in result["device"].split("(")[0].strip()).strip("-").lower()
     kind = "fwdbwd" if cfg["backward"] else "fwd"
-    stamp = result["created"][:10]
-    base = os.path.join(out_dir, f"bench_dtw_{slug}_{cfg['mode']}_{kind}_{cfg['n']}x{cfg['m']}_{cfg['dtype']}_{stamp}")
-    with open(base + ".json", "w") as fh:
-        json.dump(result, fh, indent=2)
-    meta = {"device": result["device"], "git_sha": result["git_sha"], "torch": result["versions"]["torch"],
-            "triton": result["versions"]["triton"], "created": result["created"], "mode": cfg["mode"],
-            "pass": kind, "n": cfg["n"], "m": cfg["m"], "dtype": cfg["dtype"], "pairs": cfg["pairs"]}
-    with open(base + ".csv", "w", newline="") as fh:
-        fields = list(meta) + [k for k in result["rows"][0] if k not in meta]
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        for row in result["rows"]:
-            writer.writerow({**meta, **row})
-    return base + ".csv", base + ".json"
+    columns = {"mode": cfg["mode"], "pass": kind, "n": cfg["n"], "m": cfg["m"], "dtype": cfg["dtype"],
+               "pairs": cfg["pairs"]}
+    return write_benchmark(result, out_dir, f"dtw_{cfg['mode']}_{kind}_{cfg['n']}x{cfg['m']}_{cfg['dtype']}", columns)

@@ -1,4 +1,7 @@
-"""Facts about where code runs, shared by every stage: device choice and provenance stamps."""
+"""Facts about where code runs, shared by every stage: device choice, provenance stamps and
+benchmark files."""
+import csv
+import json
 import os
 import platform
 import subprocess
@@ -49,3 +52,22 @@ def versions():
     if torch.cuda.is_available():
         info["cuda"] = torch.version.cuda
     return info
+
+
+def write_benchmark(result, out_dir, name, config_columns):
+    """Writes a benchmark ``result`` (device, git_sha, versions, created, rows) as
+    ``<out_dir>/bench_<name>_<device>_<date>.{json,csv}``; every CSV row repeats the provenance and
+    ``config_columns`` (name -> value). Returns (csv path, json path)."""
+    os.makedirs(out_dir, exist_ok=True)
+    device = "".join(ch if ch.isalnum() else "-" for ch in result["device"].split("(")[0].strip()).strip("-").lower()
+    base = os.path.join(out_dir, f"bench_{name}_{device}_{result['created'][:10]}")
+    with open(base + ".json", "w") as fh:
+        json.dump(result, fh, indent=2)
+    meta = {"device": result["device"], "git_sha": result["git_sha"], "torch": result["versions"]["torch"],
+            "triton": result["versions"].get("triton"), "created": result["created"], **config_columns}
+    with open(base + ".csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(meta) + [k for k in result["rows"][0] if k not in meta])
+        writer.writeheader()
+        for row in result["rows"]:
+            writer.writerow({**meta, **row})
+    return base + ".csv", base + ".json"

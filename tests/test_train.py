@@ -5,7 +5,7 @@ import torch
 from click.testing import CliRunner
 from helpers_cache import order_only_cache  # also registers the test-aligned head
 
-from m3net.cache import ProvenanceError, write_cache_arrays
+from m3net.cache import ProvenanceError
 from m3net.cli import main
 from m3net.data.episodes import EpisodeError, EpisodeSampler
 from m3net.train.checkpoint import load_checkpoint

@@ -4,7 +4,6 @@ Random float16 features of the cache's shape (T x 7 x 7 x C) sit on the device l
 cache; episodes come from the same seeded sampler the trainer uses. The rates are extrapolated
 to the paper's 60 000 training and 6 000 test episodes.
 """
-import csv
 import dataclasses
 import datetime
 import json
@@ -18,7 +17,7 @@ import torch
 from m3net.cache.reader import CachedFeatures
 from m3net.data.episodes import EpisodeSampler
 from m3net.model import build_head
-from m3net.runtime import device_name, git_sha, resolve_device, versions
+from m3net.runtime import device_name, git_sha, resolve_device, versions, write_benchmark
 from m3net.train.common import FeatureBank
 
 
@@ -111,18 +110,8 @@ def format_table(result):
 
 
 def write_results(result, out_dir):
-    os.makedirs(out_dir, exist_ok=True)
+    """CSV + JSON named after head, its options, way/shot, device and date."""
     cfg = result["config"]
-    slug = "".join(ch if ch.isalnum() else "-" for ch in result["device"].split("(")[0].strip()).strip("-").lower()
     options = "".join(f"_{k}-{v}" for k, v in sorted(cfg["head_options"].items()))
-    base = os.path.join(out_dir, f"bench_train_{slug}_{cfg['head']}{options}_{cfg['way']}w{cfg['shot']}s_{result['created'][:10]}")
-    with open(base + ".json", "w") as fh:
-        json.dump(result, fh, indent=2)
-    meta = {"device": result["device"], "git_sha": result["git_sha"], "torch": result["versions"]["torch"],
-            "head": cfg["head"], "head_options": json.dumps(cfg["head_options"]), "created": result["created"]}
-    with open(base + ".csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(meta) + list(result["rows"][0]))
-        writer.writeheader()
-        for row in result["rows"]:
-            writer.writerow({**meta, **row})
-    return base + ".csv", base + ".json"
+    columns = {"head": cfg["head"], "head_options": json.dumps(cfg["head_options"])}
+    return write_benchmark(result, out_dir, f"train_{cfg['head']}{options}_{cfg['way']}w{cfg['shot']}s", columns)
