@@ -199,9 +199,36 @@ def heads_cmd():
 
 
 @main.command("finetune")
-def finetune_cmd():
+@click.option("--dataset", required=True, type=click.Choice(["gym99", "gym288", "diving48", "folder", "synthetic"]),
+              help="Split lists shipped with m3net, or a <class>/<clip> folder.")
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False), help="Folder holding the clips.")
+@click.option("--out", default="runs/finetune", show_default=True, type=click.Path(file_okay=False))
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet | random | PATH of a ResNet-50 state dict.")
+@click.option("--head", default="m3net", show_default=True)
+@click.option("--way", default=5, show_default=True)
+@click.option("--shot", default=1, show_default=True)
+@click.option("--queries", default=5, show_default=True, help="Queries per class.")
+@click.option("--frames", default=8, show_default=True)
+@click.option("--crop", default=224, show_default=True, help="Crop size (frames resized to crop*8/7 first).")
+@click.option("--episodes", default=10_000, show_default=True)
+@click.option("--lr", default=1e-4, show_default=True, help="Head learning rate.")
+@click.option("--backbone-lr", default=1e-5, show_default=True)
+@click.option("--freeze-stages", default=0, show_default=True, help="Trunk stages (stem, layer1..4) kept frozen.")
+@click.option("--train-bn", is_flag=True, help="Update BatchNorm (default: frozen, pretrained statistics kept).")
+@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]))
+@click.option("--checkpointing", is_flag=True, help="Gradient checkpointing of the trunk stages.")
+@click.option("--workers", default=0, show_default=True, help="DataLoader workers decoding clips.")
+@click.option("--checkpoint-every", default=100, show_default=True)
+@click.option("--log-every", default=10, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue OUT/last.pt exactly.")
+def finetune_cmd(train_bn, **options):
     """Train backbone and head end to end on decoded frames."""
-    _not_built("finetune")
+    from m3net.train.finetune import FinetuneConfig, finetune
+
+    result = finetune(FinetuneConfig(freeze_bn=not train_bn, **options))
+    click.echo(f"finetuned {result['step']} episodes: {result['last']}")
 
 
 @main.command("predict")
