@@ -211,6 +211,8 @@ def heads_cmd():
 @click.option("--frames", default=8, show_default=True)
 @click.option("--crop", default=224, show_default=True, help="Crop size (frames resized to crop*8/7 first).")
 @click.option("--episodes", default=10_000, show_default=True)
+@click.option("--accumulate", default=1, show_default=True, help="Episodes whose gradients make one optimizer step.")
+@click.option("--init-head", default="", type=click.Path(dir_okay=False), help="Start the head from a train-head checkpoint.")
 @click.option("--lr", default=1e-4, show_default=True, help="Head learning rate.")
 @click.option("--backbone-lr", default=1e-5, show_default=True)
 @click.option("--freeze-stages", default=0, show_default=True, help="Trunk stages (stem, layer1..4) kept frozen.")

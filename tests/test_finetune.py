@@ -78,6 +78,32 @@ def test_resume_is_exact(bench, tmp_path):
             assert torch.equal(value, split[part][key]), (part, key)
 
 
+def test_checkpointing_and_accumulation(bench, tmp_path):
+    # BN frozen: with BN in train mode the recomputed forward would update running stats twice.
+    run(tiny(bench, tmp_path / "plain", episodes=1, freeze_bn=True))
+    run(tiny(bench, tmp_path / "ckpt", episodes=1, freeze_bn=True, checkpointing=True))
+    plain = load_checkpoint(str(tmp_path / "plain" / "last.pt"))
+    ckpt = load_checkpoint(str(tmp_path / "ckpt" / "last.pt"))
+    for key, value in plain["backbone"].items():
+        assert torch.allclose(value, ckpt["backbone"][key], atol=1e-6), key
+    run(tiny(bench, tmp_path / "acc", episodes=2, accumulate=2, checkpoint_every=2))
+    state = load_checkpoint(str(tmp_path / "acc" / "last.pt"))
+    assert state["scheduler"]["last_epoch"] == 1  # one optimizer step for two episodes
+    assert not torch.equal(state["backbone"]["conv1.weight"], plain["backbone"]["conv1.weight"])
+
+
+def test_init_head_from_a_head_checkpoint(bench, tmp_path):
+    run(tiny(bench, tmp_path / "first", episodes=1))
+    first = str(tmp_path / "first" / "last.pt")
+    torch.manual_seed(123)
+    run(tiny(bench, tmp_path / "second", episodes=1, lr=0.0, backbone_lr=0.0, seed=5, init_head=first))
+    loaded = load_checkpoint(str(tmp_path / "second" / "last.pt"))["model"]
+    for key, value in load_checkpoint(first)["model"].items():
+        assert torch.equal(value, loaded[key]), key
+    with pytest.raises(ValueError, match="init-head"):
+        run(tiny(bench, tmp_path / "third", head="otam", head_options={}, init_head=first))
+
+
 def test_unreadable_clip_is_skipped_and_reported(bench, tmp_path):
     root = tmp_path / "bench"
     shutil.copytree(bench, root)

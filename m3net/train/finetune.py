@@ -6,7 +6,7 @@ models, optimizer, scheduler, RNG state and step, so ``--resume`` continues exac
 A clip that cannot be decoded is replaced by another clip of its class (or the episode is
 skipped) and written to failures.csv; the run never stops for one bad file.
 
-Not built yet: DistributedDataParallel (torchrun), gradient accumulation, ``--init-head``.
+Not built yet: DistributedDataParallel (torchrun).
 """
 import csv
 import dataclasses
@@ -37,23 +37,26 @@ class FinetuneConfig:
     weights: str = "imagenet"
     head: str = "m3net"
     head_options: dict = field(default_factory=dict)
+    init_head: str = ""  # a train-head checkpoint (best.pt) to start the head from
     way: int = 5
     shot: int = 1
     queries: int = 5
     frames: int = 8
     crop: int = 224  # resize to crop·8/7 (256 for 224), as the extraction transform
     episodes: int = 10_000
+    accumulate: int = 1  # episodes whose gradients are summed (averaged) per optimizer step
     lr: float = 1e-4
     backbone_lr: float = 1e-5
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    lr_step: int = 2_000
+    lr_step: int = 2_000  # optimizer steps
     lr_gamma: float = 0.5
     freeze_stages: int = 0  # the first N trunk stages (stem, layer1, ...) keep their weights
     # Episodes of 10-50 clips from few classes give BatchNorm batch statistics unlike ImageNet's;
     # frozen BN (eval mode, affine fixed) keeps the pretrained statistics, as most video fine-tuning does.
     freeze_bn: bool = True
     amp: str = "auto"  # auto (bf16 on CUDA if supported, else fp16) | bf16 | fp16 | off
+    # Recomputes each trunk stage in backward; with BN not frozen its running statistics then move twice per step.
     checkpointing: bool = False
     workers: int = 0
     checkpoint_every: int = 100
@@ -184,12 +187,28 @@ def _load_episode(dataset, sampler, episode, config, step, transform, failures_p
     return out["support"], torch.as_tensor(labels["support"]), out["query"], torch.as_tensor(labels["query"])
 
 
+def _initial_head(config):
+    saved = load_checkpoint(config.init_head)
+    if saved["head"] != config.head:
+        raise ValueError(f"--init-head {config.init_head}: a {saved['head']!r} head, not --head {config.head!r}")
+    shape = {k: saved["head_config"].get(k) for k in ("feature_dim", "num_frames")}
+    if shape != {"feature_dim": 2048, "num_frames": config.frames}:
+        raise ValueError(f"--init-head {config.init_head}: trained on {shape}, "
+                         f"this run feeds feature_dim 2048 and --frames {config.frames}")
+    head = build_head(saved["head"], **saved["head_config"])
+    head.load_state_dict(saved["model"])
+    return head
+
+
 def finetune(config, progress=True):
     """Trains backbone + head; writes last.pt, train_log.csv, failures.csv into config.out."""
     device = resolve_device(config.device)
     os.makedirs(config.out, exist_ok=True)
     last_path = os.path.join(config.out, "last.pt")
     failures_path = os.path.join(config.out, "failures.csv")
+    if config.accumulate < 1 or config.checkpoint_every % config.accumulate:
+        raise ValueError(f"--accumulate {config.accumulate}: expected >= 1 and dividing --checkpoint-every "
+                         f"{config.checkpoint_every} (checkpoints fall between optimizer steps)")
     state = None
     if config.resume:
         state = load_checkpoint(last_path)
@@ -206,7 +225,10 @@ def finetune(config, progress=True):
     backbone, provenance = build_backbone(config.weights, seed=config.seed)
     _freeze(backbone, config)
     torch.manual_seed(config.seed)  # head init
-    head = build_head(config.head, feature_dim=2048, num_frames=config.frames, **config.head_options)
+    if config.init_head:
+        head = _initial_head(config)
+    else:
+        head = build_head(config.head, feature_dim=2048, num_frames=config.frames, **config.head_options)
     model = Finetuner(backbone, head, config.checkpointing).to(device)
     groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": config.lr},
               {"params": [p for p in backbone.parameters() if p.requires_grad], "lr": config.backbone_lr}]
@@ -221,13 +243,15 @@ def finetune(config, progress=True):
         backbone.load_state_dict(state["backbone"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"])
         step = state["step"]
 
     def snapshot():
         return dict(head=config.head, head_config=head.config_dict(), train_config=dataclasses.asdict(config),
                     provenance=provenance, model=head.state_dict(), backbone=backbone.state_dict(),
-                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state(), step=step)
+                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+                    rng=rng_state(), step=step)
 
     _set_train(model, config)
     skipped, window_loss, window_count, start = 0, 0.0, 0, time.perf_counter()
@@ -241,14 +265,15 @@ def finetune(config, progress=True):
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 outputs = model(normalise(support), support_labels, normalise(query))
                 loss = head.loss(outputs, query_labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            scaler.scale(loss / config.accumulate).backward()
             window_loss += loss.item()
             window_count += 1
-        scheduler.step()
         step += 1
+        if step % config.accumulate == 0 or step == config.episodes:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
         bar.update(1)
         if step % config.log_every == 0 or step == config.episodes:
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else ""
