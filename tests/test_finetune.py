@@ -130,3 +130,27 @@ def test_cli_and_extract_reads_the_finetuned_backbone(bench, tmp_path):
     for key, value in model.state_dict().items():
         assert torch.equal(value, state["backbone"][key]), key
     assert provenance["weights"] == os.path.abspath(checkpoint)
+
+
+def test_torchrun_two_gloo_ranks_match_one_process_accumulating(bench, tmp_path):
+    import subprocess
+    import sys
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import warnings, dataclasses, sys, torch\n"
+        "warnings.simplefilter('ignore')\n"
+        "torch.set_num_threads(1)\n"
+        "from tests.test_finetune import tiny\n"
+        "from m3net.train.finetune import finetune\n"
+        f"finetune(tiny({bench!r}, {str(tmp_path / 'ddp')!r}, episodes=1, freeze_bn=True, device='cpu'), progress=False)\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run(tiny(bench, tmp_path / "single", episodes=2, accumulate=2, checkpoint_every=2, freeze_bn=True, device="cpu"))
+    ddp = load_checkpoint(str(tmp_path / "ddp" / "last.pt"))
+    single = load_checkpoint(str(tmp_path / "single" / "last.pt"))
+    for part in ("model", "backbone"):
+        for key, value in single[part].items():
+            assert torch.allclose(value, ddp[part][key], atol=1e-5), (part, key)

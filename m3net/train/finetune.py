@@ -6,8 +6,11 @@ models, optimizer, scheduler, RNG state and step, so ``--resume`` continues exac
 A clip that cannot be decoded is replaced by another clip of its class (or the episode is
 skipped) and written to failures.csv; the run never stops for one bad file.
 
-Not built yet: DistributedDataParallel (torchrun).
+Under torchrun (WORLD_SIZE > 1) backbone and head are wrapped in DistributedDataParallel; rank r
+trains episode step·world + r, so one step averages the gradients of ``world`` episodes; rank 0
+writes checkpoints and logs, each rank its own failures-rank<r>.csv.
 """
+import contextlib
 import csv
 import dataclasses
 import os
@@ -202,10 +205,16 @@ def _initial_head(config):
 
 def finetune(config, progress=True):
     """Trains backbone + head; writes last.pt, train_log.csv, failures.csv into config.out."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     device = resolve_device(config.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     os.makedirs(config.out, exist_ok=True)
     last_path = os.path.join(config.out, "last.pt")
-    failures_path = os.path.join(config.out, "failures.csv")
+    failures_path = os.path.join(config.out, f"failures-rank{rank}.csv" if world > 1 else "failures.csv")
     if config.accumulate < 1 or config.checkpoint_every % config.accumulate:
         raise ValueError(f"--accumulate {config.accumulate}: expected >= 1 and dividing --checkpoint-every "
                          f"{config.checkpoint_every} (checkpoints fall between optimizer steps)")
@@ -230,6 +239,8 @@ def finetune(config, progress=True):
     else:
         head = build_head(config.head, feature_dim=2048, num_frames=config.frames, **config.head_options)
     model = Finetuner(backbone, head, config.checkpointing).to(device)
+    # Frozen BN and frozen stages leave parameters without gradients; DDP must not wait for them.
+    wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": config.lr},
               {"params": [p for p in backbone.parameters() if p.requires_grad], "lr": config.backbone_lr}]
     optimizer = torch.optim.SGD([g for g in groups if g["params"]], momentum=config.momentum,
@@ -255,17 +266,25 @@ def finetune(config, progress=True):
 
     _set_train(model, config)
     skipped, window_loss, window_count, start = 0, 0.0, 0, time.perf_counter()
-    bar = tqdm(total=config.episodes, initial=step, disable=not progress, desc=f"finetune {config.head}", unit="ep")
+    bar = tqdm(total=config.episodes, initial=step, disable=not progress or rank > 0, desc=f"finetune {config.head}", unit="ep")
     while step < config.episodes:
-        loaded = _load_episode(dataset, sampler, sampler.episode(step), config, step, transform, failures_path)
-        if loaded is None:
+        index = step * world + rank
+        loaded = _load_episode(dataset, sampler, sampler.episode(index), config, index, transform, failures_path)
+        usable = loaded is not None
+        if world > 1:  # every rank skips together, or the others would wait for its gradients forever
+            flag = torch.tensor(int(usable), device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            usable = bool(flag.item())
+        if not usable:
             skipped += 1
         else:
             support, support_labels, query, query_labels = (x.to(device, non_blocking=True) for x in loaded)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                outputs = model(normalise(support), support_labels, normalise(query))
+            last_micro = (step + 1) % config.accumulate == 0 or step + 1 == config.episodes
+            sync = wrapped.no_sync() if world > 1 and not last_micro else contextlib.nullcontext()
+            with sync, torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                outputs = wrapped(normalise(support), support_labels, normalise(query))
                 loss = head.loss(outputs, query_labels)
-            scaler.scale(loss / config.accumulate).backward()
+                scaler.scale(loss / config.accumulate).backward()
             window_loss += loss.item()
             window_count += 1
         step += 1
@@ -275,7 +294,7 @@ def finetune(config, progress=True):
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
         bar.update(1)
-        if step % config.log_every == 0 or step == config.episodes:
+        if rank == 0 and (step % config.log_every == 0 or step == config.episodes):
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else ""
             _append_csv(os.path.join(config.out, "train_log.csv"), TRAIN_FIELDS, {
                 "step": step, "loss": window_loss / max(window_count, 1), "lr": scheduler.get_last_lr()[0],
@@ -283,7 +302,10 @@ def finetune(config, progress=True):
                 "episodes_per_s": window_count / (time.perf_counter() - start), "peak_gpu_mib": peak,
                 "skipped_episodes": skipped})
             window_loss, window_count, start = 0.0, 0, time.perf_counter()
-        if step % config.checkpoint_every == 0 or step == config.episodes:
+        if rank == 0 and (step % config.checkpoint_every == 0 or step == config.episodes):
             save_checkpoint(last_path, **snapshot())
     bar.close()
+    if world > 1:
+        torch.distributed.barrier()  # rank 0's last checkpoint is written before anyone returns
+        torch.distributed.destroy_process_group()
     return {"out": config.out, "step": step, "last": last_path}
