@@ -11,7 +11,6 @@ trains episode step·world + r, so one step averages the gradients of ``world`` 
 writes checkpoints and logs, each rank its own failures-rank<r>.csv.
 """
 import contextlib
-import csv
 import dataclasses
 import os
 import time
@@ -30,6 +29,7 @@ from m3net.extract.video import Clip
 from m3net.model import build_head
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from m3net.train.loop import append_csv
 
 
 @dataclass
@@ -71,15 +71,6 @@ class FinetuneConfig:
 
 TRAIN_FIELDS = ("step", "loss", "lr", "backbone_lr", "episodes_per_s", "peak_gpu_mib", "skipped_episodes")
 FAILURE_FIELDS = ("step", "clip_id", "path", "error")
-
-
-def _append_csv(path, fields, row):
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
 
 
 class EpisodeClips(torch.utils.data.Dataset):
@@ -176,7 +167,7 @@ def _load_episode(dataset, sampler, episode, config, step, transform, failures_p
         for i, (view, error) in enumerate(items):
             while view is None:
                 clip = dataset.clips[int(rows[part][i])]
-                _append_csv(failures_path, FAILURE_FIELDS,
+                append_csv(failures_path, FAILURE_FIELDS,
                             {"step": step, "clip_id": clip.clip_id, "path": clip.path, "error": error})
                 spare = [r for r in sampler.by_class[int(episode.classes[labels[part][i]])] if r not in used]
                 if not spare:
@@ -296,7 +287,7 @@ def finetune(config, progress=True):
         bar.update(1)
         if rank == 0 and (step % config.log_every == 0 or step == config.episodes):
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else ""
-            _append_csv(os.path.join(config.out, "train_log.csv"), TRAIN_FIELDS, {
+            append_csv(os.path.join(config.out, "train_log.csv"), TRAIN_FIELDS, {
                 "step": step, "loss": window_loss / max(window_count, 1), "lr": scheduler.get_last_lr()[0],
                 "backbone_lr": scheduler.get_last_lr()[-1],
                 "episodes_per_s": window_count / (time.perf_counter() - start), "peak_gpu_mib": peak,

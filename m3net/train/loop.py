@@ -51,7 +51,7 @@ TRAIN_FIELDS = ("step", "loss", "views_loss", "lr", "episodes_per_s")
 VAL_FIELDS = ("step", "val_acc", "val_ci", "best_val_acc")
 
 
-def _append_csv(path, fields, row):
+def append_csv(path, fields, row):
     new = not os.path.exists(path)
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
@@ -162,7 +162,7 @@ def train_head(config, progress=True):
                 row = {"step": step, "loss": window_loss / count,
                        "views_loss": " ".join(f"{v}={l / count:.4f}" for v, l in window_views.items()),
                        "lr": scheduler.get_last_lr()[0], "episodes_per_s": rate}
-                _append_csv(os.path.join(config.out, "train_log.csv"), TRAIN_FIELDS, row)
+                append_csv(os.path.join(config.out, "train_log.csv"), TRAIN_FIELDS, row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", eps=f"{rate:.1f}/s")
                 if board:
                     board.add_scalar("train/loss", row["loss"], step)
@@ -172,7 +172,7 @@ def train_head(config, progress=True):
                 if acc > best:
                     best = acc
                     save_checkpoint(best_path, **snapshot())
-                _append_csv(os.path.join(config.out, "val_log.csv"), VAL_FIELDS,
+                append_csv(os.path.join(config.out, "val_log.csv"), VAL_FIELDS,
                             {"step": step, "val_acc": acc, "val_ci": ci, "best_val_acc": best})
                 if board:
                     board.add_scalar("val/acc", acc, step)
