@@ -202,40 +202,65 @@ def heads_cmd():
 @click.option("--dataset", required=True, type=click.Choice(["gym99", "gym288", "diving48", "folder", "synthetic"]),
               help="Split lists shipped with m3net, or a <class>/<clip> folder.")
 @click.option("--root", required=True, type=click.Path(exists=True, file_okay=False), help="Folder holding the clips.")
-@click.option("--out", default="runs/finetune", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", default="runs/finetune", show_default=True, type=click.Path(file_okay=False),
+              help="Run folder: best.pt, last.pt, train_log.csv, val_log.csv, failures.csv, tensorboard/.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | random | PATH of a ResNet-50 state dict.")
-@click.option("--head", default="m3net", show_default=True)
+@click.option("--head", default="m3net", show_default=True, help="Head from the registry (see `m3net heads`).")
+@click.option("--head-opt", multiple=True, metavar="KEY=VALUE", help="Head option, repeatable (as in train-head).")
+@click.option("--init-head", default="", type=click.Path(dir_okay=False), help="Start the head from a train-head checkpoint.")
 @click.option("--way", default=5, show_default=True)
 @click.option("--shot", default=1, show_default=True)
-@click.option("--queries", default=5, show_default=True, help="Queries per class.")
+@click.option("--queries", default=5, show_default=True, help="Queries per class in training episodes.")
 @click.option("--frames", default=8, show_default=True)
 @click.option("--crop", default=224, show_default=True, help="Crop size (frames resized to crop*8/7 first).")
 @click.option("--episodes", default=10_000, show_default=True)
 @click.option("--accumulate", default=1, show_default=True, help="Episodes whose gradients make one optimizer step.")
-@click.option("--init-head", default="", type=click.Path(dir_okay=False), help="Start the head from a train-head checkpoint.")
 @click.option("--lr", default=1e-4, show_default=True, help="Head learning rate.")
 @click.option("--backbone-lr", default=1e-5, show_default=True)
+@click.option("--lr-step", default=2000, show_default=True, help="Multiply both lrs by --lr-gamma every this many optimizer steps.")
+@click.option("--lr-gamma", default=0.5, show_default=True)
 @click.option("--freeze-stages", default=0, show_default=True, help="Trunk stages (stem, layer1..4) kept frozen.")
 @click.option("--train-bn", is_flag=True, help="Update BatchNorm (default: frozen, pretrained statistics kept).")
-@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]))
-@click.option("--checkpointing", is_flag=True, help="Gradient checkpointing of the trunk stages.")
-@click.option("--workers", default=0, show_default=True, help="DataLoader workers decoding clips.")
+@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]),
+              help="Mixed precision on CUDA (auto: bf16 where supported, else fp16 with a grad scaler).")
+@click.option("--checkpointing", is_flag=True, help="Gradient checkpointing of the trunk stages (less memory, one more forward per stage).")
+@click.option("--workers", default=2, show_default=True, help="DataLoader processes decoding the next episodes (0: main process).")
+@click.option("--val-every", default=1000, show_default=True, help="Validate on val episodes (test view) and update best.pt.")
+@click.option("--val-episodes", default=300, show_default=True, help="0 turns validation off.")
+@click.option("--val-queries", default=1, show_default=True)
 @click.option("--checkpoint-every", default=100, show_default=True)
 @click.option("--log-every", default=10, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Decides head init, every episode and every crop.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cuda, cpu.")
 @click.option("--resume", is_flag=True, help="Continue OUT/last.pt exactly.")
-def finetune_cmd(train_bn, **options):
-    """Train backbone and head end to end on decoded frames."""
+def finetune_cmd(train_bn, head_opt, **options):
+    """Train backbone and head end to end on decoded frames.
+
+    Several GPUs or nodes: `torchrun --nproc-per-node G -m m3net finetune ...` (DistributedDataParallel;
+    each rank trains its own episodes, rank 0 writes checkpoints and logs). Afterwards
+    `m3net extract --weights OUT/best.pt` builds the tuned backbone's cache for train-head and evaluate.
+    """
+    from m3net.data.datasets import DatasetError
+    from m3net.data.episodes import EpisodeError
+    from m3net.extract.backbone import WeightsError
+    from m3net.train.checkpoint import CheckpointError
     from m3net.train.finetune import FinetuneConfig, finetune
 
-    result = finetune(FinetuneConfig(freeze_bn=not train_bn, **options))
-    click.echo(f"finetuned {result['step']} episodes: {result['last']}")
+    config = FinetuneConfig(freeze_bn=not train_bn, head_options=_parse_head_options(head_opt), **options)
+    try:
+        result = finetune(config)
+    except (CheckpointError, DatasetError, EpisodeError, WeightsError, ValueError, FileExistsError) as err:
+        raise click.ClickException(str(err))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: state saved in {config.out}/last.pt; continue with --resume", err=True)
+        sys.exit(130)
+    best = f"; best val accuracy {result['best_val_acc']:.2f}% -> {result['best']}" if result["best"] else ""
+    click.echo(f"finetuned {config.head} for {result['step']} episodes: {result['last']}{best}")
 
 
 @main.command("predict")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Trained head (best.pt of `m3net train-head`).")
+              help="Trained head (best.pt of `m3net train-head` or `m3net finetune`).")
 @click.option("--support", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of <class>/<clip>: the same number (1-5) of labelled clips per class.")
 @click.option("--query", "queries", required=True, multiple=True, type=click.Path(),

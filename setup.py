@@ -76,11 +76,14 @@ setup(
         # Triton ships its CPU interpreter (TRITON_INTERPRET=1) in the same wheel.
         "triton": ["triton>=2.2"],
         "torchvision": ["torchvision>=0.16"],
+        # train-head and finetune write TensorBoard scalars next to their CSV logs when it is installed.
+        "tensorboard": ["tensorboard>=2.10"],
         "test": [
             "pytest>=7.0",
             "triton>=2.2",
             "tslearn>=0.6",
             "scikit-video>=1.1.11",
+            "tensorboard>=2.10",
         ],
         "bench": ["pysdtw>=0.0.5"],
     },

@@ -28,7 +28,8 @@ def bench(tmp_path_factory):
 def tiny(root, out, **changes):
     base = FinetuneConfig("synthetic", root, out=str(out), weights="random", head="m3net",
                           head_options={"proj_dim": 8}, way=2, shot=1, queries=1, frames=2, crop=32,
-                          episodes=2, lr=0.1, backbone_lr=0.1, freeze_bn=False, checkpoint_every=1, log_every=1)
+                          episodes=2, lr=0.1, backbone_lr=0.1, freeze_bn=False, checkpoint_every=1, log_every=1,
+                          val_episodes=1, workers=0)
     return dataclasses.replace(base, **changes)
 
 
@@ -109,7 +110,7 @@ def test_unreadable_clip_is_skipped_and_reported(bench, tmp_path):
     shutil.copytree(bench, root)
     victim = sorted((root / "train").rglob("*.mp4"))[0]
     victim.write_bytes(os.urandom(2048))
-    run(tiny(str(root), tmp_path / "out", episodes=4))
+    run(tiny(str(root), tmp_path / "out", episodes=4, workers=2))  # decoded in worker processes, reported here
     with open(tmp_path / "out" / "failures.csv") as fh:
         failures = list(csv.DictReader(fh))
     assert failures and all(f["path"] == str(victim) for f in failures)
@@ -154,3 +155,90 @@ def test_torchrun_two_gloo_ranks_match_one_process_accumulating(bench, tmp_path)
     for part in ("model", "backbone"):
         for key, value in single[part].items():
             assert torch.allclose(value, ddp[part][key], atol=1e-5), (part, key)
+
+
+def test_validation_keeps_the_best_checkpoint(bench, tmp_path):
+    run(tiny(bench, tmp_path, episodes=3, val_every=1, val_episodes=2, val_queries=2))
+    with open(tmp_path / "val_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    accs = [float(r["val_acc"]) for r in rows]
+    assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(0 <= a <= 100 for a in accs)
+    best = load_checkpoint(str(tmp_path / "best.pt"))
+    assert best["step"] == accs.index(max(accs)) + 1 and best["best_val_acc"] == max(accs)
+    assert float(rows[-1]["best_val_acc"]) == max(accs)
+
+
+def test_interrupt_saves_a_checkpoint_that_resumes_exactly(bench, tmp_path, monkeypatch):
+    run(tiny(bench, tmp_path / "whole", episodes=2, checkpoint_every=100))
+    from m3net.train import finetune as module
+    forward, calls = module.Finetuner.forward, []
+
+    def interrupted(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return forward(self, *args)
+
+    monkeypatch.setattr(module.Finetuner, "forward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny(bench, tmp_path / "split", episodes=2, checkpoint_every=100))
+    monkeypatch.setattr(module.Finetuner, "forward", forward)
+    assert load_checkpoint(str(tmp_path / "split" / "last.pt"))["step"] == 1
+    run(tiny(bench, tmp_path / "split", episodes=2, checkpoint_every=100, resume=True))
+    whole, split = (load_checkpoint(str(tmp_path / d / "last.pt")) for d in ("whole", "split"))
+    for part in ("model", "backbone"):
+        for key, value in whole[part].items():
+            assert torch.equal(value, split[part][key]), (part, key)
+
+
+def test_resume_refuses_other_settings(bench, tmp_path):
+    run(tiny(bench, tmp_path, episodes=1))
+    with pytest.raises(ValueError, match="backbone_lr"):
+        run(tiny(bench, tmp_path, episodes=2, backbone_lr=0.5, resume=True))
+
+
+def test_tensorboard_scalars_are_written(bench, tmp_path):
+    pytest.importorskip("tensorboard")  # an optional extra, installed with [test]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(tiny(bench, tmp_path, episodes=1))
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert {"train/loss", "train/episodes_per_s", "val/acc"} <= set(events.Tags()["scalars"])
+
+
+@pytest.mark.filterwarnings("ignore:--weights random")
+def test_finetuned_head_scores_the_cache_of_its_own_backbone(bench, tmp_path):
+    out = tmp_path / "run"
+    common = ["--dataset", "synthetic", "--root", bench, "--frames", "2"]
+    result = CliRunner().invoke(main, ["finetune", *common, "--out", str(out), "--weights", "random",
+                                       "--head-opt", "proj_dim=8", "--way", "2", "--queries", "1", "--crop", "224",
+                                       "--episodes", "1", "--workers", "0", "--val-episodes", "1"])
+    assert result.exit_code == 0, result.output
+    assert "best val accuracy" in result.output
+    best = str(out / "best.pt")
+    tuned, untuned = str(tmp_path / "tuned.h5"), str(tmp_path / "untuned.h5")
+    for weights, cache in ((best, tuned), ("random", untuned)):
+        result = CliRunner().invoke(main, ["extract", *common, "--out", cache, "--weights", weights,
+                                           "--workers", "0", "--batch-size", "4"])
+        assert result.exit_code == 0, result.output
+    scored = CliRunner().invoke(main, ["evaluate", "--checkpoint", best, "--cache", tuned, "--way", "2",
+                                       "--episodes", "2", "--device", "cpu"])
+    assert scored.exit_code == 0, scored.output
+    assert "m3net" in scored.output
+    refused = CliRunner().invoke(main, ["evaluate", "--checkpoint", best, "--cache", untuned, "--way", "2",
+                                        "--episodes", "2", "--device", "cpu"])
+    assert refused.exit_code != 0 and "weights_sha256" in refused.output
+    no_cache = CliRunner().invoke(main, ["evaluate", "--checkpoint", best, "--way", "2", "--episodes", "2"])
+    assert no_cache.exit_code != 0 and f"m3net extract --weights {best}" in no_cache.output
+    support = tmp_path / "support"
+    test_root = os.path.join(bench, "test")
+    classes = sorted(os.listdir(test_root))
+    for name in classes:
+        (support / name).mkdir(parents=True)
+        first = sorted(os.listdir(os.path.join(test_root, name)))[0]
+        shutil.copy(os.path.join(test_root, name, first), support / name / first)
+    query = os.path.join(test_root, classes[0], sorted(os.listdir(os.path.join(test_root, classes[0])))[1])
+    predicted = CliRunner().invoke(main, ["predict", "--checkpoint", best, "--support", str(support), "--query", query,
+                                          "--device", "cpu"])
+    assert predicted.exit_code == 0, predicted.output
+    assert any(name in predicted.output for name in classes)

@@ -119,3 +119,14 @@ def test_m3net_and_otam_beat_protonet_on_order_only_classes(cache, tmp_path):
     proto = acc[("protonet", "y")]
     for temporal in (acc[("m3net (m3net)", "y")], acc[("otam", "y")]):
         assert temporal["accuracy"] - temporal["ci95"] > proto["accuracy"] + proto["ci95"]
+
+
+def test_tensorboard_gets_loss_and_validation(cache, tmp_path):
+    pytest.importorskip("tensorboard")  # an optional extra, installed with [test]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_head(_config(cache, tmp_path, episodes=20), progress=False)
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/episodes_per_s", "val/acc"} <= tags
+    assert [e.step for e in events.Scalars("val/acc")] == [20]

@@ -33,6 +33,16 @@ def load_checkpoint(path, map_location="cpu"):
     return state
 
 
+def features_provenance(state, path):
+    """The cache provenance a checkpoint's head expects. A finetune checkpoint (it carries its
+    "backbone") expects features of its own tuned trunk: a cache from `m3net extract --weights PATH`."""
+    if "backbone" not in state:
+        return state["provenance"]
+    from m3net.extract.backbone import file_sha256
+
+    return {**state["provenance"], "weights": os.path.abspath(path), "weights_sha256": file_sha256(path)}
+
+
 def rng_state():
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():

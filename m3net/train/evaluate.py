@@ -19,7 +19,7 @@ from m3net.cache import ProvenanceError, load_cache
 from m3net.cache.schema import provenance_differences
 from m3net.data.episodes import EpisodeSampler
 from m3net.model import build_head
-from m3net.train.checkpoint import load_checkpoint
+from m3net.train.checkpoint import features_provenance, load_checkpoint
 from m3net.runtime import resolve_device
 from m3net.train.common import FeatureBank, episode_accuracies, mean_and_ci
 
@@ -40,11 +40,12 @@ class EvalConfig:
     out: str = ""
 
 
-def _load_trained(path, device):
+def load_trained_head(path, device):
+    """(head in eval mode, checkpoint state with "provenance" = what the cache it scores must record)."""
     state = load_checkpoint(path, map_location=device)
     head = build_head(state["head"], **state["head_config"]).to(device)
     head.load_state_dict(state["model"])
-    return head.eval(), state
+    return head.eval(), {**state, "provenance": features_provenance(state, path)}
 
 
 def _label(name, taken):
@@ -58,7 +59,7 @@ def build_heads(config, device, feature_dim, num_frames):
     """[(label, head, checkpoint state or None)] in the order asked for."""
     heads = []
     for path in config.checkpoints:
-        head, state = _load_trained(path, device)
+        head, state = load_trained_head(path, device)
         heads.append((_label(f"{state['head']} ({os.path.basename(os.path.dirname(os.path.abspath(path)))})",
                              {h[0] for h in heads}), head, state))
     for name in config.heads:
@@ -78,7 +79,11 @@ def evaluate(config, progress=True):
     if not cache_path:
         if not config.checkpoints:
             raise ValueError("--cache is required when no --checkpoint names one")
-        cache_path = load_checkpoint(config.checkpoints[0])["train_config"]["cache"]
+        first = config.checkpoints[0]
+        cache_path = load_checkpoint(first)["train_config"].get("cache")
+        if cache_path is None:
+            raise ValueError(f"--checkpoint {first} is a finetune checkpoint: pass --cache, a cache built with "
+                             f"`m3net extract --weights {first}`")
     cached = load_cache(cache_path, splits=(config.split,))
     bank = FeatureBank(cached, device)
     num_frames, _, _, feature_dim = bank.clip_shape

@@ -8,7 +8,11 @@ skipped) and written to failures.csv; the run never stops for one bad file.
 
 Under torchrun (WORLD_SIZE > 1) backbone and head are wrapped in DistributedDataParallel; rank r
 trains episode step·world + r, so one step averages the gradients of ``world`` episodes; rank 0
-writes checkpoints and logs, each rank its own failures-rank<r>.csv.
+writes checkpoints and logs, each rank its own failures-rank<r>.csv. Validation (test view, the
+val episodes train-head uses) is shared out across the ranks and pooled; best.pt keeps the best.
+
+A finetune checkpoint is also a head checkpoint: `m3net extract --weights best.pt` builds the
+cache of its tuned backbone, and `m3net evaluate --checkpoint best.pt --cache that.h5` scores it.
 """
 import contextlib
 import dataclasses
@@ -20,16 +24,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from m3net.cache.schema import PROVENANCE_KEYS
 from m3net.data.datasets import load_dataset
 from m3net.data.episodes import EpisodeSampler
 from m3net.extract.backbone import build_backbone
+from m3net.extract.loop import ExtractConfig, cache_attrs
 from m3net.extract.sampling import sample_indices
 from m3net.extract.transforms import TransformConfig, normalise, test_view, train_view
 from m3net.extract.video import Clip
 from m3net.model import build_head
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
-from m3net.train.loop import append_csv
+from m3net.train.common import episode_accuracies, mean_and_ci
+from m3net.train.loop import (RESUMABLE_CHANGES, VAL_FIELDS, append_csv, check_resumed_config,
+                              tensorboard_writer)
 
 
 @dataclass
@@ -61,7 +69,10 @@ class FinetuneConfig:
     amp: str = "auto"  # auto (bf16 on CUDA if supported, else fp16) | bf16 | fp16 | off
     # Recomputes each trunk stage in backward; with BN not frozen its running statistics then move twice per step.
     checkpointing: bool = False
-    workers: int = 0
+    workers: int = 2  # DataLoader processes decoding the next episodes; 0 decodes in the main process
+    val_every: int = 1_000  # episodes between validations (and best.pt updates)
+    val_episodes: int = 300  # 0: no validation
+    val_queries: int = 1
     checkpoint_every: int = 100
     log_every: int = 10
     seed: int = 0
@@ -70,33 +81,63 @@ class FinetuneConfig:
 
 
 TRAIN_FIELDS = ("step", "loss", "lr", "backbone_lr", "episodes_per_s", "peak_gpu_mib", "skipped_episodes")
-FAILURE_FIELDS = ("step", "clip_id", "path", "error")
+FAILURE_FIELDS = ("step", "phase", "clip_id", "path", "error")
 
 
-class EpisodeClips(torch.utils.data.Dataset):
-    """Item i of one episode: (uint8 (T, 3, crop, crop) frames or None, error message)."""
+class EpisodeFrames(torch.utils.data.Dataset):
+    """Item k: episode ``indices[k]`` of ``sampler``, its clips decoded to uint8 frames.
 
-    def __init__(self, clips, rows, frames, transform, train, seed, step):
-        self.clips, self.rows, self.frames, self.transform = clips, rows, frames, transform
-        self.train, self.seed, self.step = train, seed, step
+    Returns (index, (support (S, T, 3, crop, crop), support_labels, query, query_labels) or None,
+    failures). A clip that cannot be decoded is listed in failures and replaced by an unused clip
+    of its class; None when the class has none left. Whole episodes are the unit of work, so
+    DataLoader workers decode the next episodes while the GPU trains on this one.
+    """
+
+    def __init__(self, clips, sampler, indices, frames, transform, train, seed):
+        self.clips, self.sampler, self.indices = clips, sampler, list(indices)
+        self.frames, self.transform, self.train, self.seed = frames, transform, train, seed
 
     def __len__(self):
-        return len(self.rows)
+        return len(self.indices)
 
-    def __getitem__(self, i):
-        row = int(self.rows[i])
-        rng = np.random.default_rng([self.seed, self.step, row])
+    def _decode(self, row, index, failures):
+        clip = self.clips[int(row)]
+        rng = np.random.default_rng([self.seed, index, int(row)])  # crop, flip and frames of (seed, episode, clip)
         try:
-            clip = Clip(self.clips[row].path)
-            frames = clip.read(sample_indices(len(clip), self.frames, train=self.train, rng=rng))
-            view = train_view(frames, rng, self.transform) if self.train else test_view(frames, self.transform)
-            return view, ""
+            video = Clip(clip.path)
+            frames = video.read(sample_indices(len(video), self.frames, train=self.train, rng=rng))
+            return train_view(frames, rng, self.transform) if self.train else test_view(frames, self.transform)
         except Exception as err:  # a bad file costs that clip, never the run
-            return None, f"{type(err).__name__}: {err}"
+            failures.append({"clip_id": clip.clip_id, "path": clip.path, "error": f"{type(err).__name__}: {err}"})
+            return None
+
+    def __getitem__(self, k):
+        index = self.indices[k]
+        episode = self.sampler.episode(index)
+        used = set(episode.support_rows.tolist()) | set(episode.query_rows.tolist())
+        failures, tensors = [], []
+        for rows, labels in ((episode.support_rows, episode.support_labels), (episode.query_rows, episode.query_labels)):
+            views = []
+            for row, label in zip(rows, labels):
+                view = self._decode(row, index, failures)
+                while view is None:
+                    spare = next((int(r) for r in self.sampler.by_class[int(episode.classes[label])] if int(r) not in used), None)
+                    if spare is None:
+                        return index, None, failures
+                    used.add(spare)
+                    view = self._decode(spare, index, failures)
+                views.append(view)
+            tensors += [torch.stack(views), torch.as_tensor(labels)]
+        return index, tuple(tensors), failures
 
 
-def _collate(items):
-    return items
+def _as_is(item):
+    return item
+
+
+def _episodes(dataset, sampler, indices, config, transform, train):
+    frames = EpisodeFrames(dataset.clips, sampler, indices, config.frames, transform, train, config.seed)
+    return torch.utils.data.DataLoader(frames, batch_size=None, num_workers=config.workers, collate_fn=_as_is)
 
 
 class Finetuner(torch.nn.Module):
@@ -152,35 +193,6 @@ def _set_train(model, config):
                 m.eval()
 
 
-def _load_episode(dataset, sampler, episode, config, step, transform, failures_path):
-    """Decoded (support, support_labels, query, query_labels), or None when a class runs out of clips."""
-    rows = {"support": list(episode.support_rows), "query": list(episode.query_rows)}
-    labels = {"support": list(episode.support_labels), "query": list(episode.query_labels)}
-    used = set(rows["support"]) | set(rows["query"])
-    out = {}
-    for part in ("support", "query"):
-        loader = torch.utils.data.DataLoader(
-            EpisodeClips(dataset.clips, rows[part], config.frames, transform, True, config.seed, step),
-            batch_size=len(rows[part]), num_workers=config.workers, collate_fn=_collate)
-        items = next(iter(loader))
-        views = []
-        for i, (view, error) in enumerate(items):
-            while view is None:
-                clip = dataset.clips[int(rows[part][i])]
-                append_csv(failures_path, FAILURE_FIELDS,
-                            {"step": step, "clip_id": clip.clip_id, "path": clip.path, "error": error})
-                spare = [r for r in sampler.by_class[int(episode.classes[labels[part][i]])] if r not in used]
-                if not spare:
-                    return None
-                rows[part][i] = spare[0]
-                used.add(spare[0])
-                view, error = EpisodeClips(dataset.clips, [spare[0]], config.frames, transform, True,
-                                           config.seed, step)[0]
-            views.append(view)
-        out[part] = torch.stack(views)  # (B, T, 3, crop, crop) uint8
-    return out["support"], torch.as_tensor(labels["support"]), out["query"], torch.as_tensor(labels["query"])
-
-
 def _initial_head(config):
     saved = load_checkpoint(config.init_head)
     if saved["head"] != config.head:
@@ -194,8 +206,16 @@ def _initial_head(config):
     return head
 
 
-def finetune(config, progress=True):
-    """Trains backbone + head; writes last.pt, train_log.csv, failures.csv into config.out."""
+def _features_provenance(config, transform):
+    """The cache attributes of the features this run's head sees at evaluation (test view, as
+    `m3net extract` writes them); the tuned weights are filled in from the checkpoint file when it
+    is loaded (m3net.train.checkpoint.features_provenance)."""
+    attrs = cache_attrs(ExtractConfig(config.dataset, config.root, out="", frames=config.frames), {}, "fp32", transform)
+    return {k: attrs[k] for k in PROVENANCE_KEYS if k in attrs}
+
+
+def _distributed_setup(config):
+    """(world, rank, device); joins the process group under torchrun (nccl on CUDA, gloo on CPU)."""
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     device = resolve_device(config.device)
     if world > 1:
@@ -203,15 +223,73 @@ def finetune(config, progress=True):
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return world, rank, device
+
+
+class _Run:
+    """What the training and validation passes of one finetune run share."""
+
+    def __init__(self, config, world, rank, device, dataset, transform, failures_path):
+        self.config, self.world, self.rank, self.device = config, world, rank, device
+        self.dataset, self.transform, self.failures_path = dataset, transform, failures_path
+        self.amp_dtype = _amp_dtype(config, device)
+
+    def episodes(self, sampler, indices, train):
+        return _episodes(self.dataset, sampler, indices, self.config, self.transform, train)
+
+    def report(self, failures, step, phase):
+        for failure in failures:
+            append_csv(self.failures_path, FAILURE_FIELDS, {"step": step, "phase": phase, **failure})
+
+    def all_agree(self, usable):
+        """True on every rank only when ``usable`` is true on every rank (ranks skip together, or
+        the others would wait for this rank's gradients forever)."""
+        if self.world == 1:
+            return usable
+        flag = torch.tensor(int(usable), device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def forward(self, model, loaded):
+        support, support_labels, query, query_labels = (x.to(self.device, non_blocking=True) for x in loaded)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            return model(normalise(support), support_labels, normalise(query)), query_labels
+
+    @torch.no_grad()
+    def validate(self, model, sampler, step):
+        """Accuracy (%) and 95% CI of view y over the first --val-episodes val episodes (test view);
+        rank r scores episodes r, r + world, ... and the ranks pool their accuracies."""
+        model.eval()
+        accs = []
+        indices = range(self.rank, self.config.val_episodes, self.world)
+        for _, loaded, failures in self.episodes(sampler, indices, train=False):
+            self.report(failures, step, "val")
+            if loaded is not None:
+                outputs, query_labels = self.forward(model, loaded)
+                accs.append(episode_accuracies(outputs, query_labels)["y"])
+        if self.world > 1:
+            pooled = [None] * self.world
+            torch.distributed.all_gather_object(pooled, accs)
+            accs = [a for part in pooled for a in part]
+        _set_train(model, self.config)
+        return mean_and_ci(accs)
+
+
+def finetune(config, progress=True):
+    """Trains backbone + head; writes last.pt, best.pt, train_log.csv, val_log.csv, failures.csv
+    (and tensorboard/ when tensorboard is installed) into config.out."""
+    world, rank, device = _distributed_setup(config)
     os.makedirs(config.out, exist_ok=True)
-    last_path = os.path.join(config.out, "last.pt")
+    last_path, best_path = os.path.join(config.out, "last.pt"), os.path.join(config.out, "best.pt")
     failures_path = os.path.join(config.out, f"failures-rank{rank}.csv" if world > 1 else "failures.csv")
-    if config.accumulate < 1 or config.checkpoint_every % config.accumulate:
+    if config.accumulate < 1 or config.checkpoint_every % config.accumulate or config.val_every % config.accumulate:
         raise ValueError(f"--accumulate {config.accumulate}: expected >= 1 and dividing --checkpoint-every "
-                         f"{config.checkpoint_every} (checkpoints fall between optimizer steps)")
+                         f"{config.checkpoint_every} and --val-every {config.val_every} "
+                         "(checkpoints fall between optimizer steps)")
     state = None
     if config.resume:
         state = load_checkpoint(last_path)
+        check_resumed_config(state["train_config"], config, last_path, RESUMABLE_CHANGES | {"workers", "root"})
     elif os.path.exists(last_path):
         raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
 
@@ -220,9 +298,14 @@ def finetune(config, progress=True):
     split = np.array([c.split for c in dataset.clips])
     sampler = EpisodeSampler(labels, split, "train", config.way, config.shot, config.queries,
                              seed=config.seed, class_names=dataset.classes)
+    val_sampler = None
+    if config.val_episodes > 0:  # the same val episodes as train-head's (same seed and sizes)
+        val_sampler = EpisodeSampler(labels, split, "val", config.way, config.shot, config.val_queries,
+                                     seed=config.seed + 1, class_names=dataset.classes)
     transform = TransformConfig(resize=(config.crop * 8 // 7,) * 2, crop=config.crop)
+    run = _Run(config, world, rank, device, dataset, transform, failures_path)
 
-    backbone, provenance = build_backbone(config.weights, seed=config.seed)
+    backbone, init_provenance = build_backbone(config.weights, seed=config.seed)
     _freeze(backbone, config)
     torch.manual_seed(config.seed)  # head init
     if config.init_head:
@@ -237,9 +320,8 @@ def finetune(config, progress=True):
     optimizer = torch.optim.SGD([g for g in groups if g["params"]], momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
-    amp_dtype = _amp_dtype(config, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    step = 0
+    scaler = torch.amp.GradScaler("cuda", enabled=run.amp_dtype == torch.float16)
+    step, best = 0, -1.0
     if state is not None:
         head.load_state_dict(state["model"])
         backbone.load_state_dict(state["backbone"])
@@ -247,56 +329,82 @@ def finetune(config, progress=True):
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"])
-        step = state["step"]
+        step, best = state["step"], state["best_val_acc"]
+    provenance = _features_provenance(config, transform)
 
     def snapshot():
         return dict(head=config.head, head_config=head.config_dict(), train_config=dataclasses.asdict(config),
-                    provenance=provenance, model=head.state_dict(), backbone=backbone.state_dict(),
-                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                    rng=rng_state(), step=step)
+                    provenance=provenance, init_backbone=init_provenance, model=head.state_dict(),
+                    backbone=backbone.state_dict(), optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_state(), step=step,
+                    best_val_acc=best)
 
+    board = tensorboard_writer(config.out) if rank == 0 else None
     _set_train(model, config)
     skipped, window_loss, window_count, start = 0, 0.0, 0, time.perf_counter()
     bar = tqdm(total=config.episodes, initial=step, disable=not progress or rank > 0, desc=f"finetune {config.head}", unit="ep")
-    while step < config.episodes:
-        index = step * world + rank
-        loaded = _load_episode(dataset, sampler, sampler.episode(index), config, index, transform, failures_path)
-        usable = loaded is not None
-        if world > 1:  # every rank skips together, or the others would wait for its gradients forever
-            flag = torch.tensor(int(usable), device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-            usable = bool(flag.item())
-        if not usable:
-            skipped += 1
-        else:
-            support, support_labels, query, query_labels = (x.to(device, non_blocking=True) for x in loaded)
-            last_micro = (step + 1) % config.accumulate == 0 or step + 1 == config.episodes
-            sync = wrapped.no_sync() if world > 1 and not last_micro else contextlib.nullcontext()
-            with sync, torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                outputs = wrapped(normalise(support), support_labels, normalise(query))
-                loss = head.loss(outputs, query_labels)
-                scaler.scale(loss / config.accumulate).backward()
-            window_loss += loss.item()
-            window_count += 1
-        step += 1
-        if step % config.accumulate == 0 or step == config.episodes:
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-        bar.update(1)
-        if rank == 0 and (step % config.log_every == 0 or step == config.episodes):
-            peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else ""
-            append_csv(os.path.join(config.out, "train_log.csv"), TRAIN_FIELDS, {
-                "step": step, "loss": window_loss / max(window_count, 1), "lr": scheduler.get_last_lr()[0],
-                "backbone_lr": scheduler.get_last_lr()[-1],
-                "episodes_per_s": window_count / (time.perf_counter() - start), "peak_gpu_mib": peak,
-                "skipped_episodes": skipped})
-            window_loss, window_count, start = 0.0, 0, time.perf_counter()
-        if rank == 0 and (step % config.checkpoint_every == 0 or step == config.episodes):
+    # Rank r trains episode step·world + r: one optimizer step averages ``world`` episodes.
+    stream = iter(run.episodes(sampler, [s * world + rank for s in range(step, config.episodes)], train=True))
+    try:
+        while step < config.episodes:
+            index, loaded, failures = next(stream)
+            run.report(failures, step, "train")
+            done = step + 1
+            if run.all_agree(loaded is not None):
+                last_micro = done % config.accumulate == 0 or done == config.episodes
+                sync = wrapped.no_sync() if world > 1 and not last_micro else contextlib.nullcontext()
+                with sync:
+                    outputs, query_labels = run.forward(wrapped, loaded)
+                    loss = head.loss(outputs, query_labels)
+                    scaler.scale(loss / config.accumulate).backward()
+                window_loss += loss.item()
+                window_count += 1
+            else:
+                skipped += 1
+            if done % config.accumulate == 0 or done == config.episodes:
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+            step = done
+            bar.update(1)
+            if rank == 0 and (step % config.log_every == 0 or step == config.episodes):
+                rate = window_count / (time.perf_counter() - start)
+                peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else ""
+                row = {"step": step, "loss": window_loss / max(window_count, 1), "lr": scheduler.get_last_lr()[0],
+                       "backbone_lr": scheduler.get_last_lr()[-1], "episodes_per_s": rate, "peak_gpu_mib": peak,
+                       "skipped_episodes": skipped}
+                append_csv(os.path.join(config.out, "train_log.csv"), TRAIN_FIELDS, row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", eps=f"{rate:.2f}/s")
+                if board:
+                    for key in ("loss", "episodes_per_s") + (("peak_gpu_mib",) if peak != "" else ()):
+                        board.add_scalar(f"train/{key}", row[key], step)
+                window_loss, window_count, start = 0.0, 0, time.perf_counter()
+            validating = val_sampler is not None and (step % config.val_every == 0 or step == config.episodes)
+            if validating:
+                acc, ci = run.validate(model, val_sampler, step)
+                if acc > best:
+                    best = acc
+                    if rank == 0:
+                        save_checkpoint(best_path, **snapshot())
+                if rank == 0:
+                    append_csv(os.path.join(config.out, "val_log.csv"), VAL_FIELDS,
+                               {"step": step, "val_acc": acc, "val_ci": ci, "best_val_acc": best})
+                    if board:
+                        board.add_scalar("val/acc", acc, step)
+            if rank == 0 and (validating or step % config.checkpoint_every == 0 or step == config.episodes):
+                save_checkpoint(last_path, **snapshot())
+    except KeyboardInterrupt:
+        # Between optimizer steps the state is whole: save it, so --resume loses nothing.
+        if rank == 0 and step % config.accumulate == 0:
             save_checkpoint(last_path, **snapshot())
-    bar.close()
+        raise
+    finally:
+        bar.close()
+        if board:
+            board.close()
     if world > 1:
         torch.distributed.barrier()  # rank 0's last checkpoint is written before anyone returns
         torch.distributed.destroy_process_group()
-    return {"out": config.out, "step": step, "last": last_path}
+    return {"out": config.out, "step": step, "best_val_acc": best, "best": best_path if best >= 0 else "",
+            "last": last_path}

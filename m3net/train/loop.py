@@ -60,10 +60,11 @@ def append_csv(path, fields, row):
         writer.writerow(row)
 
 
-def _tensorboard(out):
+def tensorboard_writer(out):
+    """A SummaryWriter on OUT/tensorboard, or None when tensorboard is not installed (it is optional)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard is optional
+    except ImportError:
         return None
     return SummaryWriter(os.path.join(out, "tensorboard"))
 
@@ -81,15 +82,21 @@ def validate(head, bank, sampler, episodes, view="y"):
     return mean_and_ci(accs)
 
 
-def _check_resume(state, config, provenance, path):
-    saved = state["train_config"]
-    # The length of the run, the logging cadence and where files live may change on resume;
-    # the cache itself is checked by provenance below, not by its path.
-    free = {"episodes", "resume", "device", "log_every", "val_every", "checkpoint_every", "cache", "out"}
+# The length of a run, its logging cadence and where files live may change on resume.
+RESUMABLE_CHANGES = frozenset({"episodes", "resume", "device", "log_every", "val_every", "checkpoint_every", "out"})
+
+
+def check_resumed_config(saved, config, path, free=RESUMABLE_CHANGES):
+    """Refuse to --resume a run with settings that would change its result, naming each one."""
     changed = [k for k in saved if k not in free and saved[k] != getattr(config, k)]
     if changed:
         raise ValueError(f"--resume {path}: the run was started with other settings: "
                          + ", ".join(f"{k}={saved[k]!r} (now {getattr(config, k)!r})" for k in changed))
+
+
+def _check_resume(state, config, provenance, path):
+    # The cache is checked by its provenance below, not by its path.
+    check_resumed_config(state["train_config"], config, path, RESUMABLE_CHANGES | {"cache"})
     diffs = provenance_differences(provenance, state["provenance"])
     if diffs:
         raise ProvenanceError(f"{config.cache}: differs from the cache the checkpoint was trained on: "
@@ -135,7 +142,7 @@ def train_head(config, progress=True):
                     provenance=provenance, model=head.state_dict(), optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(), rng=rng_state(), step=step, best_val_acc=best)
 
-    board = _tensorboard(config.out)
+    board = tensorboard_writer(config.out)
     head.train()
     window_loss, window_views, window_start = 0.0, {}, time.perf_counter()
     bar = tqdm(total=config.episodes, initial=step, disable=not progress, desc=f"train {config.head}", unit="ep")
@@ -166,6 +173,9 @@ def train_head(config, progress=True):
                 bar.set_postfix(loss=f"{row['loss']:.3f}", eps=f"{rate:.1f}/s")
                 if board:
                     board.add_scalar("train/loss", row["loss"], step)
+                    board.add_scalar("train/episodes_per_s", rate, step)
+                    for view, view_loss in window_views.items():
+                        board.add_scalar(f"train/loss_{view}", view_loss / count, step)
                 window_loss, window_views, window_start = 0.0, {}, time.perf_counter()
             if step % config.val_every == 0 or step == config.episodes:
                 acc, ci = validate(head, bank, val_sampler, config.val_episodes)

@@ -14,7 +14,7 @@ from m3net.extract.backbone import build_backbone, file_sha256, resolve_weights_
 from m3net.extract.loop import ClipViews, Extractor, resolve_precision
 from m3net.extract.transforms import TransformConfig
 from m3net.runtime import resolve_device
-from m3net.train.evaluate import _load_trained
+from m3net.train.evaluate import load_trained_head
 
 
 class PredictError(ValueError):
@@ -63,7 +63,7 @@ def predict(config):
     if missing:
         raise PredictError(f"--query: no such file(s): {', '.join(missing)}")
     device = resolve_device(config.device)
-    head, state = _load_trained(config.checkpoint, device)
+    head, state = load_trained_head(config.checkpoint, device)
     provenance = state["provenance"]
     support_set = load_dataset("folder", config.support)
     found = [c for c in support_set.clips if c.path]
