@@ -183,6 +183,38 @@ def bench_train_cmd(head_opt, **options):
     click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
 
 
+@main.command("bench-finetune")
+@click.option("--head", default="m3net", show_default=True)
+@click.option("--head-opt", multiple=True, metavar="KEY=VALUE", help="Head option, repeatable.")
+@click.option("--way", default=5, show_default=True)
+@click.option("--shot", "shots", multiple=True, type=int, default=(1, 5), show_default=True, help="Repeatable.")
+@click.option("--queries", default=5, show_default=True, help="Queries per class.")
+@click.option("--frames", default=8, show_default=True)
+@click.option("--crop", default=224, show_default=True)
+@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]))
+@click.option("--checkpointing", type=click.Choice(["both", "off", "on"]), default="both", show_default=True,
+              help="Gradient checkpointing of the trunk: measure without, with, or both.")
+@click.option("--train-bn", is_flag=True, help="Update BatchNorm as `finetune --train-bn` does.")
+@click.option("--steps", default=5, show_default=True, help="Timed optimizer steps (one episode each).")
+@click.option("--warmup", default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out-dir", default="benchmarks", show_default=True, type=click.Path(file_okay=False))
+def bench_finetune_cmd(head_opt, checkpointing, train_bn, shots, **options):
+    """Episodes/s and peak GPU memory of `m3net finetune` per shot, with and without checkpointing.
+
+    Random frames of the episode's size (decoding excluded). A setting that does not fit in GPU
+    memory is reported as "out of memory".
+    """
+    from m3net.train.bench_finetune import FinetuneBenchConfig, format_table, run_bench, write_results
+
+    modes = {"both": (False, True), "off": (False,), "on": (True,)}[checkpointing]
+    config = FinetuneBenchConfig(head_options=_parse_head_options(head_opt), checkpointing=modes,
+                                 freeze_bn=not train_bn, shots=tuple(shots), **options)
+    result = run_bench(config, progress=lambda line: click.echo(line, err=True))
+    click.echo(format_table(result))
+    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
+
+
 @main.command("heads")
 def heads_cmd():
     """List the registered few-shot heads and their options."""

@@ -163,7 +163,7 @@ class Finetuner(torch.nn.Module):
         return self.head(maps[:s].float(), support_labels, maps[s:].float())
 
 
-def _amp_dtype(config, device):
+def amp_dtype_for(config, device):
     if device.type != "cuda" or config.amp == "off":
         return None
     if config.amp == "auto":
@@ -185,7 +185,7 @@ def _freeze(backbone, config):
                     p.requires_grad_(False)
 
 
-def _set_train(model, config):
+def set_train_mode(model, config):
     model.train()
     if config.freeze_bn:
         for m in model.backbone.modules():
@@ -204,6 +204,45 @@ def _initial_head(config):
     head = build_head(saved["head"], **saved["head_config"])
     head.load_state_dict(saved["model"])
     return head
+
+
+@dataclass
+class Training:
+    """Backbone + head and what updates them; ``step()`` is one optimizer step."""
+
+    backbone: torch.nn.Module
+    head: torch.nn.Module
+    model: Finetuner
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    init_provenance: dict
+
+    def step(self):
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+
+def build_training(config, device, amp_dtype):
+    """The models (seeded), their two-group SGD (head lr, backbone lr), StepLR and grad scaler."""
+    backbone, init_provenance = build_backbone(config.weights, seed=config.seed)
+    _freeze(backbone, config)
+    torch.manual_seed(config.seed)  # head init
+    if config.init_head:
+        head = _initial_head(config)
+    else:
+        head = build_head(config.head, feature_dim=2048, num_frames=config.frames, **config.head_options)
+    model = Finetuner(backbone, head, config.checkpointing).to(device)
+    groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": config.lr},
+              {"params": [p for p in backbone.parameters() if p.requires_grad], "lr": config.backbone_lr}]
+    optimizer = torch.optim.SGD([g for g in groups if g["params"]], momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    # Only fp16 needs loss scaling; bf16 has fp32's exponent range.
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    return Training(backbone, head, model, optimizer, scheduler, scaler, init_provenance)
 
 
 def _features_provenance(config, transform):
@@ -232,7 +271,7 @@ class _Run:
     def __init__(self, config, world, rank, device, dataset, transform, failures_path):
         self.config, self.world, self.rank, self.device = config, world, rank, device
         self.dataset, self.transform, self.failures_path = dataset, transform, failures_path
-        self.amp_dtype = _amp_dtype(config, device)
+        self.amp_dtype = amp_dtype_for(config, device)
 
     def episodes(self, sampler, indices, train):
         return _episodes(self.dataset, sampler, indices, self.config, self.transform, train)
@@ -271,7 +310,7 @@ class _Run:
             pooled = [None] * self.world
             torch.distributed.all_gather_object(pooled, accs)
             accs = [a for part in pooled for a in part]
-        _set_train(model, self.config)
+        set_train_mode(model, self.config)
         return mean_and_ci(accs)
 
 
@@ -282,7 +321,8 @@ def finetune(config, progress=True):
     os.makedirs(config.out, exist_ok=True)
     last_path, best_path = os.path.join(config.out, "last.pt"), os.path.join(config.out, "best.pt")
     failures_path = os.path.join(config.out, f"failures-rank{rank}.csv" if world > 1 else "failures.csv")
-    if config.accumulate < 1 or config.checkpoint_every % config.accumulate or config.val_every % config.accumulate:
+    saved_every = [config.checkpoint_every] + ([config.val_every] if config.val_episodes > 0 else [])
+    if config.accumulate < 1 or any(n % config.accumulate for n in saved_every):
         raise ValueError(f"--accumulate {config.accumulate}: expected >= 1 and dividing --checkpoint-every "
                          f"{config.checkpoint_every} and --val-every {config.val_every} "
                          "(checkpoints fall between optimizer steps)")
@@ -305,22 +345,11 @@ def finetune(config, progress=True):
     transform = TransformConfig(resize=(config.crop * 8 // 7,) * 2, crop=config.crop)
     run = _Run(config, world, rank, device, dataset, transform, failures_path)
 
-    backbone, init_provenance = build_backbone(config.weights, seed=config.seed)
-    _freeze(backbone, config)
-    torch.manual_seed(config.seed)  # head init
-    if config.init_head:
-        head = _initial_head(config)
-    else:
-        head = build_head(config.head, feature_dim=2048, num_frames=config.frames, **config.head_options)
-    model = Finetuner(backbone, head, config.checkpointing).to(device)
+    built = build_training(config, device, run.amp_dtype)
+    backbone, head, model = built.backbone, built.head, built.model
+    optimizer, scheduler, scaler = built.optimizer, built.scheduler, built.scaler
     # Frozen BN and frozen stages leave parameters without gradients; DDP must not wait for them.
     wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
-    groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": config.lr},
-              {"params": [p for p in backbone.parameters() if p.requires_grad], "lr": config.backbone_lr}]
-    optimizer = torch.optim.SGD([g for g in groups if g["params"]], momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
-    scaler = torch.amp.GradScaler("cuda", enabled=run.amp_dtype == torch.float16)
     step, best = 0, -1.0
     if state is not None:
         head.load_state_dict(state["model"])
@@ -334,13 +363,13 @@ def finetune(config, progress=True):
 
     def snapshot():
         return dict(head=config.head, head_config=head.config_dict(), train_config=dataclasses.asdict(config),
-                    provenance=provenance, init_backbone=init_provenance, model=head.state_dict(),
+                    provenance=provenance, init_backbone=built.init_provenance, model=head.state_dict(),
                     backbone=backbone.state_dict(), optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_state(), step=step,
                     best_val_acc=best)
 
     board = tensorboard_writer(config.out) if rank == 0 else None
-    _set_train(model, config)
+    set_train_mode(model, config)
     skipped, window_loss, window_count, start = 0, 0.0, 0, time.perf_counter()
     bar = tqdm(total=config.episodes, initial=step, disable=not progress or rank > 0, desc=f"finetune {config.head}", unit="ep")
     # Rank r trains episode step·world + r: one optimizer step averages ``world`` episodes.
@@ -362,10 +391,7 @@ def finetune(config, progress=True):
             else:
                 skipped += 1
             if done % config.accumulate == 0 or done == config.episodes:
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+                built.step()
             step = done
             bar.update(1)
             if rank == 0 and (step % config.log_every == 0 or step == config.episodes):
