@@ -73,19 +73,20 @@ def plot_accuracy_vs_shot(summaries, path):
 def plot_predictions(summary, head, path):
     views = summary["confusion"][head]
     classes = summary["confusion_classes"]
-    fig, axes = plt.subplots(1, len(views), figsize=(3.6 * len(views), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(views), figsize=(3.6 * len(views) + 0.8, 3.8), squeeze=False,
+                             layout="constrained")
     for ax, (view, counts) in zip(axes[0], sorted(views.items(), key=lambda kv: (kv[0] == "y", kv[0]))):
         counts = np.asarray(counts, dtype=float)
         share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-        ax.imshow(share, cmap="viridis", vmin=0, vmax=1)
+        image = ax.imshow(share, cmap="viridis", vmin=0, vmax=1)
         ax.set_title(VIEW_NAMES.get(view, view), fontsize=9)
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         ticks = np.arange(len(classes))
         ax.set_xticks(ticks, [str(i) for i in ticks], fontsize=7)
         ax.set_yticks(ticks, [str(i) for i in ticks], fontsize=7)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="share of the true class's queries")
     fig.suptitle(f"{head}: share of each test class's queries per predicted class", fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
