@@ -143,18 +143,27 @@ def test_torchrun_two_gloo_ranks_match_one_process_accumulating(bench, tmp_path)
         "torch.set_num_threads(1)\n"
         "from tests.test_finetune import tiny\n"
         "from m3net.train.finetune import finetune\n"
-        f"finetune(tiny({bench!r}, {str(tmp_path / 'ddp')!r}, episodes=1, freeze_bn=True, device='cpu'), progress=False)\n")
+        f"finetune(tiny({bench!r}, {str(tmp_path / 'ddp')!r}, episodes=1, freeze_bn=True, device='cpu', val_episodes=3), "
+        "progress=False)\n")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    run(tiny(bench, tmp_path / "single", episodes=2, accumulate=2, checkpoint_every=2, freeze_bn=True, device="cpu"))
+    run(tiny(bench, tmp_path / "single", episodes=2, accumulate=2, checkpoint_every=2, freeze_bn=True, device="cpu",
+             val_episodes=3))
     ddp = load_checkpoint(str(tmp_path / "ddp" / "last.pt"))
     single = load_checkpoint(str(tmp_path / "single" / "last.pt"))
     for part in ("model", "backbone"):
         for key, value in single[part].items():
             assert torch.allclose(value, ddp[part][key], atol=1e-5), (part, key)
+    # Validation shared out over the ranks (episodes 0, 2 on rank 0, 1 on rank 1) pools to the one-process score.
+    logs = {}
+    for name in ("ddp", "single"):
+        with open(tmp_path / name / "val_log.csv") as fh:
+            logs[name] = [(float(r["val_acc"]), float(r["val_ci"])) for r in csv.DictReader(fh)]
+    assert len(logs["ddp"]) == len(logs["single"]) == 1
+    assert logs["ddp"][0] == pytest.approx(logs["single"][0])
 
 
 def test_validation_keeps_the_best_checkpoint(bench, tmp_path):
