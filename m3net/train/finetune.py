@@ -135,11 +135,6 @@ def _as_is(item):
     return item
 
 
-def _episodes(dataset, sampler, indices, config, transform, train):
-    frames = EpisodeFrames(dataset.clips, sampler, indices, config.frames, transform, train, config.seed)
-    return torch.utils.data.DataLoader(frames, batch_size=None, num_workers=config.workers, collate_fn=_as_is)
-
-
 class Finetuner(torch.nn.Module):
     """Backbone + head: clips (B, T, 3, H, W) -> feature maps (B, T, h, w, C) -> head outputs."""
 
@@ -274,7 +269,12 @@ class _Run:
         self.amp_dtype = amp_dtype_for(config, device)
 
     def episodes(self, sampler, indices, train):
-        return _episodes(self.dataset, sampler, indices, self.config, self.transform, train)
+        """Decoded episodes ``indices`` of ``sampler``, the next ones prefetched by --workers processes."""
+        frames = EpisodeFrames(self.dataset.clips, sampler, indices, self.config.frames, self.transform, train,
+                               self.config.seed)
+        # Pinned host memory lets the copy to the GPU overlap (non_blocking in forward).
+        return torch.utils.data.DataLoader(frames, batch_size=None, num_workers=self.config.workers,
+                                           collate_fn=_as_is, pin_memory=self.device.type == "cuda")
 
     def report(self, failures, step, phase):
         for failure in failures:
