@@ -286,8 +286,9 @@ def finetune_cmd(train_bn, head_opt, **options):
     except KeyboardInterrupt:
         click.echo(f"interrupted: state saved in {config.out}/last.pt; continue with --resume", err=True)
         sys.exit(130)
-    best = f"; best val accuracy {result['best_val_acc']:.2f}% -> {result['best']}" if result["best"] else ""
-    click.echo(f"finetuned {config.head} for {result['step']} episodes: {result['last']}{best}")
+    if result["rank"] == 0:  # under torchrun, one summary line, not one per rank
+        best = f"; best val accuracy {result['best_val_acc']:.2f}% -> {result['best']}" if result["best"] else ""
+        click.echo(f"finetuned {config.head} for {result['step']} episodes: {result['last']}{best}")
 
 
 @main.command("predict")

@@ -433,4 +433,4 @@ def finetune(config, progress=True):
         torch.distributed.barrier()  # rank 0's last checkpoint is written before anyone returns
         torch.distributed.destroy_process_group()
     return {"out": config.out, "step": step, "best_val_acc": best, "best": best_path if best >= 0 else "",
-            "last": last_path}
+            "last": last_path, "rank": rank}
