@@ -251,3 +251,19 @@ def test_finetuned_head_scores_the_cache_of_its_own_backbone(bench, tmp_path):
                                           "--device", "cpu"])
     assert predicted.exit_code == 0, predicted.output
     assert any(name in predicted.output for name in classes)
+
+
+def test_missing_clips_are_left_out_of_episodes(bench, tmp_path):
+    root = tmp_path / "bench"
+    shutil.copytree(bench, root)
+    gone = sorted((root / "train").rglob("*.mp4"))[0]
+    gone.unlink()
+    with pytest.warns(UserWarning, match="1 of the 27 synthetic clips are missing"):
+        finetune(tiny(str(root), tmp_path / "out", episodes=3), progress=False)
+    assert not (tmp_path / "out" / "failures.csv").exists()
+    empty = tmp_path / "empty"
+    shutil.copytree(bench, empty)
+    for clip in empty.rglob("*.mp4"):
+        clip.unlink()
+    with pytest.raises(ValueError, match="none of the 27 synthetic clips is there"):
+        run(tiny(str(empty), tmp_path / "none"))

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from m3net.cache.schema import PROVENANCE_KEYS
-from m3net.data.datasets import load_dataset
+from m3net.data.datasets import DatasetError, load_dataset
 from m3net.data.episodes import EpisodeSampler
 from m3net.extract.backbone import build_backbone
 from m3net.extract.loop import ExtractConfig, cache_attrs
@@ -248,6 +249,19 @@ def _features_provenance(config, transform):
     return {k: attrs[k] for k in PROVENANCE_KEYS if k in attrs}
 
 
+def _found_clips(dataset, config):
+    """The clips present under --root: episodes are drawn from these alone, so a partial download
+    trains on what is there instead of filling failures.csv with missing files."""
+    clips = [c for c in dataset.clips if c.path is not None]
+    hint = f"`m3net dataset-info --dataset {config.dataset} --root {config.root}` lists them"
+    if not clips:
+        raise DatasetError(f"--root {config.root}: none of the {len(dataset.clips)} {config.dataset} clips is there; {hint}")
+    if len(clips) < len(dataset.clips):
+        warnings.warn(f"--root {config.root}: {len(dataset.clips) - len(clips)} of the {len(dataset.clips)} "
+                      f"{config.dataset} clips are missing; episodes use the {len(clips)} found ({hint})")
+    return clips
+
+
 def _distributed_setup(config):
     """(world, rank, device); joins the process group under torchrun (nccl on CUDA, gloo on CPU)."""
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
@@ -263,14 +277,14 @@ def _distributed_setup(config):
 class _Run:
     """What the training and validation passes of one finetune run share."""
 
-    def __init__(self, config, world, rank, device, dataset, transform, failures_path):
+    def __init__(self, config, world, rank, device, clips, transform, failures_path):
         self.config, self.world, self.rank, self.device = config, world, rank, device
-        self.dataset, self.transform, self.failures_path = dataset, transform, failures_path
+        self.clips, self.transform, self.failures_path = clips, transform, failures_path
         self.amp_dtype = amp_dtype_for(config, device)
 
     def episodes(self, sampler, indices, train):
         """Decoded episodes ``indices`` of ``sampler``, the next ones prefetched by --workers processes."""
-        frames = EpisodeFrames(self.dataset.clips, sampler, indices, self.config.frames, self.transform, train,
+        frames = EpisodeFrames(self.clips, sampler, indices, self.config.frames, self.transform, train,
                                self.config.seed)
         # Pinned host memory lets the copy to the GPU overlap (non_blocking in forward).
         return torch.utils.data.DataLoader(frames, batch_size=None, num_workers=self.config.workers,
@@ -334,8 +348,9 @@ def finetune(config, progress=True):
         raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
 
     dataset = load_dataset(config.dataset, config.root)
-    labels = np.array([c.label for c in dataset.clips])
-    split = np.array([c.split for c in dataset.clips])
+    clips = _found_clips(dataset, config)
+    labels = np.array([c.label for c in clips])
+    split = np.array([c.split for c in clips])
     sampler = EpisodeSampler(labels, split, "train", config.way, config.shot, config.queries,
                              seed=config.seed, class_names=dataset.classes)
     val_sampler = None
@@ -343,7 +358,7 @@ def finetune(config, progress=True):
         val_sampler = EpisodeSampler(labels, split, "val", config.way, config.shot, config.val_queries,
                                      seed=config.seed + 1, class_names=dataset.classes)
     transform = TransformConfig(resize=(config.crop * 8 // 7,) * 2, crop=config.crop)
-    run = _Run(config, world, rank, device, dataset, transform, failures_path)
+    run = _Run(config, world, rank, device, clips, transform, failures_path)
 
     built = build_training(config, device, run.amp_dtype)
     backbone, head, model = built.backbone, built.head, built.model
