@@ -8,7 +8,6 @@ Three numbers from one run, on the same clips and settings:
 The target on one H100 is end-to-end >= 90% of backbone-only frames/s (decode fully hidden).
 Results go to benchmarks/bench_extract_<device>_<date>.{csv,json} with device, versions, git SHA.
 """
-import datetime
 import os
 import tempfile
 import time
@@ -19,7 +18,7 @@ import torch
 from m3net.data.datasets import load_dataset
 from m3net.extract.backbone import build_backbone
 from m3net.extract.loop import ExtractConfig, Extractor, extract_dataset, make_loader, resolve_precision
-from m3net.runtime import device_name, git_sha, resolve_device, versions, write_benchmark
+from m3net.runtime import benchmark_record, resolve_device, write_benchmark
 
 
 @dataclass
@@ -84,14 +83,8 @@ def run_bench(config):
     ]
     for row in rows:
         row["pct_of_backbone"] = 100.0 * row["frames_per_s"] / backbone_frames_s
-    return {
-        "benchmark": "extract",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(device), "device_type": device.type, "cpu_numbers": device.type != "cuda",
-        "precision": precision, "git_sha": git_sha(), "versions": versions(),
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "failed_clips": summary["failed"], "config": asdict(config), "rows": rows,
-    }
+    return benchmark_record("extract", device, asdict(config), rows, precision=precision,
+                            failed_clips=summary["failed"])
 
 
 def format_table(result):

@@ -11,7 +11,6 @@ achieved bytes/s over the device's peak memory bandwidth, for known GPUs; CPU ru
 numbers and leave it empty.
 """
 import dataclasses
-import datetime
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import torch
 
 from m3net.kernels.dtw import dtw, dtw_reference
 from m3net.kernels.eager import eager_dtw
-from m3net.runtime import device_name, git_sha, resolve_device, versions, write_benchmark
+from m3net.runtime import benchmark_record, resolve_device, synchronize, write_benchmark
 
 # Peak DRAM bandwidth (bytes/s) by a substring of torch.cuda.get_device_name(); first match wins.
 PEAK_BANDWIDTH = [
@@ -66,10 +65,6 @@ def peak_bandwidth(device):
     name = torch.cuda.get_device_name(device)
     return next((bw for key, bw in PEAK_BANDWIDTH if key in name), None)
 
-
-def _synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _pysdtw_fn(config, device):
@@ -147,10 +142,10 @@ def _time(fn, cost, config, device):
         once()
     times = []
     for _ in range(config.repeats):
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         once()
-        _synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     times.sort()
     return times[len(times) // 2]
@@ -193,20 +188,8 @@ def run_bench(config):
             row["triton_speedup"] = reference_rate / row["pairs_per_s"]
         else:
             row["triton_speedup"] = None
-    return {
-        "benchmark": "dtw",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(device),
-        "device_type": device.type,
-        "cpu_numbers": device.type != "cuda",
-        "peak_bandwidth_bytes_per_s": peak,
-        "git_sha": git_sha(),
-        "versions": versions(),
-        # Other work on the machine slows every column alike; recorded so readers can judge.
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "config": {**dataclasses.asdict(config), "pairs": pairs, "implementations": list(config.implementations)},
-        "rows": rows,
-    }
+    config = {**dataclasses.asdict(config), "pairs": pairs, "implementations": list(config.implementations)}
+    return benchmark_record("dtw", device, config, rows, peak_bandwidth_bytes_per_s=peak)
 
 
 def format_table(result):

@@ -1,6 +1,7 @@
 """Facts about where code runs, shared by every stage: device choice, provenance stamps and
 benchmark files."""
 import csv
+import datetime
 import json
 import os
 import platform
@@ -52,6 +53,25 @@ def versions():
     if torch.cuda.is_available():
         info["cuda"] = torch.version.cuda
     return info
+
+
+def synchronize(device):
+    """Wait for queued CUDA work, so that wall-clock timers measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def benchmark_record(name, device, config, rows, **extra):
+    """A benchmark result: what ran (name, config, rows), where, when and on which code."""
+    return {
+        "benchmark": name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name(device), "device_type": device.type, "cpu_numbers": device.type != "cuda",
+        "git_sha": git_sha(), "versions": versions(),
+        # Other work on the machine slows every column alike; recorded so readers can judge.
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        **extra, "config": config, "rows": rows,
+    }
 
 
 def write_benchmark(result, out_dir, name, config_columns):

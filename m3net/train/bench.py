@@ -5,9 +5,7 @@ cache; episodes come from the same seeded sampler the trainer uses. The rates ar
 to the paper's 60 000 training and 6 000 test episodes.
 """
 import dataclasses
-import datetime
 import json
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -17,7 +15,7 @@ import torch
 from m3net.cache.reader import CachedFeatures
 from m3net.data.episodes import EpisodeSampler
 from m3net.model import build_head
-from m3net.runtime import device_name, git_sha, resolve_device, versions, write_benchmark
+from m3net.runtime import benchmark_record, resolve_device, synchronize, write_benchmark
 from m3net.train.common import FeatureBank
 
 
@@ -37,10 +35,6 @@ class TrainBenchConfig:
     out_dir: str = "benchmarks"
     seed: int = 0
 
-
-def _synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _random_bank(config, device):
@@ -65,14 +59,14 @@ def run_bench(config):
         head.train()
         for step in range(config.warmup + config.train_episodes):
             if step == config.warmup:
-                _synchronize(device)
+                synchronize(device)
                 start = time.perf_counter()
             support, support_labels, query, query_labels = bank.episode(sampler.episode(step))
             loss = head.loss(head(support, support_labels, query), query_labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        _synchronize(device)
+        synchronize(device)
         rate = config.train_episodes / (time.perf_counter() - start)
         rows.append({"phase": "train", "queries_per_class": config.queries, "episodes_timed": config.train_episodes,
                      "episodes_per_s": rate, "projected_s": 60_000 / rate, "projected_for": "60000 training episodes"})
@@ -81,22 +75,15 @@ def run_bench(config):
     with torch.no_grad():
         for step in range(config.warmup + config.eval_episodes):
             if step == config.warmup:
-                _synchronize(device)
+                synchronize(device)
                 start = time.perf_counter()
             support, support_labels, query, _ = bank.episode(sampler.episode(step))
             head(support, support_labels, query)
-        _synchronize(device)
+        synchronize(device)
     rate = config.eval_episodes / (time.perf_counter() - start)
     rows.append({"phase": "evaluate", "queries_per_class": 1, "episodes_timed": config.eval_episodes,
                  "episodes_per_s": rate, "projected_s": 6_000 / rate, "projected_for": "6000 test episodes"})
-    return {
-        "benchmark": "train-head",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(device), "cpu_numbers": device.type != "cuda",
-        "git_sha": git_sha(), "versions": versions(),
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "config": dataclasses.asdict(config), "rows": rows,
-    }
+    return benchmark_record("train-head", device, dataclasses.asdict(config), rows)
 
 
 def format_table(result):

@@ -8,8 +8,6 @@ a setting that does not fit in GPU memory is reported as such, not left out. On 
 handed to tensors (the process's reserved memory is somewhat higher).
 """
 import dataclasses
-import datetime
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -17,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from m3net.extract.transforms import normalise
-from m3net.runtime import device_name, git_sha, resolve_device, versions, write_benchmark
+from m3net.runtime import benchmark_record, resolve_device, synchronize, write_benchmark
 from m3net.train.finetune import FinetuneConfig, amp_dtype_for, build_training, set_train_mode
 
 
@@ -39,10 +37,6 @@ class FinetuneBenchConfig:
     out_dir: str = "benchmarks"
     seed: int = 0
 
-
-def _synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _measure(config, shot, checkpointing, device):
@@ -71,7 +65,7 @@ def _measure(config, shot, checkpointing, device):
         set_train_mode(training.model, finetune_config)
         for step in range(config.warmup + config.steps):
             if step == config.warmup:
-                _synchronize(device)
+                synchronize(device)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 start = time.perf_counter()
@@ -80,7 +74,7 @@ def _measure(config, shot, checkpointing, device):
                 loss = training.head.loss(outputs, query_labels)
             training.scaler.scale(loss).backward()
             training.step()
-        _synchronize(device)
+        synchronize(device)
         seconds = time.perf_counter() - start
         row.update(status="ok", episodes_per_s=config.steps / seconds, seconds_per_episode=seconds / config.steps,
                    peak_gpu_mib=torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None)
@@ -101,14 +95,7 @@ def run_bench(config, progress=print):
             rows.append(_measure(config, shot, checkpointing, device))
             if progress:
                 progress(format_row(rows[-1]))
-    return {
-        "benchmark": "finetune",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(device), "cpu_numbers": device.type != "cuda",
-        "git_sha": git_sha(), "versions": versions(),
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "config": dataclasses.asdict(config), "rows": rows,
-    }
+    return benchmark_record("finetune", device, dataclasses.asdict(config), rows)
 
 
 def format_row(row):
