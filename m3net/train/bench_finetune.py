@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from m3net.extract.transforms import normalise
 from m3net.runtime import benchmark_record, resolve_device, synchronize, write_benchmark
-from m3net.train.finetune import FinetuneConfig, amp_dtype_for, build_training, set_train_mode
+from m3net.train.finetune import FinetuneConfig, amp_dtype_for, build_training, forward_episode, set_train_mode
 
 
 @dataclass
@@ -69,10 +68,8 @@ def _measure(config, shot, checkpointing, device):
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 start = time.perf_counter()
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                outputs = training.model(normalise(support), support_labels, normalise(query))
-                loss = training.head.loss(outputs, query_labels)
-            training.scaler.scale(loss).backward()
+            outputs = forward_episode(training.model, support, support_labels, query, amp_dtype)
+            training.scaler.scale(training.head.loss(outputs, query_labels)).backward()
             training.step()
         synchronize(device)
         seconds = time.perf_counter() - start

@@ -241,6 +241,12 @@ def build_training(config, device, amp_dtype):
     return Training(backbone, head, model, optimizer, scheduler, scaler, init_provenance)
 
 
+def forward_episode(model, support, support_labels, query, amp_dtype):
+    """Head outputs for uint8 frames already on the model's device, under autocast when ``amp_dtype``."""
+    with torch.autocast(support.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        return model(normalise(support), support_labels, normalise(query))
+
+
 def _features_provenance(config, transform):
     """The cache attributes of the features this run's head sees at evaluation (test view, as
     `m3net extract` writes them); the tuned weights are filled in from the checkpoint file when it
@@ -305,8 +311,7 @@ class _Run:
 
     def forward(self, model, loaded):
         support, support_labels, query, query_labels = (x.to(self.device, non_blocking=True) for x in loaded)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            return model(normalise(support), support_labels, normalise(query)), query_labels
+        return forward_episode(model, support, support_labels, query, self.amp_dtype), query_labels
 
     @torch.no_grad()
     def validate(self, model, sampler, step):
@@ -391,7 +396,7 @@ def finetune(config, progress=True):
     stream = iter(run.episodes(sampler, [s * world + rank for s in range(step, config.episodes)], train=True))
     try:
         while step < config.episodes:
-            index, loaded, failures = next(stream)
+            _, loaded, failures = next(stream)
             run.report(failures, step, "train")
             done = step + 1
             if run.all_agree(loaded is not None):
