@@ -11,6 +11,7 @@
     attrs: schema_version, dataset, backbone, weights, weights_sha256, num_frames, sampling,
            resize, crop, mean, std, dtype, views, code_version, created
 """
+from m3net.errors import CacheError, ProvenanceError  # noqa: F401 (re-exported)
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -21,14 +22,6 @@ PROVENANCE_KEYS = (
     "resize", "crop", "mean", "std", "dtype", "views",
 )
 REQUIRED_ATTRS = PROVENANCE_KEYS + ("code_version",)
-
-
-class CacheError(RuntimeError):
-    """The file is missing, unreadable or not an m3net cache; the message names the file."""
-
-
-class ProvenanceError(CacheError):
-    """The cache was built with other settings than the ones asked for; names each difference."""
 
 
 def normalise_attr(value):

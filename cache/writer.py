@@ -13,9 +13,7 @@ import os
 import h5py
 import numpy as np
 
-from m3net.cache.schema import (
-    REQUIRED_ATTRS, SCHEMA_VERSION, CacheError, ProvenanceError, check_provenance,
-)
+from m3net.cache.schema import REQUIRED_ATTRS, SCHEMA_VERSION, CacheError, ProvenanceError, check_provenance
 
 STR = h5py.string_dtype()
 FAILURE_DTYPE = np.dtype([("video_id", STR), ("error", STR)])

@@ -20,6 +20,8 @@ import warnings
 import torch
 from torch import nn
 
+from m3net.errors import WeightsError  # noqa: F401 (re-exported)
+
 # Files torchvision downloads into <torch hub dir>/checkpoints.
 IMAGENET_FILES = {
     "imagenet-v1": ("resnet50-0676ba61.pth", "https://download.pytorch.org/models/resnet50-0676ba61.pth"),
@@ -29,8 +31,6 @@ WEIGHT_ALIASES = {"imagenet": "imagenet-v1"}
 FEATURE_CHANNELS = 2048
 
 
-class WeightsError(RuntimeError):
-    """Weights could not be found or do not fit the backbone; the message says what to do."""
 
 
 class Bottleneck(nn.Module):

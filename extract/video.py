@@ -10,10 +10,7 @@ import os
 import numpy as np
 
 from m3net.data.datasets import frame_files
-
-
-class ClipError(RuntimeError):
-    """The clip cannot give frames (missing, empty, not a video, no frames); str() is the reason."""
+from m3net.errors import ClipError  # noqa: F401 (re-exported)
 
 
 def _check_file(path):

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from m3net.cache import (
-    CacheError, CacheWriter, ProvenanceError, cache_info, check_provenance, load_cache, write_cache_arrays,
+    CacheError,
+    CacheWriter,
+    ProvenanceError,
+    cache_info,
+    check_provenance,
+    load_cache,
+    write_cache_arrays,
 )
 
 ATTRS = {"dataset": "unit", "backbone": "resnet50", "weights": "random", "weights_sha256": "random-seed-0",

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from m3net.cli import main
 from m3net.data.synthetic import SyntheticConfig, generate_synthetic
+from m3net.errors import DatasetError
 from m3net.extract.backbone import build_backbone
 from m3net.model import build_head
 from m3net.train.checkpoint import load_checkpoint
@@ -265,5 +266,5 @@ def test_missing_clips_are_left_out_of_episodes(bench, tmp_path):
     shutil.copytree(bench, empty)
     for clip in empty.rglob("*.mp4"):
         clip.unlink()
-    with pytest.raises(ValueError, match="none of the 27 synthetic clips is there"):
+    with pytest.raises(DatasetError, match="none of the 27 synthetic clips is there"):
         run(tiny(str(empty), tmp_path / "none"))

@@ -12,6 +12,7 @@ from m3net.train.checkpoint import load_checkpoint
 from m3net.train.evaluate import EvalConfig, evaluate
 from m3net.train.loop import TrainConfig, train_head
 
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return str(order_only_cache(tmp_path_factory.mktemp("cache") / "order.h5"))

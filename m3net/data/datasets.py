@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 
+from m3net.errors import DatasetError  # noqa: F401 (re-exported)
+
 SPLITS = ("train", "val", "test")
 SPLIT_FOLDERS = {"gym99": "Gym99", "gym288": "Gym288", "diving48": "Diving48"}
 LISTED_DATASETS = tuple(SPLIT_FOLDERS)
@@ -35,8 +37,6 @@ DIVING48_ID = re.compile(r"^(?P<youtube_id>[A-Za-z0-9_-]+)_(?P<index>\d{5})$")
 FRAME_FILE = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
 
 
-class DatasetError(ValueError):
-    """Unknown dataset, unreadable root or split list; the message names the file or option."""
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-class EpisodeError(ValueError):
-    """The split cannot provide the requested episodes; the message says which classes lack clips."""
+from m3net.errors import EpisodeError  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

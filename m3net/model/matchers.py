@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from m3net.kernels import dtw, dtw_path
-from m3net.model.episode_ops import (class_mean_distance, cosine_cost_all_pairs, safe_sqrt, stack_by_class,
-                                     unit_distance)
+from m3net.model.episode_ops import class_mean_distance, cosine_cost_all_pairs, safe_sqrt, stack_by_class, unit_distance
 
 DTW_MODES = ("hard", "soft")
 

@@ -7,11 +7,11 @@ import os
 
 import torch
 
+from m3net.errors import CheckpointError  # noqa: F401 (re-exported)
+
 FORMAT = "m3net-head-checkpoint-1"
 
 
-class CheckpointError(RuntimeError):
-    pass
 
 
 def save_checkpoint(path, **state):

@@ -19,8 +19,8 @@ from m3net.cache import ProvenanceError, load_cache
 from m3net.cache.schema import provenance_differences
 from m3net.data.episodes import EpisodeSampler
 from m3net.model import build_head
-from m3net.train.checkpoint import features_provenance, load_checkpoint
 from m3net.runtime import resolve_device
+from m3net.train.checkpoint import features_provenance, load_checkpoint
 from m3net.train.common import FeatureBank, episode_accuracies, mean_and_ci
 
 

@@ -37,8 +37,7 @@ from m3net.model import build_head
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from m3net.train.common import episode_accuracies, mean_and_ci
-from m3net.train.loop import (RESUMABLE_CHANGES, VAL_FIELDS, append_csv, check_resumed_config,
-                              tensorboard_writer)
+from m3net.train.loop import RESUMABLE_CHANGES, VAL_FIELDS, append_csv, check_resumed_config, tensorboard_writer
 
 
 @dataclass

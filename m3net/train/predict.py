@@ -10,15 +10,12 @@ import numpy as np
 import torch
 
 from m3net.data.datasets import load_dataset
+from m3net.errors import PredictError  # noqa: F401 (re-exported)
 from m3net.extract.backbone import build_backbone, file_sha256, resolve_weights_file
 from m3net.extract.loop import ClipViews, Extractor, resolve_precision
 from m3net.extract.transforms import TransformConfig
 from m3net.runtime import resolve_device
 from m3net.train.evaluate import load_trained_head
-
-
-class PredictError(ValueError):
-    pass
 
 
 @dataclass
