@@ -8,15 +8,35 @@ import sys
 import click
 
 from m3net import __version__
+from m3net.config import click_options
+from m3net.extract.loop import ExtractConfig
+from m3net.model.registry import parse_head_options
+from m3net.train.evaluate import EvalConfig
+from m3net.train.finetune import FinetuneConfig
+from m3net.train.loop import TrainConfig
 
 
-def _not_built(name):
-    """Commands whose stage is not implemented yet say so and fail; they never fake output."""
-    click.echo(f"m3net {name}: not built yet in m3net {__version__}.", err=True)
-    sys.exit(2)
+class M3NetGroup(click.Group):
+    """Turns every m3net error (m3net.errors.M3NetError) into one line on stderr and its exit status;
+    anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx):
+        from m3net.errors import M3NetError
+
+        try:
+            return super().invoke(ctx)
+        except M3NetError as err:
+            click.echo(f"Error: {err}", err=True)
+            ctx.exit(err.exit_code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def head_opt_option(command):
+    return click.option("--head-opt", multiple=True, metavar="KEY=VALUE",
+                        help="Head option, repeatable, parsed by the option's type (e.g. --head-opt use_tm=off; "
+                        "`m3net heads` lists them).")(command)
+
+
+@click.group(cls=M3NetGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="m3net")
 def main():
     """m3net: few-shot fine-grained action recognition (M3Net, ACM MM 2023).
@@ -28,23 +48,7 @@ def main():
 
 
 @main.command("extract")
-@click.option("--dataset", required=True, type=click.Choice(["gym99", "gym288", "diving48", "folder", "synthetic"]),
-              help="Split lists shipped with m3net, or a <class>/<clip> folder (see `m3net dataset-info`).")
-@click.option("--root", required=True, type=click.Path(file_okay=False), help="Folder holding the clips (video files or frame folders).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="HDF5 cache to write; an existing one is resumed.")
-@click.option("--weights", default="imagenet", show_default=True,
-              help="imagenet (torchvision V1, the paper's), imagenet-v2, random (tests/demo only), or PATH to a state dict.")
-@click.option("--frames", default=8, show_default=True, help="Frames sampled per clip (TSN segment centres).")
-@click.option("--batch-size", default=8, show_default=True, help="Clips per backbone forward (x views x frames images).")
-@click.option("--workers", default=2, show_default=True, help="DataLoader processes decoding clips (0: main process).")
-@click.option("--views", default=0, show_default=True,
-              help="0: one test view; K>0: K views per clip, view 0 the test view, 1..K-1 random crop+flip training views.")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cuda, cuda:1, cpu.")
-@click.option("--precision", type=click.Choice(["auto", "fp16", "bf16", "fp32"]), default="auto", show_default=True,
-              help="Autocast dtype; auto = fp16 on CUDA, fp32 on CPU.")
-@click.option("--seed", default=0, show_default=True, help="Random weights and training views.")
-@click.option("--folder-split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
-              help="Split given to every clip of a <root>/<class>/<clip> folder without train/val/test subfolders.")
+@click_options(ExtractConfig)
 def extract_cmd(**options):
     """Run the backbone over a dataset's clips and write the HDF5 feature cache.
 
@@ -53,18 +57,13 @@ def extract_cmd(**options):
     nodes: `torchrun --nproc-per-node G -m m3net extract ...` (each rank writes its own shard,
     rank 0 merges them into --out).
     """
-    from m3net.cache import CacheError
-    from m3net.data.datasets import DatasetError
-    from m3net.extract.backbone import WeightsError
-    from m3net.extract.loop import ExtractConfig, extract_dataset, format_summary
+    from m3net.extract.loop import extract_dataset, format_summary
 
     config = ExtractConfig(**options)
     if config.weights == "random":
         click.echo("WARNING: --weights random: features carry no ImageNet knowledge (tests and demo only).", err=True)
     try:
         summary = extract_dataset(config)
-    except (CacheError, DatasetError, WeightsError, ValueError) as err:
-        raise click.ClickException(str(err))
     except KeyboardInterrupt:
         click.echo(f"interrupted: finished rows are saved in {config.out}; re-run the same command to resume", err=True)
         sys.exit(130)
@@ -73,89 +72,35 @@ def extract_cmd(**options):
         sys.exit(3)
 
 
-def _parse_head_options(pairs):
-    """--head-opt key=value pairs -> dict, values parsed as JSON where they parse (1, 0.5, true)."""
-    import json
-
-    options = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise click.BadParameter(f"{pair!r}: expected key=value", param_hint="--head-opt")
-        key, value = pair.split("=", 1)
-        try:
-            options[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.replace("-", "_")] = value
-    return options
-
-
 @main.command("train-head")
-@click.option("--cache", required=True, type=click.Path(dir_okay=False), help="HDF5 feature cache from `m3net extract`.")
-@click.option("--out", default="runs/head", show_default=True, type=click.Path(file_okay=False),
-              help="Run folder: best.pt, last.pt, train_log.csv, val_log.csv.")
-@click.option("--head", default="m3net", show_default=True, help="Head from the registry (see `m3net heads`).")
-@click.option("--head-opt", multiple=True, metavar="KEY=VALUE",
-              help="Head option, repeatable, e.g. --head-opt use_cm=false (ablations of Tables 2-4).")
-@click.option("--way", default=5, show_default=True)
-@click.option("--shot", default=1, show_default=True)
-@click.option("--queries", default=5, show_default=True, help="Queries per class in training episodes.")
-@click.option("--episodes", default=60000, show_default=True, help="Training episodes (paper: 60 000).")
-@click.option("--lr", default=1e-4, show_default=True, help="SGD learning rate (paper: 1e-4).")
-@click.option("--momentum", default=0.9, show_default=True)
-@click.option("--weight-decay", default=5e-4, show_default=True)
-@click.option("--lr-step", default=2000, show_default=True, help="Multiply the lr by --lr-gamma every this many episodes.")
-@click.option("--lr-gamma", default=0.5, show_default=True)
-@click.option("--val-every", default=1000, show_default=True, help="Validate (and save last.pt) every this many episodes.")
-@click.option("--val-episodes", default=300, show_default=True)
-@click.option("--checkpoint-every", default=500, show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Decides parameter init and every episode.")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cuda, cpu.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt, exactly.")
+@click_options(TrainConfig)
+@head_opt_option
 def train_head_cmd(head_opt, **options):
-    """Train a few-shot head episodically on a feature cache (SGD, lr x0.5 every 2000 episodes)."""
-    from m3net.cache import CacheError
-    from m3net.data.episodes import EpisodeError
-    from m3net.train.checkpoint import CheckpointError
-    from m3net.train.loop import TrainConfig, train_head
+    """Train a few-shot head episodically on a feature cache (SGD, lr x0.5 every 2000 episodes).
 
-    config = TrainConfig(head_options=_parse_head_options(head_opt), **options)
-    try:
-        summary = train_head(config)
-    except (CacheError, CheckpointError, EpisodeError, ValueError, FileExistsError) as err:
-        raise click.ClickException(str(err))
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: state saved in {config.out}/last.pt; continue with --resume", err=True)
-        sys.exit(130)
-    click.echo(f"trained {config.head} for {summary['step']} episodes; best val accuracy "
-               f"{summary['best_val_acc']:.2f}% -> {summary['best']}")
+    Exit status 130 after Ctrl-C (the state is saved: re-run with --resume), 75 when another
+    process is writing --out.
+    """
+    from m3net.train.loop import train_head
+
+    config = TrainConfig(head_options=parse_head_options(options["head"], head_opt), **options)
+    summary = train_head(config)
+    best = f"; best val accuracy {summary['best_val_acc']:.2f}% -> {summary['best']}" if summary["best"] else ""
+    click.echo(f"trained {config.head} for {summary['step']} episodes: {summary['last']}{best}")
 
 
 @main.command("evaluate")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(dir_okay=False),
               help="Trained head checkpoint (repeatable).")
-@click.option("--head", "heads", multiple=True, help="Parameter-free head scored from the cache (repeatable): protonet, tsn-cosine, otam.")
-@click.option("--cache", default="", type=click.Path(dir_okay=False),
-              help="Feature cache; default: the one the first checkpoint was trained on.")
-@click.option("--way", default=5, show_default=True)
-@click.option("--shot", default=1, show_default=True)
-@click.option("--queries", default=1, show_default=True, help="Queries per class.")
-@click.option("--episodes", default=6000, show_default=True, help="Test episodes (paper: 6000).")
-@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Same seed, same episodes, for every head.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--out", default="", type=click.Path(file_okay=False), help="Write results.json and results.csv here.")
+@click.option("--head", "heads", multiple=True,
+              help="Parameter-free head scored from the cache (repeatable): protonet, tsn-cosine, otam.")
+@click_options(EvalConfig)
 def evaluate_cmd(checkpoints, heads, **options):
     """Score heads on the same seeded episodes: accuracy ± 95% CI per view, paired differences."""
-    from m3net.cache import CacheError
-    from m3net.data.episodes import EpisodeError
-    from m3net.train.checkpoint import CheckpointError
-    from m3net.train.evaluate import EvalConfig, evaluate, format_table, write_summary
+    from m3net.train.evaluate import evaluate, format_table, write_summary
 
     config = EvalConfig(checkpoints=checkpoints, heads=heads, **options)
-    try:
-        summary = evaluate(config)
-    except (CacheError, CheckpointError, EpisodeError, ValueError) as err:
-        raise click.ClickException(str(err))
+    summary = evaluate(config)
     click.echo(format_table(summary))
     if config.out:
         paths = write_summary(summary, config.out)
@@ -178,7 +123,7 @@ def bench_train_cmd(head_opt, **options):
     """Episodes/s of training and evaluation at the real sizes, projected to 60 000 / 6 000 episodes."""
     from m3net.train.bench import TrainBenchConfig, format_table, run_bench, write_results
 
-    result = run_bench(TrainBenchConfig(head_options=_parse_head_options(head_opt), **options))
+    result = run_bench(TrainBenchConfig(head_options=parse_head_options(options["head"], head_opt), **options))
     click.echo(format_table(result))
     click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
 
@@ -208,7 +153,7 @@ def bench_finetune_cmd(head_opt, checkpointing, train_bn, shots, **options):
     from m3net.train.bench_finetune import FinetuneBenchConfig, format_table, run_bench, write_results
 
     modes = {"both": (False, True), "off": (False,), "on": (True,)}[checkpointing]
-    config = FinetuneBenchConfig(head_options=_parse_head_options(head_opt), checkpointing=modes,
+    config = FinetuneBenchConfig(head_options=parse_head_options(options["head"], head_opt), checkpointing=modes,
                                  freeze_bn=not train_bn, shots=tuple(shots), **options)
     result = run_bench(config, progress=lambda line: click.echo(line, err=True))
     click.echo(format_table(result))
@@ -231,61 +176,20 @@ def heads_cmd():
 
 
 @main.command("finetune")
-@click.option("--dataset", required=True, type=click.Choice(["gym99", "gym288", "diving48", "folder", "synthetic"]),
-              help="Split lists shipped with m3net, or a <class>/<clip> folder.")
-@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False), help="Folder holding the clips.")
-@click.option("--out", default="runs/finetune", show_default=True, type=click.Path(file_okay=False),
-              help="Run folder: best.pt, last.pt, train_log.csv, val_log.csv, failures.csv, tensorboard/.")
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet | random | PATH of a ResNet-50 state dict.")
-@click.option("--head", default="m3net", show_default=True, help="Head from the registry (see `m3net heads`).")
-@click.option("--head-opt", multiple=True, metavar="KEY=VALUE", help="Head option, repeatable (as in train-head).")
-@click.option("--init-head", default="", type=click.Path(dir_okay=False), help="Start the head from a train-head checkpoint.")
-@click.option("--way", default=5, show_default=True)
-@click.option("--shot", default=1, show_default=True)
-@click.option("--queries", default=5, show_default=True, help="Queries per class in training episodes.")
-@click.option("--frames", default=8, show_default=True)
-@click.option("--crop", default=224, show_default=True, help="Crop size (frames resized to crop*8/7 first).")
-@click.option("--episodes", default=10_000, show_default=True)
-@click.option("--accumulate", default=1, show_default=True, help="Episodes whose gradients make one optimizer step.")
-@click.option("--lr", default=1e-4, show_default=True, help="Head learning rate.")
-@click.option("--backbone-lr", default=1e-5, show_default=True)
-@click.option("--lr-step", default=2000, show_default=True, help="Multiply both lrs by --lr-gamma every this many optimizer steps.")
-@click.option("--lr-gamma", default=0.5, show_default=True)
-@click.option("--freeze-stages", default=0, show_default=True, help="Trunk stages (stem, layer1..4) kept frozen.")
-@click.option("--train-bn", is_flag=True, help="Update BatchNorm (default: frozen, pretrained statistics kept).")
-@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]),
-              help="Mixed precision on CUDA (auto: bf16 where supported, else fp16 with a grad scaler).")
-@click.option("--checkpointing", is_flag=True, help="Gradient checkpointing of the trunk stages (less memory, one more forward per stage).")
-@click.option("--workers", default=2, show_default=True, help="DataLoader processes decoding the next episodes (0: main process).")
-@click.option("--val-every", default=1000, show_default=True, help="Validate on val episodes (test view) and update best.pt.")
-@click.option("--val-episodes", default=300, show_default=True, help="0 turns validation off.")
-@click.option("--val-queries", default=1, show_default=True)
-@click.option("--checkpoint-every", default=100, show_default=True)
-@click.option("--log-every", default=10, show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Decides head init, every episode and every crop.")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cuda, cpu.")
-@click.option("--resume", is_flag=True, help="Continue OUT/last.pt exactly.")
-def finetune_cmd(train_bn, head_opt, **options):
+@click_options(FinetuneConfig)
+@head_opt_option
+def finetune_cmd(head_opt, **options):
     """Train backbone and head end to end on decoded frames.
 
     Several GPUs or nodes: `torchrun --nproc-per-node G -m m3net finetune ...` (DistributedDataParallel;
     each rank trains its own episodes, rank 0 writes checkpoints and logs). Afterwards
     `m3net extract --weights OUT/best.pt` builds the tuned backbone's cache for train-head and evaluate.
+    Exit status 130 after Ctrl-C (re-run with --resume), 75 when another process is writing --out.
     """
-    from m3net.data.datasets import DatasetError
-    from m3net.data.episodes import EpisodeError
-    from m3net.extract.backbone import WeightsError
-    from m3net.train.checkpoint import CheckpointError
-    from m3net.train.finetune import FinetuneConfig, finetune
+    from m3net.train.finetune import finetune
 
-    config = FinetuneConfig(freeze_bn=not train_bn, head_options=_parse_head_options(head_opt), **options)
-    try:
-        result = finetune(config)
-    except (CheckpointError, DatasetError, EpisodeError, WeightsError, ValueError, FileExistsError) as err:
-        raise click.ClickException(str(err))
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: state saved in {config.out}/last.pt; continue with --resume", err=True)
-        sys.exit(130)
+    config = FinetuneConfig(head_options=parse_head_options(options["head"], head_opt), **options)
+    result = finetune(config)
     if result["rank"] == 0:  # under torchrun, one summary line, not one per rank
         best = f"; best val accuracy {result['best_val_acc']:.2f}% -> {result['best']}" if result["best"] else ""
         click.echo(f"finetuned {config.head} for {result['step']} episodes: {result['last']}{best}")

@@ -29,7 +29,11 @@ import torch
 from tqdm import tqdm
 
 from m3net.cache import CacheWriter
-from m3net.data.datasets import DatasetError, load_dataset
+from m3net.cache.schema import SPLITS
+from m3net.config import setting
+from m3net.config import validate as validate_config
+from m3net.data.datasets import DATASETS, DatasetError, load_dataset
+from m3net.errors import ConfigError
 from m3net.extract.backbone import build_backbone
 from m3net.extract.sampling import sample_indices
 from m3net.extract.transforms import TransformConfig, normalise, test_view, train_view
@@ -41,29 +45,38 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 @dataclass
 class ExtractConfig:
-    dataset: str
-    root: str
-    out: str
-    weights: str = "imagenet"
-    frames: int = 8  # T
-    batch_size: int = 8  # clips per backbone forward (x views x frames images)
-    workers: int = 2  # DataLoader processes decoding clips; 0 decodes in the main process
-    views: int = 0  # 0: one test view per clip; K > 0: view 0 test + K-1 random training views
-    device: str = "auto"  # auto (cuda if available), cuda, cuda:1, cpu
-    precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU), fp16, bf16, fp32
-    seed: int = 0  # random weights and training views
-    folder_split: str = "test"  # split of every clip of a flat <root>/<class>/<clip> folder
-    limit: int = 0  # compute at most this many pending clips (0: all); for benchmarks and smoke runs
-    progress: bool = True
+    dataset: str = setting(help="Split lists shipped with m3net, or a <class>/<clip> folder (see `m3net "
+                           "dataset-info`).", choices=DATASETS)
+    root: str = setting(help="Folder holding the clips (video files or frame folders).", path="dir")
+    out: str = setting(help="HDF5 cache to write; an existing one is resumed.", path="file")
+    weights: str = setting("imagenet", "imagenet (torchvision V1, the paper's), imagenet-v2, random (tests/demo "
+                           "only), or PATH to a state dict or a finetune checkpoint.")
+    frames: int = setting(8, "Frames sampled per clip (T, TSN segment centres).", minimum=1)
+    batch_size: int = setting(8, "Clips per backbone forward (x views x frames images).", minimum=1)
+    workers: int = setting(2, "DataLoader processes decoding clips (0: main process).", minimum=0)
+    views: int = setting(0, "0: one test view; K>0: K views per clip, view 0 the test view, 1..K-1 random "
+                         "crop+flip training views.", minimum=0)
+    device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+    precision: str = setting("auto", "Autocast dtype; auto = fp16 on CUDA, fp32 on CPU.",
+                             choices=("auto", *PRECISIONS))
+    seed: int = setting(0, "Random weights and training views.")
+    folder_split: str = setting("test", "Split given to every clip of a <root>/<class>/<clip> folder without "
+                                "train/val/test subfolders.", choices=SPLITS)
+    # Compute at most this many pending clips (0: all); for benchmarks and smoke runs.
+    limit: int = setting(0, minimum=0, cli=False)
+    progress: bool = setting(True, cli=False)
+
+    def __post_init__(self):
+        validate_config(self)
 
 
 def resolve_precision(name, device):
     if name == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     if name not in PRECISIONS:
-        raise ValueError(f"--precision {name}: expected auto, {', '.join(PRECISIONS)}")
+        raise ConfigError(f"--precision {name}: expected auto, {', '.join(PRECISIONS)}")
     if device.type == "cpu" and name == "fp16":
-        raise ValueError("--precision fp16 needs CUDA; use fp32 or bf16 on CPU")
+        raise ConfigError("--precision fp16 needs CUDA; use fp32 or bf16 on CPU")
     return name
 
 
@@ -211,10 +224,8 @@ class Prepared:
 
 
 def prepare(config, device=None):
-    if config.frames <= 0 or config.batch_size <= 0 or config.views < 0 or config.workers < 0:
-        raise ValueError("--frames and --batch-size must be positive, --views and --workers not negative")
     if config.views == 1:
-        raise ValueError("--views 1 would store the test view alone; use --views 0 (test view) "
+        raise ConfigError("--views 1 would store the test view alone; use --views 0 (test view) "
                          "or --views K >= 2 (test view + K-1 random crop+flip training views)")
     model, provenance = build_backbone(config.weights, seed=config.seed)  # first: a weights problem fails fast
     dataset = load_dataset(config.dataset, config.root, config.folder_split)

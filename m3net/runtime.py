@@ -10,15 +10,19 @@ import subprocess
 import torch
 
 from m3net._version import __version__
+from m3net.errors import ConfigError
 
 
 def resolve_device(name="auto"):
     """``auto`` -> cuda when available, else cpu; an unavailable CUDA device is a clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
     return device
 
 

@@ -1,5 +1,6 @@
 """Head-stage test helpers: small generated caches whose classes differ only in temporal order,
-and a tiny trainable head (registered as "test-aligned")."""
+and a tiny trainable head ("test-aligned", registered by the aligned_head fixture)."""
+import contextlib
 import dataclasses
 import itertools
 
@@ -7,7 +8,7 @@ import numpy as np
 import torch
 
 from m3net.cache import write_cache_arrays
-from m3net.model.registry import HEADS, FewShotHead, class_means, num_classes, register_head
+from m3net.model.registry import HEADS, FewShotHead, class_means, num_classes
 
 ORDER_ATTRS = {"dataset": "order-only", "weights": "none", "weights_sha256": "", "backbone": "none"}
 
@@ -35,24 +36,33 @@ def order_only_cache(path, channels=16, frames=4, clips_per_class=8, classes=(8,
                               {**ORDER_ATTRS, "num_frames": frames})
 
 
-if "test-aligned" not in HEADS:
+class AlignedHead(FewShotHead):
+    """A tiny trainable temporal head for the trainer's tests: per-frame projection, distance
+    to the class prototype frame by frame (order-aware, unlike ProtoNet)."""
 
-    @register_head("test-aligned")
-    class AlignedHead(FewShotHead):
-        """A tiny trainable temporal head for the trainer's tests: per-frame projection, distance
-        to the class prototype frame by frame (order-aware, unlike ProtoNet)."""
+    @dataclasses.dataclass
+    class Config(FewShotHead.Config):
+        hidden: int = 8
 
-        @dataclasses.dataclass
-        class Config(FewShotHead.Config):
-            hidden: int = 8
+    def __init__(self, config):
+        super().__init__(config)
+        self.proj = torch.nn.Linear(config.feature_dim, config.hidden)
 
-        def __init__(self, config):
-            super().__init__(config)
-            self.proj = torch.nn.Linear(config.feature_dim, config.hidden)
+    def forward(self, support, support_labels, query):
+        support, query = self.cast(support, query)
+        s = self.proj(support.mean(dim=(2, 3)))  # (S, T, h)
+        q = self.proj(query.mean(dim=(2, 3)))  # (Q, T, h)
+        protos = class_means(s, support_labels, num_classes(support_labels))  # (N, T, h)
+        return {"y": -((q[:, None] - protos[None]) ** 2).sum(-1).mean(-1)}  # (Q, N)
 
-        def forward(self, support, support_labels, query):
-            support, query = self.cast(support, query)
-            s = self.proj(support.mean(dim=(2, 3)))  # (S, T, h)
-            q = self.proj(query.mean(dim=(2, 3)))  # (Q, T, h)
-            protos = class_means(s, support_labels, num_classes(support_labels))  # (N, T, h)
-            return {"y": -((q[:, None] - protos[None]) ** 2).sum(-1).mean(-1)}  # (Q, N)
+
+@contextlib.contextmanager
+def aligned_head_registered():
+    """"test-aligned" in the head registry only while a test needs it, so tests that iterate the
+    registry see the package's heads whatever the collection order."""
+    HEADS["test-aligned"] = AlignedHead
+    AlignedHead.name = "test-aligned"
+    try:
+        yield AlignedHead
+    finally:
+        del HEADS["test-aligned"]

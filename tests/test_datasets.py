@@ -40,7 +40,7 @@ def test_finegym_id_fields():
     # Youtube ids may hold '_' and '-' and even look like the markers.
     assert parse_clip_id("gym288", "a_E_-b-cE_F_E_000001_000002_A_0003_0004")["youtube_id"] == "a_E_-b-cE_F"
     for bad in ("f6k7PBGgeb4_E_779_876_A_0048_0049", "f6k7PBGgeb4_00012", "f6k7PBGgeb4_E_000779_000876_A_0048"):
-        with pytest.raises(DatasetError, match="expected <youtube id>_E_"):
+        with pytest.raises(ValueError, match="expected <youtube id>_E_"):
             parse_clip_id("gym99", bad)
 
 
@@ -49,7 +49,7 @@ def test_diving48_id_splits_on_last_underscore():
     assert parse_clip_id("diving48", "TeboS8s_00w_00094") == {"youtube_id": "TeboS8s_00w", "index": 94}
     assert parse_clip_id("diving48", "Q--70-ELqLw_00012")["youtube_id"] == "Q--70-ELqLw"
     for bad in ("TeboS8s_00w_0094", "TeboS8s_00w", "abc_123456"):
-        with pytest.raises(DatasetError, match="<youtube id>_<5 digits>"):
+        with pytest.raises(ValueError, match="<youtube id>_<5 digits>"):
             parse_clip_id("diving48", bad)
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from m3net.cache import load_cache
 from m3net.cli import main as cli_main
+from m3net.errors import ConfigError
 from m3net.extract import video
 from m3net.extract.backbone import WeightsError, build_backbone
 from m3net.extract.loop import ExtractConfig, extract_dataset
@@ -310,6 +311,6 @@ def test_option_errors_are_named(tmp_path):
     root = _folder(tmp_path / "data", {"a/c0.mp4": SMALL})
     for options, expected in [({"views": 1}, "--views 1"), ({"frames": 0}, "--frames"),
                               ({"precision": "fp16", "device": "cpu"}, "--precision fp16 needs CUDA")]:
-        with pytest.raises(ValueError, match=expected):
+        with pytest.raises(ConfigError, match=expected):
             extract_dataset(ExtractConfig("folder", root, str(tmp_path / "c.h5"), weights="random", **options))
     assert not (tmp_path / "c.h5").exists()

@@ -11,11 +11,12 @@ from click.testing import CliRunner
 
 from m3net.cli import main
 from m3net.data.synthetic import SyntheticConfig, generate_synthetic
-from m3net.errors import DatasetError
+from m3net.errors import ConfigError, DatasetError
 from m3net.extract.backbone import build_backbone
 from m3net.model import build_head
 from m3net.train.checkpoint import load_checkpoint
 from m3net.train.finetune import FinetuneConfig, finetune
+from m3net.train.run import Interrupted
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_init_head_from_a_head_checkpoint(bench, tmp_path):
     loaded = load_checkpoint(str(tmp_path / "second" / "last.pt"))["model"]
     for key, value in load_checkpoint(first)["model"].items():
         assert torch.equal(value, loaded[key]), key
-    with pytest.raises(ValueError, match="init-head"):
+    with pytest.raises(ConfigError, match="init-head"):
         run(tiny(bench, tmp_path / "third", head="otam", head_options={}, init_head=first))
 
 
@@ -190,7 +191,7 @@ def test_interrupt_saves_a_checkpoint_that_resumes_exactly(bench, tmp_path, monk
         return forward(self, *args)
 
     monkeypatch.setattr(module.Finetuner, "forward", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="--resume"):
         run(tiny(bench, tmp_path / "split", episodes=2, checkpoint_every=100))
     monkeypatch.setattr(module.Finetuner, "forward", forward)
     assert load_checkpoint(str(tmp_path / "split" / "last.pt"))["step"] == 1
@@ -203,7 +204,7 @@ def test_interrupt_saves_a_checkpoint_that_resumes_exactly(bench, tmp_path, monk
 
 def test_resume_refuses_other_settings(bench, tmp_path):
     run(tiny(bench, tmp_path, episodes=1))
-    with pytest.raises(ValueError, match="backbone_lr"):
+    with pytest.raises(ConfigError, match="backbone_lr"):
         run(tiny(bench, tmp_path, episodes=2, backbone_lr=0.5, resume=True))
 
 

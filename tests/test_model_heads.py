@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from m3net.errors import ConfigError
 from m3net.model import build_head, list_heads
 
 DIM, FRAMES = 32, 5  # small C and T keep the whole file within a few seconds
@@ -105,5 +106,5 @@ def test_unequal_shots_rejected_by_stacking_heads():
 
 
 def test_unknown_option_is_an_error():
-    with pytest.raises(ValueError, match="no option"):
+    with pytest.raises(ConfigError, match="no option"):
         build("m3net", use_everything=True)

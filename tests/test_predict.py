@@ -4,12 +4,13 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from helpers_cache import AlignedHead  # noqa: F401  (registers the test-aligned head)
 
 from m3net.cli import main
 from m3net.data.synthetic import SyntheticConfig, generate_synthetic
 from m3net.extract.loop import ExtractConfig, extract_dataset
 from m3net.train.loop import TrainConfig, train_head
+
+pytestmark = pytest.mark.usefixtures("aligned_head")
 
 
 @pytest.fixture(scope="module")

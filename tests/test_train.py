@@ -3,14 +3,17 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers_cache import order_only_cache  # also registers the test-aligned head
+from helpers_cache import order_only_cache
 
 from m3net.cache import ProvenanceError
 from m3net.cli import main
 from m3net.data.episodes import EpisodeError, EpisodeSampler
+from m3net.errors import ConfigError
 from m3net.train.checkpoint import load_checkpoint
 from m3net.train.evaluate import EvalConfig, evaluate
 from m3net.train.loop import TrainConfig, train_head
+
+pytestmark = pytest.mark.usefixtures("aligned_head")
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +66,9 @@ def test_training_learns_and_resume_is_exact(cache, tmp_path):
 
 def test_run_folder_is_not_overwritten_and_resume_checks_settings(cache, tmp_path):
     train_head(_config(cache, tmp_path / "run", episodes=10), progress=False)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(ConfigError, match="--resume"):
         train_head(_config(cache, tmp_path / "run", episodes=10), progress=False)
-    with pytest.raises(ValueError, match="shot=1"):
+    with pytest.raises(ConfigError, match="shot=1"):
         train_head(_config(cache, tmp_path / "run", shot=2, resume=True), progress=False)
     other = order_only_cache(tmp_path / "other.h5", frames=3, classes=(3, 2, 1))
     with pytest.raises(ProvenanceError, match="num_frames"):
@@ -73,7 +76,7 @@ def test_run_folder_is_not_overwritten_and_resume_checks_settings(cache, tmp_pat
 
 
 def test_parameter_free_head_cannot_be_trained(cache, tmp_path):
-    with pytest.raises(ValueError, match="no parameters"):
+    with pytest.raises(ConfigError, match="no parameters"):
         train_head(_config(cache, tmp_path / "p", head="protonet"), progress=False)
 
 

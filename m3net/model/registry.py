@@ -8,10 +8,14 @@ A head's options live in its nested ``Config`` dataclass, which checkpoints stor
 scored straight from the cache.
 """
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from m3net.config import parse_value
+from m3net.errors import ConfigError
 
 HEADS = {}
 
@@ -33,16 +37,64 @@ def list_heads():
     return sorted(HEADS)
 
 
-def build_head(name, **options):
-    """The head ``name`` built from its Config fields (unknown options are an error)."""
+def head_class(name):
     if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; choose from {', '.join(list_heads())}")
-    cls = HEADS[name]
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    unknown = sorted(set(options) - fields)
+        raise ConfigError(f"unknown head {name!r}; choose from {', '.join(list_heads())}")
+    return HEADS[name]
+
+
+def _as_kind(owner, key, value, kind):
+    """``value`` as ``kind``: text (from --head-opt) is parsed, a typed value is checked."""
+    if isinstance(value, str) and kind is not str:
+        return parse_value(owner, key, value, kind)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind in (bool, int, float, str):
+        if type(value) is not kind:
+            raise ConfigError(f"{owner} {key}={value!r}: expected {kind.__name__}")
+        if kind is float and not math.isfinite(value):
+            raise ConfigError(f"{owner} {key}={value!r}: expected a finite number")
+    return value
+
+
+def _typed(name, field, value):
+    """``value`` as the type of the Config field; a tuple field takes "2,3" or a sequence."""
+    owner = f"--head-opt (head {name!r})"
+    kind = type(field.default) if field.default is not dataclasses.MISSING else field.type
+    if kind is not tuple:
+        return _as_kind(owner, field.name, value, kind)
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"{owner} {field.name}={value!r}: expected comma-separated values")
+    element = type(field.default[0]) if field.default else str
+    return tuple(_as_kind(owner, field.name, item, element) for item in items)
+
+
+def head_options(name, options):
+    """``options`` checked against head ``name``'s Config: unknown keys and values that are not
+    of the field's type are a ConfigError; text values ("false", "off", "0.5", "2,3") are parsed."""
+    fields = {f.name: f for f in dataclasses.fields(head_class(name).Config)}
+    unknown = sorted(set(options) - set(fields))
     if unknown:
-        raise ValueError(f"head {name!r} has no option(s) {unknown}; its options are {sorted(fields)}")
-    return cls(cls.Config(**options))
+        raise ConfigError(f"head {name!r} has no option(s) {unknown}; its options are {sorted(fields)}")
+    return {key: _typed(name, fields[key], value) for key, value in options.items()}
+
+
+def parse_head_options(name, pairs):
+    """--head-opt KEY=VALUE texts -> typed options of head ``name`` (dashes in KEY read as underscores)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--head-opt {pair!r}: expected KEY=VALUE")
+        options[key.strip().replace("-", "_")] = value.strip()
+    return head_options(name, options)
+
+
+def build_head(name, **options):
+    """The head ``name`` built from its Config fields (unknown options and mistyped values are errors)."""
+    cls = head_class(name)
+    return cls(cls.Config(**head_options(name, options)))
 
 
 def num_classes(support_labels):

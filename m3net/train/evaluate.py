@@ -9,15 +9,18 @@ import csv
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from m3net.cache import ProvenanceError, load_cache
-from m3net.cache.schema import provenance_differences
+from m3net.cache import ProvenanceError, cache_info, load_cache
+from m3net.cache.schema import SPLITS, provenance_differences
+from m3net.config import setting
+from m3net.config import validate as validate_config
 from m3net.data.episodes import EpisodeSampler
+from m3net.errors import ConfigError, NonFiniteError
 from m3net.model import build_head
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import features_provenance, load_checkpoint
@@ -26,18 +29,22 @@ from m3net.train.common import FeatureBank, episode_accuracies, mean_and_ci
 
 @dataclass
 class EvalConfig:
-    cache: str = ""  # default: the cache the (first) checkpoint was trained on
-    checkpoints: tuple = ()
-    heads: tuple = ()  # parameter-free heads from the registry
-    head_options: dict = field(default_factory=dict)  # for the parameter-free heads
-    way: int = 5
-    shot: int = 1
-    queries: int = 1
-    episodes: int = 6000
-    split: str = "test"
-    seed: int = 0
-    device: str = "auto"
-    out: str = ""
+    cache: str = setting("", "Feature cache; default: the one the first checkpoint was trained on.", path="file")
+    checkpoints: tuple = setting((), cli=False)  # trained heads (--checkpoint, repeatable)
+    heads: tuple = setting((), cli=False)  # parameter-free heads from the registry (--head, repeatable)
+    head_options: dict = setting(cli=False, default_factory=dict)  # head name -> options, parameter-free heads
+    way: int = setting(5, "Classes per episode.", minimum=2)
+    shot: int = setting(1, "Supports per class.", minimum=1)
+    queries: int = setting(1, "Queries per class.", minimum=1)
+    episodes: int = setting(6000, "Test episodes (paper: 6000).", minimum=1)
+    split: str = setting("test", "Split whose classes make the episodes.", choices=SPLITS)
+    seed: int = setting(0, "Same seed, same episodes, for every head.")
+    device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+    out: str = setting("", "Write results.json and results.csv here.", path="dir")
+
+    def __post_init__(self):
+        self.checkpoints, self.heads = tuple(self.checkpoints), tuple(self.heads)
+        validate_config(self)
 
 
 def load_trained_head(path, device):
@@ -65,35 +72,60 @@ def build_heads(config, device, feature_dim, num_frames):
     for name in config.heads:
         head = build_head(name, feature_dim=feature_dim, num_frames=num_frames, **config.head_options.get(name, {}))
         if head.trainable:
-            raise ValueError(f"head {name!r} has parameters: train it with `m3net train-head` and pass --checkpoint")
+            raise ConfigError(f"--head {name}: it has parameters; train it with `m3net train-head` and pass "
+                              "--checkpoint")
         heads.append((_label(name, {h[0] for h in heads}), head.to(device).eval(), None))
-    if not heads:
-        raise ValueError("nothing to evaluate: give --checkpoint and/or --head")
     return heads
+
+
+def _cache_path(config):
+    if config.cache:
+        return config.cache
+    if not config.checkpoints:
+        raise ConfigError("--cache is required when no --checkpoint names one")
+    first = config.checkpoints[0]
+    cache_path = load_checkpoint(first)["train_config"].get("cache")
+    if cache_path is None:
+        raise ConfigError(f"--checkpoint {first} is a finetune checkpoint: pass --cache, a cache built with "
+                          f"`m3net extract --weights {first}`")
+    return cache_path
+
+
+def _check_provenance(cache_path, attrs, heads):
+    """Every trained head scores only the kind of cache it was trained on (checked before reading features)."""
+    provenance = {k: v for k, v in attrs.items() if k != "created"}
+    for label, _, state in heads:
+        if state is not None:
+            diffs = provenance_differences(provenance, state["provenance"])
+            if diffs:
+                raise ProvenanceError(f"{cache_path}: not the kind of cache {label} was trained on: "
+                                      + "; ".join(f"{k}: {a!r} vs {b!r}" for k, a, b in diffs))
+
+
+def _writable_out(out):
+    """Fail before hours of scoring, not after."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot create the folder ({err.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"--out {out}: the folder is not writable")
 
 
 @torch.no_grad()
 def evaluate(config, progress=True):
     device = resolve_device(config.device)
-    cache_path = config.cache
-    if not cache_path:
-        if not config.checkpoints:
-            raise ValueError("--cache is required when no --checkpoint names one")
-        first = config.checkpoints[0]
-        cache_path = load_checkpoint(first)["train_config"].get("cache")
-        if cache_path is None:
-            raise ValueError(f"--checkpoint {first} is a finetune checkpoint: pass --cache, a cache built with "
-                             f"`m3net extract --weights {first}`")
+    if not config.checkpoints and not config.heads:
+        raise ConfigError("nothing to evaluate: give --checkpoint and/or --head")
+    if config.out:
+        _writable_out(config.out)
+    cache_path = _cache_path(config)
+    info = cache_info(cache_path)
+    num_frames, feature_dim = info["attrs"]["num_frames"], info["feature_shape"][-1]
+    heads = build_heads(config, device, feature_dim, num_frames)
+    _check_provenance(cache_path, info["attrs"], heads)
     cached = load_cache(cache_path, splits=(config.split,))
     bank = FeatureBank(cached, device)
-    num_frames, _, _, feature_dim = bank.clip_shape
-    heads = build_heads(config, device, feature_dim, num_frames)
-    for label, _, state in heads:
-        if state is not None:
-            diffs = provenance_differences(cached.provenance(), state["provenance"])
-            if diffs:
-                raise ProvenanceError(f"{cache_path}: not the kind of cache {label} was trained on: "
-                                      + "; ".join(f"{k}: {a!r} vs {b!r}" for k, a, b in diffs))
     sampler = EpisodeSampler(cached.labels, cached.split, config.split, config.way, config.shot, config.queries,
                              seed=config.seed, class_names=cached.classes)
     per_episode = {label: {} for label, _, _ in heads}  # label -> view -> [accuracy per episode]
@@ -107,6 +139,10 @@ def evaluate(config, progress=True):
         true_ids = [compact[int(c)] for c in episode.classes[episode.query_labels]]
         for label, head, _ in heads:
             outputs = head(support, support_labels, query)
+            bad = [view for view, logits in outputs.items() if not torch.isfinite(logits).all()]
+            if bad:
+                raise NonFiniteError(f"{label}: non-finite {', '.join(bad)} logits in {config.split} episode "
+                                     f"{index}; no result is reported (check the checkpoint and the cache)")
             for view, acc in episode_accuracies(outputs, query_labels).items():
                 per_episode[label].setdefault(view, []).append(acc)
                 counts = confusion[label].setdefault(view, np.zeros((len(split_classes),) * 2, dtype=np.int64))

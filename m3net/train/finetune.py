@@ -17,17 +17,18 @@ cache of its tuned backbone, and `m3net evaluate --checkpoint best.pt --cache th
 import contextlib
 import dataclasses
 import os
-import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from m3net.cache.schema import PROVENANCE_KEYS
-from m3net.data.datasets import DatasetError, load_dataset
+from m3net.config import setting
+from m3net.config import validate as validate_config
+from m3net.data.datasets import DATASETS, DatasetError, load_dataset
 from m3net.data.episodes import EpisodeSampler
+from m3net.errors import ConfigError
 from m3net.extract.backbone import build_backbone
 from m3net.extract.loop import ExtractConfig, cache_attrs
 from m3net.extract.sampling import sample_indices
@@ -35,52 +36,65 @@ from m3net.extract.transforms import TransformConfig, normalise, test_view, trai
 from m3net.extract.video import Clip
 from m3net.model import build_head
 from m3net.runtime import resolve_device
-from m3net.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from m3net.train.checkpoint import load_checkpoint, restore_rng, rng_state
 from m3net.train.common import episode_accuracies, mean_and_ci
-from m3net.train.loop import RESUMABLE_CHANGES, VAL_FIELDS, append_csv, check_resumed_config, tensorboard_writer
+from m3net.train.run import RESUMABLE_CHANGES, RunFolder, Schedule, append_csv, check_resumed_config, run_episodes
 
 
 @dataclass
 class FinetuneConfig:
-    dataset: str
-    root: str
-    out: str = "runs/finetune"
-    weights: str = "imagenet"
-    head: str = "m3net"
-    head_options: dict = field(default_factory=dict)
-    init_head: str = ""  # a train-head checkpoint (best.pt) to start the head from
-    way: int = 5
-    shot: int = 1
-    queries: int = 5
-    frames: int = 8
-    crop: int = 224  # resize to crop·8/7 (256 for 224), as the extraction transform
-    episodes: int = 10_000
-    accumulate: int = 1  # episodes whose gradients are summed (averaged) per optimizer step
-    lr: float = 1e-4
-    backbone_lr: float = 1e-5
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_step: int = 2_000  # optimizer steps
-    lr_gamma: float = 0.5
-    freeze_stages: int = 0  # the first N trunk stages (stem, layer1, ...) keep their weights
+    dataset: str = setting(help="Split lists shipped with m3net, or a <class>/<clip> folder.", choices=DATASETS)
+    root: str = setting(help="Folder holding the clips (video files or frame folders).", path="dir")
+    out: str = setting("runs/finetune", "Run folder: best.pt, last.pt, train_log.csv, val_log.csv, "
+                       "failures.csv, tensorboard/.", path="dir")
+    weights: str = setting("imagenet", "imagenet | imagenet-v2 | random | PATH of a ResNet-50 state dict.")
+    head: str = setting("m3net", "Head from the registry (see `m3net heads`).")
+    head_options: dict = setting(cli=False, default_factory=dict)  # typed by the head's Config (--head-opt)
+    init_head: str = setting("", "Start the head from a train-head checkpoint (best.pt).", path="file")
+    way: int = setting(5, "Classes per episode.", minimum=2)
+    shot: int = setting(1, "Supports per class.", minimum=1)
+    queries: int = setting(5, "Queries per class in training episodes.", minimum=1)
+    frames: int = setting(8, "Frames per clip (TSN segments).", minimum=1)
+    crop: int = setting(224, "Crop size (frames resized to crop*8/7 first, as the extraction transform).", minimum=32)
+    episodes: int = setting(10_000, "Training episodes.", minimum=1)
+    accumulate: int = setting(1, "Episodes whose gradients are summed (averaged) per optimizer step.", minimum=1)
+    lr: float = setting(1e-4, "SGD learning rate of the head.", minimum=0)
+    backbone_lr: float = setting(1e-5, "SGD learning rate of the backbone.", minimum=0)
+    momentum: float = setting(0.9, "SGD momentum.", minimum=0, maximum=1)
+    weight_decay: float = setting(5e-4, "SGD weight decay.", minimum=0)
+    lr_step: int = setting(2_000, "Multiply both lrs by --lr-gamma every this many optimizer steps.", minimum=1)
+    lr_gamma: float = setting(0.5, "Learning-rate decay factor.", minimum=0, exclusive=True)
+    freeze_stages: int = setting(0, "The first N trunk stages (stem, layer1, ...) keep their weights.",
+                                 minimum=0, maximum=5)
     # Episodes of 10-50 clips from few classes give BatchNorm batch statistics unlike ImageNet's;
     # frozen BN (eval mode, affine fixed) keeps the pretrained statistics, as most video fine-tuning does.
-    freeze_bn: bool = True
-    amp: str = "auto"  # auto (bf16 on CUDA if supported, else fp16) | bf16 | fp16 | off
+    freeze_bn: bool = setting(True, "Keep BatchNorm frozen (pretrained statistics) or update it.",
+                              flag="--freeze-bn/--train-bn")
+    amp: str = setting("auto", "Mixed precision on CUDA (auto: bf16 where supported, else fp16 with a grad scaler).",
+                       choices=("auto", "bf16", "fp16", "off"))
     # Recomputes each trunk stage in backward; with BN not frozen its running statistics then move twice per step.
-    checkpointing: bool = False
-    workers: int = 2  # DataLoader processes decoding the next episodes; 0 decodes in the main process
-    val_every: int = 1_000  # episodes between validations (and best.pt updates)
-    val_episodes: int = 300  # 0: no validation
-    val_queries: int = 1
-    checkpoint_every: int = 100
-    log_every: int = 10
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
+    checkpointing: bool = setting(False, "Gradient checkpointing of the trunk stages (less memory, one more "
+                                  "forward per stage).", flag="--checkpointing")
+    workers: int = setting(2, "DataLoader processes decoding the next episodes (0: main process).", minimum=0)
+    val_every: int = setting(1_000, "Validate on val episodes (test view) and update best.pt every this many "
+                             "episodes.", minimum=1)
+    val_episodes: int = setting(300, "Validation episodes (0: no validation, no best.pt).", minimum=0)
+    val_queries: int = setting(1, "Queries per class in validation episodes.", minimum=1)
+    checkpoint_every: int = setting(100, "Save last.pt every this many episodes.", minimum=1)
+    log_every: int = setting(10, "Write a train_log.csv row every this many episodes.", minimum=1)
+    seed: int = setting(0, "Decides head init, every episode and every crop.")
+    device: str = setting("auto", "auto (cuda if available), cuda, cpu.")
+    resume: bool = setting(False, "Continue OUT/last.pt exactly.", flag="--resume")
+
+    def __post_init__(self):
+        validate_config(self)
+        saved_every = [self.checkpoint_every] + ([self.val_every] if self.val_episodes > 0 else [])
+        if any(n % self.accumulate for n in saved_every):
+            raise ConfigError(f"--accumulate {self.accumulate}: expected a divisor of --checkpoint-every "
+                              f"{self.checkpoint_every} and --val-every {self.val_every} "
+                              "(checkpoints fall between optimizer steps)")
 
 
-TRAIN_FIELDS = ("step", "loss", "lr", "backbone_lr", "episodes_per_s", "peak_gpu_mib", "skipped_episodes")
 FAILURE_FIELDS = ("step", "phase", "clip_id", "path", "error")
 
 
@@ -116,12 +130,14 @@ class EpisodeFrames(torch.utils.data.Dataset):
         episode = self.sampler.episode(index)
         used = set(episode.support_rows.tolist()) | set(episode.query_rows.tolist())
         failures, tensors = [], []
-        for rows, labels in ((episode.support_rows, episode.support_labels), (episode.query_rows, episode.query_labels)):
+        parts = ((episode.support_rows, episode.support_labels), (episode.query_rows, episode.query_labels))
+        for rows, labels in parts:
             views = []
             for row, label in zip(rows, labels):
                 view = self._decode(row, index, failures)
                 while view is None:
-                    spare = next((int(r) for r in self.sampler.by_class[int(episode.classes[label])] if int(r) not in used), None)
+                    same_class = self.sampler.by_class[int(episode.classes[label])]
+                    spare = next((int(r) for r in same_class if int(r) not in used), None)
                     if spare is None:
                         return index, None, failures
                     used.add(spare)
@@ -169,7 +185,7 @@ def amp_dtype_for(config, device):
 def _freeze(backbone, config):
     stages = backbone.stages()
     if not 0 <= config.freeze_stages <= len(stages):
-        raise ValueError(f"--freeze-stages {config.freeze_stages}: expected 0..{len(stages)}")
+        raise ConfigError(f"--freeze-stages {config.freeze_stages}: expected 0..{len(stages)}")
     for stage in stages[: config.freeze_stages]:
         for p in stage.parameters():
             p.requires_grad_(False)
@@ -191,10 +207,10 @@ def set_train_mode(model, config):
 def _initial_head(config):
     saved = load_checkpoint(config.init_head)
     if saved["head"] != config.head:
-        raise ValueError(f"--init-head {config.init_head}: a {saved['head']!r} head, not --head {config.head!r}")
+        raise ConfigError(f"--init-head {config.init_head}: a {saved['head']!r} head, not --head {config.head!r}")
     shape = {k: saved["head_config"].get(k) for k in ("feature_dim", "num_frames")}
     if shape != {"feature_dim": 2048, "num_frames": config.frames}:
-        raise ValueError(f"--init-head {config.init_head}: trained on {shape}, "
+        raise ConfigError(f"--init-head {config.init_head}: trained on {shape}, "
                          f"this run feeds feature_dim 2048 and --frames {config.frames}")
     head = build_head(saved["head"], **saved["head_config"])
     head.load_state_dict(saved["model"])
@@ -260,7 +276,8 @@ def _found_clips(dataset, config):
     clips = [c for c in dataset.clips if c.path is not None]
     hint = f"`m3net dataset-info --dataset {config.dataset} --root {config.root}` lists them"
     if not clips:
-        raise DatasetError(f"--root {config.root}: none of the {len(dataset.clips)} {config.dataset} clips is there; {hint}")
+        raise DatasetError(f"--root {config.root}: none of the {len(dataset.clips)} {config.dataset} clips "
+                           f"is there; {hint}")
     if len(clips) < len(dataset.clips):
         warnings.warn(f"--root {config.root}: {len(dataset.clips) - len(clips)} of the {len(dataset.clips)} "
                       f"{config.dataset} clips are missing; episodes use the {len(clips)} found ({hint})")
@@ -336,21 +353,20 @@ def finetune(config, progress=True):
     """Trains backbone + head; writes last.pt, best.pt, train_log.csv, val_log.csv, failures.csv
     (and tensorboard/ when tensorboard is installed) into config.out."""
     world, rank, device = _distributed_setup(config)
-    os.makedirs(config.out, exist_ok=True)
-    last_path, best_path = os.path.join(config.out, "last.pt"), os.path.join(config.out, "best.pt")
-    failures_path = os.path.join(config.out, f"failures-rank{rank}.csv" if world > 1 else "failures.csv")
-    saved_every = [config.checkpoint_every] + ([config.val_every] if config.val_episodes > 0 else [])
-    if config.accumulate < 1 or any(n % config.accumulate for n in saved_every):
-        raise ValueError(f"--accumulate {config.accumulate}: expected >= 1 and dividing --checkpoint-every "
-                         f"{config.checkpoint_every} and --val-every {config.val_every} "
-                         "(checkpoints fall between optimizer steps)")
+    with RunFolder(config.out, config.resume, writer=rank == 0) as folder:
+        step, best = _finetune_in(folder, config, world, rank, device, progress)
+    if world > 1:
+        torch.distributed.barrier()  # rank 0's last checkpoint is written before anyone returns
+        torch.distributed.destroy_process_group()
+    return {"out": config.out, "step": step, "best_val_acc": best,
+            "best": folder.best_path if best >= 0 else "", "last": folder.last_path, "rank": rank}
+
+
+def _finetune_in(folder, config, world, rank, device, progress):
     state = None
     if config.resume:
-        state = load_checkpoint(last_path)
-        check_resumed_config(state["train_config"], config, last_path, RESUMABLE_CHANGES | {"workers", "root"})
-    elif os.path.exists(last_path):
-        raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another --out")
-
+        state = folder.load_last()
+        check_resumed_config(state["train_config"], config, folder.last_path, RESUMABLE_CHANGES | {"workers", "root"})
     dataset = load_dataset(config.dataset, config.root)
     clips = _found_clips(dataset, config)
     labels = np.array([c.label for c in clips])
@@ -362,7 +378,8 @@ def finetune(config, progress=True):
         val_sampler = EpisodeSampler(labels, split, "val", config.way, config.shot, config.val_queries,
                                      seed=config.seed + 1, class_names=dataset.classes)
     transform = TransformConfig(resize=(config.crop * 8 // 7,) * 2, crop=config.crop)
-    run = _Run(config, world, rank, device, clips, transform, failures_path)
+    failures_name = f"failures-rank{rank}.csv" if world > 1 else "failures.csv"
+    run = _Run(config, world, rank, device, clips, transform, os.path.join(config.out, failures_name))
 
     built = build_training(config, device, run.amp_dtype)
     backbone, head, model = built.backbone, built.head, built.model
@@ -378,78 +395,45 @@ def finetune(config, progress=True):
         scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"])
         step, best = state["step"], state["best_val_acc"]
+        folder.trim_logs(step)
     provenance = _features_provenance(config, transform)
 
-    def snapshot():
+    def snapshot(step, best):
         return dict(head=config.head, head_config=head.config_dict(), train_config=dataclasses.asdict(config),
                     provenance=provenance, init_backbone=built.init_provenance, model=head.state_dict(),
                     backbone=backbone.state_dict(), optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_state(), step=step,
                     best_val_acc=best)
 
-    board = tensorboard_writer(config.out) if rank == 0 else None
-    set_train_mode(model, config)
-    skipped, window_loss, window_count, start = 0, 0.0, 0, time.perf_counter()
-    bar = tqdm(total=config.episodes, initial=step, disable=not progress or rank > 0, desc=f"finetune {config.head}", unit="ep")
     # Rank r trains episode step·world + r: one optimizer step averages ``world`` episodes.
     stream = iter(run.episodes(sampler, [s * world + rank for s in range(step, config.episodes)], train=True))
-    try:
-        while step < config.episodes:
-            _, loaded, failures = next(stream)
-            run.report(failures, step, "train")
-            done = step + 1
-            if run.all_agree(loaded is not None):
-                last_micro = done % config.accumulate == 0 or done == config.episodes
-                sync = wrapped.no_sync() if world > 1 and not last_micro else contextlib.nullcontext()
-                with sync:
-                    outputs, query_labels = run.forward(wrapped, loaded)
-                    loss = head.loss(outputs, query_labels)
-                    scaler.scale(loss / config.accumulate).backward()
-                window_loss += loss.item()
-                window_count += 1
-            else:
-                skipped += 1
-            if done % config.accumulate == 0 or done == config.episodes:
-                built.step()
-            step = done
-            bar.update(1)
-            if rank == 0 and (step % config.log_every == 0 or step == config.episodes):
-                rate = window_count / (time.perf_counter() - start)
-                peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else ""
-                row = {"step": step, "loss": window_loss / max(window_count, 1), "lr": scheduler.get_last_lr()[0],
-                       "backbone_lr": scheduler.get_last_lr()[-1], "episodes_per_s": rate, "peak_gpu_mib": peak,
-                       "skipped_episodes": skipped}
-                append_csv(os.path.join(config.out, "train_log.csv"), TRAIN_FIELDS, row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", eps=f"{rate:.2f}/s")
-                if board:
-                    for key in ("loss", "episodes_per_s") + (("peak_gpu_mib",) if peak != "" else ()):
-                        board.add_scalar(f"train/{key}", row[key], step)
-                window_loss, window_count, start = 0.0, 0, time.perf_counter()
-            validating = val_sampler is not None and (step % config.val_every == 0 or step == config.episodes)
-            if validating:
-                acc, ci = run.validate(model, val_sampler, step)
-                if acc > best:
-                    best = acc
-                    if rank == 0:
-                        save_checkpoint(best_path, **snapshot())
-                if rank == 0:
-                    append_csv(os.path.join(config.out, "val_log.csv"), VAL_FIELDS,
-                               {"step": step, "val_acc": acc, "val_ci": ci, "best_val_acc": best})
-                    if board:
-                        board.add_scalar("val/acc", acc, step)
-            if rank == 0 and (validating or step % config.checkpoint_every == 0 or step == config.episodes):
-                save_checkpoint(last_path, **snapshot())
-    except KeyboardInterrupt:
-        # Between optimizer steps the state is whole: save it, so --resume loses nothing.
-        if rank == 0 and step % config.accumulate == 0:
-            save_checkpoint(last_path, **snapshot())
-        raise
-    finally:
-        bar.close()
-        if board:
-            board.close()
-    if world > 1:
-        torch.distributed.barrier()  # rank 0's last checkpoint is written before anyone returns
-        torch.distributed.destroy_process_group()
-    return {"out": config.out, "step": step, "best_val_acc": best, "best": best_path if best >= 0 else "",
-            "last": last_path, "rank": rank}
+
+    def train_step(index):
+        _, loaded, failures = next(stream)
+        run.report(failures, index, "train")
+        done = index + 1
+        last_micro = done % config.accumulate == 0 or done == config.episodes
+        result = None
+        if run.all_agree(loaded is not None):
+            sync = wrapped.no_sync() if world > 1 and not last_micro else contextlib.nullcontext()
+            with sync:
+                outputs, query_labels = run.forward(wrapped, loaded)
+                loss = head.loss(outputs, query_labels)
+                scaler.scale(loss / config.accumulate).backward()
+            result = {"loss": loss.item()}
+        if last_micro:
+            built.step()
+        return result
+
+    def extra_columns():
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else ""
+        lrs = scheduler.get_last_lr()
+        return {"lr": lrs[0], "backbone_lr": lrs[-1], "peak_gpu_mib": peak}
+
+    schedule = Schedule(config.episodes, config.log_every, config.val_every, config.checkpoint_every,
+                        validating=val_sampler is not None)
+    set_train_mode(model, config)
+    return run_episodes(folder, schedule, step, best, train_step,
+                        validate=lambda step: run.validate(model, val_sampler, step), snapshot=snapshot,
+                        extra_columns=extra_columns, whole=lambda step: step % config.accumulate == 0,
+                        agree=run.all_agree, progress=progress, desc=f"finetune {config.head}")

@@ -1,0 +1,244 @@
+"""The run scaffold both training loops use (``train-head`` and ``finetune``): one run folder with
+its lock, checkpoints and logs, and one episode loop that logs, validates, checkpoints, stops on a
+non-finite loss and saves on Ctrl-C. A fix to any of these lands once, for both.
+
+A run folder holds ``last.pt`` (every --checkpoint-every episodes and after each validation),
+``best.pt`` (best validation accuracy), ``train_log.csv``, ``val_log.csv``, ``failures*.csv`` and,
+with tensorboard installed, ``tensorboard/``. One process writes it (``.lock``); ``--resume``
+continues from ``last.pt`` and first drops log rows past its step, so a run killed between two
+checkpoints logs each step once.
+"""
+import contextlib
+import csv
+import glob
+import math
+import os
+import time
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from m3net.errors import ConfigError, M3NetError, NonFiniteError
+from m3net.locking import exclusive_lock
+from m3net.train.checkpoint import load_checkpoint, save_checkpoint
+
+VAL_FIELDS = ("step", "val_acc", "val_ci", "best_val_acc")
+RUN_FILES = ("last.pt", "best.pt", "train_log.csv", "val_log.csv")
+
+
+class Interrupted(M3NetError):
+    """Ctrl-C: the state was saved (when whole) and ``--resume`` continues."""
+
+    exit_code = 130
+
+
+def append_csv(path, fields, row):
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def trim_csv(path, step):
+    """Drop the rows of a step-keyed CSV log past ``step`` (written after the checkpoint resumed from)."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields, rows = reader.fieldnames, [r for r in reader if r.get("step") and int(r["step"]) <= step]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def tensorboard_writer(out):
+    """A SummaryWriter on OUT/tensorboard, or None when tensorboard is not installed (it is optional)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(os.path.join(out, "tensorboard"))
+
+
+# The length of a run, its logging cadence and where files live may change on resume.
+RESUMABLE_CHANGES = frozenset({"episodes", "resume", "device", "log_every", "val_every", "checkpoint_every", "out"})
+
+
+def check_resumed_config(saved, config, path, free=RESUMABLE_CHANGES):
+    """Refuse to --resume a run with settings that would change its result, naming each one."""
+    changed = [k for k in saved if k not in free and saved[k] != getattr(config, k, saved[k])]
+    if changed:
+        raise ConfigError(f"--resume {path}: the run was started with other settings: "
+                          + ", ".join(f"{k}={saved[k]!r} (now {getattr(config, k)!r})" for k in changed))
+
+
+class RunFolder:
+    """``out`` opened by one process: locked, refused if it holds a run and ``resume`` is off.
+
+    Only the ``writer`` (rank 0 under torchrun) locks and writes; other ranks read ``last.pt``.
+    """
+
+    def __init__(self, out, resume, writer=True):
+        self.out, self.resume, self.writer = out, resume, writer
+        self.last_path, self.best_path = os.path.join(out, "last.pt"), os.path.join(out, "best.pt")
+        self._stack = contextlib.ExitStack()
+        self.board = None
+
+    def __enter__(self):
+        try:
+            os.makedirs(self.out, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"--out {self.out}: cannot create the run folder ({err.strerror})") from None
+        if not os.access(self.out, os.W_OK):
+            raise ConfigError(f"--out {self.out}: the run folder is not writable")
+        if self.writer:
+            self._stack.enter_context(exclusive_lock(os.path.join(self.out, ".lock"), f"the run folder {self.out}"))
+        try:
+            self._check_contents()
+            if self.writer:
+                self.board = tensorboard_writer(self.out)
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def _check_contents(self):
+        held = [name for name in RUN_FILES if os.path.exists(os.path.join(self.out, name))]
+        if self.resume and "last.pt" not in held:
+            raise ConfigError(f"--resume: {self.out} holds no last.pt to continue from")
+        if not self.resume and held:
+            raise ConfigError(f"--out {self.out} already holds a run ({', '.join(held)}): pass --resume to "
+                              "continue it, or choose another --out")
+
+    def __exit__(self, *exc):
+        if self.board:
+            self.board.close()
+        self._stack.close()
+
+    def load_last(self):
+        return load_checkpoint(self.last_path)
+
+    def trim_logs(self, step):
+        """Logs agree with the checkpoint at ``step``: rows written after it are dropped."""
+        if not self.writer:
+            return
+        for path in [os.path.join(self.out, n) for n in ("train_log.csv", "val_log.csv")] + sorted(
+                glob.glob(os.path.join(self.out, "failures*.csv"))):
+            if os.path.exists(path):
+                trim_csv(path, step)
+
+    def append(self, name, fields, row):
+        if self.writer:
+            append_csv(os.path.join(self.out, name), fields, row)
+
+    def scalars(self, prefix, values, step):
+        if self.board:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.board.add_scalar(f"{prefix}/{key}", value, step)
+
+    def save(self, path, state):
+        if self.writer:
+            save_checkpoint(path, **state)
+
+
+@dataclass
+class Schedule:
+    """How long a run lasts and how often it logs, validates and saves (in episodes)."""
+
+    episodes: int
+    log_every: int
+    val_every: int
+    checkpoint_every: int
+    validating: bool  # False: no validation, no best.pt
+
+
+@dataclass
+class Window:
+    """Training episodes since the last log line (only those run in this process: after a resume
+    the first window counts from the resumed step, not from the previous log line)."""
+
+    loss: float = 0.0
+    views: dict = None
+    trained: int = 0
+    skipped: int = 0
+    start: float = 0.0
+
+    def reset(self):
+        self.loss, self.views, self.trained, self.skipped, self.start = 0.0, {}, 0, 0, time.perf_counter()
+        return self
+
+    def add(self, result):
+        if result is None:
+            self.skipped += 1
+            return
+        self.trained += 1
+        self.loss += result["loss"]
+        for view, value in result.get("views", {}).items():
+            self.views[view] = self.views.get(view, 0.0) + value
+
+    def row(self, step):
+        count = max(self.trained, 1)
+        return {"step": step, "loss": self.loss / count,
+                "views_loss": " ".join(f"{v}={loss / count:.4f}" for v, loss in self.views.items()),
+                "episodes_per_s": self.trained / max(time.perf_counter() - self.start, 1e-9),
+                "skipped_episodes": self.skipped}
+
+
+TRAIN_FIELDS = ("step", "loss", "views_loss", "episodes_per_s", "skipped_episodes")
+
+
+def run_episodes(run, schedule, step, best, train_step, validate, snapshot, extra_columns=dict,
+                 whole=lambda step: True, agree=lambda flag: flag, progress=True, desc="train"):
+    """Trains episodes ``step``..``schedule.episodes - 1``; returns (step, best validation accuracy).
+
+    train_step(step) -> {"loss": float, "views": {view: loss}} or None for a skipped episode;
+    validate(step) -> (accuracy %, ci), run on every rank; snapshot(step, best) -> checkpoint state;
+    extra_columns() -> more log columns (lr, ...); whole(step): the state is between optimizer steps
+    (saved on Ctrl-C only then); agree(flag): the flag AND-ed over ranks.
+    """
+    window = Window().reset()
+    fields = TRAIN_FIELDS + tuple(extra_columns())
+    saved_step = step
+    bar = tqdm(total=schedule.episodes, initial=step, disable=not progress or not run.writer, desc=desc, unit="ep")
+    try:
+        while step < schedule.episodes:
+            result = train_step(step)
+            if not agree(result is None or math.isfinite(result["loss"])):
+                raise NonFiniteError(
+                    f"episode {step + 1}: the training loss is not finite ({result and result['loss']}); stopped. "
+                    f"{run.last_path} keeps episode {saved_step}, the last saved finite state. Lower --lr, or "
+                    "check the cache for NaN/inf features (`m3net cache-info`).")
+            step += 1
+            window.add(result)
+            bar.update(1)
+            if step % schedule.log_every == 0 or step == schedule.episodes:
+                row = {**window.row(step), **extra_columns()}
+                run.append("train_log.csv", fields, row)
+                run.scalars("train", {k: v for k, v in row.items() if k != "step"}, step)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", eps=f"{row['episodes_per_s']:.2f}/s")
+                window.reset()
+            validating = schedule.validating and (step % schedule.val_every == 0 or step == schedule.episodes)
+            if validating:
+                acc, ci = validate(step)
+                if acc > best:
+                    best = acc
+                    run.save(run.best_path, snapshot(step, best))
+                run.append("val_log.csv", VAL_FIELDS,
+                           {"step": step, "val_acc": acc, "val_ci": ci, "best_val_acc": best})
+                run.scalars("val", {"acc": acc}, step)
+            if validating or step % schedule.checkpoint_every == 0 or step == schedule.episodes:
+                run.save(run.last_path, snapshot(step, best))
+                saved_step = step
+    except KeyboardInterrupt:
+        if whole(step):  # between optimizer steps the state is whole: save it, so --resume loses nothing
+            run.save(run.last_path, snapshot(step, best))
+            saved_step = step
+        raise Interrupted(f"interrupted: {run.last_path} holds episode {saved_step}; "
+                          "continue with the same command and --resume") from None
+    finally:
+        bar.close()
+    return step, best
