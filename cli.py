@@ -209,15 +209,10 @@ def predict_cmd(checkpoint, support, queries, weights, device, as_json):
     """Classify query clips against a folder of labelled support clips (few-shot, no training)."""
     import json
 
-    from m3net.extract.backbone import WeightsError
-    from m3net.train.checkpoint import CheckpointError
-    from m3net.train.predict import PredictConfig, PredictError, predict
+    from m3net.train.predict import PredictConfig, predict
 
-    try:
-        results = predict(PredictConfig(checkpoint=checkpoint, support=support, queries=queries, weights=weights,
-                                        device=device))
-    except (PredictError, CheckpointError, WeightsError, ValueError) as err:
-        raise click.ClickException(str(err))
+    results = predict(PredictConfig(checkpoint=checkpoint, support=support, queries=queries, weights=weights,
+                                    device=device))
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -280,12 +275,9 @@ def dataset_info_cmd(dataset, root, folder_split, as_json):
     """Classes and clips per split of a dataset; with --root, which clips are found."""
     import json
 
-    from m3net.data.datasets import DatasetError, format_summary, load_dataset
+    from m3net.data.datasets import format_summary, load_dataset
 
-    try:
-        summary = load_dataset(dataset, root, folder_split).summary()
-    except DatasetError as err:
-        raise click.ClickException(str(err))
+    summary = load_dataset(dataset, root, folder_split).summary()
     click.echo(json.dumps(summary, indent=1) if as_json else format_summary(summary))
 
 
@@ -296,13 +288,9 @@ def cache_info_cmd(path, as_json):
     """Provenance, clips per split (done / total) and failures of a feature cache."""
     import json
 
-    from m3net.cache import CacheError, cache_info
-    from m3net.extract.loop import format_cache_info
+    from m3net.cache import cache_info, format_cache_info
 
-    try:
-        info = cache_info(path)
-    except CacheError as err:
-        raise click.ClickException(str(err))
+    info = cache_info(path)
     click.echo(json.dumps(info, indent=1) if as_json else format_cache_info(info))
 
 
@@ -320,14 +308,10 @@ def bench_extract_cmd(**options):
     """Decode-only clips/s, backbone-only frames/s and end-to-end extraction, side by side."""
     import warnings
 
-    from m3net.data.datasets import DatasetError
     from m3net.extract.bench import ExtractBenchConfig, format_table, run_bench, write_results
 
     warnings.filterwarnings("ignore", message="--weights random")  # timing only: the values do not matter
-    try:
-        result = run_bench(ExtractBenchConfig(**options))
-    except (DatasetError, ValueError) as err:
-        raise click.ClickException(str(err))
+    result = run_bench(ExtractBenchConfig(**options))
     click.echo(format_table(result))
     csv_path, json_path = write_results(result, options["out_dir"])
     click.echo(f"wrote {csv_path} and {json_path}")
@@ -383,10 +367,7 @@ def make_synthetic_cmd(out, overwrite, **options):
     """Write the generated fine-grained benchmark (classes differ in sub-action order and details)."""
     from m3net.data.synthetic import SyntheticConfig, generate_synthetic
 
-    try:
-        manifest, status = generate_synthetic(out, SyntheticConfig(**options), overwrite=overwrite)
-    except (ValueError, FileExistsError) as err:
-        raise click.ClickException(str(err))
+    manifest, status = generate_synthetic(out, SyntheticConfig(**options), overwrite=overwrite)
     counts = ", ".join(f"{s} {len(manifest['splits'][s])} classes" for s in manifest["splits"])
     click.echo(f"{status} {out}: {len(manifest['clips'])} clips ({counts}).")
 

@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 
 from m3net.cache.schema import SCHEMA_VERSION, SPLITS, CacheError, check_provenance, normalise_attr
+from m3net.locking import cache_lock_path, check_not_being_written
 
 
 @dataclass
@@ -28,8 +29,9 @@ class CachedFeatures:
 def _open(path):
     if not os.path.isfile(path):
         raise CacheError(f"{path}: no such cache file (build one with `m3net extract`)")
+    check_not_being_written(cache_lock_path(path), path)
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(path, "r", locking=False)
     except OSError as err:
         raise CacheError(f"{path}: not a readable HDF5 file ({err})") from err
     missing = [k for k in ("features", "labels", "classes", "video_ids", "split", "done") if k not in f]
@@ -40,7 +42,52 @@ def _open(path):
         version = f.attrs["schema_version"]
         f.close()
         raise CacheError(f"{path}: cache schema_version {version}, this m3net reads {SCHEMA_VERSION}")
+    try:
+        _check_layout(f, path)
+    except BaseException:
+        f.close()
+        raise
     return f
+
+
+def _check_layout(f, path):
+    """Every dataset agrees with the others and with the attributes, or the error names what does not."""
+    shape = f["features"].shape
+    views = int(f.attrs.get("views", 0))
+    rank = 6 if views else 5
+    if len(shape) != rank:
+        raise CacheError(f"{path}: /features has shape {shape}; expected rank {rank} "
+                         f"({'(V, K, T, H, W, C)' if views else '(V, T, H, W, C)'} for views={views})")
+    if views and shape[1] != views:
+        raise CacheError(f"{path}: /features holds {shape[1]} views per clip, the views attribute says {views}")
+    frames = shape[2 if views else 1]
+    if "num_frames" in f.attrs and frames != int(f.attrs["num_frames"]):
+        raise CacheError(f"{path}: /features holds T={frames} frames per clip, num_frames says {f.attrs['num_frames']}")
+    lengths = {name: len(f[name]) for name in ("labels", "video_ids", "split", "done")}
+    wrong = {name: n for name, n in lengths.items() if n != shape[0]}
+    if wrong:
+        raise CacheError(f"{path}: /features has {shape[0]} rows but "
+                         + ", ".join(f"/{name} has {n}" for name, n in wrong.items()))
+    labels, classes = f["labels"][()], len(f["classes"])
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        raise CacheError(f"{path}: /labels range over {labels.min()}..{labels.max()}; /classes has {classes} "
+                         f"entries (expected 0..{classes - 1})")
+    unknown = sorted(set(_strings(f["split"])) - set(SPLITS))
+    if unknown:
+        raise CacheError(f"{path}: /split holds {unknown}; expected {', '.join(SPLITS)}")
+
+
+def _finite_rows(dataset, rows, path, block=64):
+    """dataset[rows] read block by block, refusing NaN/inf values (they would train or score silently)."""
+    out = np.empty((len(rows), *dataset.shape[1:]), dtype=dataset.dtype)
+    for start in range(0, len(rows), block):
+        part = dataset[rows[start:start + block]]
+        if not np.isfinite(part).all():
+            bad = start + int(np.flatnonzero(~np.isfinite(part.reshape(len(part), -1)).all(axis=1))[0])
+            raise CacheError(f"{path}: the features of row {rows[bad]} hold NaN or inf values; re-extract that "
+                             "clip (delete the cache or build a new one) before training or evaluating on it")
+        out[start:start + len(part)] = part
+    return out
 
 
 def _text(value):
@@ -66,11 +113,11 @@ def load_cache(path, splits=None, expect=None):
         if splits is not None:
             unknown = sorted(set(splits) - set(SPLITS))
             if unknown:
-                raise ValueError(f"unknown split(s) {unknown}; expected some of {SPLITS}")
+                raise CacheError(f"{path}: unknown split(s) {unknown}; expected some of {SPLITS}")
             keep &= np.isin(split, list(splits))
         rows = np.flatnonzero(keep)
         # One read per chunk in order: h5py's fancy indexing over sorted rows.
-        features = f["features"][rows] if len(rows) else np.zeros((0, *f["features"].shape[1:]), np.float16)
+        features = _finite_rows(f["features"], rows, path)
         video_ids = _strings(f["video_ids"])
         return CachedFeatures(
             features=features,
@@ -104,3 +151,17 @@ def cache_info(path):
             "total": int(len(done)),
             "failures": _failures(f),
         }
+
+
+def format_cache_info(info, max_failures=10):
+    """Text for `m3net cache-info`: provenance attrs, per-split done/total, failures."""
+    lines = [f"{info['path']}  features {tuple(info['feature_shape'])}  done {info['done']}/{info['total']}"]
+    lines += [f"  {key:<15} {value}" for key, value in sorted(info["attrs"].items())]
+    for split, entry in info["splits"].items():
+        lines.append(f"  {split:<5} {entry['classes']:>4} classes  {entry['done']:>6}/{entry['clips']:<6} clips done")
+    failures = info["failures"]
+    lines.append(f"  failures: {len(failures)}")
+    lines += [f"    {clip_id}: {reason}" for clip_id, reason in failures[:max_failures]]
+    if len(failures) > max_failures:
+        lines.append(f"    ... and {len(failures) - max_failures} more")
+    return "\n".join(lines)

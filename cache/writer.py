@@ -45,7 +45,7 @@ class CacheWriter:
 
     def _create(self, path, video_ids, labels, classes, split):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        f = h5py.File(path, "w")
+        f = h5py.File(path, "w", locking=False)
         count = len(video_ids)
         f.create_dataset("features", shape=(count, *self.row_shape), dtype=np.float16,
                          chunks=(1, *self.row_shape))
@@ -64,7 +64,7 @@ class CacheWriter:
 
     def _reopen(self, path, video_ids):
         try:
-            f = h5py.File(path, "r+")
+            f = h5py.File(path, "r+", locking=False)
         except OSError as err:
             raise CacheError(f"{path}: exists but cannot be opened for resuming ({err}); "
                              "remove it or choose another --out") from err

@@ -53,7 +53,7 @@ def merge_shards(prepared, out, shards):
         for path in shards:
             if not os.path.exists(path):
                 continue
-            with h5py.File(path, "r") as shard:
+            with h5py.File(path, "r", locking=False) as shard:
                 for row in np.flatnonzero(shard["done"][()]):
                     if int(row) in pending:
                         writer.write(int(row), shard["features"][row])
@@ -86,7 +86,7 @@ def extract_sharded(config):
         else:
             status = (True, "")
         _agree(*status)
-        with h5py.File(config.out, "r") as f:
+        with h5py.File(config.out, "r", locking=False) as f:
             main_done = f["done"][()]
         started = time.perf_counter()
 
@@ -102,7 +102,9 @@ def extract_sharded(config):
             _, status = _guarded(lambda: merge_shards(prepared, config.out,
                                                       [shard_path(config.out, r, world) for r in range(world)]))
         _agree(*status)
-        summary = summarise(config, prepared, pending, computed, failed, time.perf_counter() - started)
+        with h5py.File(config.out, "r", locking=False) as f:
+            done = int(f["done"][()].sum())
+        summary = summarise(config, prepared, pending, computed, failed, done, time.perf_counter() - started)
         summary.update(rank=rank, world_size=world)
         dist.barrier()  # no rank exits (and makes torchrun stop the others) before all have summarised
         return summary

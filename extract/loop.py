@@ -38,6 +38,7 @@ from m3net.extract.backbone import build_backbone
 from m3net.extract.sampling import sample_indices
 from m3net.extract.transforms import TransformConfig, normalise, test_view, train_view
 from m3net.extract.video import Clip
+from m3net.locking import cache_lock_path, exclusive_lock
 from m3net.runtime import git_sha, resolve_device
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -278,9 +279,8 @@ def compute_rows(config, prepared, writer, rows):
     return computed, failed
 
 
-def summarise(config, prepared, pending, computed, failed, seconds):
+def summarise(config, prepared, pending, computed, failed, done, seconds):
     clips, views = prepared.dataset.clips, max(config.views, 1)
-    done = int(np.count_nonzero(_done_flags(config.out)))
     return {
         "out": config.out, "config": asdict(config), "device": str(prepared.device), "precision": prepared.precision,
         "weights": prepared.provenance["weights"], "clips": len(clips), "pending_before": pending,
@@ -301,19 +301,15 @@ def extract_dataset(config):
         from m3net.extract.distributed import extract_sharded
 
         return extract_sharded(config)
-    prepared = prepare(config)
-    started = time.perf_counter()
-    with prepared.open_writer(config.out) as writer:
-        pending = writer.pending()
-        computed, failed = compute_rows(config, prepared, writer, pending)
-    return summarise(config, prepared, len(pending), computed, failed, time.perf_counter() - started)
-
-
-def _done_flags(path):
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return f["done"][()]
+    os.makedirs(os.path.dirname(os.path.abspath(config.out)), exist_ok=True)
+    with exclusive_lock(cache_lock_path(config.out), config.out):
+        prepared = prepare(config)
+        started = time.perf_counter()
+        with prepared.open_writer(config.out) as writer:
+            pending = writer.pending()
+            computed, failed = compute_rows(config, prepared, writer, pending)
+            done = int(np.count_nonzero(writer.done[()]))
+    return summarise(config, prepared, len(pending), computed, failed, done, time.perf_counter() - started)
 
 
 def format_summary(summary, max_failures=10):
@@ -329,18 +325,4 @@ def format_summary(summary, max_failures=10):
         lines += [f"  {clip_id}: {reason}" for clip_id, reason in summary["failures"][:max_failures]]
         if summary["failed"] > max_failures:
             lines.append(f"  ... and {summary['failed'] - max_failures} more")
-    return "\n".join(lines)
-
-
-def format_cache_info(info, max_failures=10):
-    """Text for `m3net cache-info`: provenance attrs, per-split done/total, failures."""
-    lines = [f"{info['path']}  features {tuple(info['feature_shape'])}  done {info['done']}/{info['total']}"]
-    lines += [f"  {key:<15} {value}" for key, value in sorted(info["attrs"].items())]
-    for split, entry in info["splits"].items():
-        lines.append(f"  {split:<5} {entry['classes']:>4} classes  {entry['done']:>6}/{entry['clips']:<6} clips done")
-    failures = info["failures"]
-    lines.append(f"  failures: {len(failures)}")
-    lines += [f"    {clip_id}: {reason}" for clip_id, reason in failures[:max_failures]]
-    if len(failures) > max_failures:
-        lines.append(f"    ... and {len(failures) - max_failures} more")
     return "\n".join(lines)

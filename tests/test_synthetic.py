@@ -22,6 +22,7 @@ from m3net.data.synthetic import (
     render_clip,
     render_frame,
 )
+from m3net.errors import ConfigError
 
 # One family per split at most: test = 3 orders + 1 detail sibling.
 SMALL = SyntheticConfig(
@@ -168,7 +169,7 @@ def test_reuse_resume_and_refusals(bench, tmp_path):
     assert status == "reused" and again == manifest
     assert all(os.stat(os.path.join(out, p)).st_mtime_ns == m for p, m in mtimes.items())
 
-    with pytest.raises(FileExistsError, match="frames: 12 there, 10 asked"):
+    with pytest.raises(ConfigError, match="frames: 12 there, 10 asked"):
         generate_synthetic(out, SyntheticConfig(**{**vars(SMALL), "frames": 10}), progress=False)
 
     # An interrupted run (manifest not complete, a clip missing) is finished, identically.
@@ -192,7 +193,7 @@ def test_reuse_resume_and_refusals(bench, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "holiday.mp4").write_bytes(b"x")
-    with pytest.raises(FileExistsError, match="no manifest.json"):
+    with pytest.raises(ConfigError, match="no manifest.json"):
         generate_synthetic(str(foreign), SMALL, progress=False)
     assert (foreign / "holiday.mp4").exists()
 
@@ -203,7 +204,7 @@ def test_reuse_resume_and_refusals(bench, tmp_path):
     ({"phases": 2, "family_size": 2, "train_classes": 200}, "--family-size 2: .* 103 families needed, 60 sets"),
 ])
 def test_bad_config_names_the_option(tmp_path, overrides, expected):
-    with pytest.raises(ValueError, match=expected):
+    with pytest.raises(ConfigError, match=expected):
         generate_synthetic(str(tmp_path / "out"), SyntheticConfig(**{**vars(SMALL), **overrides}), progress=False)
     assert not (tmp_path / "out").exists()
 

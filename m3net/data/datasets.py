@@ -18,9 +18,9 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 
+from m3net.cache.schema import SPLITS
 from m3net.errors import DatasetError  # noqa: F401 (re-exported)
 
-SPLITS = ("train", "val", "test")
 SPLIT_FOLDERS = {"gym99": "Gym99", "gym288": "Gym288", "diving48": "Diving48"}
 LISTED_DATASETS = tuple(SPLIT_FOLDERS)
 FOLDER_DATASETS = ("folder", "synthetic")
@@ -172,6 +172,15 @@ def _folder_dataset(name, root, folder_split):
         raise DatasetError(f"--folder-split {folder_split}: expected one of {SPLITS}")
     subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if any(d in SPLITS for d in subdirs):
+        # A class that happens to be named train/val/test beside other classes would switch the
+        # reader to the split layout and drop its siblings without a word: refuse the mix.
+        others = [d for d in subdirs if d not in SPLITS]
+        if others:
+            splits = [d for d in subdirs if d in SPLITS]
+            raise DatasetError(
+                f"--root {root}: mixes split folders ({', '.join(splits)}) with class folders "
+                f"({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}); use either <root>/<class>/<clip> "
+                "or <root>/{train,val,test}/<class>/<clip> (rename a class called train, val or test)")
         split_roots = [(s, os.path.join(root, s)) for s in SPLITS if s in subdirs]
     else:
         split_roots = [(folder_split, root)]

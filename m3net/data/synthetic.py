@@ -51,12 +51,13 @@ from math import comb
 import numpy as np
 
 from m3net import __version__
+from m3net.cache.schema import SPLITS
+from m3net.errors import ConfigError
 
 # Bump when the rendering or the class construction changes: a manifest written by another
 # generator version is not reused.
 GENERATOR_VERSION = 1
 MANIFEST = "manifest.json"
-SPLITS = ("train", "val", "test")
 CODECS = ("libx264", "mpeg4")
 VARIANTS = ("a", "b")
 
@@ -100,7 +101,8 @@ class SyntheticConfig:
     def validate(self):
         def need(ok, option, expected):
             if not ok:
-                raise ValueError(f"make-synthetic: --{option.replace('_', '-')} {getattr(self, option)}: expected {expected}.")
+                raise ConfigError(f"make-synthetic: --{option.replace('_', '-')} {getattr(self, option)}: "
+                                  f"expected {expected}.")
 
         for split in SPLITS:
             need(getattr(self, f"{split}_classes") >= 1, f"{split}_classes", "at least 1 class")
@@ -457,7 +459,7 @@ def _check_existing(out, manifest, overwrite):
     if not os.path.isdir(out) or not os.listdir(out):
         return "fresh"
     if not os.path.isfile(path):
-        raise FileExistsError(
+        raise ConfigError(
             f"make-synthetic --out {out}: the folder is not empty and has no {MANIFEST} from "
             f"m3net make-synthetic; choose a new or empty folder."
         )
@@ -476,7 +478,7 @@ def _check_existing(out, manifest, overwrite):
         differences.append(f"generator_version: {old.get('generator_version')!r} there, {GENERATOR_VERSION} here")
     if differences:
         if not overwrite:
-            raise FileExistsError(
+            raise ConfigError(
                 f"make-synthetic --out {out}: holds a benchmark generated differently ("
                 + "; ".join(differences) + "). Pass --overwrite to replace it, or choose another --out."
             )

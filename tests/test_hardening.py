@@ -1,0 +1,195 @@
+"""Bad input gives a clear error (or the right result), never a silent wrong one; one writer per
+run folder or cache; nothing lost on a crash."""
+import csv
+import os
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers_cache import order_only_cache
+
+from m3net.cache import CacheError, load_cache
+from m3net.cli import main
+from m3net.data.datasets import load_dataset
+from m3net.errors import ConfigError, DatasetError, LockError, NonFiniteError
+from m3net.model import build_head
+from m3net.model.registry import parse_head_options
+from m3net.train.checkpoint import load_checkpoint
+from m3net.train.evaluate import EvalConfig, evaluate
+from m3net.train.loop import TrainConfig, train_head
+
+pytestmark = pytest.mark.usefixtures("aligned_head")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(order_only_cache(tmp_path_factory.mktemp("cache") / "order.h5"))
+
+
+def _config(cache, out, **overrides):
+    base = dict(cache=cache, out=str(out), head="test-aligned", way=3, shot=1, queries=2, episodes=6, lr=0.05,
+                val_every=1000, val_episodes=2, checkpoint_every=3, log_every=1, device="cpu")
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.mark.parametrize("text,value", [("False", False), ("off", False), ("no", False), ("FALSE", False),
+                                        ("0", False), ("on", True), ("Yes", True), ("true", True)])
+def test_boolean_head_options_parse_in_any_spelling(text, value):
+    assert parse_head_options("m3net", [f"use_tm={text}"]) == {"use_tm": value}
+
+
+@pytest.mark.parametrize("pair,message", [
+    ("use_tm=maybe", "use_tm='maybe': expected a boolean"),
+    ("temperature=nan", "temperature='nan': expected a finite number"),
+    ("temperature=hot", "expected a number"),
+    ("proj_dim=1.5", "proj_dim='1.5': expected an integer"),
+    ("no_such=1", "has no option"),
+    ("use_tm", "expected KEY=VALUE"),
+])
+def test_bad_head_options_are_named(pair, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_head_options("m3net", [pair])
+
+
+def test_typed_head_options_from_python_and_tuples():
+    assert parse_head_options("trx", ["cardinalities=2,3"])["cardinalities"] == (2, 3)
+    assert build_head("m3net", feature_dim=8, num_frames=2, use_tm="off").config.use_tm is False
+    with pytest.raises(ConfigError, match="use_tm=2: expected bool"):
+        build_head("m3net", use_tm=2)
+    with pytest.raises(ConfigError, match="finite"):
+        build_head("protonet", temperature=float("inf"))
+
+
+def test_cli_head_opt_off_switches_the_matcher_off_and_the_checkpoint_stores_a_bool(cache, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train-head", "--cache", cache, "--out", str(out), "--head", "m3net",
+                                       "--head-opt", "use_tm=off", "--head-opt", "proj_dim=8", "--episodes", "2",
+                                       "--way", "3", "--queries", "1", "--val-episodes", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    state = load_checkpoint(str(out / "last.pt"))
+    assert state["head_config"]["use_tm"] is False and state["head_config"]["proj_dim"] == 8
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lr", "nan"], "--lr nan: expected a finite number"),
+    (["--lr", "-1"], "--lr -1.0: expected >= 0"),
+    (["--lr-step", "0"], "--lr-step 0: expected >= 1"),
+    (["--val-every", "0"], "--val-every 0: expected >= 1"),
+    (["--checkpoint-every", "0"], "--checkpoint-every 0: expected >= 1"),
+    (["--lr", "fast"], "'fast' is not a valid float"),
+])
+def test_bad_numeric_options_stop_before_any_work(cache, tmp_path, args, message):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train-head", "--cache", cache, "--out", str(out), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()
+
+
+def test_evaluate_checks_episodes_and_out_before_scoring(cache, tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", "--cache", cache, "--head", "protonet", "--episodes", "0"])
+    assert result.exit_code == 2 and "--episodes 0: expected >= 1" in result.output
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="--out .*cannot create"):
+        evaluate(EvalConfig(cache=cache, heads=("protonet",), episodes=5, out=str(blocker / "results"), device="cpu"))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cache, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteError, match="training loss is not finite"):
+        train_head(_config(cache, out, lr=1e30, episodes=50, checkpoint_every=1), progress=False)
+    state = load_checkpoint(str(out / "last.pt"))
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert 0 < state["step"] < 50
+
+
+def _rewrite(path, name, transform):
+    with h5py.File(path, "r+", locking=False) as f:
+        data = transform(f[name][()])
+        del f[name]
+        f.create_dataset(name, data=data)
+
+
+@pytest.mark.parametrize("name,transform,message", [
+    ("labels", lambda a: np.concatenate([a, a[:1]]), "/labels has"),
+    ("labels", lambda a: np.where(np.arange(len(a)) == 3, 99, a), "/labels range over"),
+    ("labels", lambda a: np.where(np.arange(len(a)) == 3, -1, a), "/labels range over"),
+    ("done", lambda a: a[:-1], "/done has"),
+    ("features", lambda a: a[:, :2], "T=2 frames per clip, num_frames says 4"),
+    ("features", lambda a: a[..., 0], "expected rank 5"),
+    ("features", lambda a: np.where(np.arange(len(a))[:, None, None, None, None] == 5, np.nan, a).astype(a.dtype),
+     "row 5 hold NaN or inf"),
+])
+def test_inconsistent_caches_are_refused_naming_what_is_wrong(tmp_path, name, transform, message):
+    path = str(order_only_cache(tmp_path / "c.h5"))
+    _rewrite(path, name, transform)
+    with pytest.raises(CacheError, match=message):
+        load_cache(path)
+
+
+def test_a_class_named_like_a_split_beside_other_classes_is_an_error(tmp_path):
+    for folder in ("test", "dive", "vault"):
+        (tmp_path / folder / "clip_0").mkdir(parents=True)
+        (tmp_path / folder / "clip_0" / "img_00001.jpg").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"mixes split folders \(test\) with class folders \(dive, vault\)"):
+        load_dataset("folder", str(tmp_path))
+
+
+def _hold_lock(lock_path):
+    """A second process holding m3net's write lock on ``lock_path`` until killed."""
+    code = ("import sys, time\nfrom m3net.locking import exclusive_lock\n"
+            "with exclusive_lock(sys.argv[1], 'x'):\n    print('locked', flush=True)\n    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, lock_path], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_run_folder_has_one_writer_and_a_dead_writer_leaves_no_stale_lock(cache, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = _hold_lock(str(out / ".lock"))
+    try:
+        with pytest.raises(LockError, match=rf"another m3net process \(pid {holder.pid}\) is writing the run folder"):
+            train_head(_config(cache, out), progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    train_head(_config(cache, out), progress=False)  # the killed holder's lock died with it
+    result = CliRunner().invoke(main, ["train-head", "--cache", cache, "--out", str(out), "--head", "test-aligned"])
+    assert result.exit_code == 2 and "already holds a run" in result.output and "--resume" in result.output
+
+
+def test_readers_are_told_when_a_cache_is_being_written(cache, tmp_path):
+    holder = _hold_lock(cache + ".lock")
+    try:
+        with pytest.raises(LockError, match="another m3net process .* is writing"):
+            load_cache(cache)
+        result = CliRunner().invoke(main, ["cache-info", cache])
+        assert result.exit_code == 75 and "wait for it to finish or stop it" in result.output
+        assert "delete" not in result.output and "remove" not in result.output
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    load_cache(cache)
+
+
+def _steps(path):
+    with open(path, newline="") as fh:
+        return [int(row["step"]) for row in csv.DictReader(fh)]
+
+
+def test_resume_after_a_crash_logs_every_step_once(cache, tmp_path):
+    out = tmp_path / "run"
+    train_head(_config(cache, out, episodes=6, checkpoint_every=3), progress=False)
+    # A crash after the checkpoint at step 6 had logged steps 7 and 8 already.
+    with open(out / "train_log.csv", "a", newline="") as fh:
+        fh.write("7,1.0,,1.0,0,0.05\n8,1.0,,1.0,0,0.05\n")
+    train_head(_config(cache, out, episodes=9, resume=True), progress=False)
+    assert _steps(out / "train_log.csv") == list(range(1, 10))
+    assert os.path.exists(out / "last.pt") and load_checkpoint(str(out / "last.pt"))["step"] == 9
