@@ -62,7 +62,7 @@ def test_typed_head_options_from_python_and_tuples():
     with pytest.raises(ConfigError, match="use_tm=2: expected bool"):
         build_head("m3net", use_tm=2)
     with pytest.raises(ConfigError, match="finite"):
-        build_head("protonet", temperature=float("inf"))
+        build_head("tsn-cosine", temperature=float("inf"))
 
 
 def test_cli_head_opt_off_switches_the_matcher_off_and_the_checkpoint_stores_a_bool(cache, tmp_path):
