@@ -84,6 +84,7 @@ setup(
             "tslearn>=0.6",
             "scikit-video>=1.1.11",
             "tensorboard>=2.10",
+            "ruff>=0.4",
         ],
         "bench": ["pysdtw>=0.0.5"],
     },

@@ -2,12 +2,14 @@
 import csv
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from m3net.cli import main
 from m3net.data.synthetic import SyntheticConfig, generate_synthetic
 
 
+@pytest.mark.slow
 def test_bench_extract_writes_three_stages(tmp_path):
     clips = tmp_path / "clips"
     generate_synthetic(str(clips), SyntheticConfig(train_classes=2, val_classes=2, test_classes=2, clips_per_class=1,

@@ -2,12 +2,14 @@
 import csv
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 
 from m3net.cli import main
 
 
+@pytest.mark.slow
 def test_bench_finetune_writes_a_row_per_shot_and_mode(tmp_path):
     result = CliRunner().invoke(main, ["bench-finetune", "--head", "protonet", "--way", "2", "--shot", "1", "--shot", "2",
                                        "--queries", "1", "--frames", "2", "--crop", "32", "--steps", "1",

@@ -111,6 +111,7 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_is_identical(tmp_path):
     path = tmp_path / "killed.h5"
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(path), repr(ATTRS)], stdout=subprocess.PIPE, text=True)

@@ -237,6 +237,7 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:--weights random")
 def test_kill_9_then_resume_gives_identical_bytes(tmp_path):
     root = _folder(tmp_path / "data", {"a/c0.mp4": SMALL, "a/c1.mp4": SMALL2, "b/c2.mp4": SMALL})
@@ -287,6 +288,7 @@ def test_ctrl_c_closes_the_cache_and_a_rerun_finishes(tmp_path, monkeypatch):
     assert result.exit_code == 0 and "3/3 clips done (2 computed now" in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:--weights random")
 def test_torchrun_shards_then_merges_one_cache(tmp_path):
     root = _folder(tmp_path / "data", {"a/c0.mp4": SMALL, "a/c1.mp4": SMALL2, "b/c2.mp4": SMALL2})

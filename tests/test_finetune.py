@@ -81,6 +81,7 @@ def test_resume_is_exact(bench, tmp_path):
             assert torch.equal(value, split[part][key]), (part, key)
 
 
+@pytest.mark.slow
 def test_checkpointing_and_accumulation(bench, tmp_path):
     # BN frozen: with BN in train mode the recomputed forward would update running stats twice.
     run(tiny(bench, tmp_path / "plain", episodes=1, freeze_bn=True))
@@ -95,6 +96,7 @@ def test_checkpointing_and_accumulation(bench, tmp_path):
     assert not torch.equal(state["backbone"]["conv1.weight"], plain["backbone"]["conv1.weight"])
 
 
+@pytest.mark.slow
 def test_init_head_from_a_head_checkpoint(bench, tmp_path):
     run(tiny(bench, tmp_path / "first", episodes=1))
     first = str(tmp_path / "first" / "last.pt")
@@ -107,6 +109,7 @@ def test_init_head_from_a_head_checkpoint(bench, tmp_path):
         run(tiny(bench, tmp_path / "third", head="otam", head_options={}, init_head=first))
 
 
+@pytest.mark.slow
 def test_unreadable_clip_is_skipped_and_reported(bench, tmp_path):
     root = tmp_path / "bench"
     shutil.copytree(bench, root)
@@ -119,6 +122,7 @@ def test_unreadable_clip_is_skipped_and_reported(bench, tmp_path):
     assert load_checkpoint(str(tmp_path / "out" / "last.pt"))["step"] == 4
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:--weights random")
 def test_cli_and_extract_reads_the_finetuned_backbone(bench, tmp_path):
     out = tmp_path / "run"
@@ -135,6 +139,7 @@ def test_cli_and_extract_reads_the_finetuned_backbone(bench, tmp_path):
     assert provenance["weights"] == os.path.abspath(checkpoint)
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_ranks_match_one_process_accumulating(bench, tmp_path):
     import subprocess
     import sys
@@ -168,6 +173,7 @@ def test_torchrun_two_gloo_ranks_match_one_process_accumulating(bench, tmp_path)
     assert logs["ddp"][0] == pytest.approx(logs["single"][0])
 
 
+@pytest.mark.slow
 def test_validation_keeps_the_best_checkpoint(bench, tmp_path):
     run(tiny(bench, tmp_path, episodes=3, val_every=1, val_episodes=2, val_queries=2))
     with open(tmp_path / "val_log.csv") as fh:
@@ -217,6 +223,7 @@ def test_tensorboard_scalars_are_written(bench, tmp_path):
     assert {"train/loss", "train/episodes_per_s", "val/acc"} <= set(events.Tags()["scalars"])
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:--weights random")
 def test_finetuned_head_scores_the_cache_of_its_own_backbone(bench, tmp_path):
     out = tmp_path / "run"
@@ -255,6 +262,7 @@ def test_finetuned_head_scores_the_cache_of_its_own_backbone(bench, tmp_path):
     assert any(name in predicted.output for name in classes)
 
 
+@pytest.mark.slow
 def test_missing_clips_are_left_out_of_episodes(bench, tmp_path):
     root = tmp_path / "bench"
     shutil.copytree(bench, root)

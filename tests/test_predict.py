@@ -27,6 +27,7 @@ def trained(tmp_path_factory):
     return base, clips, run["best"]
 
 
+@pytest.mark.slow
 def test_predict_prints_probabilities_per_query(trained):
     base, clips, checkpoint = trained
     test_classes = sorted(p.name for p in (clips / "test").iterdir())
