@@ -78,28 +78,21 @@ def test_transductive_iece_does_depend_on_other_queries():
 
 @pytest.mark.parametrize("name", [name for name in list_heads() if build(name).trainable])
 def test_sgd_steps_reduce_loss_on_a_fixed_episode(name):
-    """The loss is measured in eval mode (no dropout noise); gradients are clipped because the
-    reference TRX/STRM distances are unnormalised squared norms whose plain-SGD steps overshoot."""
-    head = build(name)
+    """Gradient steps fit one episode. In eval mode: dropout noise (trx, strm, hyrsm) swamps the
+    signal of this tiny C=32 episode. Clipped: the reference TRX/STRM distances are unnormalised
+    squared norms whose plain-SGD steps overshoot."""
+    head = build(name).eval()
     support, support_labels, query, query_labels = make_episode(3, 2, 2)
-
-    def eval_loss():
-        head.eval()
-        with torch.no_grad():
-            loss = head.loss(head(support, support_labels, query), query_labels).item()
-        head.train()
-        return loss
-
     optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
-    before = eval_loss()
+    losses = []
     for _ in range(40):
         loss = head.loss(head(support, support_labels, query), query_labels)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
         optimizer.step()
-    after = eval_loss()
-    assert after < 0.5 * before, (before, after)
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
 
 
 @pytest.mark.parametrize("name", [name for name in list_heads() if not build(name).trainable])
