@@ -117,9 +117,11 @@ class HyRSM(FewShotHead):
     Deviations from the reference:
     - The reference's 1-shot class uses the S supports as set tokens and the 5-shot class uses
       the class prototypes; with K = 1 these coincide, so one code path (prototypes) serves any K.
-    - Its optional auxiliary global classification loss (``USE_CLASSIFICATION``, a linear layer
-      over all training classes) needs the clips' global labels, which the head contract does
-      not pass; it is left out (the reference's default loss is the cross-entropy alone).
+    - Its auxiliary global classification loss (``USE_CLASSIFICATION``, weight 0.6 in the published
+      configs: a linear layer over all training classes on every frame) needs the clips' global
+      labels, which the head contract does not pass; it is left out, the loss is the episode
+      cross-entropy alone (the reference's loss with USE_CLASSIFICATION off).
+    - The reference trains with Adam (lr 1e-4); the trainer here uses its SGD for every head.
     - There is no temporal coherence regulariser: it belongs to HyRSM++ (the TPAMI extension),
       not to CVPR 2022 HyRSM nor to its code.
     - Frames are the cached ResNet-50 maps instead of a backbone in the loop; one episode per step.

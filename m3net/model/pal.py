@@ -41,7 +41,7 @@ class PAL(FewShotHead):
     Deviations:
     - τ = 10 by default; the reference uses the bare cosine (τ = 1, ``temperature=1`` restores
       it). Bare cosines bound the logits to [-1, 1]: 5-way cross-entropy cannot fall below
-      log(1 + 4e⁻²) ≈ 0.42, the sigmoid shares stay in (0.27, 0.73), and the gradients on the
+      log(1 + 4e⁻²) ≈ 0.43, the sigmoid shares stay in (0.27, 0.73), and the gradients on the
       nearly parallel mean-pooled ResNet features are tiny (a fixed episode barely moves in 40
       SGD steps). 10 is the scale tsn-cosine and M3Net start from here.
     - The paper's prototype-centred contrastive loss is a softmax over queries; the reference
