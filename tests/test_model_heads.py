@@ -25,7 +25,8 @@ def build(name, **options):
 
 
 def test_registry_lists_every_head():
-    assert {"m3net", "protonet", "tsn-cosine", "otam", "trx"} <= set(list_heads())
+    table1 = {"tsn-cosine", "protonet", "otam", "pal", "trx", "strm", "hyrsm"}  # the paper's Table 1 baselines
+    assert table1 | {"m3net"} <= set(list_heads())
 
 
 @pytest.mark.parametrize("name", list_heads())
@@ -42,7 +43,7 @@ def test_contract_shapes(name, n_way, shots, queries):
 
 @pytest.mark.parametrize("name", list_heads())
 def test_fp16_input_accepted(name):
-    head = build(name)
+    head = build(name).eval()  # eval: heads with dropout (trx, strm, hyrsm) would draw new masks per call
     support, support_labels, query, _ = make_episode(3, 2, 2, dtype=torch.float16)
     outputs = head(support, support_labels, query)
     full = head(support.float(), support_labels, query.float())
@@ -77,16 +78,27 @@ def test_transductive_iece_does_depend_on_other_queries():
     assert not torch.allclose(everything[:2], first_two, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", [name for name in list_heads() if build(name).trainable])
+# PAL's only weights are one residual attention over frozen mean-pooled clips, with no projection
+# of the query: it cannot reorder a random episode's cosines. Its learning is tested on a generated
+# cache instead (test_model_table1_heads.py).
+CANNOT_FIT_A_RANDOM_EPISODE = {"pal"}
+
+
+@pytest.mark.parametrize("name", [name for name in list_heads()
+                                  if build(name).trainable and name not in CANNOT_FIT_A_RANDOM_EPISODE])
 def test_sgd_steps_reduce_loss_on_a_fixed_episode(name):
-    head = build(name)
+    """Gradient steps fit one episode. In eval mode: dropout noise (trx, strm, hyrsm) swamps the
+    signal of this tiny C=32 episode. Clipped: the reference TRX/STRM distances are unnormalised
+    squared norms whose plain-SGD steps overshoot."""
+    head = build(name).eval()
     support, support_labels, query, query_labels = make_episode(3, 2, 2)
-    optimizer = torch.optim.SGD(head.parameters(), lr=0.03, momentum=0.9)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
     losses = []
-    for _ in range(30):
+    for _ in range(40):
         loss = head.loss(head(support, support_labels, query), query_labels)
         optimizer.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
@@ -100,7 +112,7 @@ def test_parameter_free_heads_have_no_parameters(name):
 def test_unequal_shots_rejected_by_stacking_heads():
     support, support_labels, query, _ = make_episode(2, 2, 1)
     support_labels = torch.tensor([0, 0, 0, 1])
-    for name in ("m3net", "trx"):
+    for name in ("m3net", "trx", "strm"):
         with pytest.raises(ValueError, match="same number of supports"):
             build(name)(support, support_labels, query)
 

@@ -2,6 +2,6 @@
 from m3net.model.registry import HEADS, FewShotHead, build_head, list_heads, register_head
 
 # Imported for their @register_head side effect.
-from m3net.model import baselines, m3net_head  # noqa: E402,F401  isort:skip
+from m3net.model import baselines, hyrsm, m3net_head, pal, strm  # noqa: E402,F401  isort:skip
 
 __all__ = ["HEADS", "FewShotHead", "build_head", "list_heads", "register_head"]
