@@ -1,4 +1,4 @@
-"""The HDF5 feature cache (schema in schema.py and DESIGN.md): resumable writer, in-RAM reader."""
+"""The HDF5 feature cache (schema in schema.py and docs/design.md): resumable writer, in-RAM reader."""
 from m3net.cache.reader import CachedFeatures, cache_info, format_cache_info, load_cache
 from m3net.cache.schema import PROVENANCE_KEYS, SCHEMA_VERSION, SPLITS, CacheError, ProvenanceError, check_provenance
 from m3net.cache.writer import CacheWriter, write_cache_arrays

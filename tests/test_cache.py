@@ -43,7 +43,7 @@ def test_write_and_load_roundtrip(tmp_path):
     assert cached.video_ids == ids and cached.split.tolist() == split
     only_test = load_cache(path, splits=["test"])
     assert only_test.video_ids == ids[4:] and np.array_equal(only_test.features, feats[4:])
-    with h5py.File(path, "r") as f:  # the schema of DESIGN.md
+    with h5py.File(path, "r") as f:  # the schema of docs/design.md
         assert f["features"].chunks == (1, 3, 7, 7, 8)
         assert f["done"][()].all() and f["failures"].shape == (0,)
         for key in ("schema_version", "dataset", "weights_sha256", "num_frames", "code_version", "created"):

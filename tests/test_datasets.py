@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from m3net.cli import main as cli_main
 from m3net.data.datasets import DatasetError, frame_files, load_dataset, load_split_lists, parse_clip_id, scan_root
 
-# Classes and clips per split (train, val, test) of the published M3Net lists (issue 4).
+# Classes and clips per split (train, val, test) of the published M3Net lists (m3net/splits/README.md).
 EXPECTED = {
     "gym99": ((61, 17171), (12, 4410), (26, 13260)),
     "gym288": ((128, 19176), (25, 4863), (61, 14534)),

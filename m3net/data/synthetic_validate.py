@@ -88,7 +88,7 @@ def subaction_separability(model, per_variant=20, size=128, phases=4, seed=0):
 
 
 def centre_indices(length, t):
-    """Centre frame of each of t equal segments (the test-time sampling of DESIGN.md)."""
+    """Centre frame of each of t equal segments (the test-time sampling of docs/design.md)."""
     return [min(int((k + 0.5) * length / t), length - 1) for k in range(t)]
 
 
