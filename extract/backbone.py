@@ -20,7 +20,8 @@ import warnings
 import torch
 from torch import nn
 
-from m3net.errors import WeightsError  # noqa: F401 (re-exported)
+from m3net.errors import WeightsError
+from m3net.runtime import load_torch_file
 
 # Files torchvision downloads into <torch hub dir>/checkpoints.
 IMAGENET_FILES = {
@@ -158,7 +159,7 @@ def _extract_state_dict(obj, path):
 
 
 def load_state_dict_file(path):
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_torch_file(path, WeightsError, "--weights")
     state = _extract_state_dict(obj, path)
     # Accept torchvision full-model dicts (drop the classifier) and DDP / module prefixes.
     state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}

@@ -95,3 +95,19 @@ def write_benchmark(result, out_dir, name, config_columns):
         for row in result["rows"]:
             writer.writerow({**meta, **row})
     return base + ".csv", base + ".json"
+
+
+def load_torch_file(path, error, what, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``; an unreadable file or one holding pickled Python objects
+    raises ``error`` naming ``what`` (the option) and the file, without torch's advice to load it
+    with weights_only=False (that would run whatever code the file carries)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err) or "Unpickl" in type(err).__name__:
+            reason = ("it holds pickled Python objects besides tensors and plain values; m3net refuses to "
+                      "unpickle them (that could run code)")
+        else:
+            reason = f"not a readable torch file ({first})"
+        raise error(f"{what} {path}: {reason}") from None

@@ -7,7 +7,8 @@ import os
 
 import torch
 
-from m3net.errors import CheckpointError  # noqa: F401 (re-exported)
+from m3net.errors import CheckpointError
+from m3net.runtime import load_torch_file
 
 FORMAT = "m3net-head-checkpoint-1"
 
@@ -21,16 +22,31 @@ def save_checkpoint(path, **state):
     os.replace(tmp, path)
 
 
+# What every head checkpoint holds (finetune checkpoints add backbone, init_backbone and scaler).
+REQUIRED_KEYS = ("head", "head_config", "model", "train_config", "provenance", "step")
+
+
 def load_checkpoint(path, map_location="cpu"):
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path}: not a readable m3net checkpoint ({err})") from err
+    state = load_torch_file(path, CheckpointError, "checkpoint", map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an m3net head checkpoint (format {state.get('format') if isinstance(state, dict) else None!r})")
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: not an m3net head checkpoint (format {found!r}, expected {FORMAT!r})")
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: an incomplete m3net checkpoint (missing {', '.join(missing)})")
     return state
+
+
+def load_module_state(module, state_dict, path, what="model"):
+    """``module.load_state_dict`` whose key or shape mismatch is a CheckpointError naming the file."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"{path}: its {what} does not fit the {type(module).__name__} it configures "
+                              f"({detail})") from None
 
 
 def features_provenance(state, path):

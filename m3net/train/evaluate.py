@@ -23,7 +23,7 @@ from m3net.data.episodes import EpisodeSampler
 from m3net.errors import ConfigError, NonFiniteError
 from m3net.model import build_head
 from m3net.runtime import resolve_device
-from m3net.train.checkpoint import features_provenance, load_checkpoint
+from m3net.train.checkpoint import features_provenance, load_checkpoint, load_module_state
 from m3net.train.common import FeatureBank, episode_accuracies, mean_and_ci
 
 
@@ -51,7 +51,7 @@ def load_trained_head(path, device):
     """(head in eval mode, checkpoint state with "provenance" = what the cache it scores must record)."""
     state = load_checkpoint(path, map_location=device)
     head = build_head(state["head"], **state["head_config"]).to(device)
-    head.load_state_dict(state["model"])
+    load_module_state(head, state["model"], path)
     return head.eval(), {**state, "provenance": features_provenance(state, path)}
 
 

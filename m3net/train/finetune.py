@@ -36,7 +36,7 @@ from m3net.extract.transforms import TransformConfig, normalise, test_view, trai
 from m3net.extract.video import Clip
 from m3net.model import build_head
 from m3net.runtime import resolve_device
-from m3net.train.checkpoint import load_checkpoint, restore_rng, rng_state
+from m3net.train.checkpoint import load_checkpoint, load_module_state, restore_rng, rng_state
 from m3net.train.common import episode_accuracies, mean_and_ci
 from m3net.train.run import RESUMABLE_CHANGES, RunFolder, Schedule, append_csv, check_resumed_config, run_episodes
 
@@ -213,7 +213,7 @@ def _initial_head(config):
         raise ConfigError(f"--init-head {config.init_head}: trained on {shape}, "
                          f"this run feeds feature_dim 2048 and --frames {config.frames}")
     head = build_head(saved["head"], **saved["head_config"])
-    head.load_state_dict(saved["model"])
+    load_module_state(head, saved["model"], config.init_head)
     return head
 
 
@@ -388,8 +388,8 @@ def _finetune_in(folder, config, world, rank, device, progress):
     wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     step, best = 0, -1.0
     if state is not None:
-        head.load_state_dict(state["model"])
-        backbone.load_state_dict(state["backbone"])
+        load_module_state(head, state["model"], folder.last_path)
+        load_module_state(backbone, state["backbone"], folder.last_path, "backbone")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])

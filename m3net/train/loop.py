@@ -17,7 +17,7 @@ from m3net.data.episodes import EpisodeSampler
 from m3net.errors import ConfigError
 from m3net.model import build_head
 from m3net.runtime import resolve_device
-from m3net.train.checkpoint import restore_rng, rng_state
+from m3net.train.checkpoint import load_module_state, restore_rng, rng_state
 from m3net.train.common import FeatureBank, episode_accuracies, mean_and_ci
 from m3net.train.run import RESUMABLE_CHANGES, RunFolder, Schedule, check_resumed_config, run_episodes
 
@@ -99,7 +99,7 @@ def train_head(config, progress=True):
                                      config.val_queries, seed=config.seed + 1, class_names=cached.classes)
         step, best = 0, -1.0
         if state is not None:
-            head.load_state_dict(state["model"])
+            load_module_state(head, state["model"], run.last_path)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             restore_rng(state["rng"])
