@@ -29,7 +29,8 @@ def load_checkpoint(path, map_location="cpu"):
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable m3net checkpoint ({err})") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an m3net head checkpoint (format {state.get('format') if isinstance(state, dict) else None!r})")
+        found = state.get("format") if isinstance(state, dict) else None
+        raise CheckpointError(f"{path}: not an m3net head checkpoint (format {found!r})")
     return state
 
 
