@@ -202,7 +202,8 @@ def finetune_cmd(head_opt, **options):
               help="Folder of <class>/<clip>: the same number (1-5) of labelled clips per class.")
 @click.option("--query", "queries", required=True, multiple=True, type=click.Path(),
               help="Clip to classify (repeatable): a video file or a frame folder.")
-@click.option("--weights", default="", help="Backbone weights if not where the checkpoint's cache found them (checked by sha256).")
+@click.option("--weights", default="",
+              help="Backbone weights if not where the checkpoint's cache found them (checked by sha256).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def predict_cmd(checkpoint, support, queries, weights, device, as_json):
@@ -267,7 +268,8 @@ def report_cmd(results_dir, run_dir, clips_root):
 
 @main.command("dataset-info")
 @click.option("--dataset", required=True, type=click.Choice(["gym99", "gym288", "diving48", "folder", "synthetic"]))
-@click.option("--root", default=None, type=click.Path(file_okay=False), help="Also count the clips found / missing here.")
+@click.option("--root", default=None, type=click.Path(file_okay=False),
+              help="Also count the clips found / missing here.")
 @click.option("--folder-split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
               help="Split of a flat <root>/<class>/<clip> folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -295,7 +297,8 @@ def cache_info_cmd(path, as_json):
 
 
 @main.command("bench-extract")
-@click.option("--root", required=True, type=click.Path(file_okay=False), help="Folder dataset to time (e.g. from make-synthetic).")
+@click.option("--root", required=True, type=click.Path(file_okay=False),
+              help="Folder dataset to time (e.g. from make-synthetic).")
 @click.option("--clips", default=0, show_default=True, help="Clips timed (0: all of the folder).")
 @click.option("--frames", default=8, show_default=True)
 @click.option("--batch-size", default=8, show_default=True, help="Clips per backbone forward.")
@@ -350,7 +353,8 @@ def bench_dtw_cmd(pass_, implementations, **options):
 
 
 @main.command("make-synthetic")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write <split>/<class>/<clip>.mp4 and manifest.json into.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write <split>/<class>/<clip>.mp4 and manifest.json into.")
 @click.option("--seed", default=0, show_default=True, help="Every class and clip is a function of it.")
 @click.option("--train-classes", default=12, show_default=True)
 @click.option("--val-classes", default=5, show_default=True)
@@ -360,7 +364,8 @@ def bench_dtw_cmd(pass_, implementations, **options):
 @click.option("--size", default=128, show_default=True, help="Frame height and width in pixels.")
 @click.option("--fps", default=12, show_default=True)
 @click.option("--phases", default=4, show_default=True, help="Sub-actions per clip.")
-@click.option("--family-size", default=4, show_default=True, help="Classes sharing one multiset of sub-actions (orders + one detail variant).")
+@click.option("--family-size", default=4, show_default=True,
+              help="Classes sharing one multiset of sub-actions (orders + one detail variant).")
 @click.option("--codec", type=click.Choice(["libx264", "mpeg4"]), default="libx264", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a benchmark in --out that was generated with other settings.")
 def make_synthetic_cmd(out, overwrite, **options):

@@ -184,7 +184,8 @@ class Extractor:
         if pad > 0:  # fixed forward shape: a clip's features never depend on its batch
             x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])])
         x = normalise(x, self.transform).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
             y = self.model(x)  # (B*V*T, C, 7, 7)
         y = y[: n * views * t].permute(0, 2, 3, 1).to(torch.float16)  # (n*V*T, 7, 7, C)
         return y.reshape(n, views, t, *y.shape[1:]).cpu().numpy()  # (n, V, T, 7, 7, C)
@@ -255,7 +256,8 @@ def compute_rows(config, prepared, writer, rows):
     try:
         for row in rows:
             if clips[row].path is None:
-                fail(row, f"missing: no video file or frame folder named {clips[row].clip_id} under {prepared.dataset.root}")
+                fail(row, f"missing: no video file or frame folder named {clips[row].clip_id} "
+                          f"under {prepared.dataset.root}")
         items = [(row, clips[row].clip_id, clips[row].path) for row in rows if clips[row].path is not None]
         loader = make_loader(items[:config.limit] if config.limit else items, config, device)
         extractor = Extractor(prepared.model, device, prepared.precision, config.batch_size)

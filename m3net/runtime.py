@@ -29,7 +29,8 @@ def resolve_device(name="auto"):
 def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def git_sha():
@@ -39,7 +40,8 @@ def git_sha():
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         if out.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
+            dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True,
+                                   timeout=10)
             return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except OSError:
         pass

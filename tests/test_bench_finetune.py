@@ -11,9 +11,9 @@ from m3net.cli import main
 
 @pytest.mark.slow
 def test_bench_finetune_writes_a_row_per_shot_and_mode(tmp_path):
-    result = CliRunner().invoke(main, ["bench-finetune", "--head", "protonet", "--way", "2", "--shot", "1", "--shot", "2",
-                                       "--queries", "1", "--frames", "2", "--crop", "32", "--steps", "1",
-                                       "--warmup", "1", "--device", "cpu", "--out-dir", str(tmp_path)])
+    result = CliRunner().invoke(main, ["bench-finetune", "--head", "protonet", "--way", "2",
+                                       "--shot", "1", "--shot", "2", "--queries", "1", "--frames", "2", "--crop", "32",
+                                       "--steps", "1", "--warmup", "1", "--device", "cpu", "--out-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     (path,) = tmp_path.glob("bench_finetune_*.json")
     data = json.loads(path.read_text())

@@ -7,9 +7,9 @@ from m3net.cli import main
 
 
 def test_bench_train_writes_rates(tmp_path):
-    result = CliRunner().invoke(main, ["bench-train", "--head", "m3net", "--head-opt", "patch_grid=2", "--channels", "16",
-                                       "--frames", "4", "--train-episodes", "2", "--eval-episodes", "3",
-                                       "--device", "cpu", "--out-dir", str(tmp_path)])
+    result = CliRunner().invoke(main, ["bench-train", "--head", "m3net", "--head-opt", "patch_grid=2",
+                                       "--channels", "16", "--frames", "4", "--train-episodes", "2",
+                                       "--eval-episodes", "3", "--device", "cpu", "--out-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     (path,) = tmp_path.glob("bench_train_*.json")
     data = json.loads(path.read_text())

@@ -114,7 +114,8 @@ KILL_SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_kill_9_then_resume_is_identical(tmp_path):
     path = tmp_path / "killed.h5"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(path), repr(ATTRS)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(path), repr(ATTRS)],
+                            stdout=subprocess.PIPE, text=True)
     for _ in range(10):  # let some rows land, then kill without any cleanup
         proc.stdout.readline()
     os.kill(proc.pid, signal.SIGKILL)

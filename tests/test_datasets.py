@@ -134,7 +134,8 @@ def test_dataset_info_cli(tmp_path):
 
 
 def test_synthetic_dataset_follows_its_manifest(tmp_path):
-    entries = [{"id": f"syn00{c}_00{k}", "class": f"cls{c}", "split": split, "path": f"{split}/cls{c}/syn00{c}_00{k}.mp4"}
+    entries = [{"id": f"syn00{c}_00{k}", "class": f"cls{c}", "split": split,
+                "path": f"{split}/cls{c}/syn00{c}_00{k}.mp4"}
                for c, split in [(0, "train"), (1, "test")] for k in range(2)]
     (tmp_path / "manifest.json").write_text(json.dumps({"clips": entries}))
     for entry in entries[:3]:  # the last clip was never written

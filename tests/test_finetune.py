@@ -150,8 +150,8 @@ def test_torchrun_two_gloo_ranks_match_one_process_accumulating(bench, tmp_path)
         "torch.set_num_threads(1)\n"
         "from tests.test_finetune import tiny\n"
         "from m3net.train.finetune import finetune\n"
-        f"finetune(tiny({bench!r}, {str(tmp_path / 'ddp')!r}, episodes=1, freeze_bn=True, device='cpu', val_episodes=3), "
-        "progress=False)\n")
+        f"finetune(tiny({bench!r}, {str(tmp_path / 'ddp')!r}, episodes=1, freeze_bn=True, device='cpu', "
+        "val_episodes=3), progress=False)\n")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

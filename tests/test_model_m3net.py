@@ -156,7 +156,8 @@ def cosine_matrix(a, b):
 
 def test_instance_matching_matches_literal_dtw():
     g = torch.Generator().manual_seed(1)
-    query, support = torch.randn(2, 6, 8, generator=g, dtype=torch.float64), torch.randn(1, 4, 6, 8, generator=g, dtype=torch.float64)
+    query = torch.randn(2, 6, 8, generator=g, dtype=torch.float64)
+    support = torch.randn(1, 4, 6, 8, generator=g, dtype=torch.float64)
     labels = torch.tensor([1, 0, 1, 0])
     got = instance_matching(query, support, labels, 2, mode="hard")
     for q in range(2):
@@ -191,7 +192,8 @@ def test_soft_instance_matching_approaches_hard_for_small_gamma():
 
 def test_task_matching_matches_literal_nearest_frames():
     g = torch.Generator().manual_seed(3)
-    query, support = torch.randn(3, 4, 8, generator=g, dtype=torch.float64), torch.randn(3, 4, 4, 8, generator=g, dtype=torch.float64)
+    query = torch.randn(3, 4, 8, generator=g, dtype=torch.float64)
+    support = torch.randn(3, 4, 4, 8, generator=g, dtype=torch.float64)
     labels = torch.tensor([0, 1, 1, 0])
     got = task_matching(query, support, labels, 2)  # per-query supports (G = Q)
     for q in range(3):
@@ -221,7 +223,8 @@ def test_category_matching_matches_per_pair_loop():
     for q in range(2):
         for c in range(3):
             prototype = torch.cat([support[0, s] for s in range(6) if labels[s] == c])  # (K·T, d)
-            expected = distance(query[q] @ wv, rebuild(query[q], prototype)) + distance(prototype @ wv, rebuild(prototype, query[q]))
+            expected = (distance(query[q] @ wv, rebuild(query[q], prototype))
+                        + distance(prototype @ wv, rebuild(prototype, query[q])))
             assert torch.allclose(got[q, c], expected), (q, c)
 
 
@@ -250,7 +253,8 @@ def test_otam_head_matches_eager_loop():
     for q in range(len(query)):
         pair = []
         for s in range(len(support)):
-            cost = torch.tensor(cosine_matrix(query[q].mean(dim=(1, 2)).numpy(), support[s].mean(dim=(1, 2)).numpy()))[None]
+            cost = torch.tensor(cosine_matrix(query[q].mean(dim=(1, 2)).numpy(),
+                                              support[s].mean(dim=(1, 2)).numpy()))[None]
             pair.append(eager_otam(cost, 0.1) + eager_otam(cost.transpose(1, 2), 0.1))
         for c in range(2):
             expected = -torch.stack([pair[s] for s in range(len(support)) if support_labels[s] == c]).mean()
@@ -259,7 +263,8 @@ def test_otam_head_matches_eager_loop():
 
 def test_tsn_cosine_matches_direct_computation():
     support, support_labels, query, _ = episode(3, 2, 1, seed=7)
-    got = build_head("tsn-cosine", feature_dim=DIM, num_frames=FRAMES, temperature=1.0)(support, support_labels, query)["y"]
+    head = build_head("tsn-cosine", feature_dim=DIM, num_frames=FRAMES, temperature=1.0)
+    got = head(support, support_labels, query)["y"]
     for c in range(3):
         prototype = support[support_labels == c].mean(dim=(0, 1, 2, 3))
         expected = F.cosine_similarity(query.mean(dim=(1, 2, 3)), prototype[None], dim=-1)
@@ -269,12 +274,14 @@ def test_tsn_cosine_matches_direct_computation():
 def test_trx_triples_option_and_tuple_count():
     head = build_head("trx", feature_dim=DIM, num_frames=FRAMES, cardinalities=(2, 3), attention_dim=16)
     frames = torch.randn(2, FRAMES, DIM)
-    assert head.transformers[1].tuples(frames).shape == (2, len(list(itertools.combinations(range(FRAMES), 3))), 3 * DIM)
+    triples = len(list(itertools.combinations(range(FRAMES), 3)))
+    assert head.transformers[1].tuples(frames).shape == (2, triples, 3 * DIM)
     support, support_labels, query, _ = episode(3, 1, 2)
     assert head(support, support_labels, query)["y"].shape == (6, 3)
 
 
-@pytest.mark.parametrize("name, options", [("otam", {}), ("m3net", dict(use_ifce=False, use_ivce=False, use_iece=False))])
+@pytest.mark.parametrize("name, options",
+                         [("otam", {}), ("m3net", dict(use_ifce=False, use_ivce=False, use_iece=False))])
 def test_matching_runs_outside_autocast(name, options):
     """Class distances differ below bf16 resolution: matching must not be rounded by AMP."""
     torch.manual_seed(0)

@@ -95,7 +95,8 @@ def test_both_decoders_read_every_clip(bench):
         # block means, and against a clip of another class.
         rendered = render_clip(sequences[entry["class"]], entry["params"], SMALL.frames, SMALL.size)
         assert np.abs(blocks(a) - blocks(rendered)).mean() < 2
-        rendered_other = render_clip(other_sequence(manifest, entry["class"]), entry["params"], SMALL.frames, SMALL.size)
+        rendered_other = render_clip(other_sequence(manifest, entry["class"]), entry["params"],
+                                     SMALL.frames, SMALL.size)
         assert np.abs(blocks(a) - blocks(rendered_other)).mean() > 3
 
 
@@ -107,7 +108,8 @@ def test_same_seed_same_frames_other_seed_differs(bench, tmp_path):
     second = all_frames(str(tmp_path / "again"), again)
     assert all(np.array_equal(first[k], second[k]) for k in first)
 
-    other, _ = generate_synthetic(str(tmp_path / "other"), SyntheticConfig(**{**vars(SMALL), "seed": 8}), progress=False)
+    other, _ = generate_synthetic(str(tmp_path / "other"), SyntheticConfig(**{**vars(SMALL), "seed": 8}),
+                                  progress=False)
     other_frames = all_frames(str(tmp_path / "other"), other)
     assert other["classes"] != manifest["classes"] or other["clips"] != manifest["clips"]
     assert not any(np.array_equal(first[k], other_frames[k]) for k in first)
@@ -158,7 +160,8 @@ def test_subaction_types_differ_in_global_colour():
     params = random_clip_params(np.random.default_rng(1), 4)
     background = render_background(params, 48)
     for kind in SUBACTIONS:
-        a, b = (render_frame(background, [kind.name, v], 0.3, params, np.random.default_rng(0)).mean() for v in VARIANTS)
+        a, b = (render_frame(background, [kind.name, v], 0.3, params, np.random.default_rng(0)).mean()
+                for v in VARIANTS)
         assert b > a + 5
 
 

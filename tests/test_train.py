@@ -108,7 +108,8 @@ def test_cli_train_and_evaluate(cache, tmp_path):
     assert "protonet" in result.output and (tmp_path / "eval" / "results.json").exists()
     bad = runner.invoke(main, ["evaluate", "--head", "protonet", "--cache", str(tmp_path / "nope.h5")])
     assert bad.exit_code != 0 and "no such cache" in bad.output
-    too_wide = runner.invoke(main, ["evaluate", "--head", "protonet", "--cache", cache, "--way", "9", "--episodes", "2"])
+    too_wide = runner.invoke(main, ["evaluate", "--head", "protonet", "--cache", cache,
+                                    "--way", "9", "--episodes", "2"])
     assert too_wide.exit_code != 0 and "fewer than --way 9" in too_wide.output
     unknown = runner.invoke(main, ["train-head", "--cache", cache, "--out", str(tmp_path / "u"), "--head", "nope"])
     assert unknown.exit_code != 0 and "unknown head" in unknown.output

@@ -42,7 +42,8 @@ class EpisodeSampler:
             )
         if short:
             listed = ", ".join(f"{name(c)} ({n} clips)" for c, n in sorted(short.items()))
-            warnings.warn(f"split {split_name!r}: classes with fewer than {need} clips are left out of episodes: {listed}")
+            warnings.warn(f"split {split_name!r}: classes with fewer than {need} clips are left out of episodes: "
+                          f"{listed}")
         self.by_class = {c: by_class[c] for c in eligible}
         self.classes = np.asarray(eligible)
         self.split_name, self.way, self.shot, self.queries, self.seed = split_name, way, shot, queries, seed

@@ -117,7 +117,9 @@ class SyntheticConfig:
         # Every family has its own multiset of (type, variant): there must be enough of them.
         families = sum(-(-getattr(self, f"{s}_classes") // self.family_size) for s in SPLITS)
         multisets = comb(len(SUBACTIONS), self.phases) * len(VARIANTS) ** self.phases
-        need(families <= multisets, "family_size", f"at most one family per distinct sub-action set: {families} families needed, {multisets} sets exist; use fewer classes, other --phases or a larger --family-size")
+        need(families <= multisets, "family_size",
+             f"at most one family per distinct sub-action set: {families} families needed, {multisets} sets exist; "
+             "use fewer classes, other --phases or a larger --family-size")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,8 +42,8 @@ def _random_bank(config, device):
     rng = np.random.default_rng(config.seed)
     features = rng.standard_normal((classes * per_class, config.frames, 7, 7, config.channels), dtype=np.float32)
     cached = CachedFeatures(features=features.astype(np.float16), labels=np.repeat(np.arange(classes), per_class),
-                            classes=[str(c) for c in range(classes)], video_ids=[], split=np.array(["x"] * len(features)),
-                            attrs={})
+                            classes=[str(c) for c in range(classes)], video_ids=[],
+                            split=np.array(["x"] * len(features)), attrs={})
     return cached, FeatureBank(cached, device)
 
 
@@ -51,7 +51,8 @@ def run_bench(config):
     device = resolve_device(config.device)
     cached, bank = _random_bank(config, device)
     torch.manual_seed(config.seed)
-    head = build_head(config.head, feature_dim=config.channels, num_frames=config.frames, **config.head_options).to(device)
+    head = build_head(config.head, feature_dim=config.channels, num_frames=config.frames,
+                      **config.head_options).to(device)
     rows = []
     if head.trainable:
         optimizer = torch.optim.SGD(head.parameters(), lr=1e-4, momentum=0.9)
@@ -88,7 +89,8 @@ def run_bench(config):
 
 def format_table(result):
     cfg = result["config"]
-    lines = [f"{cfg['head']} {cfg['way']}-way {cfg['shot']}-shot, T={cfg['frames']}, C={cfg['channels']} on {result['device']}"
+    lines = [f"{cfg['head']} {cfg['way']}-way {cfg['shot']}-shot, T={cfg['frames']}, C={cfg['channels']} "
+             f"on {result['device']}"
              + (" (CPU numbers)" if result["cpu_numbers"] else "")]
     for r in result["rows"]:
         lines.append(f"{r['phase']:<9} {r['episodes_per_s']:>9.2f} episodes/s  -> {r['projected_for']} in "
