@@ -9,6 +9,7 @@ until an external `h5clear` is run.
 """
 import datetime
 import os
+import shutil
 
 import h5py
 import numpy as np
@@ -17,6 +18,8 @@ from m3net.cache.schema import REQUIRED_ATTRS, SCHEMA_VERSION, CacheError, Prove
 
 STR = h5py.string_dtype()
 FAILURE_DTYPE = np.dtype([("video_id", STR), ("error", STR)])
+# Free space kept for HDF5 metadata and the failures table beyond a row's features.
+SPACE_MARGIN = 16 * 2**20
 
 
 def _str_list(values):
@@ -35,6 +38,7 @@ class CacheWriter:
             raise ValueError(f"cache attrs lack {missing}")
         self.path = path
         self.attrs = dict(attrs)
+        self.broken = ""
         num_frames, views = int(attrs["num_frames"]), int(attrs["views"])
         self.row_shape = ((views,) if views else ()) + (num_frames, *feature_shape)
         if os.path.exists(path):
@@ -86,25 +90,59 @@ class CacheWriter:
         """Row indices whose features are not written yet."""
         return np.flatnonzero(~self.done[()]).tolist()
 
+    def _check_space(self, need):
+        """Stop before the disk is full: HDF5 meeting ENOSPC mid-write leaves a file it cannot close
+        cleanly (a segfault at exit), while stopping here keeps every finished row resumable."""
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(self.path))).free
+        if free < need + SPACE_MARGIN:
+            raise CacheError(f"{self.path}: its disk has {free / 2**20:.1f} MiB free, the next row needs "
+                             f"{need / 2**20:.1f} MiB (+{SPACE_MARGIN // 2**20} MiB margin); the rows written so "
+                             "far are kept: free space and re-run the same command to resume")
+
+    def _guarded(self, action):
+        """Run an HDF5 write; a failing one (I/O error, disk full) becomes a CacheError and the file is
+        closed without a further flush."""
+        try:
+            action()
+        except (OSError, RuntimeError) as err:
+            self.broken = " ".join(str(err).split())[:300]
+            raise CacheError(f"{self.path}: writing failed ({self.broken}); the rows written before are kept: "
+                             "fix the cause and re-run the same command to resume") from None
+
     def write(self, row, features):
         features = np.asarray(features, dtype=np.float16)
         if features.shape != self.row_shape:
             raise ValueError(f"row {row}: features of shape {features.shape}, expected {self.row_shape}")
-        self.features[row] = features
-        self.file.flush()
-        self.done[row] = True
-        self.file.flush()
+        self._check_space(features.nbytes)
+
+        def store():
+            self.features[row] = features
+            self.file.flush()
+            self.done[row] = True
+            self.file.flush()
+
+        self._guarded(store)
 
     def add_failure(self, video_id, error):
-        n = self.failures.shape[0]
-        self.failures.resize((n + 1,))
-        self.failures[n] = (str(video_id), str(error))
-        self.file.flush()
+        def store():
+            n = self.failures.shape[0]
+            self.failures.resize((n + 1,))
+            self.failures[n] = (str(video_id), str(error))
+            self.file.flush()
+
+        self._guarded(store)
 
     def close(self):
-        if self.file.id.valid:
-            self.file.flush()
-            self.file.close()
+        if not self.file.id.valid:
+            return
+        if self.broken:
+            try:
+                self.file.close()
+            except (OSError, RuntimeError):
+                pass  # the error was reported when the write failed
+            return
+        self.file.flush()
+        self.file.close()
 
     def __enter__(self):
         return self

@@ -13,7 +13,7 @@ import errno
 import fcntl
 import os
 
-from m3net.errors import LockError
+from m3net.errors import ConfigError, LockError
 
 
 def _holder(fd):
@@ -40,7 +40,8 @@ def exclusive_lock(lock_path, what):
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        raise LockError(f"{what}: cannot create the lock file {lock_path} ({err.strerror})") from None
+        raise ConfigError(f"{what}: cannot create the lock file {lock_path} ({err.strerror}); is the folder "
+                          "writable?") from None
     try:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

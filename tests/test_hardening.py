@@ -16,7 +16,7 @@ from helpers_cache import order_only_cache
 from m3net.cache import CacheError, load_cache
 from m3net.cli import main
 from m3net.data.datasets import load_dataset
-from m3net.errors import ConfigError, DatasetError, LockError, NonFiniteError
+from m3net.errors import CheckpointError, ConfigError, DatasetError, LockError, NonFiniteError
 from m3net.model import build_head
 from m3net.model.registry import parse_head_options
 from m3net.train.checkpoint import load_checkpoint
@@ -193,3 +193,64 @@ def test_resume_after_a_crash_logs_every_step_once(cache, tmp_path):
     train_head(_config(cache, out, episodes=9, resume=True), progress=False)
     assert _steps(out / "train_log.csv") == list(range(1, 10))
     assert os.path.exists(out / "last.pt") and load_checkpoint(str(out / "last.pt"))["step"] == 9
+
+
+def test_a_full_disk_stops_extraction_cleanly_and_the_cache_resumes(tmp_path, monkeypatch):
+    import shutil as real_shutil
+
+    from m3net.cache import CacheWriter, cache_info
+
+    path = str(tmp_path / "c.h5")
+    features = np.zeros((4, 2, 7, 7, 8), np.float16)
+    attrs = {"dataset": "x", "backbone": "none", "weights": "none", "weights_sha256": "", "num_frames": 2,
+             "sampling": "tsn-centre", "resize": [8, 8], "crop": 7, "mean": [0, 0, 0], "std": [1, 1, 1],
+             "dtype": "float16", "views": 0, "code_version": "test"}
+    args = (path, ["a", "b", "c", "d"], [0, 0, 1, 1], ["p", "q"], ["train"] * 4, attrs)
+    written = []
+    usage = real_shutil.disk_usage
+
+    def shrinking_disk(folder):  # room for two rows, then full
+        total, used, free = usage(folder)
+        return type(usage(folder))(total, used, 10**9 if len(written) < 2 else 1000)
+
+    monkeypatch.setattr("m3net.cache.writer.shutil.disk_usage", shrinking_disk)
+    with pytest.raises(CacheError, match="MiB free.*re-run the same command to resume"):
+        with CacheWriter(*args, feature_shape=(7, 7, 8)) as writer:
+            for row in writer.pending():
+                writer.write(row, features[row])
+                written.append(row)
+    assert cache_info(path)["done"] == 2
+    monkeypatch.setattr("m3net.cache.writer.shutil.disk_usage", usage)
+    with CacheWriter(*args, feature_shape=(7, 7, 8)) as writer:
+        assert writer.pending() == [2, 3]
+
+
+@pytest.mark.parametrize("content", [b"not a torch file at all", None])
+def test_garbage_weights_and_checkpoints_are_named_errors_without_unpickling_advice(cache, tmp_path, content):
+    path = tmp_path / "w.pt"
+    if content is None:
+        torch.save({"layer": torch.nn.Linear(2, 2)}, path)  # a pickled module, not tensors
+    else:
+        path.write_bytes(content)
+    for args in (["extract", "--dataset", "folder", "--root", str(tmp_path), "--out", str(tmp_path / "c.h5"),
+                  "--weights", str(path)],
+                 ["evaluate", "--checkpoint", str(path), "--cache", cache]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and str(path) in result.output, result.output
+        assert "Traceback" not in result.output and "weights_only=False" not in result.output
+
+
+def test_checkpoints_missing_keys_or_with_other_shapes_are_refused(cache, tmp_path):
+    from m3net.train.evaluate import load_trained_head
+
+    out = tmp_path / "run"
+    train_head(_config(cache, out), progress=False)
+    state = load_checkpoint(str(out / "last.pt"))
+    broken = tmp_path / "broken.pt"
+    torch.save({k: v for k, v in state.items() if k != "head_config"}, broken)
+    with pytest.raises(CheckpointError, match="incomplete m3net checkpoint \\(missing head_config\\)"):
+        load_checkpoint(str(broken))
+    state["head_config"] = {**state["head_config"], "hidden": 3}
+    torch.save(state, broken)
+    with pytest.raises(CheckpointError, match="its model does not fit"):
+        load_trained_head(str(broken), torch.device("cpu"))
