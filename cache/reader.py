@@ -21,6 +21,8 @@ class CachedFeatures:
     attrs: dict
     path: str = ""
     failures: list = field(default_factory=list)
+    rows: np.ndarray = None  # (V,) row of each clip in the file
+    feature_shape: tuple = ()  # shape of one clip's features: (T, H, W, C) or (K, T, H, W, C)
 
     def provenance(self):
         return {k: v for k, v in self.attrs.items() if k not in ("created",)}
@@ -102,8 +104,12 @@ def _failures(f):
     return [(_text(r["video_id"]), _text(r["error"])) for r in f["failures"][()]] if "failures" in f else []
 
 
-def load_cache(path, splits=None, expect=None):
-    """The done rows of ``path`` (restricted to ``splits`` if given), checked against ``expect``."""
+def load_cache(path, splits=None, expect=None, features=True):
+    """The done rows of ``path`` (restricted to ``splits`` if given), checked against ``expect``.
+
+    features=False reads everything but the features (``features`` is None; ``read_rows`` reads
+    them on demand): for caches larger than memory.
+    """
     with _open(path) as f:
         attrs = {k: normalise_attr(v) for k, v in f.attrs.items()}
         if expect:
@@ -117,10 +123,10 @@ def load_cache(path, splits=None, expect=None):
             keep &= np.isin(split, list(splits))
         rows = np.flatnonzero(keep)
         # One read per chunk in order: h5py's fancy indexing over sorted rows.
-        features = _finite_rows(f["features"], rows, path)
+        data = _finite_rows(f["features"], rows, path) if features else None
         video_ids = _strings(f["video_ids"])
         return CachedFeatures(
-            features=features,
+            features=data,
             labels=f["labels"][()][rows].astype(np.int64),
             classes=_strings(f["classes"]),
             video_ids=[video_ids[i] for i in rows],
@@ -128,7 +134,27 @@ def load_cache(path, splits=None, expect=None):
             attrs=attrs,
             path=os.path.abspath(path),
             failures=_failures(f),
+            rows=rows,
+            feature_shape=tuple(f["features"].shape[1:]),
         )
+
+
+class RowReader:
+    """Reads rows of a cache's /features on demand (for caches larger than memory); NaN/inf refused."""
+
+    def __init__(self, path):
+        self.path = path
+        self.file = _open(path)
+        self.features = self.file["features"]
+
+    def read(self, rows):
+        """features[rows] for any row order and repeats, in one sorted read."""
+        rows = np.asarray(rows)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        return _finite_rows(self.features, unique, self.path)[inverse]
+
+    def close(self):
+        self.file.close()
 
 
 def cache_info(path):

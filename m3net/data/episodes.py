@@ -21,6 +21,10 @@ class Episode:
     classes: np.ndarray  # (N,) class ids (index into the cache's classes) of labels 0..N-1
 
 
+# Extra entropy word that separates the view-choice stream from the episode draw.
+VIEW_STREAM = 1
+
+
 class EpisodeSampler:
     def __init__(self, labels, split, split_name, way, shot, queries, seed=0, class_names=None):
         if way < 2 or shot < 1 or queries < 1:
@@ -49,11 +53,13 @@ class EpisodeSampler:
         self.split_name, self.way, self.shot, self.queries, self.seed = split_name, way, shot, queries, seed
         self._split_code = zlib.crc32(split_name.encode())
 
-    def rng(self, index):
-        return np.random.default_rng([self.seed, self._split_code, index])
+    def view_rng(self, index):
+        """The generator of episode ``index``'s augmented-view choice: a stream of its own, so which
+        view a clip gets is independent of which classes and clips the episode drew."""
+        return np.random.default_rng([self.seed, self._split_code, index, VIEW_STREAM])
 
     def episode(self, index):
-        rng = self.rng(index)
+        rng = np.random.default_rng([self.seed, self._split_code, index])
         chosen = rng.choice(self.classes, size=self.way, replace=False)
         support, query = [], []
         for c in chosen:

@@ -1,30 +1,58 @@
 """Pieces the training, evaluation and prediction loops share."""
+import os
+
 import numpy as np
 import torch
 
+from m3net.cache import RowReader, load_cache
+from m3net.errors import ConfigError
+
+RESIDENCIES = ("auto", "device", "host", "disk")
+# Share of free GPU / available host memory a feature bank may take (the rest is for the model,
+# activations and everything else on the machine).
+HEADROOM = 0.8
+
 
 class FeatureBank:
-    """A cache's features resident on ``device`` (float16), gathered into episode tensors.
+    """A cache's features for the head stage, gathered into episode tensors on ``device``.
 
-    With augmented views (V, K, T, ...) training draws one view per clip from the episode's RNG;
-    evaluation uses view 0.
+    Resident (``features`` given: a float16 array, on ``device`` or in host memory, pinned when the
+    device is CUDA so episode copies run asynchronously) or streamed (``reader`` given: each episode's
+    clips read from the HDF5 file, one chunk per clip). With augmented views (V, K, T, ...) training
+    draws one view per clip from the view generator it is given; evaluation uses view 0.
     """
 
-    def __init__(self, cached, device):
-        self.features = torch.from_numpy(np.ascontiguousarray(cached.features)).to(device)
-        self.has_views = self.features.dim() == 6
-        self.device = device
+    def __init__(self, cached, device, storage=None, reader=None):
+        device = torch.device(device)
+        self.device, self.reader = device, reader
+        self.residency = "disk" if reader is not None else (storage or device.type)
+        if reader is None:
+            features = torch.from_numpy(np.ascontiguousarray(cached.features))
+            on_host = self.residency == "host"
+            if on_host and device.type == "cuda":
+                features = features.pin_memory()
+            self.features = features if on_host else features.to(device)
+            shape = tuple(self.features.shape[1:])
+        else:
+            self.features, self.rows, shape = None, cached.rows, cached.feature_shape
+        self.has_views = len(shape) == 5
+        self._clip_shape = shape[1:] if self.has_views else shape  # (T, H, W, C)
 
     @property
     def clip_shape(self):
-        return tuple(self.features.shape[2:] if self.has_views else self.features.shape[1:])  # (T, H, W, C)
+        return tuple(self._clip_shape)
+
+    def _rows(self, rows):
+        if self.reader is not None:
+            return torch.from_numpy(self.reader.read(self.rows[np.asarray(rows)]))
+        return self.features[torch.as_tensor(rows, device=self.features.device)]
 
     def gather(self, rows, rng=None):
-        index = torch.as_tensor(rows, device=self.device)
-        if not self.has_views:
-            return self.features[index]
-        views = rng.integers(0, self.features.shape[1], size=len(rows)) if rng is not None else np.zeros(len(rows), int)
-        return self.features[index, torch.as_tensor(views, device=self.device)]
+        clips = self._rows(rows)
+        if self.has_views:
+            views = rng.integers(0, clips.shape[1], size=len(rows)) if rng is not None else np.zeros(len(rows), int)
+            clips = clips[torch.arange(len(rows), device=clips.device), torch.as_tensor(views, device=clips.device)]
+        return clips.to(self.device, non_blocking=True)
 
     def episode(self, episode, rng=None):
         """(support (S,T,H,W,C), support_labels (S,), query (Q,T,H,W,C), query_labels (Q,))."""
@@ -34,6 +62,59 @@ class FeatureBank:
             self.gather(episode.query_rows, rng),
             torch.as_tensor(episode.query_labels, device=self.device),
         )
+
+    def close(self):
+        if self.reader is not None:
+            self.reader.close()
+
+
+def available_host_bytes():
+    """MemAvailable of /proc/meminfo (Linux), else the physical memory size."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def choose_residency(needed, device, resident="auto", memory_limit=0.0):
+    """(residency, reason) for a bank of ``needed`` bytes. ``memory_limit`` (GiB, 0: none) caps the
+    host and device memory the bank may use (to plan for a smaller machine, or benchmark streaming)."""
+    cap = memory_limit * 2**30 if memory_limit > 0 else float("inf")
+    host = min(HEADROOM * available_host_bytes(), cap)
+    gpu = min(HEADROOM * torch.cuda.mem_get_info(device)[0], cap) if device.type == "cuda" else 0
+    gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+    fits = {"device": needed <= (gpu if device.type == "cuda" else host), "host": needed <= host, "disk": True}
+    if resident == "auto":
+        for choice in ("device", "host", "disk"):
+            if fits[choice] and (choice != "host" or device.type == "cuda"):
+                break
+        limits = f"{gib(gpu)} usable on {device}, " if device.type == "cuda" else ""
+        return choice, f"{gib(needed)} of features; {limits}{gib(host)} usable in host memory"
+    if not fits[resident]:
+        room = gpu if resident == "device" and device.type == "cuda" else host
+        raise ConfigError(f"--resident {resident}: the features need {gib(needed)}, only {gib(room)} is usable "
+                          f"there; use --resident auto (streams from the cache file when nothing fits)")
+    return resident, "asked for"
+
+
+def open_bank(path, splits, device, resident="auto", memory_limit=0.0):
+    """(cached split metadata, FeatureBank, description) with the residency chosen from the sizes."""
+    if resident not in RESIDENCIES:
+        raise ConfigError(f"--resident {resident}: expected one of {', '.join(RESIDENCIES)}")
+    meta = load_cache(path, splits=splits, features=False)
+    needed = len(meta.rows) * int(np.prod(meta.feature_shape)) * 2  # float16
+    choice, reason = choose_residency(needed, device, resident, memory_limit)
+    if choice == "disk":
+        bank = FeatureBank(meta, device, reader=RowReader(path))
+    else:
+        bank = FeatureBank(load_cache(path, splits=splits), device, storage="device" if choice == "device" else "host")
+    where = {"device": f"on {device}", "host": "in host memory" + (" (pinned)" if device.type == "cuda" else ""),
+             "disk": f"streamed from {path}"}[choice]
+    return meta, bank, f"features {where} ({reason})"
 
 
 def mean_and_ci(values):

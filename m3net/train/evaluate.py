@@ -9,13 +9,14 @@ import csv
 import dataclasses
 import json
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from m3net.cache import ProvenanceError, cache_info, load_cache
+from m3net.cache import ProvenanceError, cache_info
 from m3net.cache.schema import SPLITS, provenance_differences
 from m3net.config import setting
 from m3net.config import validate as validate_config
@@ -24,7 +25,7 @@ from m3net.errors import ConfigError, NonFiniteError
 from m3net.model import build_head
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import features_provenance, load_checkpoint, load_module_state
-from m3net.train.common import FeatureBank, episode_accuracies, mean_and_ci
+from m3net.train.common import RESIDENCIES, episode_accuracies, mean_and_ci, open_bank
 
 
 @dataclass
@@ -40,6 +41,10 @@ class EvalConfig:
     split: str = setting("test", "Split whose classes make the episodes.", choices=SPLITS)
     seed: int = setting(0, "Same seed, same episodes, for every head.")
     device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+    resident: str = setting("auto", "Where the cached features live: device (GPU memory), host (pinned RAM), disk "
+                            "(streamed from the cache file), or auto: the first that fits.", choices=RESIDENCIES)
+    memory_limit: float = setting(0.0, "GiB of host/GPU memory the features may take (0: what is free); to plan for "
+                                  "a smaller machine.", minimum=0)
     out: str = setting("", "Write results.json and results.csv here.", path="dir")
 
     def __post_init__(self):
@@ -124,8 +129,16 @@ def evaluate(config, progress=True):
     num_frames, feature_dim = info["attrs"]["num_frames"], info["feature_shape"][-1]
     heads = build_heads(config, device, feature_dim, num_frames)
     _check_provenance(cache_path, info["attrs"], heads)
-    cached = load_cache(cache_path, splits=(config.split,))
-    bank = FeatureBank(cached, device)
+    cached, bank, where = open_bank(cache_path, (config.split,), device, config.resident, config.memory_limit)
+    try:
+        if progress:
+            print(where, file=sys.stderr)
+        return _score(config, cache_path, cached, bank, heads, progress)
+    finally:
+        bank.close()
+
+
+def _score(config, cache_path, cached, bank, heads, progress):
     sampler = EpisodeSampler(cached.labels, cached.split, config.split, config.way, config.shot, config.queries,
                              seed=config.seed, class_names=cached.classes)
     per_episode = {label: {} for label, _, _ in heads}  # label -> view -> [accuracy per episode]

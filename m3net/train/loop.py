@@ -5,11 +5,12 @@ pure function of (seed, i), and checkpoints carry the model, optimizer, schedule
 step, so ``--resume`` continues to exactly the result of an uninterrupted run.
 """
 import dataclasses
+import sys
 from dataclasses import dataclass
 
 import torch
 
-from m3net.cache import ProvenanceError, load_cache
+from m3net.cache import ProvenanceError
 from m3net.cache.schema import provenance_differences
 from m3net.config import setting
 from m3net.config import validate as validate_config
@@ -18,7 +19,7 @@ from m3net.errors import ConfigError
 from m3net.model import build_head
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import load_module_state, restore_rng, rng_state
-from m3net.train.common import FeatureBank, episode_accuracies, mean_and_ci
+from m3net.train.common import RESIDENCIES, episode_accuracies, mean_and_ci, open_bank
 from m3net.train.run import RESUMABLE_CHANGES, RunFolder, Schedule, check_resumed_config, run_episodes
 
 
@@ -45,6 +46,10 @@ class TrainConfig:
     log_every: int = setting(50, "Write a train_log.csv row every this many episodes.", minimum=1)
     seed: int = setting(0, "Decides parameter init and every episode.")
     device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+    resident: str = setting("auto", "Where the cached features live: device (GPU memory), host (pinned RAM), disk "
+                            "(streamed from the cache file), or auto: the first that fits.", choices=RESIDENCIES)
+    memory_limit: float = setting(0.0, "GiB of host/GPU memory the features may take (0: what is free); to plan for "
+                                  "a smaller machine.", minimum=0)
     resume: bool = setting(False, "Continue the run in --out from its last.pt, exactly.", flag="--resume")
 
     def __post_init__(self):
@@ -77,12 +82,14 @@ def train_head(config, progress=True):
     """Trains ``config.head``; writes best.pt, last.pt, train_log.csv, val_log.csv into config.out."""
     device = resolve_device(config.device)
     with RunFolder(config.out, config.resume) as run:
-        cached = load_cache(config.cache, splits=("train", "val"))
+        cached, bank, where = open_bank(config.cache, ("train", "val"), device, config.resident, config.memory_limit)
+        run.stack.callback(bank.close)
         provenance = cached.provenance()
         state = run.load_last() if config.resume else None
         if state is not None:
             _check_resume(state, config, provenance, run.last_path)
-        bank = FeatureBank(cached, device)
+        if progress:
+            print(where, file=sys.stderr)
         num_frames, _, _, feature_dim = bank.clip_shape
         torch.manual_seed(config.seed)  # parameter init
         head = build_head(config.head, feature_dim=feature_dim, num_frames=num_frames, **config.head_options)
@@ -108,7 +115,7 @@ def train_head(config, progress=True):
 
         def train_step(index):
             support, support_labels, query, query_labels = bank.episode(train_sampler.episode(index),
-                                                                        rng=train_sampler.rng(index))
+                                                                        rng=train_sampler.view_rng(index))
             outputs = head(support, support_labels, query)
             loss = head.loss(outputs, query_labels)
             optimizer.zero_grad(set_to_none=True)

@@ -64,7 +64,8 @@ def tensorboard_writer(out):
 
 
 # The length of a run, its logging cadence and where files live may change on resume.
-RESUMABLE_CHANGES = frozenset({"episodes", "resume", "device", "log_every", "val_every", "checkpoint_every", "out"})
+RESUMABLE_CHANGES = frozenset({"episodes", "resume", "device", "log_every", "val_every", "checkpoint_every", "out",
+                               "resident", "memory_limit"})
 
 
 def check_resumed_config(saved, config, path, free=RESUMABLE_CHANGES):
@@ -84,7 +85,7 @@ class RunFolder:
     def __init__(self, out, resume, writer=True):
         self.out, self.resume, self.writer = out, resume, writer
         self.last_path, self.best_path = os.path.join(out, "last.pt"), os.path.join(out, "best.pt")
-        self._stack = contextlib.ExitStack()
+        self.stack = contextlib.ExitStack()
         self.board = None
 
     def __enter__(self):
@@ -95,13 +96,13 @@ class RunFolder:
         if not os.access(self.out, os.W_OK):
             raise ConfigError(f"--out {self.out}: the run folder is not writable")
         if self.writer:
-            self._stack.enter_context(exclusive_lock(os.path.join(self.out, ".lock"), f"the run folder {self.out}"))
+            self.stack.enter_context(exclusive_lock(os.path.join(self.out, ".lock"), f"the run folder {self.out}"))
         try:
             self._check_contents()
             if self.writer:
                 self.board = tensorboard_writer(self.out)
         except BaseException:
-            self._stack.close()
+            self.stack.close()
             raise
         return self
 
@@ -116,7 +117,7 @@ class RunFolder:
     def __exit__(self, *exc):
         if self.board:
             self.board.close()
-        self._stack.close()
+        self.stack.close()
 
     def load_last(self):
         return load_checkpoint(self.last_path)
