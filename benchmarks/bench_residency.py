@@ -1,0 +1,103 @@
+"""Feature residency benchmark: train-head and evaluate episodes/s with the cache's features held in
+memory vs streamed from the HDF5 file, on a generated cache about 1.5x the memory the bank may use.
+
+    python benchmarks/bench_residency.py [--clips 940 --memory-limit 1.0 ...]
+
+The in-memory row runs without a limit (the reference speed); the streamed row runs with
+``--memory-limit`` GiB, so ``--resident auto`` has to stream. Page-cache state matters for streaming:
+the script tries to drop the page cache before the streamed runs (needs root) and records whether
+it could. Writes benchmarks/bench_residency_<device>_<date>.{json,csv}.
+"""
+import argparse
+import os
+import time
+
+import numpy as np
+
+from m3net.cache import write_cache_arrays
+from m3net.runtime import benchmark_record, resolve_device, write_benchmark
+from m3net.train.checkpoint import load_checkpoint
+from m3net.train.evaluate import EvalConfig, evaluate
+from m3net.train.loop import TrainConfig, train_head
+
+
+def build_cache(path, clips, frames, channels, classes, seed=0):
+    """Random float16 maps (clips, T, 7, 7, C), classes split 60/20/20 into train/val/test."""
+    if os.path.exists(path):
+        return path
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((clips, frames, 7, 7, channels), dtype=np.float32).astype(np.float16)
+    labels = np.arange(clips) % classes
+    split = np.where(labels < 0.6 * classes, "train", np.where(labels < 0.8 * classes, "val", "test"))
+    write_cache_arrays(path, features, labels, [f"class{c}" for c in range(classes)],
+                       [f"clip{i}" for i in range(clips)], split, {"dataset": "residency-bench"})
+    return path
+
+
+def drop_page_cache():
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def run(args):
+    device = resolve_device(args.device)
+    os.makedirs(args.work, exist_ok=True)
+    cache = build_cache(os.path.join(args.work, "cache.h5"), args.clips, args.frames, args.channels, args.classes)
+    size_gib = os.path.getsize(cache) / 2**30
+    rows = []
+    for label, limit in (("in memory", 0.0), ("streamed (auto under the limit)", args.memory_limit)):
+        dropped = drop_page_cache() if limit else None
+        out = os.path.join(args.work, f"run-{'stream' if limit else 'memory'}")
+        for name in ("last.pt", "train_log.csv", "val_log.csv"):
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+        started = time.perf_counter()
+        train_head(TrainConfig(cache=cache, out=out, head="m3net", head_options={"proj_dim": 128},
+                               episodes=args.train_episodes, val_episodes=0, log_every=args.train_episodes,
+                               checkpoint_every=args.train_episodes, device=str(device), memory_limit=limit),
+                   progress=False)
+        train_seconds = time.perf_counter() - started
+        with open(os.path.join(out, "train_log.csv")) as fh:
+            train_rate = float(fh.read().splitlines()[-1].split(",")[3])  # episodes_per_s of the one window
+        started = time.perf_counter()
+        evaluate(EvalConfig(cache=cache, checkpoints=(os.path.join(out, "last.pt"),), episodes=args.eval_episodes,
+                            device=str(device), memory_limit=limit), progress=False)
+        eval_seconds = time.perf_counter() - started
+        assert load_checkpoint(os.path.join(out, "last.pt"))["step"] == args.train_episodes
+        rows.append({"residency": label, "memory_limit_gib": limit, "cache_gib": round(size_gib, 3),
+                     "page_cache_dropped": dropped, "train_episodes_per_s": train_rate,
+                     "train_wall_s": train_seconds, "eval_wall_s": eval_seconds,
+                     "eval_episodes_per_s_incl_load": args.eval_episodes / eval_seconds})
+    for row in rows:
+        row["train_vs_memory"] = row["train_episodes_per_s"] / rows[0]["train_episodes_per_s"]
+        row["eval_vs_memory"] = row["eval_episodes_per_s_incl_load"] / rows[0]["eval_episodes_per_s_incl_load"]
+    return benchmark_record("residency", device, vars(args), rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clips", type=int, default=940, help="~1.5 GiB at T=8, C=2048")
+    parser.add_argument("--classes", type=int, default=25)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--channels", type=int, default=2048)
+    parser.add_argument("--memory-limit", type=float, default=1.0, help="GiB the streamed run's bank may use")
+    parser.add_argument("--train-episodes", type=int, default=60)
+    parser.add_argument("--eval-episodes", type=int, default=200)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--work", default="/tmp/m3net-residency")
+    parser.add_argument("--out-dir", default="benchmarks")
+    result = run(parser.parse_args())
+    for row in result["rows"]:
+        print(f"{row['residency']:<34} train {row['train_episodes_per_s']:.2f} ep/s ({row['train_vs_memory']:.0%})"
+              f"  evaluate {row['eval_episodes_per_s_incl_load']:.2f} ep/s incl. load ({row['eval_vs_memory']:.0%})")
+    print("wrote " + " and ".join(write_benchmark(result, result["config"]["out_dir"], "residency",
+                                                 {"cache_gib": result["rows"][0]["cache_gib"]})))
+
+
+if __name__ == "__main__":
+    main()
