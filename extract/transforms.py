@@ -26,11 +26,21 @@ class TransformConfig:
 
 
 def resize_frames(frames, size):
-    """uint8 (T, H, W, 3) array or tensor -> uint8 (T, 3, size[0], size[1])."""
-    x = torch.as_tensor(frames).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
-    if tuple(x.shape[-2:]) != tuple(size):
+    """uint8 (T, H, W, 3) array or tensor -> uint8 (T, 3, size[0], size[1]).
+
+    One frame at a time: only one frame is ever in float32 at full size (8 frames of 4000x4000
+    at once would take 1.5 GB, 3 GB with interpolate's temporaries); per-frame interpolation gives
+    the same values as the batched one.
+    """
+    frames = torch.as_tensor(frames)
+    if tuple(frames.shape[1:3]) == tuple(size):
+        return frames.permute(0, 3, 1, 2).contiguous()
+    out = torch.empty((frames.shape[0], 3, *size), dtype=torch.uint8)
+    for t, frame in enumerate(frames):
+        x = frame.permute(2, 0, 1)[None].float()  # (1, 3, H, W)
         x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
-    return x.round_().clamp_(0, 255).to(torch.uint8)
+        out[t] = x[0].round_().clamp_(0, 255).to(torch.uint8)
+    return out
 
 
 def crop_view(frames, config, top, left, flip=False):

@@ -254,3 +254,22 @@ def test_checkpoints_missing_keys_or_with_other_shapes_are_refused(cache, tmp_pa
     torch.save(state, broken)
     with pytest.raises(CheckpointError, match="its model does not fit"):
         load_trained_head(str(broken), torch.device("cpu"))
+
+
+def test_huge_frames_are_resized_one_at_a_time_with_the_batched_result(tmp_path):
+    import torch.nn.functional as F
+
+    from m3net.extract.transforms import resize_frames
+
+    frames = np.random.default_rng(0).integers(0, 256, (3, 90, 160, 3), dtype=np.uint8)
+    batched = F.interpolate(torch.as_tensor(frames).permute(0, 3, 1, 2).float(), size=(64, 64), mode="bilinear",
+                            align_corners=False, antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+    assert torch.equal(resize_frames(frames, (64, 64)), batched)
+    code = ("import resource, numpy as np\nfrom m3net.extract.transforms import resize_frames\n"
+            "frames = np.zeros((8, 4000, 4000, 3), np.uint8)\n"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "resize_frames(frames, (256, 256))\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)\n")
+    extra_mib = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.strip())
+    assert extra_mib < 600, extra_mib  # all 8 frames in float32 at once took ~3 GB
