@@ -9,8 +9,12 @@ import click
 
 from m3net import __version__
 from m3net.config import click_options
+from m3net.data.synthetic import SyntheticConfig
+from m3net.extract.bench import ExtractBenchConfig
 from m3net.extract.loop import ExtractConfig
 from m3net.model.registry import parse_head_options
+from m3net.train.bench import TrainBenchConfig
+from m3net.train.bench_finetune import FinetuneBenchConfig
 from m3net.train.evaluate import EvalConfig
 from m3net.train.finetune import FinetuneConfig
 from m3net.train.loop import TrainConfig
@@ -108,20 +112,11 @@ def evaluate_cmd(checkpoints, heads, **options):
 
 
 @main.command("bench-train")
-@click.option("--head", default="m3net", show_default=True)
-@click.option("--head-opt", multiple=True, metavar="KEY=VALUE", help="Head option, repeatable.")
-@click.option("--way", default=5, show_default=True)
-@click.option("--shot", default=1, show_default=True)
-@click.option("--queries", default=5, show_default=True, help="Queries per class in training episodes.")
-@click.option("--channels", default=2048, show_default=True, help="C of the cached maps.")
-@click.option("--frames", default=8, show_default=True)
-@click.option("--train-episodes", default=20, show_default=True, help="Timed training episodes.")
-@click.option("--eval-episodes", default=50, show_default=True, help="Timed evaluation episodes.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--out-dir", default="benchmarks", show_default=True, type=click.Path(file_okay=False))
+@click_options(TrainBenchConfig)
+@head_opt_option
 def bench_train_cmd(head_opt, **options):
     """Episodes/s of training and evaluation at the real sizes, projected to 60 000 / 6 000 episodes."""
-    from m3net.train.bench import TrainBenchConfig, format_table, run_bench, write_results
+    from m3net.train.bench import format_table, run_bench, write_results
 
     result = run_bench(TrainBenchConfig(head_options=parse_head_options(options["head"], head_opt), **options))
     click.echo(format_table(result))
@@ -129,32 +124,22 @@ def bench_train_cmd(head_opt, **options):
 
 
 @main.command("bench-finetune")
-@click.option("--head", default="m3net", show_default=True)
-@click.option("--head-opt", multiple=True, metavar="KEY=VALUE", help="Head option, repeatable.")
-@click.option("--way", default=5, show_default=True)
 @click.option("--shot", "shots", multiple=True, type=int, default=(1, 5), show_default=True, help="Repeatable.")
-@click.option("--queries", default=5, show_default=True, help="Queries per class.")
-@click.option("--frames", default=8, show_default=True)
-@click.option("--crop", default=224, show_default=True)
-@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]))
 @click.option("--checkpointing", type=click.Choice(["both", "off", "on"]), default="both", show_default=True,
               help="Gradient checkpointing of the trunk: measure without, with, or both.")
-@click.option("--train-bn", is_flag=True, help="Update BatchNorm as `finetune --train-bn` does.")
-@click.option("--steps", default=5, show_default=True, help="Timed optimizer steps (one episode each).")
-@click.option("--warmup", default=2, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--out-dir", default="benchmarks", show_default=True, type=click.Path(file_okay=False))
-def bench_finetune_cmd(head_opt, checkpointing, train_bn, shots, **options):
+@click_options(FinetuneBenchConfig)
+@head_opt_option
+def bench_finetune_cmd(head_opt, checkpointing, shots, **options):
     """Episodes/s and peak GPU memory of `m3net finetune` per shot, with and without checkpointing.
 
     Random frames of the episode's size (decoding excluded). A setting that does not fit in GPU
     memory is reported as "out of memory".
     """
-    from m3net.train.bench_finetune import FinetuneBenchConfig, format_table, run_bench, write_results
+    from m3net.train.bench_finetune import format_table, run_bench, write_results
 
     modes = {"both": (False, True), "off": (False,), "on": (True,)}[checkpointing]
     config = FinetuneBenchConfig(head_options=parse_head_options(options["head"], head_opt), checkpointing=modes,
-                                 freeze_bn=not train_bn, shots=tuple(shots), **options)
+                                 shots=tuple(shots), **options)
     result = run_bench(config, progress=lambda line: click.echo(line, err=True))
     click.echo(format_table(result))
     click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
@@ -297,21 +282,12 @@ def cache_info_cmd(path, as_json):
 
 
 @main.command("bench-extract")
-@click.option("--root", required=True, type=click.Path(file_okay=False),
-              help="Folder dataset to time (e.g. from make-synthetic).")
-@click.option("--clips", default=0, show_default=True, help="Clips timed (0: all of the folder).")
-@click.option("--frames", default=8, show_default=True)
-@click.option("--batch-size", default=8, show_default=True, help="Clips per backbone forward.")
-@click.option("--workers", default=2, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp16", "bf16", "fp32"]), default="auto", show_default=True)
-@click.option("--weights", default="random", show_default=True, help="Speed does not depend on the weights' values.")
-@click.option("--out-dir", default="benchmarks", show_default=True, type=click.Path(file_okay=False))
+@click_options(ExtractBenchConfig)
 def bench_extract_cmd(**options):
     """Decode-only clips/s, backbone-only frames/s and end-to-end extraction, side by side."""
     import warnings
 
-    from m3net.extract.bench import ExtractBenchConfig, format_table, run_bench, write_results
+    from m3net.extract.bench import format_table, run_bench, write_results
 
     warnings.filterwarnings("ignore", message="--weights random")  # timing only: the values do not matter
     result = run_bench(ExtractBenchConfig(**options))
@@ -355,22 +331,11 @@ def bench_dtw_cmd(pass_, implementations, **options):
 @main.command("make-synthetic")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder to write <split>/<class>/<clip>.mp4 and manifest.json into.")
-@click.option("--seed", default=0, show_default=True, help="Every class and clip is a function of it.")
-@click.option("--train-classes", default=12, show_default=True)
-@click.option("--val-classes", default=5, show_default=True)
-@click.option("--test-classes", default=8, show_default=True)
-@click.option("--clips-per-class", default=12, show_default=True)
-@click.option("--frames", default=24, show_default=True, help="Frames per clip.")
-@click.option("--size", default=128, show_default=True, help="Frame height and width in pixels.")
-@click.option("--fps", default=12, show_default=True)
-@click.option("--phases", default=4, show_default=True, help="Sub-actions per clip.")
-@click.option("--family-size", default=4, show_default=True,
-              help="Classes sharing one multiset of sub-actions (orders + one detail variant).")
-@click.option("--codec", type=click.Choice(["libx264", "mpeg4"]), default="libx264", show_default=True)
+@click_options(SyntheticConfig)
 @click.option("--overwrite", is_flag=True, help="Replace a benchmark in --out that was generated with other settings.")
 def make_synthetic_cmd(out, overwrite, **options):
     """Write the generated fine-grained benchmark (classes differ in sub-action order and details)."""
-    from m3net.data.synthetic import SyntheticConfig, generate_synthetic
+    from m3net.data.synthetic import generate_synthetic
 
     manifest, status = generate_synthetic(out, SyntheticConfig(**options), overwrite=overwrite)
     counts = ", ".join(f"{s} {len(manifest['splits'][s])} classes" for s in manifest["splits"])

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from m3net.config import setting
+from m3net.config import validate as validate_config
 from m3net.data.datasets import load_dataset
 from m3net.extract.backbone import build_backbone
 from m3net.extract.loop import ExtractConfig, Extractor, extract_dataset, make_loader, resolve_precision
@@ -23,16 +25,22 @@ from m3net.runtime import benchmark_record, resolve_device, write_benchmark
 
 @dataclass
 class ExtractBenchConfig:
-    root: str  # a folder dataset (<root>/<class>/<clip> or with train/val/test)
-    clips: int = 0  # clips timed (0: all of the folder)
-    frames: int = 8
-    batch_size: int = 8
-    workers: int = 2
-    device: str = "auto"
-    precision: str = "auto"
-    weights: str = "random"  # speed does not depend on the weights' values
-    backbone_batches: int = 0  # timed forwards for backbone-only (0: as many as end-to-end needs, >= 3)
-    out_dir: str = "benchmarks"
+    root: str = setting(help="Folder dataset to time (<root>/<class>/<clip>, e.g. from make-synthetic).",
+                        path="dir")
+    clips: int = setting(0, "Clips timed (0: all of the folder).", minimum=0)
+    frames: int = setting(8, "Frames sampled per clip.", minimum=1)
+    batch_size: int = setting(8, "Clips per backbone forward.", minimum=1)
+    workers: int = setting(2, "DataLoader processes decoding clips.", minimum=0)
+    device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+    precision: str = setting("auto", "Autocast dtype; auto = fp16 on CUDA, fp32 on CPU.",
+                             choices=("auto", "fp16", "bf16", "fp32"))
+    weights: str = setting("random", "Speed does not depend on the weights' values.")
+    backbone_batches: int = setting(0, "Timed forwards for backbone-only (0: as many as end-to-end needs, >= 3).",
+                                    minimum=0)
+    out_dir: str = setting("benchmarks", "Where the CSV and JSON results go.", path="dir")
+
+    def __post_init__(self):
+        validate_config(self)
 
 
 def _decode_only(items, config, device):

@@ -170,10 +170,6 @@ class Extractor:
     def __init__(self, model, device, precision, batch_size, transform=TransformConfig()):
         self.device, self.batch_size, self.transform = device, batch_size, transform
         self.amp_dtype = PRECISIONS[precision]
-        if device.type == "cuda":
-            # Same algorithms every run: bit-identical rows after a resume.
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
         self.model = model.to(device, memory_format=torch.channels_last).eval()
 
     @torch.inference_mode()
@@ -184,8 +180,11 @@ class Extractor:
         if pad > 0:  # fixed forward shape: a clip's features never depend on its batch
             x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])])
         x = normalise(x, self.transform).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        # Same cuDNN algorithms every run (bit-identical rows after a resume), set for this forward
+        # only, not for the rest of the process.
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True), \
+                torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                               enabled=self.amp_dtype is not None):
             y = self.model(x)  # (B*V*T, C, 7, 7)
         y = y[: n * views * t].permute(0, 2, 3, 1).to(torch.float16)  # (n*V*T, 7, 7, C)
         return y.reshape(n, views, t, *y.shape[1:]).cpu().numpy()  # (n, V, T, 7, 7, C)

@@ -52,6 +52,7 @@ import numpy as np
 
 from m3net import __version__
 from m3net.cache.schema import SPLITS
+from m3net.config import setting
 from m3net.errors import ConfigError
 
 # Bump when the rendering or the class construction changes: a manifest written by another
@@ -86,17 +87,17 @@ TYPE_NAMES = tuple(t.name for t in SUBACTIONS)
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    seed: int = 0
-    train_classes: int = 12
-    val_classes: int = 5
-    test_classes: int = 8
-    clips_per_class: int = 12
-    frames: int = 24  # frames per clip
-    size: int = 128  # frame height = width, pixels
-    fps: int = 12
-    phases: int = 4  # sub-actions per clip
-    family_size: int = 4  # classes sharing one multiset of sub-actions
-    codec: str = "libx264"
+    seed: int = setting(0, "Every class and clip is a function of it.")
+    train_classes: int = setting(12, "Training classes.")
+    val_classes: int = setting(5, "Validation classes.")
+    test_classes: int = setting(8, "Test classes.")
+    clips_per_class: int = setting(12, "Clips per class.")
+    frames: int = setting(24, "Frames per clip.")
+    size: int = setting(128, "Frame height and width in pixels (a multiple of 32).")
+    fps: int = setting(12, "Frames per second of the mp4 files.")
+    phases: int = setting(4, "Sub-actions per clip.")
+    family_size: int = setting(4, "Classes sharing one multiset of sub-actions (orders + one detail variant).")
+    codec: str = setting("libx264", "Video codec.", choices=CODECS)
 
     def validate(self):
         def need(ok, option, expected):

@@ -7,12 +7,14 @@ to the paper's 60 000 training and 6 000 test episodes.
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from m3net.cache.reader import CachedFeatures
+from m3net.config import setting
+from m3net.config import validate as validate_config
 from m3net.data.episodes import EpisodeSampler
 from m3net.model import build_head
 from m3net.runtime import benchmark_record, resolve_device, synchronize, write_benchmark
@@ -21,20 +23,22 @@ from m3net.train.common import FeatureBank
 
 @dataclass
 class TrainBenchConfig:
-    head: str = "m3net"
-    head_options: dict = field(default_factory=dict)
-    way: int = 5
-    shot: int = 1
-    queries: int = 5  # per class in training episodes; evaluation uses 1
-    frames: int = 8
-    channels: int = 2048
-    train_episodes: int = 20
-    eval_episodes: int = 50
-    warmup: int = 3
-    device: str = "auto"
-    out_dir: str = "benchmarks"
-    seed: int = 0
+    head: str = setting("m3net", "Head from the registry (see `m3net heads`).")
+    head_options: dict = setting(cli=False, default_factory=dict)
+    way: int = setting(5, "Classes per episode.", minimum=2)
+    shot: int = setting(1, "Supports per class.", minimum=1)
+    queries: int = setting(5, "Queries per class in training episodes (evaluation uses 1).", minimum=1)
+    frames: int = setting(8, "T of the cached maps.", minimum=1)
+    channels: int = setting(2048, "C of the cached maps.", minimum=1)
+    train_episodes: int = setting(20, "Timed training episodes.", minimum=1)
+    eval_episodes: int = setting(50, "Timed evaluation episodes.", minimum=1)
+    warmup: int = setting(3, "Untimed episodes first.", minimum=0)
+    device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+    out_dir: str = setting("benchmarks", "Where the CSV and JSON results go.", path="dir")
+    seed: int = setting(0, "Random features, parameter init and episodes.")
 
+    def __post_init__(self):
+        validate_config(self)
 
 
 def _random_bank(config, device):

@@ -10,32 +10,38 @@ handed to tensors (the process's reserved memory is somewhat higher).
 import dataclasses
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from m3net.config import setting
+from m3net.config import validate as validate_config
 from m3net.runtime import benchmark_record, resolve_device, synchronize, write_benchmark
 from m3net.train.finetune import FinetuneConfig, amp_dtype_for, build_training, forward_episode, set_train_mode
 
 
 @dataclass
 class FinetuneBenchConfig:
-    head: str = "m3net"
-    head_options: dict = field(default_factory=dict)
-    way: int = 5
-    shots: tuple = (1, 5)
-    queries: int = 5  # per class
-    frames: int = 8
-    crop: int = 224
-    amp: str = "auto"
-    checkpointing: tuple = (False, True)
-    freeze_bn: bool = True
-    steps: int = 5
-    warmup: int = 2
-    device: str = "auto"
-    out_dir: str = "benchmarks"
-    seed: int = 0
+    head: str = setting("m3net", "Head from the registry (see `m3net heads`).")
+    head_options: dict = setting(cli=False, default_factory=dict)
+    way: int = setting(5, "Classes per episode.", minimum=2)
+    shots: tuple = setting((1, 5), cli=False)  # --shot, repeatable
+    queries: int = setting(5, "Queries per class.", minimum=1)
+    frames: int = setting(8, "Frames per clip.", minimum=1)
+    crop: int = setting(224, "Crop size.", minimum=32)
+    amp: str = setting("auto", "Mixed precision on CUDA.", choices=("auto", "bf16", "fp16", "off"))
+    checkpointing: tuple = setting((False, True), cli=False)  # --checkpointing both|off|on
+    freeze_bn: bool = setting(True, "Keep BatchNorm frozen, or update it as `finetune --train-bn` does.",
+                              flag="--freeze-bn/--train-bn")
+    steps: int = setting(5, "Timed optimizer steps (one episode each).", minimum=1)
+    warmup: int = setting(2, "Untimed steps first.", minimum=0)
+    device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+    out_dir: str = setting("benchmarks", "Where the CSV and JSON results go.", path="dir")
+    seed: int = setting(0, "Random frames and parameter init.")
 
+    def __post_init__(self):
+        self.shots, self.checkpointing = tuple(self.shots), tuple(self.checkpointing)
+        validate_config(self)
 
 
 def _measure(config, shot, checkpointing, device):
