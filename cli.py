@@ -18,6 +18,7 @@ from m3net.train.bench_finetune import FinetuneBenchConfig
 from m3net.train.evaluate import EvalConfig
 from m3net.train.finetune import FinetuneConfig
 from m3net.train.loop import TrainConfig
+from m3net.train.predict import PredictConfig
 
 
 class M3NetGroup(click.Group):
@@ -181,24 +182,17 @@ def finetune_cmd(head_opt, **options):
 
 
 @main.command("predict")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Trained head (best.pt of `m3net train-head` or `m3net finetune`).")
-@click.option("--support", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Folder of <class>/<clip>: the same number (1-5) of labelled clips per class.")
+@click_options(PredictConfig)
 @click.option("--query", "queries", required=True, multiple=True, type=click.Path(),
               help="Clip to classify (repeatable): a video file or a frame folder.")
-@click.option("--weights", default="",
-              help="Backbone weights if not where the checkpoint's cache found them (checked by sha256).")
-@click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def predict_cmd(checkpoint, support, queries, weights, device, as_json):
+def predict_cmd(queries, as_json, **options):
     """Classify query clips against a folder of labelled support clips (few-shot, no training)."""
     import json
 
-    from m3net.train.predict import PredictConfig, predict
+    from m3net.train.predict import predict
 
-    results = predict(PredictConfig(checkpoint=checkpoint, support=support, queries=queries, weights=weights,
-                                    device=device))
+    results = predict(PredictConfig(queries=queries, **options))
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return

@@ -273,3 +273,32 @@ def test_huge_frames_are_resized_one_at_a_time_with_the_batched_result(tmp_path)
     extra_mib = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                    env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.strip())
     assert extra_mib < 600, extra_mib  # all 8 frames in float32 at once took ~3 GB
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_and_no_tmp(tmp_path, monkeypatch):
+    from m3net.train import checkpoint
+
+    path = tmp_path / "last.pt"
+    checkpoint.save_checkpoint(str(path), step=1)
+
+    def disk_full(obj, f):
+        open(f, "wb").write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint there is unchanged"):
+        checkpoint.save_checkpoint(str(path), step=2)
+    assert sorted(os.listdir(tmp_path)) == ["last.pt"]
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["step"] == 1
+
+
+def test_a_log_window_after_resume_averages_only_the_episodes_it_ran():
+    from m3net.train.run import Window
+
+    window = Window().reset()
+    for loss in (1.0, 3.0):  # two episodes since the resume, though the cadence is every 4
+        window.add({"loss": loss, "views": {"y": loss}})
+    window.add(None)  # a skipped episode
+    row = window.row(step=8)
+    assert row["loss"] == 2.0 and row["views_loss"] == "y=2.0000" and row["skipped_episodes"] == 1

@@ -18,8 +18,16 @@ FORMAT = "m3net-head-checkpoint-1"
 def save_checkpoint(path, **state):
     """Atomic write: a crash while saving never leaves a truncated checkpoint behind."""
     tmp = f"{path}.tmp"
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"format": FORMAT, **state}, tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        if os.path.exists(tmp):
+            os.remove(tmp)  # no half-written file left behind; the previous checkpoint stays whole
+        if isinstance(err, OSError):
+            raise CheckpointError(f"{path}: could not be written ({err.strerror or err}); the previous "
+                                  "checkpoint there is unchanged") from None
+        raise
 
 
 # What every head checkpoint holds (finetune checkpoints add backbone, init_backbone and scaler).

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from m3net.config import setting
+from m3net.config import validate as validate_config
 from m3net.data.datasets import load_dataset
 from m3net.errors import PredictError  # noqa: F401 (re-exported)
 from m3net.extract.backbone import build_backbone, file_sha256, resolve_weights_file
@@ -20,12 +22,18 @@ from m3net.train.evaluate import load_trained_head
 
 @dataclass
 class PredictConfig:
-    checkpoint: str
-    support: str
-    queries: tuple
-    weights: str = ""  # default: what the checkpoint's cache was built with
-    device: str = "auto"
-    seed: int = 0
+    checkpoint: str = setting(help="Trained head (best.pt of `m3net train-head` or `m3net finetune`).", path="file")
+    support: str = setting(help="Folder of <class>/<clip>: the same number (1-5) of labelled clips per class.",
+                           path="dir")
+    queries: tuple = setting((), cli=False)  # --query, repeatable: video files or frame folders
+    weights: str = setting("", "Backbone weights if not where the checkpoint's cache found them (checked by "
+                           "sha256); default: what the checkpoint's cache was built with.")
+    device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+    seed: int = setting(0, "Random backbone weights of a test cache.", cli=False)
+
+    def __post_init__(self):
+        self.queries = tuple(self.queries)
+        validate_config(self)
 
 
 def backbone_for(provenance, override=""):
@@ -59,6 +67,8 @@ def predict(config):
     missing = [q for q in config.queries if not os.path.exists(q)]
     if missing:
         raise PredictError(f"--query: no such file(s): {', '.join(missing)}")
+    if not os.path.isdir(config.support):
+        raise PredictError(f"--support {config.support}: no such folder (expected <class>/<clip> inside)")
     device = resolve_device(config.device)
     head, state = load_trained_head(config.checkpoint, device)
     provenance = state["provenance"]
