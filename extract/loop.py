@@ -18,6 +18,7 @@ With ``views`` = K > 0 every row holds K views (V, K, T, 7, 7, C): view 0 is the
 (segment centres, centre crop; evaluation reads it), views 1..K-1 are training views (random
 frame within each segment, random crop 224 of the 256x256 frame, horizontal flip p=1/2).
 """
+import dataclasses
 import os
 import queue
 import threading
@@ -34,7 +35,7 @@ from m3net.config import setting
 from m3net.config import validate as validate_config
 from m3net.data.datasets import DATASETS, DatasetError, load_dataset
 from m3net.errors import ConfigError
-from m3net.extract.backbone import build_backbone
+from m3net.extract.backbone import FEATURE_CHANNELS, build_backbone
 from m3net.extract.sampling import sample_indices
 from m3net.extract.transforms import TransformConfig, normalise, test_view, train_view
 from m3net.extract.video import Clip
@@ -52,7 +53,10 @@ class ExtractConfig:
     out: str = setting(help="HDF5 cache to write; an existing one is resumed.", path="file")
     weights: str = setting("imagenet", "imagenet (torchvision V1, the paper's), imagenet-v2, random (tests/demo "
                            "only), or PATH to a state dict or a finetune checkpoint.")
-    frames: int = setting(8, "Frames sampled per clip (T, TSN segment centres).", minimum=1)
+    frames: int = setting(0, "Frames sampled per clip (T, TSN segment centres); 0: 8, or the frames of the "
+                          "finetune checkpoint given as --weights.", minimum=0)
+    crop: int = setting(0, "Crop size (frames resized to crop*8/7 first, 256 for 224); 0: 224, or the crop of the "
+                        "finetune checkpoint given as --weights.", minimum=0)
     batch_size: int = setting(8, "Clips per backbone forward (x views x frames images).", minimum=1)
     workers: int = setting(2, "DataLoader processes decoding clips (0: main process).", minimum=0)
     views: int = setting(0, "0: one test view; K>0: K views per clip, view 0 the test view, 1..K-1 random "
@@ -127,7 +131,7 @@ def collate(items):
 def make_loader(items, config, device):
     """DataLoader over [(row, clip id, path)] yielding collate()'s batches of ``config.batch_size`` clips."""
     return torch.utils.data.DataLoader(
-        ClipViews(items, config.frames, max(config.views, 1), config.seed),
+        ClipViews(items, config.frames, max(config.views, 1), config.seed, view_transform(config.crop)),
         batch_size=config.batch_size, shuffle=False, num_workers=config.workers, collate_fn=collate,
         pin_memory=device.type == "cuda", prefetch_factor=4 if config.workers else None,
     )
@@ -190,6 +194,36 @@ class Extractor:
         return y.reshape(n, views, t, *y.shape[1:]).cpu().numpy()  # (n, V, T, 7, 7, C)
 
 
+def view_transform(crop):
+    """The extraction transform at ``crop``: resize to crop·8/7 (256 for 224), centre or random crop."""
+    return TransformConfig(resize=(crop * 8 // 7,) * 2, crop=crop)
+
+
+def finetuned_view(weights):
+    """(frames, crop) a finetune checkpoint passed as --weights was trained at, or None for other weights."""
+    if not os.path.isfile(weights):
+        return None
+    try:  # mmap: the settings without reading the tensors
+        state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None  # not a checkpoint; build_backbone reports what is wrong with the file
+    train = state.get("train_config") if isinstance(state, dict) and "backbone" in state else None
+    return (int(train["frames"]), int(train["crop"])) if isinstance(train, dict) and "crop" in train else None
+
+
+def resolve_view(config):
+    """``config`` with frames and crop filled in: as given, else the finetune checkpoint's, else 8 and 224.
+    A finetune checkpoint's head expects its own frames and crop: other values are refused here, not
+    after hours of extraction by `evaluate`."""
+    tuned = finetuned_view(config.weights)
+    frames, crop = config.frames or (tuned[0] if tuned else 8), config.crop or (tuned[1] if tuned else 224)
+    if tuned and (frames, crop) != tuned:
+        raise ConfigError(f"--weights {config.weights} was finetuned with --frames {tuned[0]} --crop {tuned[1]}; "
+                          f"extracting with --frames {frames} --crop {crop} would give a cache its head refuses "
+                          "(leave --frames and --crop out to follow the checkpoint)")
+    return dataclasses.replace(config, frames=frames, crop=crop)
+
+
 def cache_attrs(config, provenance, precision, transform=TransformConfig()):
     return {
         "dataset": config.dataset, "backbone": "resnet50", **provenance,
@@ -220,8 +254,9 @@ class Prepared:
 
     def open_writer(self, path):
         clips = self.dataset.clips
+        side = -(-int(self.attrs["crop"]) // 32)  # the trunk's stride: 7 for 224, 2 for 64
         return CacheWriter(path, [c.clip_id for c in clips], [c.label for c in clips], self.dataset.classes,
-                           [c.split for c in clips], self.attrs)
+                           [c.split for c in clips], self.attrs, feature_shape=(side, side, FEATURE_CHANNELS))
 
 
 def prepare(config, device=None):
@@ -237,7 +272,8 @@ def prepare(config, device=None):
                            f"or frame folders {example}/img_00001.jpg")
     device = device or resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    return Prepared(dataset, model, provenance, device, precision, cache_attrs(config, provenance, precision))
+    return Prepared(dataset, model, provenance, device, precision,
+                    cache_attrs(config, provenance, precision, view_transform(config.crop)))
 
 
 def compute_rows(config, prepared, writer, rows):
@@ -259,7 +295,8 @@ def compute_rows(config, prepared, writer, rows):
                           f"under {prepared.dataset.root}")
         items = [(row, clips[row].clip_id, clips[row].path) for row in rows if clips[row].path is not None]
         loader = make_loader(items[:config.limit] if config.limit else items, config, device)
-        extractor = Extractor(prepared.model, device, prepared.precision, config.batch_size)
+        extractor = Extractor(prepared.model, device, prepared.precision, config.batch_size,
+                              view_transform(config.crop))
         views = max(config.views, 1)
         with tqdm(total=len(loader.dataset), unit="clip", disable=not config.progress, dynamic_ncols=True,
                   desc=f"extract {config.dataset}") as bar:
@@ -298,6 +335,7 @@ def extract_dataset(config):
     Under ``torchrun`` (WORLD_SIZE > 1) every process takes a share of the clips; see
     m3net.extract.distributed.
     """
+    config = resolve_view(config)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from m3net.extract.distributed import extract_sharded
 

@@ -227,18 +227,22 @@ def test_tensorboard_scalars_are_written(bench, tmp_path):
 @pytest.mark.filterwarnings("ignore:--weights random")
 def test_finetuned_head_scores_the_cache_of_its_own_backbone(bench, tmp_path):
     out = tmp_path / "run"
-    common = ["--dataset", "synthetic", "--root", bench, "--frames", "2"]
-    result = CliRunner().invoke(main, ["finetune", *common, "--out", str(out), "--weights", "random",
-                                       "--head-opt", "proj_dim=8", "--way", "2", "--queries", "1", "--crop", "224",
+    common = ["--dataset", "synthetic", "--root", bench]
+    result = CliRunner().invoke(main, ["finetune", *common, "--out", str(out), "--weights", "random", "--frames", "2",
+                                       "--head-opt", "proj_dim=8", "--way", "2", "--queries", "1", "--crop", "64",
                                        "--episodes", "1", "--workers", "0", "--val-episodes", "1"])
     assert result.exit_code == 0, result.output
     assert "best val accuracy" in result.output
     best = str(out / "best.pt")
     tuned, untuned = str(tmp_path / "tuned.h5"), str(tmp_path / "untuned.h5")
+    # extract follows the checkpoint's frames and crop (2, 64); the random-weights cache is at 8 and 224.
     for weights, cache in ((best, tuned), ("random", untuned)):
         result = CliRunner().invoke(main, ["extract", *common, "--out", cache, "--weights", weights,
                                            "--workers", "0", "--batch-size", "4"])
         assert result.exit_code == 0, result.output
+    other_crop = CliRunner().invoke(main, ["extract", *common, "--out", str(tmp_path / "x.h5"), "--weights", best,
+                                           "--crop", "224"])
+    assert other_crop.exit_code == 2 and "finetuned with --frames 2 --crop 64" in other_crop.output
     scored = CliRunner().invoke(main, ["evaluate", "--checkpoint", best, "--cache", tuned, "--way", "2",
                                        "--episodes", "2", "--device", "cpu"])
     assert scored.exit_code == 0, scored.output
