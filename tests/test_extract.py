@@ -311,7 +311,7 @@ def test_torchrun_shards_then_merges_one_cache(tmp_path):
 @pytest.mark.filterwarnings("ignore:--weights random")
 def test_option_errors_are_named(tmp_path):
     root = _folder(tmp_path / "data", {"a/c0.mp4": SMALL})
-    for options, expected in [({"views": 1}, "--views 1"), ({"frames": 0}, "--frames"),
+    for options, expected in [({"views": 1}, "--views 1"), ({"frames": -1}, "--frames -1: expected >= 0"),
                               ({"precision": "fp16", "device": "cpu"}, "--precision fp16 needs CUDA")]:
         with pytest.raises(ConfigError, match=expected):
             extract_dataset(ExtractConfig("folder", root, str(tmp_path / "c.h5"), weights="random", **options))
