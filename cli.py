@@ -35,6 +35,17 @@ class M3NetGroup(click.Group):
             ctx.exit(err.exit_code)
 
 
+def preset_options(stage, options):
+    """``options`` with the --preset's values for every option not given on the command line."""
+    from click.core import ParameterSource
+
+    from m3net.train.presets import with_preset
+
+    ctx = click.get_current_context()
+    explicit = {k for k in options if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    return with_preset(stage, options, explicit)
+
+
 def head_opt_option(command):
     return click.option("--head-opt", multiple=True, metavar="KEY=VALUE",
                         help="Head option, repeatable, parsed by the option's type (e.g. --head-opt use_tm=off; "
@@ -88,6 +99,7 @@ def train_head_cmd(head_opt, **options):
     """
     from m3net.train.loop import train_head
 
+    options = preset_options("train-head", options)
     config = TrainConfig(head_options=parse_head_options(options["head"], head_opt), **options)
     summary = train_head(config)
     best = f"; best val accuracy {summary['best_val_acc']:.2f}% -> {summary['best']}" if summary["best"] else ""
@@ -104,7 +116,7 @@ def evaluate_cmd(checkpoints, heads, **options):
     """Score heads on the same seeded episodes: accuracy ± 95% CI per view, paired differences."""
     from m3net.train.evaluate import evaluate, format_table, write_summary
 
-    config = EvalConfig(checkpoints=checkpoints, heads=heads, **options)
+    config = EvalConfig(checkpoints=checkpoints, heads=heads, **preset_options("evaluate", options))
     summary = evaluate(config)
     click.echo(format_table(summary))
     if config.out:
@@ -174,6 +186,7 @@ def finetune_cmd(head_opt, **options):
     """
     from m3net.train.finetune import finetune
 
+    options = preset_options("finetune", options)
     config = FinetuneConfig(head_options=parse_head_options(options["head"], head_opt), **options)
     result = finetune(config)
     if result["rank"] == 0:  # under torchrun, one summary line, not one per rank

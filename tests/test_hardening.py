@@ -302,3 +302,18 @@ def test_a_log_window_after_resume_averages_only_the_episodes_it_ran():
     window.add(None)  # a skipped episode
     row = window.row(step=8)
     assert row["loss"] == 2.0 and row["views_loss"] == "y=2.0000" and row["skipped_episodes"] == 1
+
+
+def test_preset_paper_sets_the_protocol_and_given_options_win(cache, tmp_path):
+    from m3net.train.presets import with_preset
+
+    options = with_preset("finetune", {"preset": "paper", "episodes": 3, "backbone_lr": 1e-5}, explicit={"episodes"})
+    assert options["episodes"] == 3 and options["backbone_lr"] == 1e-4 and options["queries"] == 5
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train-head", "--cache", cache, "--out", str(out), "--head", "test-aligned",
+                                       "--preset", "paper", "--episodes", "2", "--way", "3", "--val-episodes", "1",
+                                       "--queries", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    saved = load_checkpoint(str(out / "last.pt"))["train_config"]
+    assert saved["preset"] == "paper" and saved["episodes"] == 2 and saved["queries"] == 1
+    assert saved["lr_step"] == 2000 and saved["lr"] == 1e-4

@@ -62,7 +62,8 @@ def test_view_choice_is_independent_of_the_episode_draw(tmp_path):
     rng = np.random.default_rng(0)
     path = write_cache_arrays(tmp_path / "v.h5", rng.standard_normal((40, 3, 1, 1, 1, 2)).astype(np.float16),
                               np.repeat(np.arange(10), 4), [str(c) for c in range(10)],
-                              [f"c{i}" for i in range(40)], ["train"] * 40, {"dataset": "views", "num_frames": 1, "views": 3})
+                              [f"c{i}" for i in range(40)], ["train"] * 40,
+                              {"dataset": "views", "num_frames": 1, "views": 3})
     meta, bank, _ = open_bank(str(path), ("train",), torch.device("cpu"), "device")
     sampler = EpisodeSampler(meta.labels, meta.split, "train", 5, 1, 1, seed=0)
     low, high = [], []

@@ -26,6 +26,7 @@ from m3net.model import build_head
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import features_provenance, load_checkpoint, load_module_state
 from m3net.train.common import RESIDENCIES, episode_accuracies, mean_and_ci, open_bank
+from m3net.train.presets import PRESETS
 
 
 @dataclass
@@ -43,6 +44,9 @@ class EvalConfig:
     episodes: int = setting(6000, "Test episodes (paper: 6000).", minimum=1)
     split: str = setting("test", "Split whose classes make the episodes.", choices=SPLITS)
     seed: int = setting(0, "Same seed, same episodes, for every head.")
+    preset: str = setting("none", "paper: the paper's §4.2 protocol where it states it, m3net's documented "
+                          "choices where it is silent (README: settings table); options given still win.",
+                          choices=PRESETS)
     device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
     resident: str = setting("auto", "Where the cached features live: device (GPU memory), host (pinned RAM), disk "
                             "(streamed from the cache file), or auto: the first that fits.", choices=RESIDENCIES)

@@ -20,6 +20,7 @@ from m3net.model import build_head
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import load_module_state, restore_rng, rng_state
 from m3net.train.common import RESIDENCIES, episode_accuracies, mean_and_ci, open_bank
+from m3net.train.presets import PRESETS
 from m3net.train.run import RESUMABLE_CHANGES, RunFolder, Schedule, check_resumed_config, run_episodes
 
 
@@ -45,6 +46,9 @@ class TrainConfig:
     checkpoint_every: int = setting(500, "Save last.pt every this many episodes.", minimum=1)
     log_every: int = setting(50, "Write a train_log.csv row every this many episodes.", minimum=1)
     seed: int = setting(0, "Decides parameter init and every episode.")
+    preset: str = setting("none", "paper: the paper's §4.2 protocol where it states it, m3net's documented "
+                          "choices where it is silent (README: settings table); options given still win.",
+                          choices=PRESETS)
     device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
     resident: str = setting("auto", "Where the cached features live: device (GPU memory), host (pinned RAM), disk "
                             "(streamed from the cache file), or auto: the first that fits.", choices=RESIDENCIES)
