@@ -13,6 +13,7 @@ from m3net.data.synthetic import SyntheticConfig
 from m3net.extract.bench import ExtractBenchConfig
 from m3net.extract.loop import ExtractConfig
 from m3net.model.registry import parse_head_options
+from m3net.reproduce import ReproduceConfig
 from m3net.train.bench import TrainBenchConfig
 from m3net.train.bench_finetune import FinetuneBenchConfig
 from m3net.train.evaluate import EvalConfig
@@ -192,6 +193,19 @@ def finetune_cmd(head_opt, **options):
     if result["rank"] == 0:  # under torchrun, one summary line, not one per rank
         best = f"; best val accuracy {result['best_val_acc']:.2f}% -> {result['best']}" if result["best"] else ""
         click.echo(f"finetuned {config.head} for {result['step']} episodes: {result['last']}{best}")
+
+
+@main.command("reproduce")
+@click_options(ReproduceConfig)
+def reproduce_cmd(**options):
+    """One cell of the paper's Table 1 (or a Table 2 ablation): finetune --preset paper, extract with the
+    tuned backbone, evaluate 6 000 episodes; the row goes beside the paper's number in OUT/table.csv.
+
+    Every step resumes: after an interruption, re-run the same command.
+    """
+    from m3net.reproduce import format_row, reproduce
+
+    click.echo(format_row(reproduce(ReproduceConfig(**options))))
 
 
 @main.command("predict")

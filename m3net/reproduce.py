@@ -1,0 +1,156 @@
+"""``m3net reproduce``: one cell of the paper's Table 1 (or a Table 2 ablation) as one command.
+
+    OUT/<dataset>-<head>-<variant>-<shot>shot/
+        finetune/    m3net finetune --preset paper (backbone + head end to end from ImageNet weights)
+        cache.h5     m3net extract --weights finetune/best.pt (test view of the tuned backbone)
+        results/     m3net evaluate --preset paper (6 000 episodes, 5 queries per class, every view)
+        row.json     the cell beside the paper's number
+    OUT/table.csv    every cell under OUT, regenerated after each run
+
+Every step resumes: re-running the same command continues an interrupted finetune, fills the rows
+of the cache still missing, and re-scores (evaluation is seeded, so the same numbers come back).
+Options left at 0 take the paper preset's value; smaller values make smoke runs (the generated
+benchmark runs end to end on a CPU this way).
+"""
+import csv
+import dataclasses
+import glob
+import json
+import os
+import warnings
+from dataclasses import dataclass
+
+from m3net.cache import cache_info
+from m3net.config import setting
+from m3net.config import validate as validate_config
+from m3net.data.datasets import DATASETS
+from m3net.errors import ConfigError
+from m3net.extract.backbone import file_sha256
+from m3net.extract.loop import ExtractConfig, extract_dataset
+from m3net.locking import cache_lock_path, exclusive_lock
+from m3net.paper import TABLE2, table1_cell
+from m3net.train.checkpoint import load_checkpoint
+from m3net.train.evaluate import EvalConfig, evaluate, write_summary
+from m3net.train.finetune import FinetuneConfig, finetune
+from m3net.train.presets import with_preset
+
+VARIANTS = ("full",) + tuple(TABLE2)
+
+
+@dataclass
+class ReproduceConfig:
+    dataset: str = setting(help="Table 1's gym99, gym288, diving48; or synthetic / folder for smoke runs.",
+                           choices=DATASETS)
+    root: str = setting(help="Folder holding the dataset's clips.", path="dir")
+    shot: int = setting(1, "Supports per class (Table 1: 1, 3, 5).", minimum=1, maximum=5)
+    head: str = setting("m3net", "Head from the registry (Table 1's methods: `m3net heads`).")
+    variant: str = setting("full", "full, or a Table 2 ablation of the m3net head (t2-im, t2-ifce-im, ...).",
+                           choices=VARIANTS)
+    out: str = setting("reproduce", "Folder of every cell's steps and table.csv.", path="dir")
+    weights: str = setting("imagenet", "Backbone initialisation (paper: ImageNet).")
+    finetune_episodes: int = setting(0, "Finetune episodes (0: the paper's 60 000).", minimum=0)
+    eval_episodes: int = setting(0, "Test episodes (0: the paper's 6 000).", minimum=0)
+    val_episodes: int = setting(300, "Validation episodes of finetune (best.pt).", minimum=0)
+    frames: int = setting(0, "Frames per clip (0: the paper's 8).", minimum=0)
+    crop: int = setting(0, "Crop size (0: the paper's 224).", minimum=0)
+    workers: int = setting(2, "DataLoader processes decoding clips.", minimum=0)
+    device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+
+    def __post_init__(self):
+        validate_config(self)
+        if self.variant != "full" and self.head != "m3net":
+            raise ConfigError(f"--variant {self.variant}: the Table 2 ablations are of the m3net head, not "
+                              f"--head {self.head}")
+
+
+def cell_folder(config):
+    return os.path.join(config.out, f"{config.dataset}-{config.head}-{config.variant}-{config.shot}shot")
+
+
+def _finetune_config(config, run):
+    given = {"dataset": config.dataset, "root": config.root, "out": run, "weights": config.weights,
+             "head": config.head, "shot": config.shot, "workers": config.workers, "device": config.device,
+             "val_episodes": config.val_episodes, "preset": "paper",
+             "head_options": TABLE2[config.variant][0] if config.variant != "full" else {}}
+    given.update({k: getattr(config, k) for k in ("frames", "crop") if getattr(config, k)})
+    if config.finetune_episodes:
+        given["episodes"] = config.finetune_episodes
+    given["checkpoint_every"] = min(100, given.get("episodes", 100))
+    given["val_every"] = min(1000, given.get("episodes", 1000))
+    return FinetuneConfig(**with_preset("finetune", given, explicit=set(given)))
+
+
+def _finetuned(tuning, progress):
+    """Runs (or continues) the finetune step; returns the checkpoint whose backbone the cache uses."""
+    last, best = os.path.join(tuning.out, "last.pt"), os.path.join(tuning.out, "best.pt")
+    step = load_checkpoint(last)["step"] if os.path.exists(last) else 0
+    if step < tuning.episodes:
+        finetune(dataclasses.replace(tuning, resume=os.path.exists(last)), progress=progress)
+    return best if os.path.exists(best) else last
+
+
+def _drop_stale_cache(cache, checkpoint):
+    """The cell's cache belongs to the checkpoint it was extracted with; once finetuning moved on (a
+    longer run, a better best.pt) it is outdated derived data of this cell, so it is rebuilt."""
+    if not os.path.exists(cache):
+        return
+    # cache_info first: it refuses a cache another process is writing (and, opening the lock file
+    # itself, must not run while this process holds the lock: closing it would drop the lock).
+    if cache_info(cache)["attrs"].get("weights_sha256") != file_sha256(checkpoint):
+        warnings.warn(f"{cache}: extracted from an earlier state of {checkpoint}; extracting it again")
+        with exclusive_lock(cache_lock_path(cache), cache):
+            os.remove(cache)
+
+
+def reproduce(config, progress=True):
+    """Runs the cell's three steps (each resuming) and returns its row (also in row.json and table.csv)."""
+    cell = cell_folder(config)
+    os.makedirs(cell, exist_ok=True)
+    checkpoint = _finetuned(_finetune_config(config, os.path.join(cell, "finetune")), progress)
+    cache = os.path.join(cell, "cache.h5")
+    _drop_stale_cache(cache, checkpoint)
+    extracted = extract_dataset(ExtractConfig(config.dataset, config.root, cache, weights=checkpoint,
+                                              workers=config.workers, device=config.device, progress=progress))
+    if extracted["not_done"]:
+        raise ConfigError(f"{cache}: {extracted['not_done']} clips could not be extracted (`m3net cache-info "
+                          f"{cache}` lists why); fix or remove them from --root and re-run")
+    scoring = {"checkpoints": (checkpoint,), "cache": cache, "shot": config.shot, "device": config.device,
+               "preset": "paper", "out": os.path.join(cell, "results")}
+    if config.eval_episodes:
+        scoring["episodes"] = config.eval_episodes
+    summary = evaluate(EvalConfig(**with_preset("evaluate", scoring, explicit=set(scoring))), progress=progress)
+    write_summary(summary, scoring["out"])
+    fused = next(r for r in summary["results"] if r["view"] == "y")
+    paper = table1_cell(config.head, config.dataset, config.shot) if config.variant == "full" else (
+        (TABLE2[config.variant][1], None) if (config.dataset, config.shot) == ("gym99", 1) else None)
+    row = {"dataset": config.dataset, "shot": config.shot, "head": config.head, "variant": config.variant,
+           "accuracy": fused["accuracy"], "ci95": fused["ci95"], "episodes": fused["episodes"],
+           "scored_queries": fused["scored_queries"], "paper_accuracy": paper[0] if paper else None,
+           "paper_ci95": paper[1] if paper else None,
+           "finetune_episodes": load_checkpoint(os.path.join(cell, "finetune", "last.pt"))["step"],
+           "checkpoint_step": load_checkpoint(checkpoint)["step"], "checkpoint": os.path.abspath(checkpoint)}
+    with open(os.path.join(cell, "row.json"), "w") as fh:
+        json.dump(row, fh, indent=2)
+    write_table(config.out)
+    return row
+
+
+def write_table(out):
+    """OUT/table.csv from every cell's row.json under OUT (one row per cell, sorted)."""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(out, "*", "row.json"))):
+        with open(path) as fh:
+            rows.append(json.load(fh))
+    if rows:
+        with open(os.path.join(out, "table.csv"), "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
+
+
+def format_row(row):
+    paper = (f"paper {row['paper_accuracy']:.2f}" + (f" ± {row['paper_ci95']:.2f}" if row["paper_ci95"] else "")
+             if row["paper_accuracy"] is not None else "no paper cell")
+    return (f"{row['dataset']} {row['shot']}-shot {row['head']} ({row['variant']}): {row['accuracy']:.2f} ± "
+            f"{row['ci95']:.2f} over {row['scored_queries']} queries; {paper}")
