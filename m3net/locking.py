@@ -6,7 +6,8 @@ process: they are not inherited by forked DataLoader workers and vanish when the
 (also after ``kill -9``), so a lock is never stale and never needs deleting by hand. A reader
 takes a shared lock for a moment to learn whether a writer is at work. The lock file is left in
 place on purpose: removing it while another process has it open would let two writers lock two
-different files.
+different files. POSIX locks have one trap: closing *any* descriptor of the lock file drops the
+process's lock, so a process never checks (``check_not_being_written``) a file whose lock it holds.
 """
 import contextlib
 import errno
