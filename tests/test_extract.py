@@ -153,6 +153,7 @@ def _reference_features(path, frames):
         return model(x).permute(0, 2, 3, 1).to(torch.float16).numpy()  # (T, 7, 7, C)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:--weights random")
 def test_cli_extract_folder_end_to_end(tmp_path):
     root = _folder(tmp_path / "data", {"train/jump/a1.mp4": SMALL, "test/spin/b1.mp4": SMALL2})
@@ -261,6 +262,7 @@ def test_kill_9_then_resume_gives_identical_bytes(tmp_path):
         extract_dataset(ExtractConfig("folder", root, killed, **{**config, "batch_size": 1}))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:--weights random")
 def test_ctrl_c_closes_the_cache_and_a_rerun_finishes(tmp_path, monkeypatch):
     from m3net.extract import loop

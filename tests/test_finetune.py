@@ -41,6 +41,7 @@ def run(config):
         return finetune(config, progress=False)
 
 
+@pytest.mark.slow
 def test_updates_backbone_and_head(bench, tmp_path):
     config = tiny(bench, tmp_path)
     run(config)
@@ -59,6 +60,7 @@ def test_updates_backbone_and_head(bench, tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2] and all(float(r["loss"]) > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_frozen_stages_keep_their_weights(bench, tmp_path):
     run(tiny(bench, tmp_path, episodes=1, freeze_stages=2, freeze_bn=True))
     state = load_checkpoint(os.path.join(tmp_path, "last.pt"))
@@ -70,6 +72,7 @@ def test_frozen_stages_keep_their_weights(bench, tmp_path):
     assert not torch.equal(initial["layer2.0.conv1.weight"], state["backbone"]["layer2.0.conv1.weight"])
 
 
+@pytest.mark.slow
 def test_resume_is_exact(bench, tmp_path):
     run(tiny(bench, tmp_path / "whole", episodes=2))
     run(tiny(bench, tmp_path / "split", episodes=1))
@@ -185,6 +188,7 @@ def test_validation_keeps_the_best_checkpoint(bench, tmp_path):
     assert float(rows[-1]["best_val_acc"]) == max(accs)
 
 
+@pytest.mark.slow
 def test_interrupt_saves_a_checkpoint_that_resumes_exactly(bench, tmp_path, monkeypatch):
     run(tiny(bench, tmp_path / "whole", episodes=2, checkpoint_every=100))
     from m3net.train import finetune as module
@@ -214,6 +218,7 @@ def test_resume_refuses_other_settings(bench, tmp_path):
         run(tiny(bench, tmp_path, episodes=2, backbone_lr=0.5, resume=True))
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars_are_written(bench, tmp_path):
     pytest.importorskip("tensorboard")  # an optional extra, installed with [test]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

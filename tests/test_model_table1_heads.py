@@ -170,6 +170,7 @@ def mean_accuracy(head, cache, episodes=60):
     ("hyrsm", {"kind": "detail"}, 1e-2, 150, 0.1),
     ("pal", {"kind": "detail", "signal": 12, "nuisance": 2.0}, 1e-3, 1000, 0.05),
 ])
+@pytest.mark.slow
 def test_short_training_beats_the_untrained_head(name, cache_options, lr, episodes, margin, tmp_path):
     cache = str(nuisance_cache(tmp_path / "cache.h5", **cache_options))
     torch.manual_seed(0)  # the trainer's initialisation

@@ -49,6 +49,7 @@ def test_predict_prints_probabilities_per_query(trained):
         assert p["predicted"] == max(p["probabilities"], key=p["probabilities"].get)
 
 
+@pytest.mark.slow
 def test_predict_errors_are_clear(trained, tmp_path):
     base, clips, checkpoint = trained
     lonely = tmp_path / "support" / "only-class"

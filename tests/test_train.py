@@ -115,6 +115,7 @@ def test_cli_train_and_evaluate(cache, tmp_path):
     assert unknown.exit_code != 0 and "unknown head" in unknown.output
 
 
+@pytest.mark.slow
 def test_m3net_and_otam_beat_protonet_on_order_only_classes(cache, tmp_path):
     run = train_head(_config(cache, tmp_path / "m3net", head="m3net", head_options={"patch_grid": 2}, episodes=30,
                              lr=0.01, val_every=30), progress=False)
