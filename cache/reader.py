@@ -79,16 +79,33 @@ def _check_layout(f, path):
         raise CacheError(f"{path}: /split holds {unknown}; expected {', '.join(SPLITS)}")
 
 
-def _finite_rows(dataset, rows, path, block=64):
-    """dataset[rows] read block by block, refusing NaN/inf values (they would train or score silently)."""
-    out = np.empty((len(rows), *dataset.shape[1:]), dtype=dataset.dtype)
+def pooled_shape(shape, pool):
+    """A clip's feature shape (..., H, W, C) after adaptive average pooling of H x W to pool x pool."""
+    return shape if not pool else (*shape[:-3], pool, pool, shape[-1])
+
+
+def pool_maps(maps, pool):
+    """Adaptive average pooling of float16 maps (..., H, W, C) to (..., pool, pool, C), in float32."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(maps))
+    lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
+    x = x.reshape(-1, h, w, c).permute(0, 3, 1, 2).float()  # (B, C, H, W)
+    x = torch.nn.functional.adaptive_avg_pool2d(x, pool).permute(0, 2, 3, 1)
+    return x.reshape(*lead, pool, pool, c).to(torch.float16).numpy()
+
+
+def _finite_rows(dataset, rows, path, block=64, pool=None):
+    """dataset[rows] read block by block (pooled to pool x pool when ``pool``), refusing NaN/inf values
+    (they would train or score silently)."""
+    out = np.empty((len(rows), *pooled_shape(dataset.shape[1:], pool)), dtype=dataset.dtype)
     for start in range(0, len(rows), block):
         part = dataset[rows[start:start + block]]
         if not np.isfinite(part).all():
             bad = start + int(np.flatnonzero(~np.isfinite(part.reshape(len(part), -1)).all(axis=1))[0])
             raise CacheError(f"{path}: the features of row {rows[bad]} hold NaN or inf values; re-extract that "
                              "clip (delete the cache or build a new one) before training or evaluating on it")
-        out[start:start + len(part)] = part
+        out[start:start + len(part)] = pool_maps(part, pool) if pool else part
     return out
 
 
@@ -104,11 +121,12 @@ def _failures(f):
     return [(_text(r["video_id"]), _text(r["error"])) for r in f["failures"][()]] if "failures" in f else []
 
 
-def load_cache(path, splits=None, expect=None, features=True):
+def load_cache(path, splits=None, expect=None, features=True, pool=None):
     """The done rows of ``path`` (restricted to ``splits`` if given), checked against ``expect``.
 
-    features=False reads everything but the features (``features`` is None; ``read_rows`` reads
-    them on demand): for caches larger than memory.
+    features=False reads everything but the features (``features`` is None; RowReader reads them on
+    demand): for caches larger than memory. pool=n stores each map adaptively average-pooled to n x n
+    (read block by block: the unpooled split is never in memory at once).
     """
     with _open(path) as f:
         attrs = {k: normalise_attr(v) for k, v in f.attrs.items()}
@@ -123,7 +141,7 @@ def load_cache(path, splits=None, expect=None, features=True):
             keep &= np.isin(split, list(splits))
         rows = np.flatnonzero(keep)
         # One read per chunk in order: h5py's fancy indexing over sorted rows.
-        data = _finite_rows(f["features"], rows, path) if features else None
+        data = _finite_rows(f["features"], rows, path, pool=pool) if features else None
         video_ids = _strings(f["video_ids"])
         return CachedFeatures(
             features=data,
@@ -135,15 +153,15 @@ def load_cache(path, splits=None, expect=None, features=True):
             path=os.path.abspath(path),
             failures=_failures(f),
             rows=rows,
-            feature_shape=tuple(f["features"].shape[1:]),
+            feature_shape=pooled_shape(tuple(f["features"].shape[1:]), pool),
         )
 
 
 class RowReader:
     """Reads rows of a cache's /features on demand (for caches larger than memory); NaN/inf refused."""
 
-    def __init__(self, path):
-        self.path = path
+    def __init__(self, path, pool=None):
+        self.path, self.pool = path, pool
         self.file = _open(path)
         self.features = self.file["features"]
 
@@ -151,7 +169,7 @@ class RowReader:
         """features[rows] for any row order and repeats, in one sorted read."""
         rows = np.asarray(rows)
         unique, inverse = np.unique(rows, return_inverse=True)
-        return _finite_rows(self.features, unique, self.path)[inverse]
+        return _finite_rows(self.features, unique, self.path, pool=self.pool)[inverse]
 
     def close(self):
         self.file.close()

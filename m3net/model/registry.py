@@ -134,6 +134,11 @@ class FewShotHead(nn.Module):
         dtype = param.dtype if param is not None else torch.float32
         return tuple(t.to(dtype) for t in tensors)
 
+    def input_pool(self):
+        """n when the head's first operation on the maps is adaptive average pooling to n x n (so a
+        cache can be pooled on load with the same result), else None."""
+        return None
+
     def probabilities(self, outputs):
         """Class probabilities (Q, N) of the prediction "y" (logits here; heads whose "y" is
         already a fused probability override this)."""
