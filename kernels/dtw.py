@@ -30,7 +30,8 @@ Algorithm
 
     Path length: the number of cells on the hard optimal path (same tie-break), carried through
     the hard DP as L[c] = 1 + L[argmin predecessor]; ``dtw_with_length`` returns it beside the
-    value (soft mode runs the hard DP alongside for it).
+    value (soft mode runs the hard DP alongside for it). ``dtw_symmetric`` = dtw(C) + dtw(Cᵀ)
+    (OTAM's score): on the short path both DPs run in the same program from one read of C.
 
 Implementations
     dtw_reference          pure torch, vectorised over the batch and over anti-diagonals; float64-safe.
@@ -89,8 +90,8 @@ MAX_KERNEL_WIDTH = 256  # grid columns held in one register tile row (long path)
 SHORT_MAX = 16  # N and M up to this run the register-resident short path
 BACKEND_ENV = "M3NET_DTW_BACKEND"
 
-__all__ = ["dtw", "dtw_reference", "dtw_path", "dtw_with_length", "cosine_cost", "MODES", "MAX_KERNEL_WIDTH",
-           "SHORT_MAX", "DTWFallbackWarning"]
+__all__ = ["dtw", "dtw_reference", "dtw_path", "dtw_with_length", "dtw_symmetric", "cosine_cost", "MODES",
+           "MAX_KERNEL_WIDTH", "SHORT_MAX", "DTWFallbackWarning"]
 
 
 class DTWFallbackWarning(UserWarning):
@@ -410,43 +411,17 @@ if triton is not None:
         return prev, prev_len, rows
 
     @triton.jit
-    def _dtw_short_fwd_kernel(
-        cost_ptr, scale_ptr, out_ptr, length_ptr,
-        B, stride_b, stride_n, stride_m,
-        N: tl.constexpr, M: tl.constexpr, OTAM: tl.constexpr, HARD: tl.constexpr, LENGTH: tl.constexpr,
-        FAST_MATH: tl.constexpr, BLOCK_B: tl.constexpr, MP: tl.constexpr, BITS: tl.constexpr,
-    ):
-        pairs = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-        live = pairs < B
-        scale = tl.load(scale_ptr)  # log2(e)/γ in the accumulation dtype (1 for hard)
-        last, last_len, _ = _forward_rows(cost_ptr, pairs.to(tl.int64) * stride_b, live, stride_n, stride_m, scale,
-                                          N, M, OTAM, HARD, LENGTH, False, FAST_MATH, BLOCK_B, MP, BITS)
-        COLS: tl.constexpr = _grid_cols(M, OTAM)
-        tl.store(out_ptr + pairs, last[COLS - 1] / scale, mask=live)
-        if LENGTH:
-            tl.store(length_ptr + pairs, last_len[COLS - 1], mask=live)
-
-    @triton.jit
-    def _dtw_short_bwd_kernel(
-        cost_ptr, scale_ptr, grad_out_ptr, grad_ptr,
-        B, stride_b, stride_n, stride_m, stride_gb, stride_gn, stride_gm,
-        N: tl.constexpr, M: tl.constexpr, OTAM: tl.constexpr, HARD: tl.constexpr,
-        FAST_MATH: tl.constexpr, BLOCK_B: tl.constexpr, MP: tl.constexpr, BITS: tl.constexpr,
-    ):
-        """Recomputes R in registers, then E row by row from the bottom-right; writes dcost = E·dvalue.
+    def _backward_rows(R, g, grad_ptr, offsets, live, stride_gn, stride_gm,
+                       N: tl.constexpr, M: tl.constexpr, OTAM: tl.constexpr, HARD: tl.constexpr,
+                       ACCUMULATE: tl.constexpr, BLOCK_B: tl.constexpr, MP: tl.constexpr, BITS: tl.constexpr):
+        """E row by row from the bottom-right, from the R rows of _forward_rows; writes (or with
+        ACCUMULATE adds) dcost = E·g, one coalesced tile store per row.
 
         E[c] pulls from its successors below-right (their diag weight), below (up) and right
         (left); each cell's weights are recomputed from R when the cell is reached, so nothing
         per cell is ever stored in memory.
         """
-        pairs = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-        live = pairs < B
-        pairs64 = pairs.to(tl.int64)
-        scale = tl.load(scale_ptr)
-        _, _, R = _forward_rows(cost_ptr, pairs64 * stride_b, live, stride_n, stride_m, scale,
-                                N, M, OTAM, HARD, False, True, FAST_MATH, BLOCK_B, MP, BITS)
         COLS: tl.constexpr = _grid_cols(M, OTAM)
-        g = tl.load(grad_out_ptr + pairs, mask=live, other=0.0).to(scale.dtype)
         cols = tl.arange(0, MP)
         below_e = ()  # E of row i+1, and that row's weights towards its diag / up predecessors
         below_wd = ()
@@ -490,11 +465,64 @@ if triton is not None:
                 else:
                     grad = grad + (g * 0,)
             tile = _join_columns(grad, BLOCK_B, MP, BITS)
-            ptrs = grad_ptr + pairs64[:, None] * stride_gb + i * stride_gn + cols[None, :] * stride_gm
-            tl.store(ptrs, tile.to(grad_ptr.dtype.element_ty), mask=live[:, None] & (cols[None, :] < M))
+            ptrs = grad_ptr + offsets[:, None] + i * stride_gn + cols[None, :] * stride_gm
+            mask = live[:, None] & (cols[None, :] < M)
+            if ACCUMULATE:
+                tile += tl.load(ptrs, mask=mask, other=0.0).to(tile.dtype)
+            tl.store(ptrs, tile.to(grad_ptr.dtype.element_ty), mask=mask)
             below_e = row_e
             below_wd = row_wd
             below_wu = row_wu
+
+    @triton.jit
+    def _dtw_short_fwd_kernel(
+        cost_ptr, scale_ptr, out_ptr, length_ptr,
+        B, stride_b, stride_n, stride_m,
+        N: tl.constexpr, M: tl.constexpr, OTAM: tl.constexpr, HARD: tl.constexpr, LENGTH: tl.constexpr,
+        SYMMETRIC: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_B: tl.constexpr,
+        MP: tl.constexpr, BITS: tl.constexpr, MP_T: tl.constexpr, BITS_T: tl.constexpr,
+    ):
+        """value = R[last] (+ the same on Cᵀ with SYMMETRIC: OTAM's two directions, one read of C)."""
+        pairs = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        live = pairs < B
+        offsets = pairs.to(tl.int64) * stride_b
+        scale = tl.load(scale_ptr)  # log2(e)/γ in the accumulation dtype (1 for hard)
+        last, last_len, _ = _forward_rows(cost_ptr, offsets, live, stride_n, stride_m, scale,
+                                          N, M, OTAM, HARD, LENGTH, False, FAST_MATH, BLOCK_B, MP, BITS)
+        value = last[_grid_cols(M, OTAM) - 1]
+        if SYMMETRIC:  # rows of Cᵀ are the columns of C, already in L1
+            last_t, _, _ = _forward_rows(cost_ptr, offsets, live, stride_m, stride_n, scale,
+                                         M, N, OTAM, HARD, False, False, FAST_MATH, BLOCK_B, MP_T, BITS_T)
+            value += last_t[_grid_cols(N, OTAM) - 1]
+        tl.store(out_ptr + pairs, value / scale, mask=live)
+        if LENGTH:
+            tl.store(length_ptr + pairs, last_len[_grid_cols(M, OTAM) - 1], mask=live)
+
+    @triton.jit
+    def _dtw_short_bwd_kernel(
+        cost_ptr, scale_ptr, grad_out_ptr, grad_ptr,
+        B, stride_b, stride_n, stride_m, stride_gb, stride_gn, stride_gm,
+        N: tl.constexpr, M: tl.constexpr, OTAM: tl.constexpr, HARD: tl.constexpr, SYMMETRIC: tl.constexpr,
+        FAST_MATH: tl.constexpr, BLOCK_B: tl.constexpr,
+        MP: tl.constexpr, BITS: tl.constexpr, MP_T: tl.constexpr, BITS_T: tl.constexpr,
+    ):
+        """Recomputes R in registers from the cost, then the reverse recursion; dcost = E·dvalue."""
+        pairs = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        live = pairs < B
+        offsets = pairs.to(tl.int64) * stride_b
+        grad_offsets = pairs.to(tl.int64) * stride_gb
+        scale = tl.load(scale_ptr)
+        g = tl.load(grad_out_ptr + pairs, mask=live, other=0.0).to(scale.dtype)
+        _, _, R = _forward_rows(cost_ptr, offsets, live, stride_n, stride_m, scale,
+                                N, M, OTAM, HARD, False, True, FAST_MATH, BLOCK_B, MP, BITS)
+        _backward_rows(R, g, grad_ptr, grad_offsets, live, stride_gn, stride_gm, N, M, OTAM, HARD, False,
+                       BLOCK_B, MP, BITS)
+        if SYMMETRIC:  # Cᵀ's gradient, transposed, adds onto C's
+            _, _, R = _forward_rows(cost_ptr, offsets, live, stride_m, stride_n, scale,
+                                    M, N, OTAM, HARD, False, True, FAST_MATH, BLOCK_B, MP_T, BITS_T)
+            tl.debug_barrier()  # the first pass's gradient tiles were stored by other threads of the program
+            _backward_rows(R, g, grad_ptr, grad_offsets, live, stride_gm, stride_gn, M, N, OTAM, HARD, True,
+                           BLOCK_B, MP_T, BITS_T)
 
 
 # --------------------------------------------------------------------------------------------
@@ -709,29 +737,30 @@ def _short_launch_config(cost, mode, gamma):
     acc = _accumulation_dtype(cost.dtype)
     # Costs are scaled by log2(e)/γ so the soft-min is exp2/log2; a float64 scale for float64 costs.
     scale = torch.full((1,), 1.0 if mode == "hard" else math.log2(math.e) / gamma, dtype=acc, device=cost.device)
-    mp = max(triton.next_power_of_2(m), 2)  # cost row tile width
+    mp, mp_t = (max(triton.next_power_of_2(width), 2) for width in (m, n))  # row tile widths of C and Cᵀ
     fast_math = acc == torch.float32 and not _interpreting()  # libdevice's lg2.approx exists only compiled
-    meta = dict(N=n, M=m, OTAM=mode == "otam", HARD=mode == "hard", FAST_MATH=fast_math,
-                BLOCK_B=block_b, MP=mp, BITS=mp.bit_length() - 1, num_warps=num_warps)
+    meta = dict(N=n, M=m, OTAM=mode == "otam", HARD=mode == "hard", FAST_MATH=fast_math, BLOCK_B=block_b,
+                MP=mp, BITS=mp.bit_length() - 1, MP_T=mp_t, BITS_T=mp_t.bit_length() - 1, num_warps=num_warps)
     return (triton.cdiv(batch, block_b),), scale, meta
 
 
-def _short_forward(cost, mode, gamma, with_length):
+def _short_forward(cost, mode, gamma, with_length, symmetric=False):
     grid, scale, meta = _short_launch_config(cost, mode, gamma)
     out = torch.empty(cost.shape[0], dtype=scale.dtype, device=cost.device)
     length = torch.empty_like(out) if with_length else out
     with _device_guard(cost):
-        _dtw_short_fwd_kernel[grid](cost, scale, out, length, cost.shape[0], *cost.stride(), LENGTH=with_length, **meta)
+        _dtw_short_fwd_kernel[grid](cost, scale, out, length, cost.shape[0], *cost.stride(), LENGTH=with_length,
+                                    SYMMETRIC=symmetric, **meta)
     return out, (length if with_length else None)
 
 
-def _short_backward(cost, grad_out, mode, gamma):
+def _short_backward(cost, grad_out, mode, gamma, symmetric=False):
     grid, scale, meta = _short_launch_config(cost, mode, gamma)
     grad = torch.empty(cost.shape, dtype=cost.dtype, device=cost.device)
     with _device_guard(cost):
         _dtw_short_bwd_kernel[grid](
             cost, scale, grad_out.to(scale.dtype).contiguous(), grad, cost.shape[0], *cost.stride(), *grad.stride(),
-            **meta,
+            SYMMETRIC=symmetric, **meta,
         )
     return grad
 
@@ -804,19 +833,19 @@ class _DTWFunction(torch.autograd.Function):
     """value (B,) [, hard path length (B,), not differentiable] in the accumulation dtype."""
 
     @staticmethod
-    def forward(ctx, cost, mode, gamma, backend, with_length):
+    def forward(ctx, cost, mode, gamma, backend, with_length, symmetric):
         needs_grad = ctx.needs_input_grad[0]
         short = backend == "triton" and _uses_short_path(cost)
         length = saved = None
         if short:
-            value, length = _short_forward(cost, mode, gamma, with_length)
+            value, length = _short_forward(cost, mode, gamma, with_length, symmetric)
             saved = cost  # the backward recomputes the DP from it
         else:
             forward = _long_forward if backend == "triton" else _reference_forward
             value, saved = forward(cost, mode, gamma, store_weights=needs_grad)
             if with_length:
                 length = _path_length(cost, backend)
-        ctx.mode, ctx.gamma, ctx.backend, ctx.short = mode, gamma, backend, short
+        ctx.mode, ctx.gamma, ctx.backend, ctx.short, ctx.symmetric = mode, gamma, backend, short, symmetric
         ctx.n, ctx.m, ctx.dtype = cost.shape[1], cost.shape[2], cost.dtype
         if needs_grad:
             ctx.save_for_backward(saved)
@@ -829,21 +858,23 @@ class _DTWFunction(torch.autograd.Function):
     def backward(ctx, grad_out, *_length_grad):
         (saved,) = ctx.saved_tensors
         if ctx.short:
-            return _short_backward(saved, grad_out, ctx.mode, ctx.gamma), None, None, None, None
+            return _short_backward(saved, grad_out, ctx.mode, ctx.gamma, ctx.symmetric), None, None, None, None, None
         if ctx.backend == "triton":
             grad = _long_backward(saved, grad_out, ctx.mode, ctx.n, ctx.m, ctx.dtype)
         else:
             grad = _reference_backward(saved, ctx.mode, ctx.n, ctx.m) * grad_out.to(saved.dtype)[:, None, None]
-        return grad.to(ctx.dtype), None, None, None, None
+        return grad.to(ctx.dtype), None, None, None, None, None
 
 
-def _run(cost, mode, gamma, backend, with_length=False):
+def _run(cost, mode, gamma, backend, with_length=False, symmetric=False):
     _validate(cost, mode, gamma)
     backend = _backend_for(cost, mode, backend)
     if cost.shape[0] == 0:
         value = cost.sum(dim=(1, 2)).to(_accumulation_dtype(cost.dtype))  # empty (0,), still attached to cost's graph
         return (value, value.detach()) if with_length else value
-    return _DTWFunction.apply(cost, mode, float(gamma), backend, with_length)
+    if symmetric and not (backend == "triton" and _uses_short_path(cost)):
+        return _run(cost, mode, gamma, backend) + _run(cost.transpose(1, 2), mode, gamma, backend)
+    return _DTWFunction.apply(cost, mode, float(gamma), backend, with_length, symmetric)
 
 
 def dtw(cost, mode="soft", gamma=0.1, backend=None):
@@ -860,6 +891,14 @@ def dtw(cost, mode="soft", gamma=0.1, backend=None):
 def dtw_reference(cost, mode="soft", gamma=0.1):
     """Same as :func:`dtw`, always on the pure-torch implementation (float64-safe)."""
     return _run(cost, mode, gamma, "torch")
+
+
+def dtw_symmetric(cost, mode="otam", gamma=0.1, backend=None):
+    """dtw(C) + dtw(Cᵀ) for each cost matrix (OTAM's symmetric score), differentiable.
+
+    On the short Triton path both directions run in one launch from one read of the cost.
+    """
+    return _run(cost, mode, gamma, backend, symmetric=True)
 
 
 def dtw_with_length(cost, mode="hard", gamma=0.1, backend=None):

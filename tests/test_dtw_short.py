@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_dtw import DEVICE, all_warping_paths, path_sums
 
-from m3net.kernels import SHORT_MAX, dtw, dtw_path, dtw_reference, dtw_with_length
+from m3net.kernels import SHORT_MAX, dtw, dtw_path, dtw_reference, dtw_symmetric, dtw_with_length
 
 pytest.importorskip("triton")
 dtw_module = sys.modules["m3net.kernels.dtw"]
@@ -152,3 +152,18 @@ def test_static_sm90_targets():
     rows = {r["pass"]: r for r in json.loads(proc.stdout.split("ROWS", 1)[1])}
     assert rows["fwd"]["sass_per_pair"] <= 1500 and rows["fwd"]["spills"] == 0
     assert rows["bwd"]["bytes_per_pair"] <= 800 and rows["bwd"]["spills"] == 0
+
+
+@pytest.mark.parametrize("mode", ["otam", "soft", "hard"])
+@pytest.mark.parametrize("shape", [(8, 8), (3, 5), (1, 4), (SHORT_MAX + 1, 2)])  # last: two calls on the long path
+def test_symmetric_is_both_directions(mode, shape):
+    gen = torch.Generator().manual_seed(sum(shape))
+    cost = (torch.rand(33, *shape, generator=gen) * 2).to(DEVICE)
+    value, grad = _grad(dtw_symmetric, cost, mode=mode, backend="triton")
+
+    def two_calls(c, mode):
+        return dtw_reference(c, mode=mode) + dtw_reference(c.transpose(1, 2), mode=mode)
+
+    ref_value, ref_grad = _grad(two_calls, cost, mode=mode)
+    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
