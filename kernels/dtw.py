@@ -261,17 +261,17 @@ if triton is not None:
         return parts[0]
 
     @triton.jit
-    def _load_grid_row(cost_ptr, offsets, live, i, stride_n, stride_m, scale,
+    def _load_grid_row(cost_ptr, offsets, live, i, stride_n, stride_m, ACC: tl.constexpr,
                        M: tl.constexpr, OTAM: tl.constexpr, BLOCK_B: tl.constexpr,
                        MP: tl.constexpr, BITS: tl.constexpr):
-        """Row i of the grid's scaled cost, one (BLOCK_B,) value per column (otam: 0 | cost | 0)."""
+        """Row i of the grid's cost in ACC, one (BLOCK_B,) value per column (otam: 0 | cost | 0)."""
         cols = tl.arange(0, MP)
         ptrs = cost_ptr + offsets[:, None] + i * stride_n + cols[None, :] * stride_m
         tile = tl.load(ptrs, mask=live[:, None] & (cols[None, :] < M), other=0.0)
-        values = _split_columns(tile.to(scale.dtype) * scale, BLOCK_B, MP, BITS)
+        values = _split_columns(tile.to(ACC), BLOCK_B, MP, BITS)
         row = ()
         if OTAM:
-            row = (values[0] * 0,)
+            row = (values[0] * 0,)  # a zero in the columns' dtype and layout
         for j in tl.static_range(M):
             row = row + (values[j],)
         if OTAM:
@@ -377,25 +377,26 @@ if triton is not None:
         prev_len = ()
         rows = ()
         for i in tl.static_range(N):
-            cost = _load_grid_row(cost_ptr, offsets, live, i, stride_n, stride_m, scale, M, OTAM, BLOCK_B, MP, BITS)
+            cost = _load_grid_row(cost_ptr, offsets, live, i, stride_n, stride_m, scale.dtype, M, OTAM, BLOCK_B, MP,
+                                  BITS)
             row = ()
             row_hard = ()
             row_len = ()
             for j in tl.static_range(COLS):
                 smin = _cell_min(prev, row, j, _has_diag(i, j, OTAM, COLS), _has_up(i, j, OTAM, COLS),
                                  _has_left(i, j, OTAM, COLS), HARD, FAST_MATH)
-                row = row + (cost[j] + smin,)
+                row = row + (cost[j] * scale + smin,)
                 if LENGTH:
                     if HARD:
                         hard_prev, hard_row = prev, row
                     else:
                         smin = _cell_min(prev_hard, row_hard, j, _has_diag(i, j, OTAM, COLS), _has_up(i, j, OTAM, COLS),
                                          _has_left(i, j, OTAM, COLS), True, FAST_MATH)
-                        row_hard = row_hard + (cost[j] + smin,)
+                        row_hard = row_hard + (cost[j] + smin,)  # unscaled: the same ties as dtw_path
                         hard_prev, hard_row = prev_hard, row_hard
                     wd, wu, wl = _hard_weights(hard_prev, hard_row, j, _has_diag(i, j, OTAM, COLS),
                                                _has_up(i, j, OTAM, COLS), _has_left(i, j, OTAM, COLS))
-                    length = cost[j] * 0 + 1.0
+                    length = cost[j] * 0 + 1.0  # the cell itself, as a tensor
                     if _has_diag(i, j, OTAM, COLS):
                         length += wd * prev_len[j - 1]
                     if _has_up(i, j, OTAM, COLS):

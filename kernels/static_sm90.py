@@ -22,6 +22,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 
 BEFORE = "before (v1: row tile, stored weights)"
@@ -183,6 +184,8 @@ def measure(only=None):
             compiled = _compile(kernel, pointers, constexprs, warps)
             sass, registers, spills, shared = _resources(compiled, workdir, f"{name}_{mode}_{n}x{m}_{dtype}")
             per_thread = dynamic_instructions(sass, trips)
+            print(f"{name} {mode} {pass_} {n}x{m} {dtype}: {per_thread} SASS/thread, {registers} registers",
+                  file=sys.stderr, flush=True)
             out.append({
                 "version": version, "kernel": name, "mode": mode, "pass": pass_, "n": n, "m": m,
                 "dtype": TORCH_DTYPES[dtype], "sass_per_pair": round(per_thread * 32 * warps / pairs),
