@@ -54,8 +54,12 @@ Implementations
 Limits and complexity
     Time O(B·N·M) cells. Short path: per pair, reads N·M costs and writes one value (and one
     length); the backward reads the cost again and writes N·M gradients. Registers grow with
-    N·M in the backward (all of R is kept): 8×8 fits, 16×16 spills to local memory (see
-    benchmarks/dtw_static_sm90.md). Long path: the forward with a gradient also writes
+    N·M in the backward (all of R is kept): 8×8 fits, 16×16 spills 1.5-4 KB per thread to
+    local memory (benchmarks/dtw_static_sm90.md). Switch point SHORT_MAX = 16, set statically
+    (no GPU timing yet): at 16×16 the short forward executes 15-41× and the short backward
+    4-11× fewer SASS instructions per pair than the long path's, and no weights are moved. dtw_symmetric's backward runs both
+    directions in one program only up to SYMMETRIC_BWD_MAX (8); beyond, one launch each.
+    Long path: the forward with a gradient also writes
     W = 3·B·N'·M' fp32 (N'×M' the grid, M' = M+2 for otam) which the backward reads once.
     Grids wider than MAX_KERNEL_WIDTH columns run on the torch reference with a
     DTWFallbackWarning. B = 0 gives an empty result.
@@ -88,6 +92,7 @@ MODES = ("soft", "hard", "otam")
 BACKENDS = ("auto", "triton", "torch")
 MAX_KERNEL_WIDTH = 256  # grid columns held in one register tile row (long path)
 SHORT_MAX = 16  # N and M up to this run the register-resident short path
+SYMMETRIC_BWD_MAX = 8  # dtw_symmetric's backward runs both directions in one program up to N, M = this
 BACKEND_ENV = "M3NET_DTW_BACKEND"
 
 __all__ = ["dtw", "dtw_reference", "dtw_path", "dtw_with_length", "dtw_symmetric", "cosine_cost", "MODES",
@@ -859,7 +864,14 @@ class _DTWFunction(torch.autograd.Function):
     def backward(ctx, grad_out, *_length_grad):
         (saved,) = ctx.saved_tensors
         if ctx.short:
-            return _short_backward(saved, grad_out, ctx.mode, ctx.gamma, ctx.symmetric), None, None, None, None, None
+            # Both directions' R in one program spills past 8x8 (ptxas: 76 KB at 16x16, see
+            # benchmarks/dtw_static_sm90.md): larger grids take one launch per direction.
+            if ctx.symmetric and max(ctx.n, ctx.m) > SYMMETRIC_BWD_MAX:
+                grad = _short_backward(saved, grad_out, ctx.mode, ctx.gamma)
+                grad += _short_backward(saved.transpose(1, 2), grad_out, ctx.mode, ctx.gamma).transpose(1, 2)
+            else:
+                grad = _short_backward(saved, grad_out, ctx.mode, ctx.gamma, ctx.symmetric)
+            return grad, None, None, None, None, None
         if ctx.backend == "triton":
             grad = _long_backward(saved, grad_out, ctx.mode, ctx.n, ctx.m, ctx.dtype)
         else:
