@@ -57,9 +57,9 @@ Limits and complexity
     N·M in the backward (all of R is kept): 8×8 fits, 16×16 spills 1.5-4 KB per thread to
     local memory (benchmarks/dtw_static_sm90.md). Switch point SHORT_MAX = 16, set statically
     (no GPU timing yet): at 16×16 the short forward executes 15-41× and the short backward
-    4-11× fewer SASS instructions per pair than the long path's, and no weights are moved. dtw_symmetric's backward runs both
-    directions in one program only up to SYMMETRIC_BWD_MAX (8); beyond, one launch each.
-    Long path: the forward with a gradient also writes
+    4-11× fewer SASS instructions per pair than the long path's, and no weights are moved.
+    dtw_symmetric's backward runs both directions in one program only up to SYMMETRIC_BWD_MAX
+    (8); beyond, one launch each. Long path: the forward with a gradient also writes
     W = 3·B·N'·M' fp32 (N'×M' the grid, M' = M+2 for otam) which the backward reads once.
     Grids wider than MAX_KERNEL_WIDTH columns run on the torch reference with a
     DTWFallbackWarning. B = 0 gives an empty result.
