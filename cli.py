@@ -451,10 +451,12 @@ def bench_extract_cmd(**options):
               help="CPU only: cap on pairs for the slow per-cell Python loop.")
 @click.option("--out-dir", default="benchmarks", show_default=True, type=click.Path(file_okay=False),
               help="Where the CSV and JSON results go.")
+@click.option("--matchers", is_flag=True,
+              help="Time the I-M matcher and the OTAM head end to end beside one plain dtw forward instead.")
 @click.option("--static", "static", is_flag=True,
               help="No timing: compile every kernel variant for sm_90 (no GPU needed) and write "
                    "OUT_DIR/dtw_static_sm90.{json,md} (SASS/pair, registers, spills, shared memory, bytes/pair).")
-def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, static, **options):
+def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, static, **options):
     """Benchmark the DTW kernel: Triton vs torch reference vs eager loop vs pysdtw, side by side.
 
     Prints pairs/s, GB/s, the % of the device's memory-bandwidth floor (cost in, one value out;
@@ -478,14 +480,26 @@ def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, static, **options)
         SWEEP_PAIRS,
         SWEEP_T,
         DTWBenchConfig,
+        format_matcher_table,
         format_table,
         run_bench,
+        run_matcher_bench,
         write_results,
     )
 
     sizes = tuple((t, t) for t in SWEEP_T) if sweep else ((n, m),)
     config = DTWBenchConfig(backward=pass_ == "fwd+bwd", implementations=tuple(implementations) or IMPLEMENTATIONS,
                             pairs=SWEEP_PAIRS if sweep else (tuple(pairs) or (0,)), sizes=sizes, **options)
+    if matchers:
+        from m3net.runtime import write_benchmark
+
+        result = run_matcher_bench(config)
+        click.echo(format_matcher_table(result))
+        sizes = "-".join(str(t) for t, _ in sizes)
+        csv_path, json_path = write_benchmark(result, config.out_dir, f"dtw_matchers_t{sizes}_{config.dtype}",
+                                              {"dtype": config.dtype})
+        click.echo(f"wrote {csv_path} and {json_path}")
+        return
     result = run_bench(config)
     click.echo(format_table(result))
     csv_path, json_path = write_results(result, config.out_dir)

@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_session.sh tests   # the test suite on the GPU (Triton compiled, not interpreted)
 #   bash benchmarks/gpu_session.sh bench   # bench-dtw --sweep (soft/hard/otam, fwd and fwd+bwd, 4k/32k/1M pairs
-#                                          # of TxT, T = 8..64), bench-dtw --static,
+#                                          # of TxT, T = 8..64), bench-dtw --matchers, bench-dtw --static,
 #                                          # bench-extract, bench-train, bench-finetune
 #
 # Results (CSV + JSON with device, versions, git SHA) go to benchmarks/ and, on the device machine,
@@ -38,6 +38,7 @@ bench)
         done
     done
     m3net bench-dtw --mode soft --dtype bfloat16 "${sizes[@]}" --out-dir "$dest"  # pysdtw: a skipped row
+    m3net bench-dtw --matchers "${sizes[@]}" --out-dir "$dest"  # I-M and OTAM end to end vs one plain forward
     m3net bench-dtw --static --out-dir "$dest"
     m3net make-synthetic --out "$work/synthetic" "${size[@]}"
     m3net bench-extract --root "$work/synthetic" --clips "$extract_clips" --workers 8 --batch-size 16 --out-dir "$dest"

@@ -210,6 +210,57 @@ def run_bench(config):
     return benchmark_record("dtw", device, config, rows, peak_bandwidth_bytes_per_s=peak_bandwidth(device))
 
 
+def run_matcher_bench(config, shots=5, ways=5, dim=2048):
+    """End to end, per T in ``config.sizes`` (N = M = T) at ``config.pairs[0]`` pairs: the I-M matcher
+    (cosine cost + fused value/path length + class means) and the OTAM head (spatial mean + cost +
+    dtw_symmetric) beside one plain dtw forward on precomputed costs of the same pairs.
+
+    ``x plain fwd`` = the row's time over that plain forward's (the issue's target for I-M: <= 2).
+    """
+    from m3net.model.baselines import OTAM
+    from m3net.model.matchers import instance_matching
+
+    device = resolve_device(config.device)
+    dtype = DTYPES[config.dtype]
+    supports = shots * ways
+    pairs = config.pairs[0] or (1_000_000 if device.type == "cuda" else 4096)
+    queries = max(1, pairs // supports)
+    labels = torch.arange(ways, device=device).repeat_interleave(shots)
+    gen = torch.Generator().manual_seed(config.seed)
+    rows = []
+    for t, _ in config.sizes:
+        query = torch.randn(queries, t, dim, generator=gen).to(device, dtype)
+        support = torch.randn(1, supports, t, dim, generator=gen).to(device, dtype)
+        cost = (torch.rand(queries * supports, t, t, generator=gen) * 2).to(device, dtype)
+        otam = OTAM(OTAM.Config(feature_dim=dim, num_frames=t, gamma=config.gamma)).to(device)
+        maps = support[0, :, :, None, None, :], query[:, :, None, None, :]  # (S, T, 1, 1, d), (Q, T, 1, 1, d)
+        calls = {
+            "dtw forward (plain)": lambda: dtw(cost, mode="soft", gamma=config.gamma),
+            "I-M matcher hard": lambda: instance_matching(query, support, labels, ways, mode="hard"),
+            "I-M matcher soft": lambda: instance_matching(query, support, labels, ways, mode="soft",
+                                                          gamma=config.gamma),
+            "OTAM head": lambda: otam(maps[0], labels, maps[1]),
+        }
+        plain = None
+        for name, call in calls.items():  # _time hands each call the cost; these ignore it
+            seconds = _time(lambda *_: call(), cost, dataclasses.replace(config, backward=False), device)
+            plain = plain or seconds
+            rows.append({"implementation": name, "pairs": queries * supports, "n": t, "m": t, "seconds": seconds,
+                         "pairs_per_s": queries * supports / seconds, "x_plain_fwd": seconds / plain})
+    config = {**dataclasses.asdict(config), "pairs": [queries * supports], "sizes": [list(s) for s in config.sizes],
+              "implementations": list(config.implementations), "shots": shots, "ways": ways, "dim": dim}
+    return benchmark_record("dtw_matchers", device, config, rows)
+
+
+def format_matcher_table(result):
+    lines = [f"DTW matchers end to end ({result['config']['dtype']}) on {result['device']}",
+             f"{'pairs':>8} {'T':>3} {'call':<22} {'s/call':>10} {'pairs/s':>10} {'x plain fwd':>11}"]
+    for r in result["rows"]:
+        lines.append(f"{r['pairs']:>8} {r['n']:>3} {r['implementation']:<22} {r['seconds']:>10.4g} "
+                     f"{r['pairs_per_s']:>10.4g} {r['x_plain_fwd']:>11.2f}")
+    return "\n".join(lines)
+
+
 def format_table(result):
     cfg = result["config"]
     kind = "forward+backward" if cfg["backward"] else "forward"

@@ -47,3 +47,13 @@ def test_bench_dtw_sizes_same_pairs_and_skipped_pysdtw_dtype():
     assert rows[("triton", 5)]["x_eager"] == pytest.approx(
         rows[("triton", 5)]["pairs_per_s"] / rows[("eager-loop", 5)]["pairs_per_s"])
     assert "x pysdtw" in format_table(result) and "x eager" in format_table(result)
+
+
+def test_matcher_bench_times_im_and_otam_beside_a_plain_forward():
+    from m3net.kernels.bench import DTWBenchConfig, format_matcher_table, run_matcher_bench
+
+    result = run_matcher_bench(DTWBenchConfig(pairs=(50,), sizes=((4, 4),), repeats=1, warmup=0), dim=16)
+    rows = {r["implementation"]: r for r in result["rows"]}
+    assert set(rows) == {"dtw forward (plain)", "I-M matcher hard", "I-M matcher soft", "OTAM head"}
+    assert rows["dtw forward (plain)"]["x_plain_fwd"] == 1.0 and rows["OTAM head"]["pairs"] == 50
+    assert "x plain fwd" in format_matcher_table(result)
