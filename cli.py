@@ -318,31 +318,76 @@ def bench_extract_cmd(**options):
 
 
 @main.command("bench-dtw")
-@click.option("--pairs", default=0, show_default=True, help="Cost matrices per call; 0 = 1M on CUDA, 4096 on CPU.")
+@click.option("--pairs", multiple=True, type=int,
+              help="Cost matrices per call (repeatable); default 1M on CUDA, 4096 on CPU.")
 @click.option("--n", "n", default=8, show_default=True, help="Rows of each cost matrix (query frames).")
 @click.option("--m", "m", default=8, show_default=True, help="Columns of each cost matrix (support frames).")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "float64"]), default="float32", show_default=True)
+@click.option("--sweep", is_flag=True,
+              help="Pairs 4k, 32k, 1M x T = 8, 16, 32, 64 (TxT costs) instead of --pairs/--n/--m.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "float64"]), default="float32",
+              show_default=True)
 @click.option("--mode", type=click.Choice(["soft", "hard", "otam"]), default="soft", show_default=True)
 @click.option("--gamma", default=0.1, show_default=True, help="Soft-min smoothing (soft, otam).")
 @click.option("--pass", "pass_", type=click.Choice(["fwd", "fwd+bwd"]), default="fwd", show_default=True,
               help="Time the forward alone or forward + backward.")
-@click.option("--repeats", default=10, show_default=True, help="Timed calls per implementation (median reported).")
+@click.option("--repeats", default=10, show_default=True, help="Timed calls per implementation on CPU (median).")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cuda, cuda:1, cpu.")
-@click.option("--impl", "implementations", multiple=True, type=click.Choice(["triton", "torch-reference", "eager-loop", "pysdtw"]),
+@click.option("--impl", "implementations", multiple=True,
+              type=click.Choice(["triton", "torch-reference", "eager-loop", "pysdtw"]),
               help="Implementations to time (repeatable); default all.")
-@click.option("--eager-max-pairs", default=4096, show_default=True, help="Cap on pairs for the slow per-cell Python loop.")
+@click.option("--eager-max-pairs", default=4096, show_default=True,
+              help="CPU only: cap on pairs for the slow per-cell Python loop.")
 @click.option("--out-dir", default="benchmarks", show_default=True, type=click.Path(file_okay=False),
               help="Where the CSV and JSON results go.")
-def bench_dtw_cmd(pass_, implementations, **options):
+@click.option("--matchers", is_flag=True,
+              help="Time the I-M matcher and the OTAM head end to end beside one plain dtw forward instead.")
+@click.option("--static", "static", is_flag=True,
+              help="No timing: compile every kernel variant for sm_90 (no GPU needed) and write "
+                   "OUT_DIR/dtw_static_sm90.{json,md} (SASS/pair, registers, spills, shared memory, bytes/pair).")
+def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, static, **options):
     """Benchmark the DTW kernel: Triton vs torch reference vs eager loop vs pysdtw, side by side.
 
-    Prints pairs/s, GB/s and the % of the device's memory-bandwidth floor (cost in, one value out;
-    with the backward also the gradient out) and writes CSV + JSON with device, versions and git
-    SHA. Without a GPU it prints CPU numbers (the Triton column needs TRITON_INTERPRET=1 there).
+    Prints pairs/s, GB/s, the % of the device's memory-bandwidth floor (cost in, one value out;
+    with the backward also the gradient out) and the speed-up over pysdtw and the eager loop at
+    each size, and writes CSV + JSON with device, versions and git SHA. On CUDA the timing is
+    triton.testing.do_bench (CUDA events, L2 flushed). Without a GPU it prints CPU numbers (the
+    Triton column needs TRITON_INTERPRET=1 there).
     """
-    from m3net.kernels.bench import IMPLEMENTATIONS, DTWBenchConfig, format_table, run_bench, write_results
+    if static:
+        import os
+        import subprocess
+        import sys
 
-    config = DTWBenchConfig(backward=pass_ == "fwd+bwd", implementations=tuple(implementations) or IMPLEMENTATIONS, **options)
+        out = os.path.join(options["out_dir"], "dtw_static_sm90.json")
+        # A fresh interpreter without TRITON_INTERPRET: the kernels must be defined for the compiler.
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        proc = subprocess.run([sys.executable, "-m", "m3net.kernels.static_sm90", "--out", out], env=env)
+        raise SystemExit(proc.returncode)
+    from m3net.kernels.bench import (
+        IMPLEMENTATIONS,
+        SWEEP_PAIRS,
+        SWEEP_T,
+        DTWBenchConfig,
+        format_matcher_table,
+        format_table,
+        run_bench,
+        run_matcher_bench,
+        write_results,
+    )
+
+    sizes = tuple((t, t) for t in SWEEP_T) if sweep else ((n, m),)
+    config = DTWBenchConfig(backward=pass_ == "fwd+bwd", implementations=tuple(implementations) or IMPLEMENTATIONS,
+                            pairs=SWEEP_PAIRS if sweep else (tuple(pairs) or (0,)), sizes=sizes, **options)
+    if matchers:
+        from m3net.runtime import write_benchmark
+
+        result = run_matcher_bench(config)
+        click.echo(format_matcher_table(result))
+        sizes = "-".join(str(t) for t, _ in sizes)
+        csv_path, json_path = write_benchmark(result, config.out_dir, f"dtw_matchers_t{sizes}_{config.dtype}",
+                                              {"dtype": config.dtype})
+        click.echo(f"wrote {csv_path} and {json_path}")
+        return
     result = run_bench(config)
     click.echo(format_table(result))
     csv_path, json_path = write_results(result, config.out_dir)

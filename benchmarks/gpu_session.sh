@@ -2,7 +2,8 @@
 # The GPU measurements the issues ask for, in as few device calls as possible.
 #
 #   bash benchmarks/gpu_session.sh tests   # the test suite on the GPU (Triton compiled, not interpreted)
-#   bash benchmarks/gpu_session.sh bench   # bench-dtw (soft/hard/otam, fwd and fwd+bwd, 1M pairs of 8x8),
+#   bash benchmarks/gpu_session.sh bench   # bench-dtw --sweep (soft/hard/otam, fwd and fwd+bwd, 4k/32k/1M pairs
+#                                          # of TxT, T = 8..64), bench-dtw --matchers, bench-dtw --static,
 #                                          # bench-extract, bench-train, bench-finetune
 #
 # Results (CSV + JSON with device, versions, git SHA) go to benchmarks/ and, on the device machine,
@@ -29,12 +30,16 @@ tests)
 bench)
     if [ "$quick" = 1 ]; then pairs=512 size=(--clips-per-class 2 --frames 16 --size 64); extract_clips=8
          train=(--channels 64 --train-episodes 2 --eval-episodes 3); finetune=(--shot 1 --queries 1 --frames 2 --crop 32 --steps 1 --warmup 1)
-    else pairs=0 size=(); extract_clips=0; train=(); finetune=(); fi
+    else pairs=sweep size=(); extract_clips=0; train=(); finetune=(); fi
     for mode in soft hard otam; do
         for pass in fwd fwd+bwd; do
-            m3net bench-dtw --mode "$mode" --pass "$pass" --pairs "$pairs" --out-dir "$dest"
+            if [ "$pairs" = sweep ]; then sizes=(--sweep); else sizes=(--pairs "$pairs"); fi
+            m3net bench-dtw --mode "$mode" --pass "$pass" "${sizes[@]}" --out-dir "$dest"
         done
     done
+    m3net bench-dtw --mode soft --dtype bfloat16 "${sizes[@]}" --out-dir "$dest"  # pysdtw: a skipped row
+    m3net bench-dtw --matchers "${sizes[@]}" --out-dir "$dest"  # I-M and OTAM end to end vs one plain forward
+    m3net bench-dtw --static --out-dir "$dest"
     m3net make-synthetic --out "$work/synthetic" "${size[@]}"
     m3net bench-extract --root "$work/synthetic" --clips "$extract_clips" --workers 8 --batch-size 16 --out-dir "$dest"
     m3net bench-train --head m3net "${train[@]}" --out-dir "$dest"

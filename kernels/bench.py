@@ -1,14 +1,20 @@
-"""``m3net bench-dtw``: the DTW implementations side by side, in one run, on the same costs.
+"""``m3net bench-dtw``: the DTW implementations side by side, on the same costs, over a sweep of sizes.
 
-Columns: the Triton kernel, the vectorised torch reference, the eager per-cell loop that
-few-shot action code commonly uses (m3net.kernels.eager), and pysdtw (soft mode) where it is
-installed. Each is timed on its own input size (the eager loop and the interpreted kernel are
-capped, see ``DTWBenchConfig``) and reported per pair, so the ratios compare like with like.
+Implementations: the Triton kernels (``dtw(backend="triton")``), the vectorised torch reference,
+the eager per-cell loop that few-shot action code commonly uses (m3net.kernels.eager), and pysdtw
+(soft mode, fp32/fp64 only) where it is installed. Every implementation is timed at the same
+number of pairs B; on the CPU the eager loop and the Triton interpreter are capped (the
+row's note says at how many pairs), and on CUDA the eager loop, whose autograd graph keeps every
+cell, at most EAGER_CUDA_MAX_CELLS cells. Rates are per pair.
 
-Bandwidth floor: the bytes any implementation must move — the cost matrices in and one value per
-pair out; with the backward also the gradient out (same dtype as the cost). ``% of floor`` is the
-achieved bytes/s over the device's peak memory bandwidth, for known GPUs; CPU runs print CPU
-numbers and leave it empty.
+Timing: on CUDA ``triton.testing.do_bench`` (CUDA events, L2 flushed before every repeat, median);
+on the CPU the median wall time of ``repeats`` calls.
+
+Bandwidth floor (the one definition, used by ``floor_bytes``): the bytes any implementation must
+move per pair: the cost matrix in and one value out; with the backward also the gradient out
+(same dtype as the cost). ``% of floor`` = floor bytes / time / the device's peak DRAM bandwidth
+(known GPUs only). ``x pysdtw`` and ``x eager`` = the row's pairs/s over that competitor's at the
+same size.
 """
 import dataclasses
 import os
@@ -37,13 +43,15 @@ PEAK_BANDWIDTH = [
 ]
 IMPLEMENTATIONS = ("triton", "torch-reference", "eager-loop", "pysdtw")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+SWEEP_PAIRS = (4096, 32768, 1_000_000)  # an episode's pairs .. a large batch
+SWEEP_T = (8, 16, 32, 64)
+EAGER_CUDA_MAX_CELLS = 1 << 26  # the eager loop's autograd graph keeps every cell: 1M pairs of 8x8 fit, 64x64 not
 
 
 @dataclass
 class DTWBenchConfig:
-    pairs: int = 0  # 0: 1M on CUDA, 4096 on CPU
-    n: int = 8
-    m: int = 8
+    pairs: tuple = (0,)  # 0: 1M on CUDA, 4096 on CPU
+    sizes: tuple = ((8, 8),)  # (N, M) cost shapes
     dtype: str = "float32"
     mode: str = "soft"
     gamma: float = 0.1
@@ -51,8 +59,8 @@ class DTWBenchConfig:
     repeats: int = 10
     warmup: int = 2
     device: str = "auto"
-    eager_max_pairs: int = 4096  # the Python per-cell loop: timed on at most this many pairs
-    interpret_max_pairs: int = 256  # the Triton interpreter (CPU only): at most this many pairs
+    eager_max_pairs: int = 4096  # CPU only: the Python per-cell loop is timed on at most this many pairs
+    interpret_max_pairs: int = 256  # CPU only: the Triton interpreter, at most this many pairs
     implementations: tuple = IMPLEMENTATIONS
     out_dir: str = "benchmarks"
     seed: int = 0
@@ -65,6 +73,15 @@ def peak_bandwidth(device):
     name = torch.cuda.get_device_name(device)
     return next((bw for key, bw in PEAK_BANDWIDTH if key in name), None)
 
+
+def floor_bytes(pairs, n, m, dtype, backward):
+    """The bandwidth floor: cost in + one value out (+ the gradient out with the backward)."""
+    elem = torch.empty(0, dtype=dtype).element_size()
+    cost_bytes = pairs * n * m * elem
+    total = cost_bytes + pairs * elem  # cost in, one value out
+    if backward:
+        total += cost_bytes  # gradient out
+    return total
 
 
 def _pysdtw_fn(config, device):
@@ -83,33 +100,22 @@ def _pysdtw_fn(config, device):
     return run
 
 
-def _with_backend(backend):
-    def run(cost, mode, gamma):
-        previous = os.environ.get("M3NET_DTW_BACKEND")
-        os.environ["M3NET_DTW_BACKEND"] = backend
-        try:
-            return dtw(cost, mode=mode, gamma=gamma)
-        finally:
-            if previous is None:
-                os.environ.pop("M3NET_DTW_BACKEND", None)
-            else:
-                os.environ["M3NET_DTW_BACKEND"] = previous
-
-    return run
-
-
 def _implementations(config, device):
-    """name -> (callable(cost, mode, gamma), max pairs or None, reason it is skipped or None)."""
+    """name -> (callable(cost, mode, gamma), max pairs for (n, m) or None, reason it is skipped or None)."""
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    on_cpu = device.type != "cuda"
     impls = {}
     if "triton" in config.implementations:
         try:
             import triton  # noqa: F401
 
-            if device.type == "cuda":
-                impls["triton"] = (_with_backend("triton"), None, None)
+            def run_triton(cost, mode, gamma):
+                return dtw(cost, mode=mode, gamma=gamma, backend="triton")
+
+            if not on_cpu:
+                impls["triton"] = (run_triton, None, None)
             elif interpret:
-                impls["triton"] = (_with_backend("triton"), config.interpret_max_pairs, None)
+                impls["triton"] = (run_triton, lambda n, m: config.interpret_max_pairs, None)
             else:
                 impls["triton"] = (None, None, "no CUDA device (set TRITON_INTERPRET=1 to time the interpreter)")
         except ImportError:
@@ -117,11 +123,16 @@ def _implementations(config, device):
     if "torch-reference" in config.implementations:
         impls["torch-reference"] = (dtw_reference, None, None)
     if "eager-loop" in config.implementations:
-        impls["eager-loop"] = (eager_dtw, config.eager_max_pairs, None)
+        if on_cpu:
+            impls["eager-loop"] = (eager_dtw, lambda n, m: config.eager_max_pairs, None)
+        else:
+            impls["eager-loop"] = (eager_dtw, lambda n, m: max(1, EAGER_CUDA_MAX_CELLS // (n * m)), None)
     if "pysdtw" in config.implementations:
         fn = _pysdtw_fn(config, device)
         if config.mode != "soft":
             impls["pysdtw"] = (None, None, "soft mode only")
+        elif DTYPES[config.dtype] in (torch.float16, torch.bfloat16):
+            impls["pysdtw"] = (None, None, f"pysdtw does not take {config.dtype}")
         elif fn is None:
             impls["pysdtw"] = (None, None, "pysdtw not installed (pip install pysdtw)")
         else:
@@ -130,7 +141,7 @@ def _implementations(config, device):
 
 
 def _time(fn, cost, config, device):
-    """Median seconds of one call (forward, or forward + backward) over ``repeats``."""
+    """Median seconds of one call (forward, or forward + backward)."""
 
     def once():
         leaf = cost.detach().requires_grad_(config.backward)
@@ -138,6 +149,11 @@ def _time(fn, cost, config, device):
         if config.backward:
             value.sum().backward()
 
+    if device.type == "cuda":
+        import triton.testing
+
+        with torch.cuda.device(device):
+            return triton.testing.do_bench(once, warmup=25, rep=100, return_mode="median") / 1e3
     for _ in range(config.warmup):
         once()
     times = []
@@ -151,72 +167,128 @@ def _time(fn, cost, config, device):
     return times[len(times) // 2]
 
 
-def floor_bytes(pairs, n, m, dtype, backward):
-    elem = torch.empty(0, dtype=dtype).element_size()
-    cost_bytes = pairs * n * m * elem
-    total = cost_bytes + pairs * elem  # cost in, one value out
-    if backward:
-        total += cost_bytes  # gradient out
-    return total
-
-
-def run_bench(config):
-    """Times every implementation; returns a dict with metadata and one row per implementation."""
-    device = resolve_device(config.device)
+def _bench_size(config, device, pairs, n, m):
     dtype = DTYPES[config.dtype]
-    pairs = config.pairs or (1_000_000 if device.type == "cuda" else 4096)
     peak = peak_bandwidth(device)
     gen = torch.Generator().manual_seed(config.seed)
-    full_cost = (torch.rand(pairs, config.n, config.m, generator=gen) * 2).to(device=device, dtype=dtype)
+    cost = (torch.rand(pairs, n, m, generator=gen) * 2).to(device=device, dtype=dtype)
     rows = []
     for name, (fn, cap, skipped) in _implementations(config, device).items():
-        row = {"implementation": name, "pairs_timed": 0, "seconds": None, "pairs_per_s": None,
-               "gb_per_s": None, "pct_of_floor": None, "note": skipped or ""}
+        row = {"implementation": name, "pairs": pairs, "n": n, "m": m, "pairs_timed": 0, "seconds": None,
+               "pairs_per_s": None, "gb_per_s": None, "pct_of_floor": None, "note": skipped or ""}
         if fn is not None:
-            timed = min(pairs, cap) if cap else pairs
-            seconds = _time(fn, full_cost[:timed], config, device)
-            moved = floor_bytes(timed, config.n, config.m, dtype, config.backward)
+            timed = min(pairs, cap(n, m)) if cap else pairs
+            try:
+                seconds = _time(fn, cost[:timed], config, device)
+            except torch.cuda.OutOfMemoryError:  # e.g. stored weights of 1M pairs of 64x64: a result, not a crash
+                row["note"] = f"out of GPU memory at {timed} pairs"
+                rows.append(row)
+                torch.cuda.empty_cache()
+                continue
+            moved = floor_bytes(timed, n, m, dtype, config.backward)
             row.update(pairs_timed=timed, seconds=seconds, pairs_per_s=timed / seconds, gb_per_s=moved / seconds / 1e9)
             if peak:
                 row["pct_of_floor"] = 100.0 * (moved / seconds) / peak
             if timed < pairs:
-                row["note"] = f"timed on {timed} of {pairs} pairs (slow path), rate per pair"
+                row["note"] = f"timed on {timed} of {pairs} pairs (memory / CPU cap), rate per pair"
         rows.append(row)
-    reference_rate = {r["implementation"]: r["pairs_per_s"] for r in rows}.get("triton")
+    rates = {r["implementation"]: r["pairs_per_s"] for r in rows}
     for row in rows:
-        if reference_rate and row["pairs_per_s"]:
-            row["triton_speedup"] = reference_rate / row["pairs_per_s"]
-        else:
-            row["triton_speedup"] = None
-    config = {**dataclasses.asdict(config), "pairs": pairs, "implementations": list(config.implementations)}
-    return benchmark_record("dtw", device, config, rows, peak_bandwidth_bytes_per_s=peak)
+        for competitor, column in (("pysdtw", "x_pysdtw"), ("eager-loop", "x_eager")):
+            base = rates.get(competitor)
+            row[column] = row["pairs_per_s"] / base if base and row["pairs_per_s"] else None
+    return rows
+
+
+def run_bench(config):
+    """Times every implementation at every (pairs, size); returns metadata and one row per implementation and size."""
+    device = resolve_device(config.device)
+    pairs_list = [p or (1_000_000 if device.type == "cuda" else 4096) for p in config.pairs]
+    rows = [row for pairs in pairs_list for n, m in config.sizes for row in _bench_size(config, device, pairs, n, m)]
+    config = {**dataclasses.asdict(config), "pairs": pairs_list, "sizes": [list(s) for s in config.sizes],
+              "implementations": list(config.implementations), "floor": "cost in + one value out (+ gradient out)"}
+    return benchmark_record("dtw", device, config, rows, peak_bandwidth_bytes_per_s=peak_bandwidth(device))
+
+
+def run_matcher_bench(config, shots=5, ways=5, dim=2048):
+    """End to end, per T in ``config.sizes`` (N = M = T) at ``config.pairs[0]`` pairs: the I-M matcher
+    (cosine cost + fused value/path length + class means) and the OTAM head (spatial mean + cost +
+    dtw_symmetric) beside one plain dtw forward on precomputed costs of the same pairs.
+
+    ``x plain fwd`` = the row's time over that plain forward's (the issue's target for I-M: <= 2).
+    """
+    from m3net.model.baselines import OTAM
+    from m3net.model.matchers import instance_matching
+
+    device = resolve_device(config.device)
+    dtype = DTYPES[config.dtype]
+    supports = shots * ways
+    pairs = config.pairs[0] or (1_000_000 if device.type == "cuda" else 4096)
+    queries = max(1, pairs // supports)
+    labels = torch.arange(ways, device=device).repeat_interleave(shots)
+    gen = torch.Generator().manual_seed(config.seed)
+    rows = []
+    for t, _ in config.sizes:
+        query = torch.randn(queries, t, dim, generator=gen).to(device, dtype)
+        support = torch.randn(1, supports, t, dim, generator=gen).to(device, dtype)
+        cost = (torch.rand(queries * supports, t, t, generator=gen) * 2).to(device, dtype)
+        otam = OTAM(OTAM.Config(feature_dim=dim, num_frames=t, gamma=config.gamma)).to(device)
+        maps = support[0, :, :, None, None, :], query[:, :, None, None, :]  # (S, T, 1, 1, d), (Q, T, 1, 1, d)
+        calls = {
+            "dtw forward (plain)": lambda: dtw(cost, mode="soft", gamma=config.gamma),
+            "I-M matcher hard": lambda: instance_matching(query, support, labels, ways, mode="hard"),
+            "I-M matcher soft": lambda: instance_matching(query, support, labels, ways, mode="soft",
+                                                          gamma=config.gamma),
+            "OTAM head": lambda: otam(maps[0], labels, maps[1]),
+        }
+        plain = None
+        for name, call in calls.items():  # _time hands each call the cost; these ignore it
+            seconds = _time(lambda *_: call(), cost, dataclasses.replace(config, backward=False), device)
+            plain = plain or seconds
+            rows.append({"implementation": name, "pairs": queries * supports, "n": t, "m": t, "seconds": seconds,
+                         "pairs_per_s": queries * supports / seconds, "x_plain_fwd": seconds / plain})
+    config = {**dataclasses.asdict(config), "pairs": [queries * supports], "sizes": [list(s) for s in config.sizes],
+              "implementations": list(config.implementations), "shots": shots, "ways": ways, "dim": dim}
+    return benchmark_record("dtw_matchers", device, config, rows)
+
+
+def format_matcher_table(result):
+    lines = [f"DTW matchers end to end ({result['config']['dtype']}) on {result['device']}",
+             f"{'pairs':>8} {'T':>3} {'call':<22} {'s/call':>10} {'pairs/s':>10} {'x plain fwd':>11}"]
+    for r in result["rows"]:
+        lines.append(f"{r['pairs']:>8} {r['n']:>3} {r['implementation']:<22} {r['seconds']:>10.4g} "
+                     f"{r['pairs_per_s']:>10.4g} {r['x_plain_fwd']:>11.2f}")
+    return "\n".join(lines)
 
 
 def format_table(result):
     cfg = result["config"]
     kind = "forward+backward" if cfg["backward"] else "forward"
-    lines = [
-        f"DTW {cfg['mode']} {kind}: {cfg['pairs']} pairs of {cfg['n']}x{cfg['m']} {cfg['dtype']} on {result['device']}",
-    ]
+    lines = [f"DTW {cfg['mode']} {kind}, {cfg['dtype']}, on {result['device']}"]
     if result["cpu_numbers"]:
         lines.append("(CPU numbers: no GPU here, no bandwidth floor percentage)")
-    header = f"{'implementation':<16} {'pairs timed':>11} {'s/call':>11} {'pairs/s':>12} {'GB/s':>8} {'% floor':>8} {'triton x':>9}  note"
+    header = (f"{'pairs':>8} {'NxM':>6} {'implementation':<16} {'pairs timed':>11} {'s/call':>10} {'pairs/s':>10} "
+              f"{'GB/s':>7} {'% floor':>7} {'x pysdtw':>8} {'x eager':>8}  note")
     lines += [header, "-" * len(header)]
-    for r in result["rows"]:
-        def fmt(value, spec):
-            return format(value, spec) if value is not None else "-"
 
+    def fmt(value, spec):
+        return format(value, spec) if value is not None else "-"
+
+    for r in result["rows"]:
         lines.append(
-            f"{r['implementation']:<16} {r['pairs_timed']:>11} {fmt(r['seconds'], '>11.4g'):>11} {fmt(r['pairs_per_s'], '>12.4g'):>12} "
-            f"{fmt(r['gb_per_s'], '>8.3g'):>8} {fmt(r['pct_of_floor'], '>8.1f'):>8} {fmt(r['triton_speedup'], '>9.1f'):>9}  {r['note']}"
+            f"{r['pairs']:>8} {str(r['n']) + 'x' + str(r['m']):>6} {r['implementation']:<16} {r['pairs_timed']:>11} "
+            f"{fmt(r['seconds'], '.4g'):>10} {fmt(r['pairs_per_s'], '.4g'):>10} {fmt(r['gb_per_s'], '.3g'):>7} "
+            f"{fmt(r['pct_of_floor'], '.1f'):>7} {fmt(r['x_pysdtw'], '.1f'):>8} {fmt(r['x_eager'], '.1f'):>8}  "
+            f"{r['note']}"
         )
     return "\n".join(lines)
 
 
 def write_results(result, out_dir):
-    """CSV + JSON named after mode, pass, size, dtype, device and date; returns the two paths."""
+    """CSV + JSON named after mode, pass, sizes, dtype, device and date; returns the two paths."""
     cfg = result["config"]
     kind = "fwdbwd" if cfg["backward"] else "fwd"
-    columns = {"mode": cfg["mode"], "pass": kind, "n": cfg["n"], "m": cfg["m"], "dtype": cfg["dtype"],
-               "pairs": cfg["pairs"]}
-    return write_benchmark(result, out_dir, f"dtw_{cfg['mode']}_{kind}_{cfg['n']}x{cfg['m']}_{cfg['dtype']}", columns)
+    sizes = "-".join(f"{n}x{m}" for n, m in cfg["sizes"])
+    sweep = "sweep_" if len(cfg["pairs"]) > 1 or len(cfg["sizes"]) > 1 else ""
+    columns = {"mode": cfg["mode"], "pass": kind, "dtype": cfg["dtype"]}
+    return write_benchmark(result, out_dir, f"dtw_{sweep}{cfg['mode']}_{kind}_{sizes}_{cfg['dtype']}", columns)

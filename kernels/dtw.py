@@ -19,8 +19,8 @@ Algorithm
                   {diag, up, left} in columns 1 and M+1 and {diag, left} in columns 2..M.
 
     Backward: the soft-min of a cell is a softmax-weighted choice of its predecessors (for the
-    hard min the weights are the one-hot argmin). The forward stores those weights W (3 per
-    cell); the backward runs Cuturi & Blondel's expected-alignment recursion in reverse order,
+    hard min the weights are the one-hot argmin). Cuturi & Blondel's expected-alignment
+    recursion runs in reverse order,
 
         E[last] = 1,   E[c] = Σ_{s successor of c} E[s] · W[s, direction(c -> s)],
 
@@ -28,47 +28,79 @@ Algorithm
     probabilities in [0, 1], so the recursion cannot overflow for any γ; for ``hard`` E is the
     indicator of the optimal path (``dtw_path``).
 
+    Path length: the number of cells on the hard optimal path (same tie-break), carried through
+    the hard DP as L[c] = 1 + L[argmin predecessor]; ``dtw_with_length`` returns it beside the
+    value (soft mode runs the hard DP alongside for it). ``dtw_symmetric`` = dtw(C) + dtw(Cᵀ)
+    (OTAM's score): on the short path both DPs run in the same program from one read of C.
+
 Implementations
-    dtw_reference    pure torch, vectorised over the batch and over anti-diagonals; float64-safe.
-    _dtw_fwd_kernel  Triton: BLOCK_B pairs per program, one lane per pair; the previous DP row is
-                     a (BLOCK_B, BLOCK_M) register tile, the current cell's neighbours are carried
-                     in registers; every cost element is read once and one value written per pair.
-                     With STORE_WEIGHTS (only when a gradient is needed) it also writes W.
-    _dtw_bwd_kernel  Triton: the reverse recursion, the next DP row of E in a register tile; reads
-                     W and writes dcost once.
-    fp16 / bf16 inputs accumulate in fp32; fp64 stays fp64.
+    dtw_reference          pure torch, vectorised over the batch and over anti-diagonals; float64-safe.
+    Short path (N, M <= SHORT_MAX): one pair per thread, N and M compile-time, the DP unrolled,
+    every row a tuple of registers.
+      _dtw_short_fwd_kernel  each cost row is loaded as a coalesced (BLOCK_B, M) tile and moved
+                             into per-thread registers once through shared memory; costs are
+                             scaled by log2(e)/γ so the soft-min is exp2/log2 (two exp2 and one
+                             log2 per 3-predecessor cell: the minimum's term is exactly 1).
+      _dtw_short_bwd_kernel  recomputes R in registers from the cost, then runs the reverse
+                             recursion in the same program; nothing per cell is stored between
+                             forward and backward (extra memory O(B)).
+    Long path (wider / longer grids, up to MAX_KERNEL_WIDTH columns):
+      _dtw_fwd_kernel        BLOCK_B pairs per program; the previous DP row is a (BLOCK_B, BLOCK_M)
+                             register tile. With STORE_WEIGHTS (only when a gradient is needed)
+                             it writes the 3 predecessor weights W per cell.
+      _dtw_bwd_kernel        the reverse recursion from W; writes dcost once.
+    fp16 / bf16 inputs accumulate (and return values) in fp32; fp64 stays fp64, γ included.
 
 Limits and complexity
-    Time O(B·N·M) cells; the register tile makes each cell O(BLOCK_M) lane-parallel operations,
-    so the kernel is meant for the short sequences of few-shot video (T = 8 .. 64).
-    Memory: forward reads B·N·M cost and writes B values; with a gradient it also writes
+    Time O(B·N·M) cells. Short path: per pair, reads N·M costs and writes one value (and one
+    length); the backward reads the cost again and writes N·M gradients. Registers grow with
+    N·M in the backward (all of R is kept): 8×8 fits, 16×16 spills 1.5-4 KB per thread to
+    local memory (benchmarks/dtw_static_sm90.md). Switch point SHORT_MAX = 16, set statically
+    (no GPU timing yet): at 16×16 the short forward executes 15-41× and the short backward
+    4-11× fewer SASS instructions per pair than the long path's, and no weights are moved.
+    dtw_symmetric's backward runs both directions in one program only up to SYMMETRIC_BWD_MAX
+    (8); beyond, one launch each. Long path: the forward with a gradient also writes
     W = 3·B·N'·M' fp32 (N'×M' the grid, M' = M+2 for otam) which the backward reads once.
-    The kernel handles grid widths up to MAX_KERNEL_WIDTH columns (any N); wider inputs fall
-    back to the torch reference with one warning. B = 0 gives an empty result.
+    Grids wider than MAX_KERNEL_WIDTH columns run on the torch reference with a
+    DTWFallbackWarning. B = 0 gives an empty result.
 
 Dispatch
-    CUDA tensors run the Triton kernel, CPU tensors the torch reference;
-    M3NET_DTW_BACKEND=auto|triton|torch forces one. ``triton`` with TRITON_INTERPRET=1 runs the
-    Triton kernel on the CPU (this is how CI checks it).
+    ``backend=`` auto | triton | torch; None reads M3NET_DTW_BACKEND (default auto): CUDA
+    tensors run Triton, CPU tensors the torch reference. ``triton`` with TRITON_INTERPRET=1 runs
+    the Triton kernels on the CPU (this is how CI checks them).
 """
+import contextlib
 import functools
+import math
 import os
 import warnings
 
 import torch
 
+from m3net.errors import ConfigError
+
 try:  # Triton is optional: without it every input runs on the torch reference.
     import triton
     import triton.language as tl
+    from triton.language.extra.cuda import libdevice
 except ImportError:  # pragma: no cover - exercised only where triton is absent
     triton = None
     tl = None
+    libdevice = None
 
 MODES = ("soft", "hard", "otam")
-MAX_KERNEL_WIDTH = 256  # grid columns held in one register tile row
+BACKENDS = ("auto", "triton", "torch")
+MAX_KERNEL_WIDTH = 256  # grid columns held in one register tile row (long path)
+SHORT_MAX = 16  # N and M up to this run the register-resident short path
+SYMMETRIC_BWD_MAX = 8  # dtw_symmetric's backward runs both directions in one program up to N, M = this
 BACKEND_ENV = "M3NET_DTW_BACKEND"
 
-__all__ = ["dtw", "dtw_reference", "dtw_path", "cosine_cost", "MODES", "MAX_KERNEL_WIDTH"]
+__all__ = ["dtw", "dtw_reference", "dtw_path", "dtw_with_length", "dtw_symmetric", "cosine_cost", "MODES",
+           "MAX_KERNEL_WIDTH", "SHORT_MAX", "DTWFallbackWarning"]
+
+
+class DTWFallbackWarning(UserWarning):
+    """A Triton-bound input ran on the torch reference (shown once per call site by default)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,7 +206,333 @@ def _reference_backward(weights, mode, n, m):
 
 
 # --------------------------------------------------------------------------------------------
-# Triton kernels
+# Triton, short path: one pair per thread, the whole DP unrolled over constexpr N x M
+# --------------------------------------------------------------------------------------------
+if triton is not None:
+
+    @triton.constexpr_function
+    def _grid_cols(m, otam):
+        return m + 2 if otam else m
+
+    # Which predecessors cell (i, j) of the grid takes its minimum over (see _predecessor_mask).
+    @triton.constexpr_function
+    def _has_diag(i, j, otam, cols):
+        return i >= 1 and j >= 1
+
+    @triton.constexpr_function
+    def _has_up(i, j, otam, cols):
+        return i >= 1 and (j == 1 or j == cols - 1) if otam else i >= 1
+
+    @triton.constexpr_function
+    def _has_left(i, j, otam, cols):
+        return j >= 1
+
+    @triton.constexpr_function
+    def _bit_reversed(k, bits):
+        return int(format(k, f"0{bits}b")[::-1], 2) if bits else 0
+
+    @triton.jit
+    def _split_columns(tile, BLOCK_B: tl.constexpr, K: tl.constexpr, BITS: tl.constexpr):
+        """(BLOCK_B, K) tile -> tuple of its K columns, each (BLOCK_B,); K = 2**BITS.
+
+        The tile is loaded coalesced (a warp reads whole rows of consecutive pairs); halving
+        splits make the compiler move it once through shared memory into one-pair-per-thread
+        registers, where a masked sum per column would reduce across lanes instead.
+        """
+        parts = (tile,)
+        for level in tl.static_range(BITS):
+            halves = ()
+            for p in tl.static_range(2**level):
+                even, odd = tl.split(tl.reshape(parts[p], (BLOCK_B, K // 2 ** (level + 1), 2)))
+                halves = halves + (even, odd)
+            parts = halves
+        columns = ()
+        for k in tl.static_range(K):  # split order is bit-reversed column order
+            columns = columns + (tl.reshape(parts[_bit_reversed(k, BITS)], (BLOCK_B,)),)
+        return columns
+
+    @triton.jit
+    def _join_columns(columns, BLOCK_B: tl.constexpr, K: tl.constexpr, BITS: tl.constexpr):
+        """Inverse of _split_columns: K (BLOCK_B,) columns -> one (BLOCK_B, K) tile for a coalesced store."""
+        parts = ()
+        for k in tl.static_range(K):
+            parts = parts + (tl.reshape(columns[_bit_reversed(k, BITS)], (BLOCK_B, 1)),)
+        for level in tl.static_range(BITS):
+            merged = ()
+            for p in tl.static_range(K // 2 ** (level + 1)):
+                pair = tl.join(parts[2 * p], parts[2 * p + 1])
+                merged = merged + (tl.reshape(pair, (BLOCK_B, 2 ** (level + 1))),)
+            parts = merged
+        return parts[0]
+
+    @triton.jit
+    def _load_grid_row(cost_ptr, offsets, live, i, stride_n, stride_m, ACC: tl.constexpr,
+                       M: tl.constexpr, OTAM: tl.constexpr, BLOCK_B: tl.constexpr,
+                       MP: tl.constexpr, BITS: tl.constexpr):
+        """Row i of the grid's cost in ACC, one (BLOCK_B,) value per column (otam: 0 | cost | 0)."""
+        cols = tl.arange(0, MP)
+        ptrs = cost_ptr + offsets[:, None] + i * stride_n + cols[None, :] * stride_m
+        tile = tl.load(ptrs, mask=live[:, None] & (cols[None, :] < M), other=0.0)
+        values = _split_columns(tile.to(ACC), BLOCK_B, MP, BITS)
+        row = ()
+        if OTAM:
+            row = (values[0] * 0,)  # a zero in the columns' dtype and layout
+        for j in tl.static_range(M):
+            row = row + (values[j],)
+        if OTAM:
+            row = row + (values[0] * 0,)
+        return row
+
+    @triton.jit
+    def _log2(x, FAST_MATH: tl.constexpr):
+        # tl.log2 lowers to a ~15-instruction polynomial; lg2.approx (MUFU) is exact to 2^-22 relative.
+        if FAST_MATH:
+            return libdevice.fast_log2f(x)
+        else:
+            return tl.log2(x)
+
+    @triton.jit
+    def _cell_min(prev, row, j, HAS_DIAG: tl.constexpr, HAS_UP: tl.constexpr, HAS_LEFT: tl.constexpr,
+                  HARD: tl.constexpr, FAST_MATH: tl.constexpr):
+        """(Soft) minimum over the cell's predecessors, in log2 units (costs scaled by log2(e)/γ).
+
+        The minimum's own term is exactly 2^0 = 1, so 3 predecessors need two exp2 and one log2;
+        the middle value comes from min/max, not a sort.
+        """
+        if HAS_DIAG and HAS_UP and HAS_LEFT:
+            ab_lo = tl.minimum(prev[j - 1], prev[j])
+            ab_hi = tl.maximum(prev[j - 1], prev[j])
+            lo = tl.minimum(ab_lo, row[j - 1])
+            if HARD:
+                smin = lo
+            else:
+                mid = tl.maximum(ab_lo, tl.minimum(ab_hi, row[j - 1]))
+                hi = tl.maximum(ab_hi, row[j - 1])
+                smin = lo - _log2(1.0 + tl.exp2(lo - mid) + tl.exp2(lo - hi), FAST_MATH)
+        elif HAS_DIAG and HAS_LEFT:  # otam rows >= 1, columns 2..M
+            lo = tl.minimum(prev[j - 1], row[j - 1])
+            if HARD:
+                smin = lo
+            else:
+                hi = tl.maximum(prev[j - 1], row[j - 1])
+                smin = lo - _log2(1.0 + tl.exp2(lo - hi), FAST_MATH)
+        elif HAS_UP:
+            smin = prev[j]
+        elif HAS_LEFT:
+            smin = row[j - 1]
+        else:  # a source: its predecessor is the virtual ZERO cell
+            smin = 0.0
+        return smin
+
+    @triton.jit
+    def _hard_weights(prev, row, j, HAS_DIAG: tl.constexpr, HAS_UP: tl.constexpr, HAS_LEFT: tl.constexpr):
+        """One-hot argmin over the predecessors (diag, up, left); ties go to the earlier one."""
+        if HAS_DIAG and HAS_UP and HAS_LEFT:
+            take_diag = (prev[j - 1] <= prev[j]) & (prev[j - 1] <= row[j - 1])
+            take_up = (~take_diag) & (prev[j] <= row[j - 1])
+            take_left = ~(take_diag | take_up)
+            return take_diag.to(tl.float32), take_up.to(tl.float32), take_left.to(tl.float32)
+        elif HAS_DIAG and HAS_LEFT:
+            take_diag = prev[j - 1] <= row[j - 1]
+            return take_diag.to(tl.float32), 0.0, (~take_diag).to(tl.float32)
+        elif HAS_UP:
+            return 0.0, 1.0, 0.0
+        elif HAS_LEFT:
+            return 0.0, 0.0, 1.0
+        else:
+            return 0.0, 0.0, 0.0
+
+    @triton.jit
+    def _soft_weights(prev, row, j, HAS_DIAG: tl.constexpr, HAS_UP: tl.constexpr, HAS_LEFT: tl.constexpr):
+        """Softmax weights of the predecessors (diag, up, left), missing ones 0.
+
+        exp2(lo - x) / Σ rather than exp2(smin - x): the differences stay small where the weight
+        is large, so the weights keep full relative precision however large R grows.
+        """
+        lo = prev[j - 1] if HAS_DIAG else (prev[j] if HAS_UP else row[j - 1])
+        if HAS_UP:
+            lo = tl.minimum(lo, prev[j])
+        if HAS_LEFT:
+            lo = tl.minimum(lo, row[j - 1])
+        wd = 0.0
+        wu = 0.0
+        wl = 0.0
+        if HAS_DIAG:
+            wd = tl.exp2(lo - prev[j - 1])
+        if HAS_UP:
+            wu = tl.exp2(lo - prev[j])
+        if HAS_LEFT:
+            wl = tl.exp2(lo - row[j - 1])
+        inv = 1.0 / (wd + wu + wl)
+        return wd * inv, wu * inv, wl * inv
+
+    @triton.jit
+    def _forward_rows(cost_ptr, offsets, live, stride_n, stride_m, scale,
+                      N: tl.constexpr, M: tl.constexpr, OTAM: tl.constexpr, HARD: tl.constexpr,
+                      LENGTH: tl.constexpr, KEEP_ROWS: tl.constexpr, FAST_MATH: tl.constexpr,
+                      BLOCK_B: tl.constexpr, MP: tl.constexpr, BITS: tl.constexpr):
+        """The DP over the whole grid in registers; returns (last R row, last path-length row, all R rows).
+
+        LENGTH also runs the hard DP (for soft mode on its own rows) and carries the length of
+        the optimal path into each cell. KEEP_ROWS keeps every R row for the backward.
+        """
+        COLS: tl.constexpr = _grid_cols(M, OTAM)
+        prev = ()
+        prev_hard = ()
+        prev_len = ()
+        rows = ()
+        for i in tl.static_range(N):
+            cost = _load_grid_row(cost_ptr, offsets, live, i, stride_n, stride_m, scale.dtype, M, OTAM, BLOCK_B, MP,
+                                  BITS)
+            row = ()
+            row_hard = ()
+            row_len = ()
+            for j in tl.static_range(COLS):
+                smin = _cell_min(prev, row, j, _has_diag(i, j, OTAM, COLS), _has_up(i, j, OTAM, COLS),
+                                 _has_left(i, j, OTAM, COLS), HARD, FAST_MATH)
+                row = row + (cost[j] * scale + smin,)
+                if LENGTH:
+                    if HARD:
+                        hard_prev, hard_row = prev, row
+                    else:
+                        smin = _cell_min(prev_hard, row_hard, j, _has_diag(i, j, OTAM, COLS), _has_up(i, j, OTAM, COLS),
+                                         _has_left(i, j, OTAM, COLS), True, FAST_MATH)
+                        row_hard = row_hard + (cost[j] + smin,)  # unscaled: the same ties as dtw_path
+                        hard_prev, hard_row = prev_hard, row_hard
+                    wd, wu, wl = _hard_weights(hard_prev, hard_row, j, _has_diag(i, j, OTAM, COLS),
+                                               _has_up(i, j, OTAM, COLS), _has_left(i, j, OTAM, COLS))
+                    length = cost[j] * 0 + 1.0  # the cell itself, as a tensor
+                    if _has_diag(i, j, OTAM, COLS):
+                        length += wd * prev_len[j - 1]
+                    if _has_up(i, j, OTAM, COLS):
+                        length += wu * prev_len[j]
+                    if _has_left(i, j, OTAM, COLS):
+                        length += wl * row_len[j - 1]
+                    row_len = row_len + (length,)
+            if KEEP_ROWS:
+                rows = rows + (row,)
+            prev = row
+            prev_hard = row_hard
+            prev_len = row_len
+        return prev, prev_len, rows
+
+    @triton.jit
+    def _backward_rows(R, g, grad_ptr, offsets, live, stride_gn, stride_gm,
+                       N: tl.constexpr, M: tl.constexpr, OTAM: tl.constexpr, HARD: tl.constexpr,
+                       ACCUMULATE: tl.constexpr, BLOCK_B: tl.constexpr, MP: tl.constexpr, BITS: tl.constexpr):
+        """E row by row from the bottom-right, from the R rows of _forward_rows; writes (or with
+        ACCUMULATE adds) dcost = E·g, one coalesced tile store per row.
+
+        E[c] pulls from its successors below-right (their diag weight), below (up) and right
+        (left); each cell's weights are recomputed from R when the cell is reached, so nothing
+        per cell is ever stored in memory.
+        """
+        COLS: tl.constexpr = _grid_cols(M, OTAM)
+        cols = tl.arange(0, MP)
+        below_e = ()  # E of row i+1, and that row's weights towards its diag / up predecessors
+        below_wd = ()
+        below_wu = ()
+        for i in tl.static_range(N - 1, -1, -1):
+            row_e = ()  # built right to left by prepending: natural column order once the row is done
+            row_wd = ()
+            row_wu = ()
+            right_e = 0.0  # E and left weight of cell (i, j+1)
+            right_wl = 0.0
+            for j in tl.static_range(COLS - 1, -1, -1):
+                prev = R[i - 1] if i >= 1 else ()
+                if HARD:
+                    wd, wu, wl = _hard_weights(prev, R[i], j, _has_diag(i, j, OTAM, COLS), _has_up(i, j, OTAM, COLS),
+                                               _has_left(i, j, OTAM, COLS))
+                elif _has_diag(i, j, OTAM, COLS) or _has_up(i, j, OTAM, COLS) or _has_left(i, j, OTAM, COLS):
+                    wd, wu, wl = _soft_weights(prev, R[i], j, _has_diag(i, j, OTAM, COLS), _has_up(i, j, OTAM, COLS),
+                                               _has_left(i, j, OTAM, COLS))
+                else:  # a source: nothing to pass E on to
+                    wd, wu, wl = 0.0, 0.0, 0.0
+                e = g * 0
+                if i == N - 1 and j == COLS - 1:
+                    e += 1.0
+                if i + 1 < N and j + 1 < COLS:
+                    if _has_diag(i + 1, j + 1, OTAM, COLS):
+                        e += below_e[j + 1] * below_wd[j + 1]
+                if i + 1 < N:
+                    if _has_up(i + 1, j, OTAM, COLS):
+                        e += below_e[j] * below_wu[j]
+                if j + 1 < COLS:
+                    e += right_e * right_wl
+                row_e = (e,) + row_e
+                row_wd = (wd,) + row_wd
+                row_wu = (wu,) + row_wu
+                right_e = e
+                right_wl = wl
+            grad = ()  # cost column k is grid column k, or k + 1 for otam
+            for k in tl.static_range(MP):
+                if k < M:
+                    grad = grad + (row_e[k + 1 if OTAM else k] * g,)
+                else:
+                    grad = grad + (g * 0,)
+            tile = _join_columns(grad, BLOCK_B, MP, BITS)
+            ptrs = grad_ptr + offsets[:, None] + i * stride_gn + cols[None, :] * stride_gm
+            mask = live[:, None] & (cols[None, :] < M)
+            if ACCUMULATE:
+                tile += tl.load(ptrs, mask=mask, other=0.0).to(tile.dtype)
+            tl.store(ptrs, tile.to(grad_ptr.dtype.element_ty), mask=mask)
+            below_e = row_e
+            below_wd = row_wd
+            below_wu = row_wu
+
+    @triton.jit
+    def _dtw_short_fwd_kernel(
+        cost_ptr, scale_ptr, out_ptr, length_ptr,
+        B, stride_b, stride_n, stride_m,
+        N: tl.constexpr, M: tl.constexpr, OTAM: tl.constexpr, HARD: tl.constexpr, LENGTH: tl.constexpr,
+        SYMMETRIC: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_B: tl.constexpr,
+        MP: tl.constexpr, BITS: tl.constexpr, MP_T: tl.constexpr, BITS_T: tl.constexpr,
+    ):
+        """value = R[last] (+ the same on Cᵀ with SYMMETRIC: OTAM's two directions, one read of C)."""
+        pairs = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        live = pairs < B
+        offsets = pairs.to(tl.int64) * stride_b
+        scale = tl.load(scale_ptr)  # log2(e)/γ in the accumulation dtype (1 for hard)
+        last, last_len, _ = _forward_rows(cost_ptr, offsets, live, stride_n, stride_m, scale,
+                                          N, M, OTAM, HARD, LENGTH, False, FAST_MATH, BLOCK_B, MP, BITS)
+        value = last[_grid_cols(M, OTAM) - 1]
+        if SYMMETRIC:  # rows of Cᵀ are the columns of C, already in L1
+            last_t, _, _ = _forward_rows(cost_ptr, offsets, live, stride_m, stride_n, scale,
+                                         M, N, OTAM, HARD, False, False, FAST_MATH, BLOCK_B, MP_T, BITS_T)
+            value += last_t[_grid_cols(N, OTAM) - 1]
+        tl.store(out_ptr + pairs, value / scale, mask=live)
+        if LENGTH:
+            tl.store(length_ptr + pairs, last_len[_grid_cols(M, OTAM) - 1], mask=live)
+
+    @triton.jit
+    def _dtw_short_bwd_kernel(
+        cost_ptr, scale_ptr, grad_out_ptr, grad_ptr,
+        B, stride_b, stride_n, stride_m, stride_gb, stride_gn, stride_gm,
+        N: tl.constexpr, M: tl.constexpr, OTAM: tl.constexpr, HARD: tl.constexpr, SYMMETRIC: tl.constexpr,
+        FAST_MATH: tl.constexpr, BLOCK_B: tl.constexpr,
+        MP: tl.constexpr, BITS: tl.constexpr, MP_T: tl.constexpr, BITS_T: tl.constexpr,
+    ):
+        """Recomputes R in registers from the cost, then the reverse recursion; dcost = E·dvalue."""
+        pairs = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        live = pairs < B
+        offsets = pairs.to(tl.int64) * stride_b
+        grad_offsets = pairs.to(tl.int64) * stride_gb
+        scale = tl.load(scale_ptr)
+        g = tl.load(grad_out_ptr + pairs, mask=live, other=0.0).to(scale.dtype)
+        _, _, R = _forward_rows(cost_ptr, offsets, live, stride_n, stride_m, scale,
+                                N, M, OTAM, HARD, False, True, FAST_MATH, BLOCK_B, MP, BITS)
+        _backward_rows(R, g, grad_ptr, grad_offsets, live, stride_gn, stride_gm, N, M, OTAM, HARD, False,
+                       BLOCK_B, MP, BITS)
+        if SYMMETRIC:  # Cᵀ's gradient, transposed, adds onto C's
+            _, _, R = _forward_rows(cost_ptr, offsets, live, stride_m, stride_n, scale,
+                                    M, N, OTAM, HARD, False, True, FAST_MATH, BLOCK_B, MP_T, BITS_T)
+            tl.debug_barrier()  # the first pass's gradient tiles were stored by other threads of the program
+            _backward_rows(R, g, grad_ptr, grad_offsets, live, stride_gm, stride_gn, M, N, OTAM, HARD, True,
+                           BLOCK_B, MP_T, BITS_T)
+
+
+# --------------------------------------------------------------------------------------------
+# Triton, long path: BLOCK_B pairs per program, rows as register tiles, weights stored
 # --------------------------------------------------------------------------------------------
 if triton is not None:
 
@@ -332,41 +690,94 @@ def _triton_acc_dtype(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _triton_forward(cost, mode, gamma, store_weights):
+def _interpreting():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _device_guard(tensor):
+    """Launch on the tensor's GPU (inputs on cuda:1 run on cuda:1), not the current device."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
+def _long_forward(cost, mode, gamma, store_weights):
     batch, n, m = cost.shape
     rows, cols = _grid_shape(mode, n, m)
     acc = _accumulation_dtype(cost.dtype)
     out = torch.empty(batch, dtype=acc, device=cost.device)
     weights = torch.empty(batch, rows, cols, 3, dtype=acc, device=cost.device) if store_weights else out
     block_b, block_m = _triton_block_sizes(cols)
-    grid = (triton.cdiv(batch, block_b),)
-    _dtw_fwd_kernel[grid](
-        cost, out, weights, batch, n, m, cost.stride(0), cost.stride(1), cost.stride(2), float(gamma),
-        OTAM=mode == "otam", HARD=mode == "hard", STORE_WEIGHTS=store_weights,
-        ACC_DTYPE=_triton_acc_dtype(cost.dtype), BLOCK_B=block_b, BLOCK_M=block_m,
-    )
+    with _device_guard(cost):
+        _dtw_fwd_kernel[(triton.cdiv(batch, block_b),)](
+            cost, out, weights, batch, n, m, *cost.stride(), float(gamma),
+            OTAM=mode == "otam", HARD=mode == "hard", STORE_WEIGHTS=store_weights,
+            ACC_DTYPE=_triton_acc_dtype(cost.dtype), BLOCK_B=block_b, BLOCK_M=block_m,
+        )
     return out, (weights if store_weights else None)
 
 
-def _triton_backward(weights, grad_out, mode, n, m, dtype):
+def _long_backward(weights, grad_out, mode, n, m, dtype):
     batch = weights.shape[0]
     _, cols = _grid_shape(mode, n, m)
     grad = torch.empty(batch, n, m, dtype=dtype, device=weights.device)
     block_b, block_m = _triton_block_sizes(cols)
-    grid = (triton.cdiv(batch, block_b),)
-    _dtw_bwd_kernel[grid](
-        weights, grad_out.contiguous(), grad, batch, n, m, grad.stride(0), grad.stride(1), grad.stride(2),
-        OTAM=mode == "otam", ACC_DTYPE=_triton_acc_dtype(weights.dtype), BLOCK_B=block_b, BLOCK_M=block_m,
-    )
+    with _device_guard(weights):
+        _dtw_bwd_kernel[(triton.cdiv(batch, block_b),)](
+            weights, grad_out.to(weights.dtype).contiguous(), grad, batch, n, m, *grad.stride(),
+            OTAM=mode == "otam", ACC_DTYPE=_triton_acc_dtype(weights.dtype), BLOCK_B=block_b, BLOCK_M=block_m,
+        )
     return grad
+
+
+def _short_launch_config(cost, mode, gamma):
+    """(grid, scale tensor, launch keywords) of the short-path kernels for this input.
+
+    One pair per thread: BLOCK_B = 32 · num_warps, with fewer warps per program when the batch
+    would otherwise launch fewer than two programs per SM (an episode is a few thousand pairs).
+    """
+    batch, n, m = cost.shape
+    sms = torch.cuda.get_device_properties(cost.device).multi_processor_count if cost.is_cuda else 1
+    num_warps = 4
+    while num_warps > 1 and triton.cdiv(batch, 32 * num_warps) < 2 * sms:
+        num_warps //= 2
+    block_b = 32 * num_warps
+    acc = _accumulation_dtype(cost.dtype)
+    # Costs are scaled by log2(e)/γ so the soft-min is exp2/log2; a float64 scale for float64 costs.
+    scale = torch.full((1,), 1.0 if mode == "hard" else math.log2(math.e) / gamma, dtype=acc, device=cost.device)
+    mp, mp_t = (max(triton.next_power_of_2(width), 2) for width in (m, n))  # row tile widths of C and Cᵀ
+    fast_math = acc == torch.float32 and not _interpreting()  # libdevice's lg2.approx exists only compiled
+    meta = dict(N=n, M=m, OTAM=mode == "otam", HARD=mode == "hard", FAST_MATH=fast_math, BLOCK_B=block_b,
+                MP=mp, BITS=mp.bit_length() - 1, MP_T=mp_t, BITS_T=mp_t.bit_length() - 1, num_warps=num_warps)
+    return (triton.cdiv(batch, block_b),), scale, meta
+
+
+def _short_forward(cost, mode, gamma, with_length, symmetric=False):
+    grid, scale, meta = _short_launch_config(cost, mode, gamma)
+    out = torch.empty(cost.shape[0], dtype=scale.dtype, device=cost.device)
+    length = torch.empty_like(out) if with_length else out
+    with _device_guard(cost):
+        _dtw_short_fwd_kernel[grid](cost, scale, out, length, cost.shape[0], *cost.stride(), LENGTH=with_length,
+                                    SYMMETRIC=symmetric, **meta)
+    return out, (length if with_length else None)
+
+
+def _short_backward(cost, grad_out, mode, gamma, symmetric=False):
+    grid, scale, meta = _short_launch_config(cost, mode, gamma)
+    grad = torch.empty(cost.shape, dtype=cost.dtype, device=cost.device)
+    with _device_guard(cost):
+        _dtw_short_bwd_kernel[grid](
+            cost, scale, grad_out.to(scale.dtype).contiguous(), grad, cost.shape[0], *cost.stride(), *grad.stride(),
+            SYMMETRIC=symmetric, **meta,
+        )
+    return grad
+
+
+def _uses_short_path(cost):
+    return cost.shape[1] <= SHORT_MAX and cost.shape[2] <= SHORT_MAX
 
 
 # --------------------------------------------------------------------------------------------
 # Launcher: validation and dispatch
 # --------------------------------------------------------------------------------------------
-_warned_fallback = False
-
-
 def _validate(cost, mode, gamma):
     if not isinstance(cost, torch.Tensor):
         raise TypeError(f"dtw: cost must be a torch.Tensor of shape (B, N, M), got {type(cost).__name__}")
@@ -382,79 +793,112 @@ def _validate(cost, mode, gamma):
         raise ValueError(f"dtw: N and M must be >= 1, got cost of shape {tuple(cost.shape)}")
 
 
-def _backend_for(cost, mode):
-    """'triton' or 'torch' for this input, honouring M3NET_DTW_BACKEND."""
-    global _warned_fallback
-    requested = os.environ.get(BACKEND_ENV, "auto").lower()
-    if requested not in ("auto", "triton", "torch"):
-        raise ValueError(f"{BACKEND_ENV}={requested!r}: expected auto, triton or torch")
-    if requested == "torch":
-        return "torch"
-    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    wants_triton = requested == "triton" or (requested == "auto" and cost.is_cuda)
-    if not wants_triton:
+def _backend_for(cost, mode, requested):
+    """'triton' or 'torch' for this input; ``requested`` None reads M3NET_DTW_BACKEND."""
+    source = "backend" if requested is not None else BACKEND_ENV
+    if requested is None:
+        requested = os.environ.get(BACKEND_ENV, "auto")
+    requested = str(requested).lower()
+    if requested not in BACKENDS:
+        raise ConfigError(f"dtw: {source}={requested!r}: expected one of {', '.join(BACKENDS)}")
+    if requested == "torch" or (requested == "auto" and not cost.is_cuda):
         return "torch"
     if triton is None:
         if requested == "triton":
-            raise RuntimeError(f"{BACKEND_ENV}=triton but triton is not installed (pip install triton)")
+            raise ConfigError(f"dtw: {source}=triton but triton is not installed (pip install triton)")
         return "torch"
-    if not cost.is_cuda and not interpret:
-        raise RuntimeError(
-            f"{BACKEND_ENV}=triton on a {cost.device} tensor needs TRITON_INTERPRET=1 "
+    if not cost.is_cuda and not _interpreting():
+        raise ConfigError(
+            f"dtw: {source}=triton on a {cost.device} tensor needs TRITON_INTERPRET=1 "
             "(set before m3net.kernels is imported) or a CUDA tensor"
         )
     _, cols = _grid_shape(mode, cost.shape[1], cost.shape[2])
-    if cols > MAX_KERNEL_WIDTH:
-        if not _warned_fallback:
-            warnings.warn(
-                f"dtw: grid width {cols} exceeds the Triton kernel's limit of {MAX_KERNEL_WIDTH} "
-                "columns; falling back to the torch reference (slower).",
-                stacklevel=3,
-            )
-            _warned_fallback = True
+    if not _uses_short_path(cost) and cols > MAX_KERNEL_WIDTH:
+        # stacklevel 4: _backend_for <- _run <- dtw / dtw_with_length <- the caller's line.
+        warnings.warn(
+            f"dtw: grid width {cols} exceeds the Triton kernel's limit of {MAX_KERNEL_WIDTH} "
+            "columns; falling back to the torch reference (slower).",
+            DTWFallbackWarning,
+            stacklevel=4,
+        )
         return "torch"
     return "triton"
 
 
+def _path_length(cost, backend):
+    """Cells on the hard optimal path, from the hard DP's weights (paths without the short kernel)."""
+    if backend == "triton":
+        _, weights = _long_forward(cost, "hard", 0.0, store_weights=True)
+        ones = torch.ones(cost.shape[0], dtype=weights.dtype, device=cost.device)
+        return _long_backward(weights, ones, "hard", cost.shape[1], cost.shape[2], weights.dtype).sum(dim=(1, 2))
+    _, weights = _reference_forward(cost, "hard", 0.0)
+    return _reference_backward(weights, "hard", cost.shape[1], cost.shape[2]).sum(dim=(1, 2))
+
+
 class _DTWFunction(torch.autograd.Function):
+    """value (B,) [, hard path length (B,), not differentiable] in the accumulation dtype."""
+
     @staticmethod
-    def forward(ctx, cost, mode, gamma, backend):
+    def forward(ctx, cost, mode, gamma, backend, with_length, symmetric):
         needs_grad = ctx.needs_input_grad[0]
-        if backend == "triton":
-            value, weights = _triton_forward(cost, mode, gamma, store_weights=needs_grad)
+        short = backend == "triton" and _uses_short_path(cost)
+        length = saved = None
+        if short:
+            value, length = _short_forward(cost, mode, gamma, with_length, symmetric)
+            saved = cost  # the backward recomputes the DP from it
         else:
-            value, weights = _reference_forward(cost, mode, gamma, store_weights=needs_grad)
-        ctx.mode, ctx.backend, ctx.n, ctx.m, ctx.dtype = mode, backend, cost.shape[1], cost.shape[2], cost.dtype
+            forward = _long_forward if backend == "triton" else _reference_forward
+            value, saved = forward(cost, mode, gamma, store_weights=needs_grad)
+            if with_length:
+                length = _path_length(cost, backend)
+        ctx.mode, ctx.gamma, ctx.backend, ctx.short, ctx.symmetric = mode, gamma, backend, short, symmetric
+        ctx.n, ctx.m, ctx.dtype = cost.shape[1], cost.shape[2], cost.dtype
         if needs_grad:
-            ctx.save_for_backward(weights)
-        return value.to(cost.dtype)
+            ctx.save_for_backward(saved)
+        if with_length:
+            ctx.mark_non_differentiable(length)
+            return value, length
+        return value
 
     @staticmethod
-    def backward(ctx, grad_out):
-        (weights,) = ctx.saved_tensors
+    def backward(ctx, grad_out, *_length_grad):
+        (saved,) = ctx.saved_tensors
+        if ctx.short:
+            # Both directions' R in one program spills past 8x8 (ptxas: 76 KB at 16x16, see
+            # benchmarks/dtw_static_sm90.md): larger grids take one launch per direction.
+            if ctx.symmetric and max(ctx.n, ctx.m) > SYMMETRIC_BWD_MAX:
+                grad = _short_backward(saved, grad_out, ctx.mode, ctx.gamma)
+                grad += _short_backward(saved.transpose(1, 2), grad_out, ctx.mode, ctx.gamma).transpose(1, 2)
+            else:
+                grad = _short_backward(saved, grad_out, ctx.mode, ctx.gamma, ctx.symmetric)
+            return grad, None, None, None, None, None
         if ctx.backend == "triton":
-            grad = _triton_backward(weights, grad_out.to(weights.dtype), ctx.mode, ctx.n, ctx.m, ctx.dtype)
+            grad = _long_backward(saved, grad_out, ctx.mode, ctx.n, ctx.m, ctx.dtype)
         else:
-            grad = _reference_backward(weights, ctx.mode, ctx.n, ctx.m) * grad_out.to(weights.dtype)[:, None, None]
-            grad = grad.to(ctx.dtype)
-        return grad, None, None, None
+            grad = _reference_backward(saved, ctx.mode, ctx.n, ctx.m) * grad_out.to(saved.dtype)[:, None, None]
+        return grad.to(ctx.dtype), None, None, None, None, None
 
 
-def _run(cost, mode, gamma, backend=None):
+def _run(cost, mode, gamma, backend, with_length=False, symmetric=False):
     _validate(cost, mode, gamma)
+    backend = _backend_for(cost, mode, backend)
     if cost.shape[0] == 0:
-        return cost.sum(dim=(1, 2))  # empty (0,), still attached to cost's graph
-    return _DTWFunction.apply(cost, mode, float(gamma), backend or _backend_for(cost, mode))
+        value = cost.sum(dim=(1, 2)).to(_accumulation_dtype(cost.dtype))  # empty (0,), still attached to cost's graph
+        return (value, value.detach()) if with_length else value
+    if symmetric and not (backend == "triton" and _uses_short_path(cost)):
+        return _run(cost, mode, gamma, backend) + _run(cost.transpose(1, 2), mode, gamma, backend)
+    return _DTWFunction.apply(cost, mode, float(gamma), backend, with_length, symmetric)
 
 
-def dtw(cost, mode="soft", gamma=0.1):
+def dtw(cost, mode="soft", gamma=0.1, backend=None):
     """DTW value of each cost matrix: (B, N, M) -> (B,), differentiable w.r.t. ``cost``.
 
     mode: ``soft`` (soft-DTW, smoothing ``gamma``), ``hard`` (classic DTW; gamma unused) or
     ``otam`` (OTAM's padded soft-DTW; the symmetric OTAM score is dtw(C) + dtw(Cᵀ)).
-    Triton on CUDA tensors, torch reference on CPU (see M3NET_DTW_BACKEND).
+    backend: auto | triton | torch; None reads M3NET_DTW_BACKEND (default auto: Triton on CUDA
+    tensors, torch reference on CPU). Values are fp32 for 16-bit costs (fp64 for fp64).
     """
-    return _run(cost, mode, gamma)
+    return _run(cost, mode, gamma, backend)
 
 
 def dtw_reference(cost, mode="soft", gamma=0.1):
@@ -462,7 +906,27 @@ def dtw_reference(cost, mode="soft", gamma=0.1):
     return _run(cost, mode, gamma, "torch")
 
 
-def dtw_path(cost):
+def dtw_symmetric(cost, mode="otam", gamma=0.1, backend=None):
+    """dtw(C) + dtw(Cᵀ) for each cost matrix (OTAM's symmetric score), differentiable.
+
+    On the short Triton path both directions run in one launch from one read of the cost.
+    """
+    return _run(cost, mode, gamma, backend, symmetric=True)
+
+
+def dtw_with_length(cost, mode="hard", gamma=0.1, backend=None):
+    """(value, path length): the DTW value (differentiable, as :func:`dtw`) and the number of cells
+    on the hard optimal path (float, no gradient), from one pass over the cost on the short path.
+
+    For ``hard``, value / length is the mean cost along the optimal path,
+    ``(cost * dtw_path(cost)).sum() / length``. Modes: soft, hard.
+    """
+    if mode not in ("soft", "hard"):
+        raise ValueError(f"dtw_with_length: mode must be 'soft' or 'hard', got {mode!r}")
+    return _run(cost, mode, gamma, backend, with_length=True)
+
+
+def dtw_path(cost, backend=None):
     """Hard-DTW optimal path of each cost matrix: (B, N, M) -> bool (B, N, M).
 
     Ties break diagonal first, then (i-1, j), then (i, j-1), on every backend.
@@ -471,14 +935,16 @@ def dtw_path(cost):
         return torch.zeros(cost.shape, dtype=torch.bool, device=cost.device)
     with torch.enable_grad():
         leaf = cost.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(dtw(leaf, mode="hard").sum(), leaf)
+        (grad,) = torch.autograd.grad(dtw(leaf, mode="hard", backend=backend).sum(), leaf)
     return grad > 0.5  # the backward of hard DTW is the 0/1 path indicator
 
 
 def cosine_cost(x, y, eps=1e-8):
     """1 - cos(x_i, y_j): x (B, N, D), y (B, M, D) -> (B, N, M)."""
     if x.dim() != 3 or y.dim() != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
-        raise ValueError(f"cosine_cost: expected x (B, N, D) and y (B, M, D), got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"cosine_cost: expected x (B, N, D) and y (B, M, D), got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     x = torch.nn.functional.normalize(x, dim=-1, eps=eps)
     y = torch.nn.functional.normalize(y, dim=-1, eps=eps)
     return 1 - x @ y.transpose(1, 2)  # (B, N, M)

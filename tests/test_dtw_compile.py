@@ -2,7 +2,7 @@
 
 The interpreter checks the kernels' arithmetic; this checks that the same source also lowers
 through Triton's real compiler (TTIR -> TTGIR -> LLVM -> PTX -> cubin via ptxas) for every mode
-and dtype, so a GPU machine does not meet a compile error first. It runs in a subprocess because
+and dtype (long and short paths), so a GPU machine does not meet a compile error first. It runs in a subprocess because
 the test session defines the kernels in interpreter mode (TRITON_INTERPRET=1, see conftest.py).
 """
 import json
@@ -53,6 +53,16 @@ COMPILE_ALL = textwrap.dedent(
                 dtw_module._dtw_bwd_kernel,
                 {"w_ptr": acc_ptr, "grad_out_ptr": acc_ptr, "grad_ptr": "*" + cost_type},
                 {"OTAM": mode == "otam", "ACC_DTYPE": acc_dtype, "BLOCK_B": 128, "BLOCK_M": 16})
+            short = {"N": 5, "M": 7, "OTAM": mode == "otam", "HARD": mode == "hard", "FAST_MATH": acc == "float32",
+                     "SYMMETRIC": mode == "otam", "BLOCK_B": 64, "MP": 8, "BITS": 3, "MP_T": 8, "BITS_T": 3}
+            results[f"short-fwd-{mode}-{cost_type}"] = compile_kernel(
+                dtw_module._dtw_short_fwd_kernel,
+                {"cost_ptr": "*" + cost_type, "scale_ptr": acc_ptr, "out_ptr": acc_ptr, "length_ptr": acc_ptr},
+                {**short, "LENGTH": mode != "otam"})
+            results[f"short-bwd-{mode}-{cost_type}"] = compile_kernel(
+                dtw_module._dtw_short_bwd_kernel,
+                {"cost_ptr": "*" + cost_type, "scale_ptr": acc_ptr, "grad_out_ptr": acc_ptr,
+                 "grad_ptr": "*" + cost_type}, short)
     print("RESULTS" + json.dumps(results))
     """
 )
@@ -65,11 +75,12 @@ def compiled():
     if "triton.backends.nvidia" in proc.stderr and "No module named" in proc.stderr:
         pytest.skip("this triton wheel has no CUDA backend")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULTS"))
+    line = next(text for text in proc.stdout.splitlines() if text.startswith("RESULTS"))
     return json.loads(line[len("RESULTS"):])
 
 
-@pytest.mark.parametrize("kernel", ["fwd", "bwd"])
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["fwd", "bwd", "short-fwd", "short-bwd"])
 @pytest.mark.parametrize("mode", ["soft", "hard", "otam"])
 @pytest.mark.parametrize("cost_type", ["fp32", "bf16", "fp64"])
 def test_kernels_compile_for_sm90(compiled, kernel, mode, cost_type):

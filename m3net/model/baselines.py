@@ -3,7 +3,7 @@ import dataclasses
 
 import torch.nn.functional as F
 
-from m3net.kernels import dtw
+from m3net.kernels import dtw_symmetric
 from m3net.model.cross_transformer import cross_transformers, mean_tuple_distance
 from m3net.model.episode_ops import autocast_off, class_mean_distance, cosine_cost_all_pairs
 from m3net.model.registry import FewShotHead, class_means, num_classes, register_head
@@ -35,8 +35,8 @@ class TSNCosine(FewShotHead):
 class OTAM(FewShotHead):
     """OTAM (Cao et al. CVPR 2020) without training: per-frame features (spatial mean), cosine
     cost between every query and support frame, symmetric score dtw(C, otam) + dtw(Cᵀ, otam),
-    mean over a class's supports, logits = -score. All Q·S pairs go through one dtw call per
-    direction."""
+    mean over a class's supports, logits = -score. All Q·S pairs and both directions go through
+    one dtw_symmetric call."""
 
     trainable = False
 
@@ -53,7 +53,7 @@ class OTAM(FewShotHead):
             cost = cosine_cost_all_pairs(query.mean(dim=(2, 3)), support.mean(dim=(2, 3))[None])  # (Q, S, T, T)
             flat = cost.flatten(0, 1)  # (Q·S, T, T)
             gamma = self.config.gamma
-            score = dtw(flat, mode="otam", gamma=gamma) + dtw(flat.transpose(1, 2), mode="otam", gamma=gamma)
+            score = dtw_symmetric(flat, mode="otam", gamma=gamma).to(flat.dtype)  # both directions, one launch
             return {"y": -class_mean_distance(score.view(cost.shape[:2]), support_labels, n_way)}  # (Q, N)
 
 

@@ -7,7 +7,7 @@ query), G = 1 otherwise. Each returns a distance (Q, N) (smaller = closer).
 import torch
 from torch import nn
 
-from m3net.kernels import dtw, dtw_path
+from m3net.kernels import dtw_with_length
 from m3net.model.episode_ops import class_mean_distance, cosine_cost_all_pairs, safe_sqrt, stack_by_class, unit_distance
 
 DTW_MODES = ("hard", "soft")
@@ -16,21 +16,18 @@ DTW_MODES = ("hard", "soft")
 def instance_matching(query, support, support_labels, n_way, mode="hard", gamma=0.1):
     """I-M (§3.4.1): D1 = mean over a class's supports of the average cosine cost along the DTW path.
 
-    cost M (Q·S, T, T) = 1 - cos of frame pairs, all pairs in one dtw call. "Average along the
-    optimal path" = DTW value / number of cells on the hard optimal path (dtw_path):
+    cost M (Q·S, T, T) = 1 - cos of frame pairs, all pairs in one dtw_with_length call. "Average
+    along the optimal path" = DTW value / number of cells on the hard optimal path, both from the
+    same pass over the cost:
       mode="hard": the paper's DP (min over 3 predecessors): D is the mean cost of the optimal
-                   path's cells, computed as Σ cost·path / length from the one hard DP that
-                   dtw_path runs (same value and gradient as dtw(cost, "hard") / length).
-      mode="soft": soft-DTW value (smoothing ``gamma``) over the same length, a smoother
+                   path's cells (value = Σ cost·path, gradient = the path indicator / length).
+      mode="soft": soft-DTW value (smoothing ``gamma``) over the hard path's length, a smoother
                    gradient spread over near-optimal paths.
-    The path length is taken from the detached cost (an integer, no gradient).
+    The path length is an integer count without gradient.
     """
     cost = cosine_cost_all_pairs(query, support)  # (Q, S, T, T)
-    flat = cost.flatten(0, 1)  # (Q·S, T, T)
-    path = dtw_path(flat.detach()).to(cost.dtype)  # (Q·S, T, T) 0/1
-    length = path.sum(dim=(1, 2))  # (Q·S,)
-    total = (flat * path).sum(dim=(1, 2)) if mode == "hard" else dtw(flat, mode=mode, gamma=gamma)
-    pair = (total / length).view(cost.shape[:2])  # (Q, S)
+    total, length = dtw_with_length(cost.flatten(0, 1), mode=mode, gamma=gamma)  # (Q·S,) each
+    pair = (total / length).to(cost.dtype).view(cost.shape[:2])  # (Q, S)
     return class_mean_distance(pair, support_labels, n_way)  # (Q, N)
 
 
