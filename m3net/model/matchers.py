@@ -50,7 +50,8 @@ class CategoryMatching(nn.Module):
       query-centred:      V̂_c = softmax(V_j W_Q (V_c W_K)ᵀ / √d_k) V_c W_V,  D(q→s) = ‖V_j W_V − V̂_c‖
       prototype-centred:  V̂_j = softmax(V_c W_Q (V_j W_K)ᵀ / √d_k) V_j W_V,  D(s→q) = ‖V_c W_V − V̂_j‖
     D2 = D(s→q) + D(q→s); each norm is taken per frame, between unit-normalised vectors (see
-    unit_distance), and averaged over that side's frames, so the two directions weigh equally although the prototype has K·T frames.
+    unit_distance), and averaged over that side's frames, so the two directions weigh equally although the
+    prototype has K·T frames.
     Needs the same number of supports in every class.
     """
 
@@ -62,7 +63,8 @@ class CategoryMatching(nn.Module):
         self.w_v = nn.Linear(dim, attention_dim, bias=False)
 
     def reconstruct(self, target, source):
-        """Rebuild target's frames from source's: target (..., A, d), source (..., B, d) -> (target W_V, rebuilt) (..., A, d_k)."""
+        """Rebuild target's frames from source's: target (..., A, d), source (..., B, d) -> (target W_V, rebuilt),
+        each (..., A, d_k)."""
         attention = torch.softmax(self.w_q(target) @ self.w_k(source).transpose(-1, -2) * self.scale, dim=-1)
         return self.w_v(target), attention @ self.w_v(source)
 
