@@ -142,7 +142,8 @@ class M3Net(FewShotHead):
             frames = self.ivce(patches)
         return frames[None, :n_support], frames[n_support:]  # a switched-off encoder passes frames through
 
-    def forward(self, support, support_labels, query):
+    def matcher_inputs(self, support, query):
+        """{encoder: (support (G, S, T, d), query (Q, T, d))} from the cached maps, in the head's dtype."""
         support, query = self.cast(support, query)
         if self.input_norm is not None:
             n_support = support.shape[0]
@@ -150,11 +151,13 @@ class M3Net(FewShotHead):
             support, query = maps[:n_support], maps[n_support:]
         if self.project is not None:
             support, query = self.project(support), self.project(query)  # (S|Q, T, H, W, proj_dim)
-        n_way = num_classes(support_labels)
-        features = self.encode(support, query)
         dtype = self.log_temperature.dtype  # the head's own dtype, also under AMP
+        return {source: (s.to(dtype), q.to(dtype)) for source, (s, q) in self.encode(support, query).items()}
+
+    def forward(self, support, support_labels, query):
+        n_way = num_classes(support_labels)
+        features = self.matcher_inputs(support, query)
         with autocast_off(support):
-            features = {source: (s.to(dtype), q.to(dtype)) for source, (s, q) in features.items()}
             distances = []
             if self.config.use_im:
                 s, q = features[self.sources["im"]]
