@@ -212,11 +212,12 @@ def seeds_record(config, seeds):
     tables with the checks of ``seed_checks``, and the mean ± sd over seeds (``aggregate``)."""
     from m3net.runtime import benchmark_record, resolve_device
 
-    per_seed, wall = {}, {}
+    per_seed, wall, weights = {}, {}, {}
     for seed in seeds:
         report = os.path.join(seeded(config, seed).out, "report")
         with open(os.path.join(report, "demo_config.json")) as fh:
-            wall[str(seed)] = json.load(fh)["wall_s"]
+            ran = json.load(fh)
+        wall[str(seed)], weights[str(seed)] = ran["wall_s"], ran["weights_used"]
         runs = {}
         for shot in (config.shot, *config.extra_shots):
             folder = report if shot == config.shot else os.path.join(report, f"shot-{shot}")
@@ -226,7 +227,8 @@ def seeds_record(config, seeds):
             runs[f"{shot}-shot"]["checks"] = seed_checks(summary)
         per_seed[str(seed)] = runs
     return benchmark_record("demo_synthetic", resolve_device(config.device), asdict(config), rows=[],
-                            seeds=list(seeds), demo_wall_s=wall, per_seed=per_seed, over_seeds=aggregate(per_seed))
+                            seeds=list(seeds), demo_wall_s=wall, weights_used=weights, per_seed=per_seed,
+                            over_seeds=aggregate(per_seed))
 
 
 def run_demo_seeds(config, seeds):
