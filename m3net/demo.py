@@ -161,15 +161,11 @@ def seeded(config, seed):
                    synthetic=replace(config.synthetic, seed=seed))
 
 
-def m3net_label(rows):
-    return next(r["head"] for r in rows if r["head"].startswith("m3net"))
-
-
 def seed_checks(shot_summary):
     """What the demo claims for one seed and shot: M3Net's Y ahead of each baseline with the paired
     95% CI above zero, and Y at least its best single view."""
     rows = shot_summary["results"]
-    m3net = m3net_label(rows)
+    m3net = next(r["head"] for r in rows if r["head"].startswith("m3net"))  # the trained head comes first
     accuracy = {r["view"]: r["accuracy"] for r in rows if r["head"] == m3net}
     margins = {p["head"]: -p["difference"] - p["ci95"] for p in shot_summary["paired"]}  # paired: baseline − M3Net
     best_view = max(v for k, v in accuracy.items() if k != "y")
