@@ -58,7 +58,7 @@ def render_demo_results(record, record_path):
         f"head initialisation and episodes; {demo['eval_episodes']} seeded {demo['way']}-way test episodes per seed "
         f"and shot, one query per class), measured on {record['device']} at git {record['git_sha'][:7]} "
         f"(load average {record['load_average_1min']:.1f} when it ended), record `{record_path}`. "
-        "Accuracy in %, mean ± sd over the seeds:",
+        "Accuracy in %, mean ± sd over the seeds" + (f" ({record['note']})" if record.get("note") else "") + ":",
         "",
         "| head | view | " + " | ".join(shots) + " |",
         "|---|---|" + "---|" * len(shots),

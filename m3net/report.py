@@ -274,7 +274,8 @@ def draw_report(results_dir, run_dir=None, clips_root=None):
         episode, query_index, wrong_label = found
         query_id = cached.video_ids[int(episode.query_rows[query_index])]
         plot_alignment(contrast_panels(head, cached, bank, episode, query_index, wrong_label),
-                       f"{query_id}: M3Net right, OTAM wrong", out("alignment.png"))
+                       f"{query_id}: M3Net right, OTAM wrong (drawn: hard-DTW paths; OTAM scores soft paths)",
+                       out("alignment.png"))
     else:
         plot_alignment(best_support_panel(cached, int(episode.query_rows[0]), [int(r) for r in episode.support_rows]),
                        "cosine cost between pooled cached frames", out("alignment.png"))
