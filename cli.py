@@ -328,7 +328,7 @@ def predict_cmd(checkpoint, support, queries, weights, device, as_json):
 @click.option("--seed", default=0, show_default=True, help="Decides the benchmark, the training and the episodes.")
 @click.option("--weights", default="auto", show_default=True,
               help="auto (ImageNet if in the torch hub cache, else random), imagenet, random or a PATH.")
-@click.option("--train-episodes", default=300, show_default=True, help="M3Net head training episodes.")
+@click.option("--train-episodes", default=900, show_default=True, help="M3Net head training episodes.")
 @click.option("--eval-episodes", default=600, show_default=True, help="Seeded 5-way 1-shot test episodes.")
 @click.option("--train-classes", default=12, show_default=True, help="Benchmark size: training classes.")
 @click.option("--val-classes", default=5, show_default=True)
