@@ -79,8 +79,9 @@ def render_demo_results(record, record_path):
     fused = ", ".join(f"{record['over_seeds'][shot]['seeds_y_at_least_best_view']}/{len(seeds)} seeds at {shot}"
                       for shot in shots)
     wall = ", ".join(f"{seconds / 60:.1f}" for seconds in record["demo_wall_s"].values())
-    lines += ["", f"The fused Y is at least its best single view in {fused}. Demo wall time per seed "
-              f"(generate, extract, train, evaluate both shots, pictures; without the install): {wall} min. "
+    lines += ["", f"The fused Y is at least its best single view in {fused}. Wall time of each seed's demo in "
+              f"this record: {wall} min (a run that reuses an earlier run's clips, cache or head is shorter than "
+              "a fresh one). "
               "Regenerate with `m3net demo --seeds 0,1,2 --out m3net-demo-seeds --record "
               "benchmarks/demo_synthetic_cpu_$(date +%F).json && python -m m3net.readme_figures`."]
     return "\n".join(lines)
