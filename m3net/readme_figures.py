@@ -66,7 +66,8 @@ def render_demo_results(record, record_path):
     rows = record["over_seeds"][shots[0]]["accuracy"]
     for index, row in enumerate(rows):
         cells = [record["over_seeds"][shot]["accuracy"][index] for shot in shots]
-        lines.append(f"| {head_name(row['head'])} | {VIEW_NAMES.get(row['view'], row['view'])} | "
+        view = VIEW_NAMES.get(row["view"], row["view"]) if head_name(row["head"]) == "M3Net" else "Y"
+        lines.append(f"| {head_name(row['head'])} | {view} | "
                      + " | ".join(f"{c['mean']:.2f} ± {c['sd']:.2f}" for c in cells) + " |")
     lines += ["", "Paired difference M3Net Y − baseline on the same episodes (points, mean ± sd over seeds; "
               "in how many seeds its paired 95% CI lies above zero):", "",
