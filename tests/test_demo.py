@@ -2,7 +2,9 @@
 import json
 
 import pytest
+from click.testing import CliRunner
 
+from m3net.cli import main
 from m3net.data.synthetic import SyntheticConfig
 from m3net.demo import DemoConfig, run_demo
 
@@ -55,3 +57,12 @@ def test_demo_rerun_reuses_everything(demo, capsys):
     printed = capsys.readouterr().out
     assert "reused" in printed and "reusing the finished run" in printed
     assert again["results"] == summary["results"]  # same seeded episodes, same checkpoint
+
+
+@pytest.mark.parametrize("args, message", [(["--seeds", "0,x"], "comma-separated integers"),
+                                           (["--seeds", "1,1"], "distinct"),
+                                           (["--record", "r.json"], "--record needs --seeds")])
+def test_demo_cli_refuses_bad_seed_options(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), *args])
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "demo").exists()  # refused before any work
