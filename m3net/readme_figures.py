@@ -51,8 +51,8 @@ def render_demo_results(record, record_path):
         "defaults: `proj_dim` learns a projection of the 2048 channels to d = 128 so the head trains in "
         "minutes on a CPU; `input_norm=\"standardize\"` standardises the channels with statistics of the "
         "training split, because random-weight ResNet frames are nearly collinear (cosine costs ~10⁻³ apart); "
-        "`temperature_init=\"data\"` starts each view's τ at unit-spread logits instead of τ = 10, which left "
-        "I-M's softmax flat.",
+        "`temperature_init=\"data\"` starts each view's τ at unit-spread logits instead of τ = 10 (on raw "
+        "random features τ = 10 left I-M's softmax flat; once the inputs are standardised it matters little).",
         "",
         f"`m3net demo --seeds {','.join(map(str, seeds))}` ({len(seeds)} seeds: each its own generated benchmark, "
         f"head initialisation and episodes; {demo['eval_episodes']} seeded {demo['way']}-way test episodes per seed "
