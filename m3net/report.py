@@ -5,7 +5,9 @@
                         folders beside results.json hold other shots of the same heads
     predictions.png     where the queries of each test class go, per view (paper Fig. 6)
     training.png        training loss and validation accuracy over episodes
-    alignment.png       the DTW path between a query and its best support over the cosine cost
+    alignment.png       a query M3Net gets right and OTAM wrong (with the run's checkpoint): the cosine
+                        cost and DTW path against its true class and OTAM's choice, for OTAM's pooled
+                        frames and M3Net's I-M features; else the query's best support
     activations.png     a query's frames with the feature-norm heat map of each (cf. paper Fig. 5)
 
 ``m3net report DIR`` redraws them from DIR/results.json (and the run folder / cache it names).
@@ -130,28 +132,78 @@ def _pooled(clip):
     return torch.as_tensor(np.asarray(clip, dtype=np.float32)).mean(dim=(1, 2))  # (T, C)
 
 
-def plot_alignment(cached, query_row, support_rows, path):
-    """Cosine cost between a query and each support (spatially pooled frames); the support with
-    the lowest hard-DTW cost is drawn with its optimal path."""
-    from m3net.kernels import cosine_cost, dtw, dtw_path
+def plot_alignment(panels, title, path):
+    """One cosine-cost matrix per panel, [(title, cost (T, T))], each with its hard-DTW path and
+    the mean cost along that path (what I-M scores), on one shared colour scale per row."""
+    from m3net.kernels import dtw_path
 
-    q = _pooled(cached.features[query_row])
-    costs = torch.stack([cosine_cost(q[None], _pooled(cached.features[r])[None])[0] for r in support_rows])
-    values = dtw(costs, mode="hard")
-    best = int(values.argmin())
-    path_mask = dtw_path(costs[best : best + 1])[0]
-    fig, ax = plt.subplots(figsize=(4.6, 4))
-    im = ax.imshow(costs[best].numpy(), cmap="magma_r")
-    ii, jj = np.nonzero(path_mask.numpy())
-    ax.plot(jj, ii, "c-o", markersize=4, linewidth=1.5, label="DTW path")
-    ax.set_xlabel(f"support frame ({cached.video_ids[support_rows[best]]})", fontsize=7)
-    ax.set_ylabel(f"query frame ({cached.video_ids[query_row]})", fontsize=7)
-    ax.set_title(f"cosine cost, best support (hard DTW {values[best]:.3g})", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.legend(fontsize=7, loc="lower left")
+    columns = min(len(panels), 2)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.8 * rows), squeeze=False)
+    for ax, (label, cost) in zip(axes.flat, panels):
+        cost = torch.as_tensor(cost, dtype=torch.float32)
+        mask = dtw_path(cost[None])[0]
+        image = ax.imshow(cost.numpy(), cmap="magma_r")
+        ii, jj = np.nonzero(mask.numpy())
+        ax.plot(jj, ii, "c-o", markersize=3, linewidth=1.2)
+        ax.set_title(f"{label}\nmean cost on the DTW path {float(cost[mask].mean()):.3g}", fontsize=8)
+        ax.set_xlabel("support frame", fontsize=7)
+        ax.set_ylabel("query frame", fontsize=7)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def best_support_panel(cached, query_row, support_rows):
+    """[(title, cost)] for the support whose hard-DTW cost to the query (pooled cached frames) is lowest."""
+    from m3net.kernels import cosine_cost, dtw
+
+    q = _pooled(cached.features[query_row])
+    costs = torch.stack([cosine_cost(q[None], _pooled(cached.features[r])[None])[0] for r in support_rows])
+    best = int(dtw(costs, mode="hard").argmin())
+    return [(f"query {cached.video_ids[query_row]} vs its best support {cached.video_ids[support_rows[best]]}",
+             costs[best])]
+
+
+@torch.no_grad()
+def contrast_query(head, baseline, bank, sampler, max_episodes=300):
+    """The first query of the sampler's episodes that ``head``'s Y classifies right and ``baseline``
+    wrong: (episode, query index, baseline's class label), or None within ``max_episodes``."""
+    for index in range(max_episodes):
+        episode = sampler.episode(index)
+        support, support_labels, query, query_labels = bank.episode(episode)
+        mine = head(support, support_labels, query)["y"].argmax(dim=-1)
+        theirs = baseline(support, support_labels, query)["y"].argmax(dim=-1)
+        hits = torch.nonzero((mine == query_labels) & (theirs != query_labels)).flatten()
+        if len(hits):
+            i = int(hits[0])
+            return episode, i, int(theirs[i])
+    return None
+
+
+@torch.no_grad()
+def contrast_panels(head, cached, bank, episode, query_index, wrong_label):
+    """OTAM's cost (pooled cached frames) and M3Net's I-M cost (its learned frame features) between
+    the query and the first support of its true class, then of the class OTAM chose."""
+    from m3net.kernels import cosine_cost
+
+    support, _, query, _ = bank.episode(episode)
+    support_im, query_im = head.matcher_inputs(support, query)[head.sources["im"]]  # (G, S, T, d), (Q, T, d)
+    support_im = support_im[query_index if support_im.shape[0] > 1 else 0]
+    true_label = int(episode.query_labels[query_index])
+    raw_query = query[query_index].float().mean(dim=(1, 2))  # (T, C)
+    panels = []
+    for method, q, frames_of in (("OTAM", raw_query, lambda j: support[j].float().mean(dim=(1, 2))),
+                                 ("M3Net I-M", query_im[query_index], lambda j: support_im[j])):
+        for label, verdict in ((true_label, "true class"), (wrong_label, "OTAM's (wrong) choice")):
+            j = int(np.flatnonzero(episode.support_labels == label)[0])
+            name = cached.classes[episode.classes[label]]
+            panels.append((f"{method}: vs {name} ({verdict})", cosine_cost(q[None], frames_of(j)[None])[0]))
+    return panels
 
 
 def plot_activations(frames, features, title, path):
@@ -206,21 +258,40 @@ def draw_report(results_dir, run_dir=None, clips_root=None):
     cached = load_cache(cfg["cache"], splits=(cfg["split"],))
     sampler = EpisodeSampler(cached.labels, cached.split, cfg["split"], cfg["way"], cfg["shot"], cfg["queries"],
                              seed=cfg["seed"])
-    episode = sampler.episode(0)
-    plot_alignment(cached, int(episode.query_rows[0]), [int(r) for r in episode.support_rows], out("alignment.png"))
+    episode, query_index = sampler.episode(0), 0
+    found = None
+    checkpoint = os.path.join(run_dir, "best.pt") if run_dir else ""
+    if os.path.exists(checkpoint):
+        from m3net.model import build_head
+        from m3net.train.common import FeatureBank
+        from m3net.train.evaluate import load_trained_head
+
+        head, _ = load_trained_head(checkpoint, "cpu")
+        if hasattr(head, "matcher_inputs") and head.config.use_im:
+            bank = FeatureBank(cached, "cpu")
+            found = contrast_query(head, build_head("otam", feature_dim=bank.clip_shape[-1]), bank, sampler)
+    if found:
+        episode, query_index, wrong_label = found
+        query_id = cached.video_ids[int(episode.query_rows[query_index])]
+        plot_alignment(contrast_panels(head, cached, bank, episode, query_index, wrong_label),
+                       f"{query_id}: M3Net right, OTAM wrong (drawn: hard-DTW paths; OTAM scores soft paths)",
+                       out("alignment.png"))
+    else:
+        plot_alignment(best_support_panel(cached, int(episode.query_rows[0]), [int(r) for r in episode.support_rows]),
+                       "cosine cost between pooled cached frames", out("alignment.png"))
     if clips_root:
         from m3net.data.datasets import load_dataset
         from m3net.extract.sampling import sample_indices
         from m3net.extract.transforms import TransformConfig, test_view
         from m3net.extract.video import decode_frames, num_frames
 
-        query_id = cached.video_ids[int(episode.query_rows[0])]
+        query_id = cached.video_ids[int(episode.query_rows[query_index])]
         paths = {c.clip_id: c.path for c in load_dataset("folder", clips_root).clips}
         if paths.get(query_id):
             video = paths[query_id]
             indices = sample_indices(num_frames(video), cached.features.shape[1])
             frames = decode_frames(video, indices)  # (T, H, W, 3) uint8
             crop = test_view(frames, TransformConfig())  # uint8 (T, 3, 224, 224): what the backbone saw
-            plot_activations(crop.permute(0, 2, 3, 1).numpy(), cached.features[int(episode.query_rows[0])],
+            plot_activations(crop.permute(0, 2, 3, 1).numpy(), cached.features[int(episode.query_rows[query_index])],
                              f"{query_id}: feature-norm maps of the cached 7x7 features", out("activations.png"))
     return written

@@ -2,7 +2,9 @@
 import json
 
 import pytest
+from click.testing import CliRunner
 
+from m3net.cli import main
 from m3net.data.synthetic import SyntheticConfig
 from m3net.demo import DemoConfig, run_demo
 
@@ -15,10 +17,11 @@ def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     config = DemoConfig(
         out=str(out), weights="random", frames=4, way=4, train_queries=1, train_episodes=30, val_every=15,
-        val_episodes=10, eval_episodes=150, extra_shots=(3,), workers=0, device="cpu", head_options={"proj_dim": 64},
+        val_episodes=10, eval_episodes=150, extra_shots=(3,), workers=0, device="cpu",
+        head_options={**DemoConfig().head_options, "proj_dim": 64},
         synthetic=SyntheticConfig(train_classes=4, val_classes=4, test_classes=4, clips_per_class=5, frames=16),
     )
-    return config, run_demo(config)
+    return config, run_demo(config)[config.shot]
 
 
 def test_demo_writes_report_with_sane_numbers(demo):
@@ -50,7 +53,16 @@ def test_demo_temporal_matching_beats_mean_pooling(demo):
 
 def test_demo_rerun_reuses_everything(demo, capsys):
     config, summary = demo
-    again = run_demo(config)
+    again = run_demo(config)[config.shot]
     printed = capsys.readouterr().out
     assert "reused" in printed and "reusing the finished run" in printed
     assert again["results"] == summary["results"]  # same seeded episodes, same checkpoint
+
+
+@pytest.mark.parametrize("args, message", [(["--seeds", "0,x"], "comma-separated integers"),
+                                           (["--seeds", "1,1"], "distinct"),
+                                           (["--record", "r.json"], "--record needs --seeds")])
+def test_demo_cli_refuses_bad_seed_options(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), *args])
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "demo").exists()  # refused before any work

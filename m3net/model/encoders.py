@@ -150,3 +150,45 @@ class IECE(nn.Module):
             meta = self.mix(sets)
             s_meta, q_meta = meta[:, :n_support], meta[:, n_support]  # (Q, S, d), (Q, d)
         return self.modulate(support[None], s_meta), self.modulate(query, q_meta)
+
+
+class TrainingChannelStatistics(nn.Module):
+    """Per-channel centring (and optionally scaling) of the cached maps with training-split statistics.
+
+    Random-weight ResNet-50 maps share one large positive direction: every frame's feature is
+    nearly collinear with every other's (cosine costs ~1e-3), so the matchers' distances barely
+    differ between classes and their softmaxes start flat. Subtracting the channel means of the
+    training clips removes that shared direction (ImageNet maps gain less, but lose nothing).
+
+    The statistics are a running sum over every map the head sees in training mode (all of them
+    training-split clips), frozen in eval mode, and kept as buffers: a checkpoint carries them,
+    and a resumed run continues them exactly. An untrained head (no statistics yet) passes its
+    input through. ``scale=True`` also divides by the channel standard deviation.
+    """
+
+    def __init__(self, channels, scale=False, eps=1e-5):
+        super().__init__()
+        self.scale, self.eps = scale, eps
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("total", torch.zeros(channels, dtype=torch.float64))
+        self.register_buffer("total_squares", torch.zeros(channels, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, maps):
+        values = maps.detach().reshape(-1, maps.shape[-1])  # (X·T·H·W, C)
+        self.count += values.shape[0]
+        # one episode's sums are exact enough in float32; the running totals are float64
+        self.total += values.sum(dim=0).double()
+        self.total_squares += values.pow(2).sum(dim=0).double()
+
+    def forward(self, maps):  # (..., C) -> (..., C)
+        if self.training:
+            self.update(maps)
+        if self.count == 0:
+            return maps
+        mean = self.total / self.count
+        centred = maps - mean.to(maps.dtype)
+        if not self.scale:
+            return centred
+        variance = (self.total_squares / self.count - mean.pow(2)).clamp(min=0)
+        return centred / (variance + self.eps).sqrt().to(maps.dtype)

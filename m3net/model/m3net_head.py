@@ -23,12 +23,15 @@ import math
 import torch
 from torch import nn
 
-from m3net.model.encoders import IECE, IFCE, IVCE
+from m3net.errors import ConfigError
+from m3net.model.encoders import IECE, IFCE, IVCE, TrainingChannelStatistics
 from m3net.model.episode_ops import autocast_off
 from m3net.model.matchers import DTW_MODES, CategoryMatching, instance_matching, task_matching
 from m3net.model.registry import FewShotHead, num_classes, register_head
 
 ENCODERS = ("ifce", "ivce", "iece")
+INPUT_NORMS = ("none", "center", "standardize")
+TEMPERATURE_INITS = ("fixed", "data")
 MATCHERS = (("im", "y1"), ("cm", "y2"), ("tm", "y3"))
 
 
@@ -46,6 +49,10 @@ class M3Net(FewShotHead):
         # d of the head: 0 keeps d = C as in the paper; > 0 first projects the cached C-channel maps
         # to proj_dim with a learned linear layer (~(C/d)² cheaper; the offline CPU demo uses it).
         proj_dim: int = 0
+        # Not in the paper: per-channel centring ("center") or standardising ("standardize") of the
+        # cached maps with training-split statistics (TrainingChannelStatistics); the offline demo
+        # uses it because random-weight ResNet maps are nearly collinear. "none" is the paper's.
+        input_norm: str = "none"
         use_ifce: bool = True
         use_ivce: bool = True
         use_iece: bool = True
@@ -61,6 +68,11 @@ class M3Net(FewShotHead):
         iece_transductive: bool = False  # True: one IECE set of all supports + queries
         temperature: float = 10.0
         learn_temperature: bool = True
+        # Not in the paper: "data" replaces ``temperature`` on the first training episode by
+        # 1 / (the spread of each view's distances over the classes), so every view starts with
+        # logits of unit spread whatever its distance scale (random-weight features give I-M
+        # distances ~1e-3 apart, where τ = 10 leaves its softmax flat). "fixed" is the paper's.
+        temperature_init: str = "fixed"
 
     def __init__(self, config):
         super().__init__(config)
@@ -74,6 +86,11 @@ class M3Net(FewShotHead):
                 raise ValueError(f"m3net: {matcher}_features={source!r}; expected one of {', '.join(ENCODERS)}")
         if c.dtw_mode not in DTW_MODES:
             raise ValueError(f"m3net: dtw_mode={c.dtw_mode!r}; expected one of {', '.join(DTW_MODES)}")
+        if c.input_norm not in INPUT_NORMS:
+            raise ConfigError(f"m3net: input_norm={c.input_norm!r}; expected one of {', '.join(INPUT_NORMS)}")
+        if c.temperature_init not in TEMPERATURE_INITS:
+            raise ConfigError(f"m3net: temperature_init={c.temperature_init!r}; expected one of "
+                              f"{', '.join(TEMPERATURE_INITS)}")
         if c.temperature <= 0:
             raise ValueError(f"m3net: temperature={c.temperature}; expected > 0")
         self.sources = {matcher: getattr(c, f"{matcher}_features") for matcher, _ in MATCHERS
@@ -82,6 +99,8 @@ class M3Net(FewShotHead):
         if c.proj_dim < 0:
             raise ValueError(f"m3net: proj_dim={c.proj_dim}; expected 0 (d = C) or a positive width")
         dim = c.proj_dim or c.feature_dim
+        self.input_norm = (TrainingChannelStatistics(c.feature_dim, scale=c.input_norm == "standardize")
+                           if c.input_norm != "none" else None)
         self.project = nn.Linear(c.feature_dim, dim) if c.proj_dim else None
         self.ifce = IFCE(dim, c.patch_grid) if c.use_ifce else None
         self.ivce = IVCE(dim, c.num_frames) if c.use_ivce and "ivce" in needed else None
@@ -92,6 +111,16 @@ class M3Net(FewShotHead):
             self.log_temperature = nn.Parameter(log_tau)
         else:
             self.register_buffer("log_temperature", log_tau)
+        # Whether the data-driven initialisation still has to run; a buffer, so checkpoints keep it.
+        self.register_buffer("temperature_pending", torch.tensor(c.temperature_init == "data"))
+
+    @torch.no_grad()
+    def initialise_temperature(self, distances):
+        """τ_i = 1 / (mean over queries of the std over classes of D_i): unit-spread logits per view."""
+        for i, distance in enumerate(distances):
+            spread = distance.std(dim=-1).mean().clamp(min=1e-12)
+            self.log_temperature[i] = -spread.log()
+        self.temperature_pending.fill_(False)
 
     def probabilities(self, outputs):
         """Class probabilities (Q, N) from the fused prediction: the mean of the views' softmaxes."""
@@ -113,26 +142,36 @@ class M3Net(FewShotHead):
             frames = self.ivce(patches)
         return frames[None, :n_support], frames[n_support:]  # a switched-off encoder passes frames through
 
-    def forward(self, support, support_labels, query):
+    def matcher_inputs(self, support, query):
+        """{encoder: (support (G, S, T, d), query (Q, T, d))} from the cached maps, in the head's dtype."""
         support, query = self.cast(support, query)
+        if self.input_norm is not None:
+            n_support = support.shape[0]
+            maps = self.input_norm(torch.cat([support, query]))  # (S+Q, T, H, W, C)
+            support, query = maps[:n_support], maps[n_support:]
         if self.project is not None:
             support, query = self.project(support), self.project(query)  # (S|Q, T, H, W, proj_dim)
-        n_way = num_classes(support_labels)
-        features = self.encode(support, query)
         dtype = self.log_temperature.dtype  # the head's own dtype, also under AMP
+        return {source: (s.to(dtype), q.to(dtype)) for source, (s, q) in self.encode(support, query).items()}
+
+    def forward(self, support, support_labels, query):
+        n_way = num_classes(support_labels)
+        features = self.matcher_inputs(support, query)
         with autocast_off(support):
-            features = {source: (s.to(dtype), q.to(dtype)) for source, (s, q) in features.items()}
             distances = []
             if self.config.use_im:
                 s, q = features[self.sources["im"]]
-                distances.append(instance_matching(q, s, support_labels, n_way, self.config.dtw_mode, self.config.dtw_gamma))
+                distances.append(instance_matching(q, s, support_labels, n_way, self.config.dtw_mode,
+                                                   self.config.dtw_gamma))
             if self.config.use_cm:
                 s, q = features[self.sources["cm"]]
                 distances.append(self.cm(q, s, support_labels, n_way))
             if self.config.use_tm:
                 s, q = features[self.sources["tm"]]
                 distances.append(task_matching(q, s, support_labels, n_way))
+            if self.training and self.temperature_pending:
+                self.initialise_temperature(distances)
             temperature = self.log_temperature.exp()
-            outputs = {view: -temperature[i] * d for i, (view, d) in enumerate(zip(self.views, distances))}  # (Q, N) each
+            outputs = {view: -tau * d for view, tau, d in zip(self.views, temperature, distances)}  # (Q, N) each
             outputs["y"] = sum(torch.softmax(outputs[view], dim=-1) for view in self.views)  # summed probabilities
         return outputs
