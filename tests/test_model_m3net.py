@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from m3net.errors import ConfigError
 from m3net.model import build_head
 from m3net.model.encoders import IECE
 from m3net.model.matchers import CategoryMatching, instance_matching, task_matching
@@ -84,12 +85,12 @@ def test_ablation_switches(options):
 
 
 def test_all_matchers_off_is_an_error():
-    with pytest.raises(ValueError, match="every matcher is switched off"):
+    with pytest.raises(ConfigError, match="every matcher is switched off"):
         m3net(use_im=False, use_cm=False, use_tm=False)
 
 
 def test_bad_feature_source_is_an_error():
-    with pytest.raises(ValueError, match="tm_features"):
+    with pytest.raises(ConfigError, match="tm_features"):
         m3net(tm_features="ivc")
 
 

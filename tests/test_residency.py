@@ -73,3 +73,23 @@ def test_view_choice_is_independent_of_the_episode_draw(tmp_path):
         for c, view in zip(episode.classes[episode.support_labels], views):
             (low if c < 5 else high).append(view)
     assert abs(np.mean(low) - np.mean(high)) < 0.05  # 7500 draws per side: sd of the difference ≈ 0.013
+
+
+@pytest.mark.parametrize("resident", ["device", "disk"])
+def test_pooling_on_load_gives_the_heads_result_with_a_third_of_the_memory(cache, resident):
+    from m3net.model import build_head
+
+    meta, full, _ = open_bank(cache, ("test",), torch.device("cpu"), "device")
+    _, pooled, where = open_bank(cache, ("test",), torch.device("cpu"), resident, pool=4)
+    assert "pooled to 4x4" in where and pooled.clip_shape[1:3] == (4, 4)
+    torch.manual_seed(0)
+    head = build_head("m3net", feature_dim=16, num_frames=4, proj_dim=8).eval()
+    assert head.input_pool() == 4
+    assert build_head("m3net", feature_dim=16, num_frames=4, use_ifce=False).input_pool() is None
+    sampler = EpisodeSampler(meta.labels, meta.split, "test", 3, 1, 1, seed=0)
+    for index in range(3):
+        episode = sampler.episode(index)
+        a, b = head(*full.episode(episode)[:3]), head(*pooled.episode(episode)[:3])
+        for view in ("y1", "y2", "y3"):
+            assert torch.allclose(a[view], b[view], rtol=2e-2, atol=2e-2), view
+    pooled.close()

@@ -79,25 +79,31 @@ class M3Net(FewShotHead):
         c = config
         self.views = [view for matcher, view in MATCHERS if getattr(c, f"use_{matcher}")]
         if not self.views:
-            raise ValueError("m3net: every matcher is switched off (use_im, use_cm, use_tm); enable at least one")
+            raise ConfigError("m3net: every matcher is switched off (use_im, use_cm, use_tm); enable at least one")
         for matcher, _ in MATCHERS:
             source = getattr(c, f"{matcher}_features")
             if source not in ENCODERS:
-                raise ValueError(f"m3net: {matcher}_features={source!r}; expected one of {', '.join(ENCODERS)}")
+                raise ConfigError(f"m3net: {matcher}_features={source!r}; expected one of {', '.join(ENCODERS)}")
         if c.dtw_mode not in DTW_MODES:
-            raise ValueError(f"m3net: dtw_mode={c.dtw_mode!r}; expected one of {', '.join(DTW_MODES)}")
+            raise ConfigError(f"m3net: dtw_mode={c.dtw_mode!r}; expected one of {', '.join(DTW_MODES)}")
         if c.input_norm not in INPUT_NORMS:
             raise ConfigError(f"m3net: input_norm={c.input_norm!r}; expected one of {', '.join(INPUT_NORMS)}")
         if c.temperature_init not in TEMPERATURE_INITS:
             raise ConfigError(f"m3net: temperature_init={c.temperature_init!r}; expected one of "
                               f"{', '.join(TEMPERATURE_INITS)}")
         if c.temperature <= 0:
-            raise ValueError(f"m3net: temperature={c.temperature}; expected > 0")
+            raise ConfigError(f"m3net: temperature={c.temperature}; expected > 0")
         self.sources = {matcher: getattr(c, f"{matcher}_features") for matcher, _ in MATCHERS
                         if getattr(c, f"use_{matcher}")}
         needed = set(self.sources.values())
         if c.proj_dim < 0:
-            raise ValueError(f"m3net: proj_dim={c.proj_dim}; expected 0 (d = C) or a positive width")
+            raise ConfigError(f"m3net: proj_dim={c.proj_dim}; expected 0 (d = C) or a positive width")
+        if c.patch_grid < 1:
+            raise ConfigError(f"m3net: patch_grid={c.patch_grid}; expected n >= 1 (n x n patches)")
+        if c.cm_dim < 0:
+            raise ConfigError(f"m3net: cm_dim={c.cm_dim}; expected 0 (d_k = d) or a positive width")
+        if c.dtw_gamma <= 0:
+            raise ConfigError(f"m3net: dtw_gamma={c.dtw_gamma}; expected > 0")
         dim = c.proj_dim or c.feature_dim
         self.input_norm = (TrainingChannelStatistics(c.feature_dim, scale=c.input_norm == "standardize")
                            if c.input_norm != "none" else None)
@@ -141,6 +147,11 @@ class M3Net(FewShotHead):
         if source == "ivce" and self.ivce is not None:
             frames = self.ivce(patches)
         return frames[None, :n_support], frames[n_support:]  # a switched-off encoder passes frames through
+
+    def input_pool(self):
+        """IFCE's n x n pooling comes first (the projection and per-position ops commute with it);
+        input_norm's statistics are taken over the unpooled positions, so it rules pooling on load out."""
+        return self.config.patch_grid if self.config.use_ifce and self.config.input_norm == "none" else None
 
     def matcher_inputs(self, support, query):
         """{encoder: (support (G, S, T, d), query (Q, T, d))} from the cached maps, in the head's dtype."""

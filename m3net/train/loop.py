@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from m3net.cache import ProvenanceError
+from m3net.cache import ProvenanceError, load_cache
 from m3net.cache.schema import provenance_differences
 from m3net.config import setting
 from m3net.config import validate as validate_config
@@ -52,6 +52,9 @@ class TrainConfig:
     device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
     resident: str = setting("auto", "Where the cached features live: device (GPU memory), host (pinned RAM), disk "
                             "(streamed from the cache file), or auto: the first that fits.", choices=RESIDENCIES)
+    pool_on_load: bool = setting(False, "Keep the cached maps average-pooled to the head's n x n when that pooling is "
+                                 "its first operation (m3net with IFCE, no input_norm): ~3x less memory, the "
+                                 "same result up to float16 rounding.")
     memory_limit: float = setting(0.0, "GiB of host/GPU memory the features may take (0: what is free); to plan for "
                                   "a smaller machine.", minimum=0)
     resume: bool = setting(False, "Continue the run in --out from its last.pt, exactly.", flag="--resume")
@@ -86,18 +89,20 @@ def train_head(config, progress=True):
     """Trains ``config.head``; writes best.pt, last.pt, train_log.csv, val_log.csv into config.out."""
     device = resolve_device(config.device)
     with RunFolder(config.out, config.resume) as run:
-        cached, bank, where = open_bank(config.cache, ("train", "val"), device, config.resident, config.memory_limit)
-        run.stack.callback(bank.close)
+        cached = load_cache(config.cache, splits=("train", "val"), features=False)
         provenance = cached.provenance()
         state = run.load_last() if config.resume else None
         if state is not None:
             _check_resume(state, config, provenance, run.last_path)
-        if progress:
-            print(where, file=sys.stderr)
-        num_frames, _, _, feature_dim = bank.clip_shape
+        num_frames, feature_dim = cached.feature_shape[-4], cached.feature_shape[-1]
         torch.manual_seed(config.seed)  # parameter init
         head = build_head(config.head, feature_dim=feature_dim, num_frames=num_frames, **config.head_options)
         head = head.to(device)
+        pool = head.input_pool() if config.pool_on_load else None
+        _, bank, where = open_bank(config.cache, ("train", "val"), device, config.resident, config.memory_limit, pool)
+        run.stack.callback(bank.close)
+        if progress:
+            print(where, file=sys.stderr)
         if not head.trainable:
             raise ConfigError(f"--head {config.head} has no parameters to train: score it with "
                               f"`m3net evaluate --head {config.head}`")
