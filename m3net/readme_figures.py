@@ -1,10 +1,15 @@
-"""Writes the README's demo-results section from the committed demo record, so its numbers cannot go stale.
+"""Writes the README's generated sections, so their numbers cannot go stale:
 
-    python -m m3net.readme_figures            # rewrite README.md between the demo-results markers
-    python -m m3net.readme_figures --check    # exit 1 when README.md and the record disagree
+    demo-results       from the newest benchmarks/demo_synthetic_cpu_<date>.json
+                       (``m3net demo --seeds 0,1,2 --record ...``)
+    benchmark-results  from the newest record of each benchmark under benchmarks/ (bench_*.json)
+    settings           from the paper preset's table (m3net/train/presets.py)
+    paper-table1       from the paper's Table 1 as m3net/paper.py holds it
 
-The record is the newest ``benchmarks/demo_synthetic_cpu_<date>.json`` (written by
-``m3net demo --seeds 0,1,2 --record ...``); tests/test_readme_figures.py runs the check.
+    python -m m3net.readme_figures            # rewrite README.md between each pair of markers
+    python -m m3net.readme_figures --check    # exit 1 when README.md and the records disagree
+
+tests/test_readme_figures.py runs the check.
 """
 import argparse
 import glob
@@ -88,23 +93,117 @@ def render_demo_results(record, record_path):
     return "\n".join(lines)
 
 
-def replace_section(text, section):
-    """``text`` with what lies between the markers replaced by ``section``."""
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ConfigError(f"README: expected one {BEGIN} ... {END} pair")
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    return f"{head}{BEGIN}\n{section}\n{END}{tail}"
+def replace_section(text, section, name="demo-results"):
+    """``text`` with what lies between the ``name`` markers replaced by ``section``."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ConfigError(f"README: expected one {begin} ... {end} pair")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    return f"{head}{begin}\n{section}\n{end}{tail}"
+
+
+def _records(root, pattern):
+    """The newest record per file name stem (date stripped), oldest stems first."""
+    newest = {}
+    for path in sorted(glob.glob(os.path.join(root, "benchmarks", pattern))):
+        newest[os.path.basename(path).rsplit("_", 1)[0]] = path
+    records = []
+    for path in newest.values():
+        with open(path) as fh:
+            records.append((os.path.relpath(path, root), json.load(fh)))
+    return records
+
+
+def _source(path, record):
+    load = record.get("load_average_1min") or 0
+    return f"`{path}` ({record['device']}, git {record['git_sha'][:7]}, load {load:.1f})"
+
+
+def _rate(value):
+    return f"{value:,.3g}" if value < 1000 else f"{value:.2e}"
+
+
+def render_benchmarks(root):
+    """Markdown tables of the committed CPU/GPU benchmark records under benchmarks/ (without markers)."""
+    lines = []
+    dtw = _records(root, "bench_dtw_*.json")
+    if dtw:
+        names = [r["implementation"] for r in dtw[0][1]["rows"]]
+        lines += ["**DTW** (`m3net bench-dtw`): pairs/s per implementation", "",
+                  "| mode | pass | pairs | T | " + " | ".join(names) + " | source |",
+                  "|---|---|---|---|" + "---|" * (len(names) + 1)]
+        for path, record in dtw:
+            cfg = record["config"]
+            rates = {r["implementation"]: r.get("pairs_per_s") for r in record["rows"]}
+            cells = [_rate(rates[name]) if rates.get(name) else "—" for name in names]
+            lines.append(f"| {cfg['mode']} | {'fwd+bwd' if cfg.get('backward') else 'fwd'} | "
+                         f"{max(r.get('pairs_timed') or 0 for r in record['rows'])} | {cfg['n']}×{cfg['m']} | "
+                         + " | ".join(cells) + f" | {_source(path, record)} |")
+        lines.append("")
+    for pattern, title, columns in (
+            ("bench_extract_*.json", "**Extraction** (`m3net bench-extract`)",
+             (("stage", "stage", str), ("clips/s", "clips_per_s", "{:.2f}".format),
+              ("frames/s", "frames_per_s", "{:.1f}".format), ("% of backbone", "pct_of_backbone", "{:.0f}".format))),
+            ("bench_train_*.json", "**Head stage** (`m3net bench-train`, 5-way 1-shot)",
+             (("phase", "phase", str), ("queries/class", "queries_per_class", str),
+              ("episodes/s", "episodes_per_s", "{:.2f}".format))),
+            ("bench_finetune_*.json", "**Finetune** (`m3net bench-finetune`, decoding excluded)",
+             (("shot", "shot", str), ("checkpointing", "checkpointing", str), ("images", "images_per_episode", str),
+              ("episodes/s", "episodes_per_s", "{:.3f}".format), ("peak GPU MiB", "peak_gpu_mib", str))),
+            ("bench_residency_*.json", "**Feature residency** (`python benchmarks/bench_residency.py`)",
+             (("features", "residency", str), ("cache GiB", "cache_gib", str),
+              ("limit GiB", "memory_limit_gib", str), ("train ep/s", "train_episodes_per_s", "{:.2f}".format),
+              ("vs memory", "train_vs_memory", "{:.0%}".format),
+              ("evaluate ep/s incl. load", "eval_episodes_per_s_incl_load", "{:.2f}".format),
+              ("vs memory", "eval_vs_memory", "{:.0%}".format)))):
+        records = _records(root, pattern)
+        if not records:
+            continue
+        lines += [title, "", "| what | " + " | ".join(c[0] for c in columns) + " | source |",
+                  "|---|" + "---|" * (len(columns) + 1)]
+        for path, record in records:
+            what = record["config"].get("head", record["benchmark"])
+            options = record["config"].get("head_options") or {}
+            what += "".join(f" {k}={v}" for k, v in options.items())
+            for row in record["rows"]:
+                cells = [fmt(row[key]) if row.get(key) not in (None, "") else "—" for _, key, fmt in columns]
+                lines.append(f"| {what} | " + " | ".join(cells) + f" | {_source(path, record)} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+
+PAPER_NAMES = {"tsn-cosine": "TSN + cosine", "protonet": "ProtoNet", "otam": "OTAM", "pal": "PAL", "trx": "TRX",
+               "strm": "STRM", "hyrsm": "HyRSM", "m3net": "M3Net"}
+
+
+def render_paper_table1():
+    """The paper's Table 1 (markdown) from m3net.paper, the numbers `m3net reproduce` compares with."""
+    from m3net.paper import DATASETS, SHOTS, TABLE1
+
+    names = {"diving48": "Diving48", "gym99": "Gym99", "gym288": "Gym288"}
+    header = " | ".join(f"{names[d]} {k}-shot" for d in DATASETS for k in SHOTS)
+    lines = [f"| method (`--head`) | {header} |", "|---|" + "---|" * (len(DATASETS) * len(SHOTS))]
+    for method, cells in TABLE1.items():
+        values = " | ".join(f"{a:.2f} ± {c:.2f}" for d in DATASETS for a, c in cells[d])
+        lines.append(f"| {PAPER_NAMES[method]} (`{method}`) | {values} |")
+    return "\n".join(lines)
 
 
 def expected_readme(root):
-    """(current README text, README text with the section regenerated from the newest record)."""
+    """(current README text, README text with every generated section rebuilt from its source)."""
+    from m3net.train.presets import settings_table
+
     record_path = latest_record(root)
     with open(os.path.join(root, record_path)) as fh:
         record = json.load(fh)
     with open(os.path.join(root, "README.md")) as fh:
         current = fh.read()
-    return current, replace_section(current, render_demo_results(record, record_path))
+    expected = replace_section(current, render_demo_results(record, record_path))
+    expected = replace_section(expected, render_benchmarks(root), "benchmark-results")
+    expected = replace_section(expected, render_paper_table1(), "paper-table1")
+    return current, replace_section(expected, settings_table(), "settings")
 
 
 def main(argv=None):
@@ -115,7 +214,7 @@ def main(argv=None):
     current, expected = expected_readme(args.root)
     if args.check:
         if current != expected:
-            print("README.md's demo results differ from the record: run `python -m m3net.readme_figures`")
+            print("README.md's generated sections differ from their sources: run `python -m m3net.readme_figures`")
             return 1
         return 0
     with open(os.path.join(args.root, "README.md"), "w") as fh:

@@ -45,10 +45,3 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert len(blocks) == 2 and "m3net demo" in blocks[0] and "pytest" in blocks[1]
     assert any(line.strip().endswith(blocks[1]) for line in ci.splitlines())
 
-
-def test_readme_settings_table_is_generated_from_the_presets():
-    from m3net.train.presets import settings_table
-
-    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
-    block = readme.split("<!-- settings:begin -->\n", 1)[1].split("\n<!-- settings:end -->", 1)[0]
-    assert block == settings_table(), "README settings table is stale: paste settings_table()'s output"
