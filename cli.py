@@ -10,6 +10,7 @@ import click
 from m3net import __version__
 from m3net.config import click_options
 from m3net.data.synthetic import SyntheticConfig
+from m3net.demo import DemoConfig
 from m3net.extract.bench import ExtractBenchConfig
 from m3net.extract.loop import ExtractConfig
 from m3net.model.registry import parse_head_options
@@ -229,26 +230,15 @@ def predict_cmd(queries, as_json, **options):
 
 
 @main.command("demo")
-@click.option("--out", default="m3net-demo", show_default=True, type=click.Path(file_okay=False),
-              help="Everything goes here: synthetic/ clips, cache.h5, runs/, report/. Re-running reuses it.")
-@click.option("--seed", default=0, show_default=True, help="Decides the benchmark, the training and the episodes.")
-@click.option("--weights", default="auto", show_default=True,
-              help="auto (ImageNet if in the torch hub cache, else random), imagenet, random or a PATH.")
-@click.option("--train-episodes", default=900, show_default=True, help="M3Net head training episodes.")
-@click.option("--eval-episodes", default=600, show_default=True, help="Seeded 5-way 1-shot test episodes.")
-@click.option("--train-classes", default=12, show_default=True, help="Benchmark size: training classes.")
-@click.option("--val-classes", default=5, show_default=True)
-@click.option("--test-classes", default=8, show_default=True)
-@click.option("--clips-per-class", default=12, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click_options(DemoConfig)
+@click_options(SyntheticConfig, skip=("seed", "frames", "size", "fps", "phases", "family_size", "codec"))
 @click.option("--seeds", default=None,
               help="Comma-separated seeds (e.g. 0,1,2) instead of --seed: one demo per seed in OUT/seed-<s>, each "
                    "with its own benchmark, then M3Net's mean ± sd over the seeds.")
 @click.option("--record", type=click.Path(dir_okay=False),
               help="With --seeds: write every seed's tables and the mean ± sd to this JSON "
                    "(benchmarks/demo_synthetic_cpu_<date>.json feeds the README: python -m m3net.readme_figures).")
-def demo_cmd(out, seed, weights, train_episodes, eval_episodes, train_classes, val_classes, test_classes,
-             clips_per_class, device, seeds, record):
+def demo_cmd(seeds, record, train_classes, val_classes, test_classes, clips_per_class, **options):
     """Whole pipeline offline on the generated benchmark: clips -> cache -> M3Net head -> table.
 
     Generates fine-grained clips whose classes differ in the order and details of sub-actions,
@@ -257,15 +247,13 @@ def demo_cmd(out, seed, weights, train_episodes, eval_episodes, train_classes, v
     """
     import json
 
-    from m3net.data.synthetic import SyntheticConfig
-    from m3net.demo import DemoConfig, parse_seeds, run_demo, run_demo_seeds
+    from m3net.demo import parse_seeds, run_demo, run_demo_seeds
     from m3net.errors import ConfigError
     from m3net.readme_figures import render_demo_results
 
-    synthetic = SyntheticConfig(seed=seed, train_classes=train_classes, val_classes=val_classes,
+    synthetic = SyntheticConfig(seed=options["seed"], train_classes=train_classes, val_classes=val_classes,
                                 test_classes=test_classes, clips_per_class=clips_per_class)
-    config = DemoConfig(out=out, seed=seed, synthetic=synthetic, weights=weights, train_episodes=train_episodes,
-                        eval_episodes=eval_episodes, device=device)
+    config = DemoConfig(synthetic=synthetic, **options)
     if seeds is None:
         if record:
             raise click.BadParameter("--record needs --seeds", param_hint="--record")

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 import click
 import numpy as np
 
+from m3net.config import setting
+from m3net.config import validate as validate_config
 from m3net.data.synthetic import SyntheticConfig, generate_synthetic
 from m3net.errors import ConfigError
 from m3net.extract.backbone import IMAGENET_FILES, WeightsError, resolve_weights_file
@@ -21,10 +23,12 @@ from m3net.extract.backbone import IMAGENET_FILES, WeightsError, resolve_weights
 
 @dataclass
 class DemoConfig:
-    out: str = "m3net-demo"
-    seed: int = 0
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    weights: str = "auto"  # imagenet when its file is in the torch hub cache, else random
+    out: str = setting("m3net-demo", "Everything goes here: synthetic/ clips, cache.h5, runs/, report/. Re-running "
+                       "reuses it.", path="dir")
+    seed: int = setting(0, "Decides the benchmark, the training and the episodes.")
+    synthetic: SyntheticConfig = setting(cli=False, default_factory=SyntheticConfig)
+    weights: str = setting("auto", "auto (ImageNet if in the torch hub cache, else random), imagenet, random or "
+                           "a PATH.")
     frames: int = 8
     way: int = 5
     shot: int = 1
@@ -32,10 +36,10 @@ class DemoConfig:
     train_queries: int = 2
     # ~50 s on 2 cores once the cache exists (extraction dominates the demo); at 300 the slowest view
     # (C-M) was still far behind on some seeds and dragged the fused Y below the best single view
-    train_episodes: int = 900
+    train_episodes: int = setting(900, "M3Net head training episodes.", minimum=1)
     val_every: int = 100
     val_episodes: int = 50
-    eval_episodes: int = 600
+    eval_episodes: int = setting(600, "Seeded 5-way test episodes per shot.", minimum=1)
     lr: float = 1e-3  # the paper's 1e-4 is for 60 000 episodes; the demo trains a few hundred
     head: str = "m3net"
     # Options of the M3Net head that real runs leave at the paper's defaults:
@@ -50,7 +54,10 @@ class DemoConfig:
     baselines: tuple = ("protonet", "tsn-cosine", "otam")
     batch_size: int = 16
     workers: int = 2
-    device: str = "auto"
+    device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+
+    def __post_init__(self):
+        validate_config(self)
 
 
 def choose_weights(requested):
@@ -77,7 +84,8 @@ def run_demo(config):
     from m3net.extract.loop import ExtractConfig, extract_dataset
     from m3net.train.checkpoint import load_checkpoint
     from m3net.train.evaluate import EvalConfig, evaluate, format_table, write_summary
-    from m3net.train.loop import TrainConfig, check_resumed_config, train_head
+    from m3net.train.loop import TrainConfig, train_head
+    from m3net.train.run import check_resumed_config
 
     start = time.perf_counter()
     os.makedirs(config.out, exist_ok=True)
