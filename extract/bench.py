@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from m3net.config import setting
+from m3net.config import device_setting, setting
 from m3net.config import validate as validate_config
 from m3net.data.datasets import load_dataset
 from m3net.extract.backbone import build_backbone
@@ -31,7 +31,7 @@ class ExtractBenchConfig:
     frames: int = setting(8, "Frames sampled per clip.", minimum=1)
     batch_size: int = setting(8, "Clips per backbone forward.", minimum=1)
     workers: int = setting(2, "DataLoader processes decoding clips.", minimum=0)
-    device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+    device: str = device_setting()
     precision: str = setting("auto", "Autocast dtype; auto = fp16 on CUDA, fp32 on CPU.",
                              choices=("auto", "fp16", "bf16", "fp32"))
     weights: str = setting("random", "Speed does not depend on the weights' values.")

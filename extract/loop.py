@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from m3net.cache import CacheWriter
 from m3net.cache.schema import SPLITS
-from m3net.config import setting
+from m3net.config import device_setting, setting
 from m3net.config import validate as validate_config
 from m3net.data.datasets import DATASETS, DatasetError, load_dataset
 from m3net.errors import ConfigError
@@ -61,7 +61,7 @@ class ExtractConfig:
     workers: int = setting(2, "DataLoader processes decoding clips (0: main process).", minimum=0)
     views: int = setting(0, "0: one test view; K>0: K views per clip, view 0 the test view, 1..K-1 random "
                          "crop+flip training views.", minimum=0)
-    device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+    device: str = device_setting()
     precision: str = setting("auto", "Autocast dtype; auto = fp16 on CUDA, fp32 on CPU.",
                              choices=("auto", *PRECISIONS))
     seed: int = setting(0, "Random weights and training views.")

@@ -42,7 +42,9 @@ def _tool(name):
     return path
 
 
-def _compile(kernel, pointer_types, constexprs, num_warps):
+def compile_for_sm90(kernel, pointer_types, constexprs, num_warps=4):
+    """``kernel`` compiled ahead of time for Hopper (sm_90) without a GPU: pointers typed by
+    ``pointer_types``, ``gamma`` fp32, every other scalar i32."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -181,7 +183,7 @@ def measure(only=None):
              moved) in _variants():
             if only is not None and not only(version, name, mode, pass_, n, m, dtype):
                 continue
-            compiled = _compile(kernel, pointers, constexprs, warps)
+            compiled = compile_for_sm90(kernel, pointers, constexprs, warps)
             sass, registers, spills, shared = _resources(compiled, workdir, f"{name}_{mode}_{n}x{m}_{dtype}")
             per_thread = dynamic_instructions(sass, trips)
             print(f"{name} {mode} {pass_} {n}x{m} {dtype}: {per_thread} SASS/thread, {registers} registers",

@@ -32,6 +32,11 @@ def setting(default=dataclasses.MISSING, help="", *, minimum=None, exclusive=Fal
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def device_setting():
+    """The --device option every stage shares."""
+    return setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+
+
 def option_name(name):
     return "--" + name.replace("_", "-")
 

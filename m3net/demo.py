@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 import click
 import numpy as np
 
-from m3net.config import setting
+from m3net.config import device_setting, setting
 from m3net.config import validate as validate_config
 from m3net.data.synthetic import SyntheticConfig, generate_synthetic
 from m3net.errors import ConfigError
@@ -54,7 +54,7 @@ class DemoConfig:
     baselines: tuple = ("protonet", "tsn-cosine", "otam")
     batch_size: int = 16
     workers: int = 2
-    device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+    device: str = device_setting()
 
     def __post_init__(self):
         validate_config(self)

@@ -21,7 +21,7 @@ import warnings
 from dataclasses import dataclass
 
 from m3net.cache import cache_info
-from m3net.config import setting
+from m3net.config import device_setting, setting
 from m3net.config import validate as validate_config
 from m3net.data.datasets import DATASETS
 from m3net.errors import ConfigError
@@ -54,7 +54,7 @@ class ReproduceConfig:
     frames: int = setting(0, "Frames per clip (0: the paper's 8).", minimum=0)
     crop: int = setting(0, "Crop size (0: the paper's 224).", minimum=0)
     workers: int = setting(2, "DataLoader processes decoding clips.", minimum=0)
-    device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+    device: str = device_setting()
 
     def __post_init__(self):
         validate_config(self)

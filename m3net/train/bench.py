@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from m3net.cache.reader import CachedFeatures
-from m3net.config import setting
+from m3net.config import device_setting, setting
 from m3net.config import validate as validate_config
 from m3net.data.episodes import EpisodeSampler
 from m3net.model import build_head
@@ -33,7 +33,7 @@ class TrainBenchConfig:
     train_episodes: int = setting(20, "Timed training episodes.", minimum=1)
     eval_episodes: int = setting(50, "Timed evaluation episodes.", minimum=1)
     warmup: int = setting(3, "Untimed episodes first.", minimum=0)
-    device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+    device: str = device_setting()
     out_dir: str = setting("benchmarks", "Where the CSV and JSON results go.", path="dir")
     seed: int = setting(0, "Random features, parameter init and episodes.")
 

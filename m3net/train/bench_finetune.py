@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from m3net.config import setting
+from m3net.config import device_setting, setting
 from m3net.config import validate as validate_config
 from m3net.runtime import benchmark_record, resolve_device, synchronize, write_benchmark
 from m3net.train.finetune import FinetuneConfig, amp_dtype_for, build_training, forward_episode, set_train_mode
@@ -35,7 +35,7 @@ class FinetuneBenchConfig:
                               flag="--freeze-bn/--train-bn")
     steps: int = setting(5, "Timed optimizer steps (one episode each).", minimum=1)
     warmup: int = setting(2, "Untimed steps first.", minimum=0)
-    device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+    device: str = device_setting()
     out_dir: str = setting("benchmarks", "Where the CSV and JSON results go.", path="dir")
     seed: int = setting(0, "Random frames and parameter init.")
 

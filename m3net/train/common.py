@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from m3net.cache import RowReader, load_cache
+from m3net.config import setting
 from m3net.errors import ConfigError
 
 RESIDENCIES = ("auto", "device", "host", "disk")
@@ -66,6 +67,19 @@ class FeatureBank:
     def close(self):
         if self.reader is not None:
             self.reader.close()
+
+
+def residency_settings():
+    """The --resident, --pool-on-load and --memory-limit options train-head and evaluate share."""
+    return {
+        "resident": setting("auto", "Where the cached features live: device (GPU memory), host (pinned RAM), disk "
+                            "(streamed from the cache file), or auto: the first that fits.", choices=RESIDENCIES),
+        "pool_on_load": setting(False, "Keep the cached maps average-pooled to the head's n x n when that pooling is "
+                                "its first operation (m3net with IFCE, no input_norm): ~3x less memory, the same "
+                                "result up to float16 rounding."),
+        "memory_limit": setting(0.0, "GiB of host/GPU memory the features may take (0: what is free); to plan for "
+                                "a smaller machine.", minimum=0),
+    }
 
 
 def available_host_bytes():

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from m3net.cache.schema import PROVENANCE_KEYS
-from m3net.config import setting
+from m3net.config import device_setting, setting
 from m3net.config import validate as validate_config
 from m3net.data.datasets import DATASETS, DatasetError, load_dataset
 from m3net.data.episodes import EpisodeSampler
@@ -38,7 +38,7 @@ from m3net.model import build_head
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import load_checkpoint, load_module_state, restore_rng, rng_state
 from m3net.train.common import episode_accuracies, mean_and_ci
-from m3net.train.presets import PRESETS
+from m3net.train.presets import preset_setting
 from m3net.train.run import RESUMABLE_CHANGES, RunFolder, Schedule, append_csv, check_resumed_config, run_episodes
 
 
@@ -84,10 +84,8 @@ class FinetuneConfig:
     checkpoint_every: int = setting(100, "Save last.pt every this many episodes.", minimum=1)
     log_every: int = setting(10, "Write a train_log.csv row every this many episodes.", minimum=1)
     seed: int = setting(0, "Decides head init, every episode and every crop.")
-    preset: str = setting("none", "paper: the paper's §4.2 protocol where it states it, m3net's documented "
-                          "choices where it is silent (README: settings table); options given still win.",
-                          choices=PRESETS)
-    device: str = setting("auto", "auto (cuda if available), cuda, cpu.")
+    preset: str = preset_setting()
+    device: str = device_setting()
     resume: bool = setting(False, "Continue OUT/last.pt exactly.", flag="--resume")
 
     def __post_init__(self):

@@ -12,15 +12,15 @@ import torch
 
 from m3net.cache import ProvenanceError, load_cache
 from m3net.cache.schema import provenance_differences
-from m3net.config import setting
+from m3net.config import device_setting, setting
 from m3net.config import validate as validate_config
 from m3net.data.episodes import EpisodeSampler
 from m3net.errors import ConfigError
 from m3net.model import build_head
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import load_module_state, restore_rng, rng_state
-from m3net.train.common import RESIDENCIES, episode_accuracies, mean_and_ci, open_bank
-from m3net.train.presets import PRESETS
+from m3net.train.common import episode_accuracies, mean_and_ci, open_bank, residency_settings
+from m3net.train.presets import preset_setting
 from m3net.train.run import RESUMABLE_CHANGES, RunFolder, Schedule, check_resumed_config, run_episodes
 
 
@@ -46,17 +46,11 @@ class TrainConfig:
     checkpoint_every: int = setting(500, "Save last.pt every this many episodes.", minimum=1)
     log_every: int = setting(50, "Write a train_log.csv row every this many episodes.", minimum=1)
     seed: int = setting(0, "Decides parameter init and every episode.")
-    preset: str = setting("none", "paper: the paper's §4.2 protocol where it states it, m3net's documented "
-                          "choices where it is silent (README: settings table); options given still win.",
-                          choices=PRESETS)
-    device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
-    resident: str = setting("auto", "Where the cached features live: device (GPU memory), host (pinned RAM), disk "
-                            "(streamed from the cache file), or auto: the first that fits.", choices=RESIDENCIES)
-    pool_on_load: bool = setting(False, "Keep the cached maps average-pooled to the head's n x n when that pooling is "
-                                 "its first operation (m3net with IFCE, no input_norm): ~3x less memory, the "
-                                 "same result up to float16 rounding.")
-    memory_limit: float = setting(0.0, "GiB of host/GPU memory the features may take (0: what is free); to plan for "
-                                  "a smaller machine.", minimum=0)
+    preset: str = preset_setting()
+    device: str = device_setting()
+    resident: str = residency_settings()["resident"]
+    pool_on_load: bool = residency_settings()["pool_on_load"]
+    memory_limit: float = residency_settings()["memory_limit"]
     resume: bool = setting(False, "Continue the run in --out from its last.pt, exactly.", flag="--resume")
 
     def __post_init__(self):

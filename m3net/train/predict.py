@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from m3net.config import setting
+from m3net.config import device_setting, setting
 from m3net.config import validate as validate_config
 from m3net.data.datasets import load_dataset
 from m3net.errors import PredictError  # noqa: F401 (re-exported)
@@ -28,7 +28,7 @@ class PredictConfig:
     queries: tuple = setting((), cli=False)  # --query, repeatable: video files or frame folders
     weights: str = setting("", "Backbone weights if not where the checkpoint's cache found them (checked by "
                            "sha256); default: what the checkpoint's cache was built with.")
-    device: str = setting("auto", "auto (cuda if available), cuda, cuda:1, cpu.")
+    device: str = device_setting()
     seed: int = setting(0, "Random backbone weights of a test cache.", cli=False)
 
     def __post_init__(self):

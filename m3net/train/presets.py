@@ -13,6 +13,14 @@ from m3net.errors import ConfigError
 PRESETS = ("none", "paper")
 
 
+def preset_setting():
+    """The --preset option finetune, train-head and evaluate share."""
+    from m3net.config import setting
+
+    return setting("none", "paper: the paper's §4.2 protocol where it states it, m3net's documented choices where "
+                   "it is silent (README: settings table); options given still win.", choices=PRESETS)
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     stage: str  # "finetune", "train-head" or "evaluate": the config whose field it is
