@@ -13,6 +13,7 @@ from m3net.data.synthetic import SyntheticConfig
 from m3net.demo import DemoConfig
 from m3net.extract.bench import ExtractBenchConfig
 from m3net.extract.loop import ExtractConfig
+from m3net.kernels.bench import DTWBenchConfig
 from m3net.model.registry import parse_head_options
 from m3net.reproduce import ReproduceConfig
 from m3net.train.bench import TrainBenchConfig
@@ -337,26 +338,18 @@ def bench_extract_cmd(**options):
 @click.option("--m", "m", default=8, show_default=True, help="Columns of each cost matrix (support frames).")
 @click.option("--sweep", is_flag=True,
               help="Pairs 4k, 32k, 1M x T = 8, 16, 32, 64 (TxT costs) instead of --pairs/--n/--m.")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "float64"]), default="float32",
-              show_default=True)
-@click.option("--mode", type=click.Choice(["soft", "hard", "otam"]), default="soft", show_default=True)
-@click.option("--gamma", default=0.1, show_default=True, help="Soft-min smoothing (soft, otam).")
 @click.option("--pass", "pass_", type=click.Choice(["fwd", "fwd+bwd"]), default="fwd", show_default=True,
               help="Time the forward alone or forward + backward.")
-@click.option("--repeats", default=10, show_default=True, help="Timed calls per implementation on CPU (median).")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cuda, cuda:1, cpu.")
 @click.option("--impl", "implementations", multiple=True,
               type=click.Choice(["triton", "torch-reference", "eager-loop", "pysdtw"]),
               help="Implementations to time (repeatable); default all.")
-@click.option("--eager-max-pairs", default=4096, show_default=True,
-              help="CPU only: cap on pairs for the slow per-cell Python loop.")
-@click.option("--out-dir", default="benchmarks", show_default=True, type=click.Path(file_okay=False),
-              help="Where the CSV and JSON results go.")
 @click.option("--matchers", is_flag=True,
               help="Time the I-M matcher and the OTAM head end to end beside one plain dtw forward instead.")
 @click.option("--static", "static", is_flag=True,
               help="No timing: compile every kernel variant for sm_90 (no GPU needed) and write "
                    "OUT_DIR/dtw_static_sm90.{json,md} (SASS/pair, registers, spills, shared memory, bytes/pair).")
+@click_options(DTWBenchConfig, skip=("pairs", "sizes", "backward", "warmup", "interpret_max_pairs",
+                                     "implementations", "seed", "extra"))
 def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, static, **options):
     """Benchmark the DTW kernel: Triton vs torch reference vs eager loop vs pysdtw, side by side.
 
@@ -380,7 +373,6 @@ def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, static, 
         IMPLEMENTATIONS,
         SWEEP_PAIRS,
         SWEEP_T,
-        DTWBenchConfig,
         format_matcher_table,
         format_table,
         run_bench,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from m3net.config import device_setting, setting
 from m3net.kernels.dtw import dtw, dtw_reference
 from m3net.kernels.eager import eager_dtw
 from m3net.runtime import benchmark_record, resolve_device, synchronize, write_benchmark
@@ -52,17 +53,17 @@ EAGER_CUDA_MAX_CELLS = 1 << 26  # the eager loop's autograd graph keeps every ce
 class DTWBenchConfig:
     pairs: tuple = (0,)  # 0: 1M on CUDA, 4096 on CPU
     sizes: tuple = ((8, 8),)  # (N, M) cost shapes
-    dtype: str = "float32"
-    mode: str = "soft"
-    gamma: float = 0.1
+    dtype: str = setting("float32", "Cost dtype.", choices=("float32", "float16", "bfloat16", "float64"))
+    mode: str = setting("soft", "DTW mode.", choices=("soft", "hard", "otam"))
+    gamma: float = setting(0.1, "Soft-min smoothing (soft, otam).", minimum=0, exclusive=True)
     backward: bool = False
-    repeats: int = 10
+    repeats: int = setting(10, "Timed calls per implementation on CPU (median).", minimum=1)
     warmup: int = 2
-    device: str = "auto"
-    eager_max_pairs: int = 4096  # CPU only: the Python per-cell loop is timed on at most this many pairs
+    device: str = device_setting()
+    eager_max_pairs: int = setting(4096, "CPU only: cap on pairs for the slow per-cell Python loop.", minimum=1)
     interpret_max_pairs: int = 256  # CPU only: the Triton interpreter, at most this many pairs
     implementations: tuple = IMPLEMENTATIONS
-    out_dir: str = "benchmarks"
+    out_dir: str = setting("benchmarks", "Where the CSV and JSON results go.", path="dir")
     seed: int = 0
     extra: dict = field(default_factory=dict)
 

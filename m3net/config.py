@@ -97,8 +97,10 @@ def _click_option(f):
 
 
 def click_options(config_class, skip=()):
-    """Decorator adding one click option per CLI field of ``config_class`` (in field order)."""
-    fields = [f for f in dataclasses.fields(config_class) if f.metadata.get("cli", True) and f.name not in skip]
+    """Decorator adding one click option per ``setting()`` field of ``config_class`` (in field order;
+    plain fields and cli=False settings stay out of the command line)."""
+    fields = [f for f in dataclasses.fields(config_class)
+              if f.metadata and f.metadata.get("cli", True) and f.name not in skip]
 
     def decorate(command):
         for f in reversed(fields):
