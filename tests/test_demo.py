@@ -24,6 +24,7 @@ def demo(tmp_path_factory):
     return config, run_demo(config)[config.shot]
 
 
+@pytest.mark.slow
 def test_demo_writes_report_with_sane_numbers(demo):
     config, summary = demo
     report = f"{config.out}/report"
@@ -39,6 +40,7 @@ def test_demo_writes_report_with_sane_numbers(demo):
     assert summary["demo"]["weights_used"] == "random"
 
 
+@pytest.mark.slow
 def test_demo_temporal_matching_beats_mean_pooling(demo):
     # The 4 test classes are one family: the same sub-actions in different orders (plus one
     # detail variant), so a mean-pooled prototype is near chance and order-aware matching is not.
@@ -51,6 +53,7 @@ def test_demo_temporal_matching_beats_mean_pooling(demo):
         assert temporal["accuracy"] - temporal["ci95"] > proto["accuracy"] + proto["ci95"]
 
 
+@pytest.mark.slow
 def test_demo_rerun_reuses_everything(demo, capsys):
     config, summary = demo
     again = run_demo(config)[config.shot]

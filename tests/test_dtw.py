@@ -130,7 +130,8 @@ def _value_and_grad(fn, cost, mode, gamma=0.1):
 @pytest.mark.parametrize("mode", ["soft", "hard", "otam"])
 @pytest.mark.parametrize(
     "dtype, shape",
-    [(dt, s) for dt in TOLERANCES for s in [(1, 1), (1, 7), (7, 1), (8, 8), (5, 13)]] + [(torch.float32, (33, 17))],
+    [(dt, s) for dt in TOLERANCES for s in [(1, 1), (1, 7), (7, 1), (8, 8), (5, 13)]]
+    + [pytest.param(torch.float32, (33, 17), marks=pytest.mark.slow)],  # the long path, slow interpreted
 )
 def test_triton_matches_reference(mode, dtype, shape, triton_backend):
     batch = 3
