@@ -118,7 +118,7 @@ def run_demo(config):
     if saved is not None:
         try:  # a run of another demo version (other head options, lr, ...) is not this demo's result
             check_resumed_config(saved["train_config"], train_config, last)
-        except ValueError as err:
+        except ConfigError as err:
             raise ConfigError(f"{run} holds a head trained with other settings; remove it or choose another "
                               f"--out ({err})") from None
     if saved is not None and saved["step"] >= config.train_episodes:
