@@ -317,3 +317,12 @@ def test_preset_paper_sets_the_protocol_and_given_options_win(cache, tmp_path):
     saved = load_checkpoint(str(out / "last.pt"))["train_config"]
     assert saved["preset"] == "paper" and saved["episodes"] == 2 and saved["queries"] == 1
     assert saved["lr_step"] == 2000 and saved["lr"] == 1e-4
+
+
+@pytest.mark.parametrize("option,message", [("proj_dim=-1", "proj_dim=-1"), ("patch_grid=0", "patch_grid=0"),
+                                            ("cm_dim=-2", "cm_dim=-2"), ("dtw_gamma=0", "dtw_gamma=0.0"),
+                                            ("use_im=off", None)])
+def test_m3net_head_options_out_of_range_are_config_errors(option, message):
+    options = parse_head_options("m3net", [option, "use_cm=off", "use_tm=off"] if message is None else [option])
+    with pytest.raises(ConfigError, match=message or "every matcher is switched off"):
+        build_head("m3net", feature_dim=8, num_frames=2, **options)
