@@ -115,15 +115,17 @@ def choose_residency(needed, device, resident="auto", memory_limit=0.0):
     return resident, "asked for"
 
 
-def open_bank(path, splits, device, resident="auto", memory_limit=0.0, pool=None):
+def open_bank(path, splits, device, resident="auto", memory_limit=0.0, pool=None, meta=None):
     """(cached split metadata, FeatureBank, description) with the residency chosen from the sizes.
 
     pool=n keeps every map average-pooled to n x n (for heads whose first operation on the maps is
     that pooling, FewShotHead.input_pool(): the same result up to float16 rounding, ~3x less memory).
+    meta: the split's metadata when the caller has read it already (``load_cache(..., features=False)``).
     """
     if resident not in RESIDENCIES:
         raise ConfigError(f"--resident {resident}: expected one of {', '.join(RESIDENCIES)}")
-    meta = load_cache(path, splits=splits, features=False, pool=pool)
+    if meta is None or pool:
+        meta = load_cache(path, splits=splits, features=False, pool=pool)
     needed = len(meta.rows) * int(np.prod(meta.feature_shape)) * 2  # float16
     choice, reason = choose_residency(needed, device, resident, memory_limit)
     if choice == "disk":

@@ -397,7 +397,7 @@ def _finetune_in(folder, config, world, rank, device, progress):
         scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"])
         step, best = state["step"], state["best_val_acc"]
-        folder.trim_logs(step)
+        folder.trim_logs(step, own=(failures_name,))
     provenance = _features_provenance(config, transform)
 
     def snapshot(step, best):

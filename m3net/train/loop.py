@@ -92,14 +92,15 @@ def train_head(config, progress=True):
         torch.manual_seed(config.seed)  # parameter init
         head = build_head(config.head, feature_dim=feature_dim, num_frames=num_frames, **config.head_options)
         head = head.to(device)
-        pool = head.input_pool() if config.pool_on_load else None
-        _, bank, where = open_bank(config.cache, ("train", "val"), device, config.resident, config.memory_limit, pool)
-        run.stack.callback(bank.close)
-        if progress:
-            print(where, file=sys.stderr)
         if not head.trainable:
             raise ConfigError(f"--head {config.head} has no parameters to train: score it with "
                               f"`m3net evaluate --head {config.head}`")
+        pool = head.input_pool() if config.pool_on_load else None
+        _, bank, where = open_bank(config.cache, ("train", "val"), device, config.resident, config.memory_limit, pool,
+                                   meta=cached)
+        run.stack.callback(bank.close)
+        if progress:
+            print(where, file=sys.stderr)
         optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)

@@ -10,11 +10,10 @@ checkpoints logs each step once.
 """
 import contextlib
 import csv
-import glob
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
@@ -122,12 +121,12 @@ class RunFolder:
     def load_last(self):
         return load_checkpoint(self.last_path)
 
-    def trim_logs(self, step):
-        """Logs agree with the checkpoint at ``step``: rows written after it are dropped."""
-        if not self.writer:
-            return
-        for path in [os.path.join(self.out, n) for n in ("train_log.csv", "val_log.csv")] + sorted(
-                glob.glob(os.path.join(self.out, "failures*.csv"))):
+    def trim_logs(self, step, own=()):
+        """Logs agree with the checkpoint at ``step``: rows written after it are dropped. The writer
+        trims the shared logs; each rank trims the logs it writes itself (``own``: file names)."""
+        shared = ("train_log.csv", "val_log.csv") if self.writer else ()
+        for name in (*shared, *own):
+            path = os.path.join(self.out, name)
             if os.path.exists(path):
                 trim_csv(path, step)
 
@@ -163,7 +162,7 @@ class Window:
     the first window counts from the resumed step, not from the previous log line)."""
 
     loss: float = 0.0
-    views: dict = None
+    views: dict = field(default_factory=dict)
     trained: int = 0
     skipped: int = 0
     start: float = 0.0
