@@ -60,3 +60,25 @@ def test_data_temperature_gives_unit_spread_logits_on_the_first_training_episode
 def test_bad_option_values_are_config_errors(option):
     with pytest.raises(ConfigError):
         head(**option)
+
+
+@pytest.mark.parametrize("input_norm", ["none", "standardize"])
+def test_pooling_before_norm_and_projection_equals_the_papers_order(input_norm):
+    """matcher_inputs pools to IFCE's n x n first; the paper's order (normalise and project all 7x7
+    positions, then IFCE pools) must give the same features, in training (statistics update) and eval."""
+    model = head(input_norm=input_norm, proj_dim=8).double()
+    support, _, query, _ = episode(0)
+    support, query = support.double(), query.double()
+    for training in (True, False):
+        model.train(training)
+        if input_norm != "none":
+            before = (model.input_norm.count.clone(), model.input_norm.total.clone())
+        fast = model.matcher_inputs(support, query)
+        maps = torch.cat([support, query])
+        if input_norm != "none":  # the paper's order, with the statistics the call above saw
+            assert model.input_norm.count == before[0] + (maps.numel() // DIM if training else 0)
+            maps = model.input_norm.apply_statistics(maps)
+        expected = model.encode(model.project(maps), support.shape[0])
+        for source, (s, q) in fast.items():
+            assert torch.allclose(s, expected[source][0], atol=1e-10), source
+            assert torch.allclose(q, expected[source][1], atol=1e-10), source

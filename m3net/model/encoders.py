@@ -4,6 +4,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def pool_positions(maps, grid):
+    """Adaptive average pooling of maps (..., H, W, d) to (..., n, n, d) with n = ``grid``.
+
+    Each output is a weighted mean of input positions (weights summing to 1), so it commutes with
+    any per-position affine map of the channels (standardisation, a linear projection): pooling first
+    is exact and cheaper.
+    """
+    *lead, height, width, dim = maps.shape
+    if (height, width) == (grid, grid):
+        return maps
+    x = maps.reshape(-1, height, width, dim).permute(0, 3, 1, 2)  # (·, d, H, W)
+    return F.adaptive_avg_pool2d(x, grid).permute(0, 2, 3, 1).reshape(*lead, grid, grid, dim)
+
+
 def _positional_embedding(tokens, dim):
     return nn.Parameter(torch.randn(tokens, dim) * 0.02)
 
@@ -27,10 +41,9 @@ class IFCE(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
 
     def forward(self, maps):
-        clips, frames, height, width, dim = maps.shape
-        x = maps.reshape(clips * frames, height, width, dim).permute(0, 3, 1, 2)  # (X·T, d, H, W)
-        x = F.adaptive_avg_pool2d(x, self.grid).flatten(2).transpose(1, 2)  # (X·T, P, d)
-        z = x + self.pos
+        clips, frames, _, _, dim = maps.shape
+        patches = pool_positions(maps, self.grid).reshape(clips * frames, self.grid * self.grid, dim)  # (X·T, P, d)
+        z = patches + self.pos
         attention = torch.softmax(self.w_q(z) @ self.w_k(z).transpose(1, 2) / dim ** 0.5, dim=-1)  # (X·T, P, P)
         z = self.alpha * attention @ self.w_v(z) + z
         z = self.mlp(z) + z
@@ -184,6 +197,9 @@ class TrainingChannelStatistics(nn.Module):
     def forward(self, maps):  # (..., C) -> (..., C)
         if self.training:
             self.update(maps)
+        return self.apply_statistics(maps)
+
+    def apply_statistics(self, maps):  # (..., C) -> (..., C), without updating the statistics
         if self.count == 0:
             return maps
         mean = self.total / self.count

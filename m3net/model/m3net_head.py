@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from m3net.errors import ConfigError
-from m3net.model.encoders import IECE, IFCE, IVCE, TrainingChannelStatistics
+from m3net.model.encoders import IECE, IFCE, IVCE, TrainingChannelStatistics, pool_positions
 from m3net.model.episode_ops import autocast_off
 from m3net.model.matchers import DTW_MODES, CategoryMatching, instance_matching, task_matching
 from m3net.model.registry import FewShotHead, num_classes, register_head
@@ -132,10 +132,9 @@ class M3Net(FewShotHead):
         """Class probabilities (Q, N) from the fused prediction: the mean of the views' softmaxes."""
         return outputs["y"] / len(self.views)
 
-    def encode(self, support, query):
-        """{encoder: (support (G, S, T, d), query (Q, T, d))} for the encoders the matchers use."""
-        n_support = support.shape[0]
-        maps = torch.cat([support, query])  # (X = S+Q, T, H, W, d)
+    def encode(self, maps, n_support):
+        """{encoder: (support (G, S, T, d), query (Q, T, d))} for the encoders the matchers use, from the
+        maps (X = S+Q, T, H, W, d) of the supports followed by the queries."""
         patches = self.ifce(maps) if self.ifce is not None else maps.flatten(2, 3)  # (X, T, P, d)
         frames = patches.mean(dim=2)  # (X, T, d)
         return {source: self.encode_for(source, patches, frames, n_support)
@@ -154,16 +153,24 @@ class M3Net(FewShotHead):
         return self.config.patch_grid if self.config.use_ifce and self.config.input_norm == "none" else None
 
     def matcher_inputs(self, support, query):
-        """{encoder: (support (G, S, T, d), query (Q, T, d))} from the cached maps, in the head's dtype."""
+        """{encoder: (support (G, S, T, d), query (Q, T, d))} from the cached maps, in the head's dtype.
+
+        With IFCE on, its n x n pooling runs first: input_norm and the projection act on each position
+        alone and commute with the pooling's means, so this is the paper's order of operations at
+        (n/7)² of the cost. input_norm's training statistics are still taken over the unpooled maps."""
         support, query = self.cast(support, query)
+        n_support = support.shape[0]
+        maps = torch.cat([support, query])  # (X = S+Q, T, H, W, C)
+        if self.input_norm is not None and self.training:
+            self.input_norm.update(maps)
+        if self.ifce is not None:
+            maps = pool_positions(maps, self.config.patch_grid)  # (X, T, n, n, C)
         if self.input_norm is not None:
-            n_support = support.shape[0]
-            maps = self.input_norm(torch.cat([support, query]))  # (S+Q, T, H, W, C)
-            support, query = maps[:n_support], maps[n_support:]
+            maps = self.input_norm.apply_statistics(maps)
         if self.project is not None:
-            support, query = self.project(support), self.project(query)  # (S|Q, T, H, W, proj_dim)
+            maps = self.project(maps)  # (X, T, n, n, proj_dim)
         dtype = self.log_temperature.dtype  # the head's own dtype, also under AMP
-        return {source: (s.to(dtype), q.to(dtype)) for source, (s, q) in self.encode(support, query).items()}
+        return {source: (s.to(dtype), q.to(dtype)) for source, (s, q) in self.encode(maps, n_support).items()}
 
     def forward(self, support, support_labels, query):
         n_way = num_classes(support_labels)
