@@ -120,3 +120,22 @@ def test_unequal_shots_rejected_by_stacking_heads():
 def test_unknown_option_is_an_error():
     with pytest.raises(ConfigError, match="no option"):
         build("m3net", use_everything=True)
+
+
+@pytest.mark.parametrize("name", [name for name in list_heads() if build(name).input_pool() is not None])
+def test_pooling_on_load_gives_the_heads_own_result(name):
+    """input_pool() = n promises that maps pooled to n x n first (--pool-on-load) score the same."""
+    head = build(name).double().eval()
+    support, support_labels, query, _ = make_episode(3, 2, 2)
+    support, query = support.double(), query.double()
+    n = head.input_pool()
+
+    def pooled(maps):  # (X, T, 7, 7, C) -> (X, T, n, n, C)
+        flat = maps.flatten(0, 1).permute(0, 3, 1, 2)
+        return torch.nn.functional.adaptive_avg_pool2d(flat, n).permute(0, 2, 3, 1).unflatten(0, maps.shape[:2])
+
+    with torch.no_grad():
+        full = head(support, support_labels, query)
+        from_pooled = head(pooled(support), support_labels, pooled(query))
+    for view, logits in full.items():
+        assert torch.allclose(logits, from_pooled[view], atol=1e-9), view

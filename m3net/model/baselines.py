@@ -16,6 +16,7 @@ class TSNCosine(FewShotHead):
     scales the logits (argmax and accuracy do not depend on it)."""
 
     trainable = False
+    first_pool = 1
 
     @dataclasses.dataclass
     class Config:
@@ -39,6 +40,7 @@ class OTAM(FewShotHead):
     one dtw_symmetric call."""
 
     trainable = False
+    first_pool = 1
 
     @dataclasses.dataclass
     class Config:
@@ -71,6 +73,8 @@ class TRX(FewShotHead):
     Deviations: the reference averages the loss over 16 tasks per optimiser step and uses Adam
     (lr 1e-3); here the trainer's optimiser and one episode per step apply to every head alike.
     """
+
+    first_pool = 1  # the spatial mean of every frame comes first
 
     @dataclasses.dataclass
     class Config:

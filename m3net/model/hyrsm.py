@@ -127,6 +127,8 @@ class HyRSM(FewShotHead):
     - Frames are the cached ResNet-50 maps instead of a backbone in the loop; one episode per step.
     """
 
+    first_pool = 1  # the spatial mean of every frame comes first
+
     @dataclasses.dataclass
     class Config:
         feature_dim: int = 2048

@@ -49,6 +49,8 @@ class PAL(FewShotHead):
     - Clip features are the cached ResNet-50 maps instead of a backbone in the loop.
     """
 
+    first_pool = 1  # the spatial mean of every frame comes first
+
     @dataclasses.dataclass
     class Config:
         feature_dim: int = 2048

@@ -115,6 +115,9 @@ class FewShotHead(nn.Module):
     name = None
     trainable = True
     train_views = ("y",)  # output keys whose cross-entropy is summed into the training loss
+    # n when the head's first operation on the maps is adaptive average pooling to n x n (1: the
+    # spatial mean of every frame), so a cache can be pooled on load with the same result; else None.
+    first_pool = None
 
     @dataclasses.dataclass
     class Config:
@@ -135,9 +138,8 @@ class FewShotHead(nn.Module):
         return tuple(t.to(dtype) for t in tensors)
 
     def input_pool(self):
-        """n when the head's first operation on the maps is adaptive average pooling to n x n (so a
-        cache can be pooled on load with the same result), else None."""
-        return None
+        """The pooling on load that gives the head's own result (``first_pool``), or None."""
+        return self.first_pool
 
     def probabilities(self, outputs):
         """Class probabilities (Q, N) of the prediction "y" (logits here; heads whose "y" is
@@ -155,6 +157,7 @@ class ProtoNet(FewShotHead):
     (Snell et al. 2017). No parameters: it scores straight from the cache."""
 
     trainable = False
+    first_pool = 1
 
     def forward(self, support, support_labels, query):
         support, query = self.cast(support, query)
