@@ -136,3 +136,38 @@ def test_tensorboard_gets_loss_and_validation(cache, tmp_path):
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/episodes_per_s", "val/acc"} <= tags
     assert [e.step for e in events.Scalars("val/acc")] == [20]
+
+
+def test_adam_and_gradient_clipping(cache, tmp_path, monkeypatch):
+    """--optimizer adam builds Adam (its state resumes exactly); --clip-grad bounds every step's gradient norm."""
+    full = train_head(_config(cache, tmp_path / "full", optimizer="adam", lr=0.01, episodes=20), progress=False)
+    train_head(_config(cache, tmp_path / "split", optimizer="adam", lr=0.01, episodes=10), progress=False)
+    resumed = train_head(_config(cache, tmp_path / "split", optimizer="adam", lr=0.01, episodes=20, resume=True),
+                         progress=False)
+    saved = load_checkpoint(full["last"])
+    assert "exp_avg_sq" in next(iter(saved["optimizer"]["state"].values()))  # Adam's second moment
+    a, b = saved["model"], load_checkpoint(resumed["last"])["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="optimizer='adam'"):
+        train_head(_config(cache, tmp_path / "split", episodes=30, resume=True), progress=False)
+
+    norms = []
+    step = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    train_head(_config(cache, tmp_path / "clipped", clip_grad=1e-3, episodes=5), progress=False)
+    assert len(norms) == 5 and max(norms) <= 1e-3 * (1 + 1e-4)
+    norms.clear()
+    train_head(_config(cache, tmp_path / "free", episodes=5), progress=False)
+    assert max(norms) > 1e-3  # without clipping the same episodes have larger gradients
+
+
+@pytest.mark.parametrize("option, value", [("optimizer", "rmsprop"), ("clip_grad", -1.0), ("clip_grad", float("nan"))])
+def test_bad_optimizer_options_are_config_errors(cache, tmp_path, option, value):
+    with pytest.raises(ConfigError, match="--" + option.replace("_", "-")):
+        _config(cache, tmp_path / "bad", **{option: value})

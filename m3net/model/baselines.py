@@ -70,8 +70,9 @@ class TRX(FewShotHead):
     (``temp_set`` [2, 3]), d_k = 1152, positions scaled 0.1 with dropout 0.1 added inside each
     cross-transformer, LayerNorm on the keys only.
 
-    Deviations: the reference averages the loss over 16 tasks per optimiser step and uses Adam
-    (lr 1e-3); here the trainer's optimiser and one episode per step apply to every head alike.
+    Deviations: the reference's run.py steps plain SGD (no momentum, lr 1e-3; ``--opt sgd`` is its
+    default) once per 16 tasks; here each episode is one step of the trainer's optimizer
+    (``--optimizer``, ``--momentum``, ``--lr`` apply to every head alike).
     """
 
     first_pool = 1  # the spatial mean of every frame comes first

@@ -97,7 +97,9 @@ class STRM(FewShotHead):
       neither trained nor saved in checkpoints (random each run); here they are registered
       parameters, trained and checkpointed.
     - Frames are the cached ResNet-50 maps (d = C of the cache) instead of a backbone in the loop;
-      the loss averages over one episode per step (the reference: 16 tasks per Adam step).
+      each episode is one optimizer step (the reference: one plain-SGD step, lr 1e-3, per 16 tasks).
+      Its logits are unnormalised distances: with momentum SGD on small caches the loss can blow up
+      (the run stops with a NonFiniteError); ``--clip-grad`` or ``--optimizer adam`` keep it stable.
     """
 
     train_views = ("y_frame", "y_patch")

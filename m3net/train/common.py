@@ -75,8 +75,9 @@ def residency_settings():
         "resident": setting("auto", "Where the cached features live: device (GPU memory), host (pinned RAM), disk "
                             "(streamed from the cache file), or auto: the first that fits.", choices=RESIDENCIES),
         "pool_on_load": setting(False, "Keep the cached maps average-pooled to the head's n x n when that pooling is "
-                                "its first operation (m3net with IFCE, no input_norm): ~3x less memory, the same "
-                                "result up to float16 rounding."),
+                                "its first operation (m3net with IFCE and no input_norm: ~3x less memory; heads "
+                                "that start with the spatial mean: 1x1, 49x less), the same result up to float16 "
+                                "rounding."),
         "memory_limit": setting(0.0, "GiB of host/GPU memory the features may take (0: what is free); to plan for "
                                 "a smaller machine.", minimum=0),
     }

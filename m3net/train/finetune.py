@@ -39,7 +39,17 @@ from m3net.runtime import resolve_device
 from m3net.train.checkpoint import load_checkpoint, load_module_state, restore_rng, rng_state
 from m3net.train.common import episode_accuracies, mean_and_ci
 from m3net.train.presets import preset_setting
-from m3net.train.run import RESUMABLE_CHANGES, RunFolder, Schedule, append_csv, check_resumed_config, run_episodes
+from m3net.train.run import (
+    RESUMABLE_CHANGES,
+    RunFolder,
+    Schedule,
+    append_csv,
+    check_resumed_config,
+    clip_gradients,
+    make_optimizer,
+    optimizer_settings,
+    run_episodes,
+)
 
 
 @dataclass
@@ -59,10 +69,12 @@ class FinetuneConfig:
     crop: int = setting(224, "Crop size (frames resized to crop*8/7 first, as the extraction transform).", minimum=32)
     episodes: int = setting(10_000, "Training episodes.", minimum=1)
     accumulate: int = setting(1, "Episodes whose gradients are summed (averaged) per optimizer step.", minimum=1)
-    lr: float = setting(1e-4, "SGD learning rate of the head.", minimum=0)
-    backbone_lr: float = setting(1e-5, "SGD learning rate of the backbone.", minimum=0)
+    lr: float = setting(1e-4, "Learning rate of the head.", minimum=0)
+    backbone_lr: float = setting(1e-5, "Learning rate of the backbone.", minimum=0)
     momentum: float = setting(0.9, "SGD momentum.", minimum=0, maximum=1)
-    weight_decay: float = setting(5e-4, "SGD weight decay.", minimum=0)
+    weight_decay: float = setting(5e-4, "Weight decay (L2).", minimum=0)
+    optimizer: str = optimizer_settings()["optimizer"]
+    clip_grad: float = optimizer_settings()["clip_grad"]
     lr_step: int = setting(2_000, "Multiply both lrs by --lr-gamma every this many optimizer steps.", minimum=1)
     lr_gamma: float = setting(0.5, "Learning-rate decay factor.", minimum=0, exclusive=True)
     freeze_stages: int = setting(0, "The first N trunk stages (stem, layer1, ...) keep their weights.",
@@ -231,7 +243,9 @@ class Training:
     scaler: torch.amp.GradScaler
     init_provenance: dict
 
-    def step(self):
+    def step(self, config):
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the loss-scaled ones
+        clip_gradients(self.optimizer, config)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -239,7 +253,7 @@ class Training:
 
 
 def build_training(config, device, amp_dtype):
-    """The models (seeded), their two-group SGD (head lr, backbone lr), StepLR and grad scaler."""
+    """The models (seeded), their two-group optimizer (head lr, backbone lr), StepLR and grad scaler."""
     backbone, init_provenance = build_backbone(config.weights, seed=config.seed)
     _freeze(backbone, config)
     torch.manual_seed(config.seed)  # head init
@@ -250,8 +264,7 @@ def build_training(config, device, amp_dtype):
     model = Finetuner(backbone, head, config.checkpointing).to(device)
     groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": config.lr},
               {"params": [p for p in backbone.parameters() if p.requires_grad], "lr": config.backbone_lr}]
-    optimizer = torch.optim.SGD([g for g in groups if g["params"]], momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = make_optimizer([g for g in groups if g["params"]], config)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     # Only fp16 needs loss scaling; bf16 has fp32's exponent range.
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -424,7 +437,7 @@ def _finetune_in(folder, config, world, rank, device, progress):
                 scaler.scale(loss / config.accumulate).backward()
             result = {"loss": loss.item()}
         if last_micro:
-            built.step()
+            built.step(config)
         return result
 
     def extra_columns():

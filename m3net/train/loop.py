@@ -21,7 +21,16 @@ from m3net.runtime import resolve_device
 from m3net.train.checkpoint import load_module_state, restore_rng, rng_state
 from m3net.train.common import episode_accuracies, mean_and_ci, open_bank, residency_settings
 from m3net.train.presets import preset_setting
-from m3net.train.run import RESUMABLE_CHANGES, RunFolder, Schedule, check_resumed_config, run_episodes
+from m3net.train.run import (
+    RESUMABLE_CHANGES,
+    RunFolder,
+    Schedule,
+    check_resumed_config,
+    clip_gradients,
+    make_optimizer,
+    optimizer_settings,
+    run_episodes,
+)
 
 
 @dataclass
@@ -35,10 +44,12 @@ class TrainConfig:
     queries: int = setting(5, "Queries per class in training episodes.", minimum=1)
     val_queries: int = setting(1, "Queries per class in validation episodes.", minimum=1)
     episodes: int = setting(60_000, "Training episodes (paper: 60 000).", minimum=1)
-    lr: float = setting(1e-4, "SGD learning rate (paper: 1e-4).", minimum=0)
+    lr: float = setting(1e-4, "Learning rate (paper: SGD, 1e-4).", minimum=0)
     # The paper says SGD, lr 1e-4; momentum and weight decay are ours.
     momentum: float = setting(0.9, "SGD momentum.", minimum=0, maximum=1)
-    weight_decay: float = setting(5e-4, "SGD weight decay.", minimum=0)
+    weight_decay: float = setting(5e-4, "Weight decay (L2).", minimum=0)
+    optimizer: str = optimizer_settings()["optimizer"]
+    clip_grad: float = optimizer_settings()["clip_grad"]
     lr_step: int = setting(2_000, "Multiply the lr by --lr-gamma every this many episodes.", minimum=1)
     lr_gamma: float = setting(0.5, "Learning-rate decay factor.", minimum=0, exclusive=True)
     val_every: int = setting(1_000, "Validate (and save last.pt) every this many episodes.", minimum=1)
@@ -101,8 +112,7 @@ def train_head(config, progress=True):
         run.stack.callback(bank.close)
         if progress:
             print(where, file=sys.stderr)
-        optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
+        optimizer = make_optimizer([{"params": list(head.parameters()), "lr": config.lr}], config)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
         train_sampler = EpisodeSampler(cached.labels, cached.split, "train", config.way, config.shot,
                                        config.queries, seed=config.seed, class_names=cached.classes)
@@ -124,6 +134,7 @@ def train_head(config, progress=True):
             loss = head.loss(outputs, query_labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            clip_gradients(optimizer, config)
             optimizer.step()
             scheduler.step()
             views = {view: torch.nn.functional.cross_entropy(outputs[view].detach(), query_labels).item()

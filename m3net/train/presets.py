@@ -41,6 +41,7 @@ SETTINGS = (
             "default 1e-5: the pretrained trunk moves less than the new head when episodes are few"),
     Setting("finetune", "lr_step", "2 000 (§4.2)", 2_000, ""),
     Setting("finetune", "lr_gamma", "0.5 (§4.2)", 0.5, ""),
+    Setting("finetune", "optimizer", "SGD (§4.2)", "sgd", ""),
     Setting("finetune", "momentum", "—", 0.9, "paper silent; the usual SGD momentum"),
     Setting("finetune", "weight_decay", "—", 5e-4, "paper silent; TRX's and HyRSM's value"),
     Setting("finetune", "freeze_bn", "—", True,
@@ -50,6 +51,7 @@ SETTINGS = (
             "the preset starts the head from scratch; a train-head warm start is an option"),
     Setting("train-head", "episodes", "60 000 (§4.2)", 60_000, "train-head trains the head alone on frozen "
             "cached features: faster than the paper's end-to-end route, not its protocol (use finetune)"),
+    Setting("train-head", "optimizer", "SGD (§4.2)", "sgd", ""),
     Setting("train-head", "lr", "1e-4 (§4.2)", 1e-4, ""),
     Setting("train-head", "lr_step", "2 000 (§4.2)", 2_000, ""),
     Setting("train-head", "lr_gamma", "0.5 (§4.2)", 0.5, ""),

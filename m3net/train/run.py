@@ -62,6 +62,40 @@ def tensorboard_writer(out):
     return SummaryWriter(os.path.join(out, "tensorboard"))
 
 
+OPTIMIZERS = ("sgd", "adam")
+
+
+def optimizer_settings():
+    """The --optimizer, --clip-grad options train-head and finetune share (lr, momentum and weight decay
+    are declared per stage: their defaults differ)."""
+    from m3net.config import setting
+
+    return {
+        "optimizer": setting("sgd", "sgd (the paper's, with --momentum) or adam (TRX's and HyRSM's reference code; "
+                             "--momentum is then unused).", choices=OPTIMIZERS),
+        "clip_grad": setting(0.0, "Clip the gradients' global norm to this before every optimizer step (0: off). "
+                             "Heads with unnormalised distance logits (STRM) can diverge without it.", minimum=0),
+    }
+
+
+def make_optimizer(groups, config):
+    """config.optimizer over parameter groups (each with its "lr"), with config's weight decay."""
+    import torch
+
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def clip_gradients(optimizer, config):
+    """Clips the global gradient norm of the optimizer's parameters to config.clip_grad (if > 0)."""
+    import torch
+
+    if config.clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]],
+                                       config.clip_grad)
+
+
 # The length of a run, its logging cadence and where files live may change on resume.
 RESUMABLE_CHANGES = frozenset({"episodes", "resume", "device", "log_every", "val_every", "checkpoint_every", "out",
                                "resident", "memory_limit", "pool_on_load"})
