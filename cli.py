@@ -239,7 +239,10 @@ def predict_cmd(queries, as_json, **options):
 @click.option("--record", type=click.Path(dir_okay=False),
               help="With --seeds: write every seed's tables and the mean ± sd to this JSON "
                    "(benchmarks/demo_synthetic_cpu_<date>.json feeds the README: python -m m3net.readme_figures).")
-def demo_cmd(seeds, record, train_classes, val_classes, test_classes, clips_per_class, **options):
+@click.option("--compare", default="",
+              help="Also train these heads (e.g. trx,strm,hyrsm,pal: the rest of the paper's Table 1) on the same "
+                   "cache with the same protocol at their own defaults, and score them on the same episodes.")
+def demo_cmd(seeds, record, compare, train_classes, val_classes, test_classes, clips_per_class, **options):
     """Whole pipeline offline on the generated benchmark: clips -> cache -> M3Net head -> table.
 
     Generates fine-grained clips whose classes differ in the order and details of sub-actions,
@@ -248,13 +251,13 @@ def demo_cmd(seeds, record, train_classes, val_classes, test_classes, clips_per_
     """
     import json
 
-    from m3net.demo import parse_seeds, run_demo, run_demo_seeds
+    from m3net.demo import parse_compare, parse_seeds, run_demo, run_demo_seeds
     from m3net.errors import ConfigError
     from m3net.readme_figures import render_demo_results
 
     synthetic = SyntheticConfig(seed=options["seed"], train_classes=train_classes, val_classes=val_classes,
                                 test_classes=test_classes, clips_per_class=clips_per_class)
-    config = DemoConfig(synthetic=synthetic, **options)
+    config = DemoConfig(synthetic=synthetic, compare=parse_compare(compare), **options)
     if seeds is None:
         if record:
             raise click.BadParameter("--record needs --seeds", param_hint="--record")

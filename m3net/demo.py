@@ -52,6 +52,12 @@ class DemoConfig:
     head_options: dict = field(default_factory=lambda: {"proj_dim": 128, "input_norm": "standardize",
                                                         "temperature_init": "data"})
     baselines: tuple = ("protonet", "tsn-cosine", "otam")
+    # Trained heads from the registry (e.g. the rest of the paper's Table 1: trx, strm, hyrsm, pal) trained
+    # on the same cache with the same protocol as M3Net, at each head's own defaults, and scored on the
+    # same episodes (--compare; empty in the default demo: they add tens of minutes on a CPU).
+    compare: tuple = ()
+    clip_grad: float = setting(0.0, "Gradient-norm clipping of every trained head (0: off); the --compare heads "
+                               "with unnormalised distance logits (trx, strm) diverge without it.", minimum=0)
     batch_size: int = 16
     workers: int = 2
     device: str = device_setting()
@@ -82,16 +88,12 @@ def _step(title):
 def run_demo(config):
     """Runs (or continues) the demo; returns the evaluation summary written to <out>/report."""
     from m3net.extract.loop import ExtractConfig, extract_dataset
-    from m3net.train.checkpoint import load_checkpoint
     from m3net.train.evaluate import EvalConfig, evaluate, format_table, write_summary
-    from m3net.train.loop import TrainConfig, train_head
-    from m3net.train.run import check_resumed_config
 
     start = time.perf_counter()
     os.makedirs(config.out, exist_ok=True)
     clips = os.path.join(config.out, "synthetic")
     cache = os.path.join(config.out, "cache.h5")
-    run = os.path.join(config.out, "runs", config.head)
     report = os.path.join(config.out, "report")
 
     _step(f"1/4 generated benchmark -> {clips}")
@@ -106,30 +108,18 @@ def run_demo(config):
                                       weights=weights, batch_size=config.batch_size, workers=config.workers,
                                       device=config.device, seed=config.seed))
 
-    _step(f"3/4 train the {config.head} head ({config.train_episodes} episodes) -> {run}")
-    last = os.path.join(run, "last.pt")
-    train_config = TrainConfig(cache=cache, out=run, head=config.head, head_options=config.head_options,
-                               way=config.way, shot=config.shot, queries=config.train_queries,
-                               episodes=config.train_episodes, lr=config.lr,
-                               lr_step=max(config.train_episodes // 3, 1), val_every=config.val_every,
-                               val_episodes=config.val_episodes, checkpoint_every=config.val_every, log_every=10,
-                               seed=config.seed, device=config.device, resume=os.path.exists(last))
-    saved = load_checkpoint(last) if os.path.exists(last) else None
-    if saved is not None:
-        try:  # a run of another demo version (other head options, lr, ...) is not this demo's result
-            check_resumed_config(saved["train_config"], train_config, last)
-        except ConfigError as err:
-            raise ConfigError(f"{run} holds a head trained with other settings; remove it or choose another "
-                              f"--out ({err})") from None
-    if saved is not None and saved["step"] >= config.train_episodes:
-        click.echo(f"[demo] reusing the finished run in {run}")
-    else:
-        train_head(train_config)
+    runs = {}
+    for number, head in enumerate((config.head, *config.compare), start=1):
+        options = config.head_options if head == config.head else {}
+        step = f"3/4 ({number}/{1 + len(config.compare)})" if config.compare else "3/4"
+        runs[head] = train_or_reuse(config, cache, head, options, step)
+    run = runs[config.head]
 
     _step(f"4/4 evaluate on {config.eval_episodes} seeded test episodes -> {report}")
 
     def score(shot):
-        return evaluate(EvalConfig(cache=cache, checkpoints=(os.path.join(run, "best.pt"),), heads=config.baselines,
+        return evaluate(EvalConfig(cache=cache, checkpoints=tuple(os.path.join(r, "best.pt") for r in runs.values()),
+                                   heads=config.baselines,
                                    way=config.way, shot=shot, queries=1, episodes=config.eval_episodes,
                                    seed=config.seed, device=config.device))
 
@@ -152,6 +142,53 @@ def run_demo(config):
     click.echo(f"\n[demo] report: {report}/results.json, results.csv and "
                + ", ".join(os.path.basename(p) for p in pictures))
     return summaries
+
+
+def train_or_reuse(config, cache, head, head_options, step):
+    """Trains ``head`` on the demo's cache into <out>/runs/<head> with the demo's protocol, or reuses
+    the finished run there (a run of other settings is refused); returns the run folder."""
+    from m3net.train.checkpoint import load_checkpoint
+    from m3net.train.loop import TrainConfig, train_head
+    from m3net.train.run import check_resumed_config
+
+    run = os.path.join(config.out, "runs", head)
+    _step(f"{step} train the {head} head ({config.train_episodes} episodes) -> {run}")
+    last = os.path.join(run, "last.pt")
+    train_config = TrainConfig(cache=cache, out=run, head=head, head_options=head_options, way=config.way,
+                               shot=config.shot, queries=config.train_queries, episodes=config.train_episodes,
+                               lr=config.lr, clip_grad=config.clip_grad, lr_step=max(config.train_episodes // 3, 1),
+                               val_every=config.val_every, val_episodes=config.val_episodes,
+                               checkpoint_every=config.val_every, log_every=10, seed=config.seed,
+                               device=config.device, resume=os.path.exists(last))
+    saved = load_checkpoint(last) if os.path.exists(last) else None
+    if saved is not None:
+        try:  # a run of another demo version (other head options, lr, ...) is not this demo's result
+            check_resumed_config(saved["train_config"], train_config, last)
+        except ConfigError as err:
+            raise ConfigError(f"{run} holds a head trained with other settings; remove it or choose another "
+                              f"--out ({err})") from None
+    if saved is not None and saved["step"] >= config.train_episodes:
+        click.echo(f"[demo] reusing the finished run in {run}")
+    else:
+        train_head(train_config)
+    return run
+
+
+def parse_compare(text):
+    """"trx,strm" -> ("trx", "strm"): trainable registry heads other than the demo's own."""
+    from m3net.model import build_head, list_heads
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    for name in names:
+        if name not in list_heads():
+            raise ConfigError(f"--compare {name}: not a registered head (see `m3net heads`)")
+        if name == "m3net":
+            raise ConfigError("--compare m3net: the demo trains M3Net already")
+        if not build_head(name, feature_dim=8, num_frames=8).trainable:
+            raise ConfigError(f"--compare {name}: a parameter-free head; the demo scores it as a baseline already")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--compare {text}: a head is named twice")
+    return names
 
 
 def parse_seeds(text):

@@ -1,5 +1,6 @@
 """A reduced `m3net demo` end to end: generated clips -> cache -> M3Net head -> table + report."""
 import json
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -69,3 +70,25 @@ def test_demo_cli_refuses_bad_seed_options(tmp_path, args, message):
     result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), *args])
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "demo").exists()  # refused before any work
+
+
+@pytest.mark.slow
+def test_demo_compare_trains_more_heads_on_the_same_cache_and_episodes(demo, capsys):
+    config, summary = demo
+    compared = run_demo(replace(config, compare=("pal",)))[config.shot]
+    printed = capsys.readouterr().out
+    assert "reusing the finished run" in printed and "train the pal head" in printed  # M3Net reused, PAL trained
+    rows = {(r["head"], r["view"]): r for r in compared["results"]}
+    assert any(head.startswith("pal") for head, _ in rows)
+    for key, row in {(r["head"], r["view"]): r for r in summary["results"]}.items():
+        assert rows[key] == row  # the same episodes: every earlier head scores exactly as before
+    assert {p["head"].split(" ")[0] for p in compared["paired"]} >= {"protonet", "tsn-cosine", "otam"}
+    assert any(p["head"].startswith("pal") for p in compared["paired"])
+
+
+@pytest.mark.parametrize("compare, message", [("nohead", "not a registered head"), ("m3net", "trains M3Net already"),
+                                              ("protonet", "parameter-free"), ("pal,pal", "named twice")])
+def test_demo_cli_refuses_bad_compare(tmp_path, compare, message):
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--compare", compare])
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "demo").exists()
