@@ -195,7 +195,9 @@ def render_paper_table1():
 def head_opt_text(options):
     """Head options as --head-opt values: booleans lower-case, tuples comma-separated."""
     def text(value):
-        return ",".join(value) if isinstance(value, tuple) else str(value).lower() if isinstance(value, bool) else value
+        if isinstance(value, tuple):
+            return ",".join(value)
+        return str(value).lower() if isinstance(value, bool) else value
 
     return " ".join(f"`{key}={text(value)}`" for key, value in options.items()) or "(the defaults)"
 
