@@ -142,8 +142,7 @@ class M3Net(FewShotHead):
         # One C-M per encoder it reads (own W_Q, W_K, W_V). A single one keeps its parameters at cm.*
         # (the paper's head; checkpoints rely on those keys), several sit at cm.<encoder>.*.
         category = {source: CategoryMatching(dim, c.cm_dim or dim) for source in (c.cm_features if c.use_cm else ())}
-        self.cm = (None if not category else next(iter(category.values())) if len(category) == 1
-                   else nn.ModuleDict(category))
+        self.cm = nn.ModuleDict(category) if len(category) > 1 else next(iter(category.values()), None)
         log_tau = torch.full((len(self.views),), math.log(c.temperature))
         if c.learn_temperature:
             self.log_temperature = nn.Parameter(log_tau)
