@@ -2,6 +2,7 @@
 
 Used by ``m3net reproduce`` to put each reproduced cell beside the paper's, and by the README.
 """
+import dataclasses
 
 DATASETS = ("diving48", "gym99", "gym288")
 SHOTS = (1, 3, 5)
@@ -34,21 +35,58 @@ TABLE1 = {
               "gym288": ((68.66, 0.34), (79.73, 0.29), (83.05, 0.26))},
 }
 
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """An ablation of the m3net head (Tables 2-4, all on Gym99, 5-way): its head options and what the
+    paper reports for it, ``paper[shot][view]`` = accuracy (%), ``"y"`` the fused prediction and
+    ``"y1"``/``"y2"``/``"y3"`` where the table gives a view's own accuracy (Table 4). No CIs."""
+
+    table: int
+    options: dict
+    paper: dict
+
+
+ABLATION_DATASET = "gym99"
 _NO_ENCODERS = {"use_ifce": False, "use_ivce": False, "use_iece": False}
 _ONLY = {"im": {"use_cm": False, "use_tm": False}, "cm": {"use_im": False, "use_tm": False},
          "tm": {"use_im": False, "use_cm": False}}
+_ALL = ("ifce", "ivce", "iece")
 
-# Table 2 (Gym99, 5-way 1-shot): one matcher, with and without its encoders -> (m3net head options, Y).
+# Table 2 (1-shot): one matcher, with and without its encoders.
 TABLE2 = {
-    "t2-im": ({**_NO_ENCODERS, **_ONLY["im"]}, 46.53),
-    "t2-ifce-im": ({"use_ivce": False, "use_iece": False, **_ONLY["im"]}, 50.09),
-    "t2-cm": ({**_NO_ENCODERS, **_ONLY["cm"]}, 64.66),
-    "t2-ivce-cm": ({"use_ifce": False, "use_iece": False, **_ONLY["cm"]}, 68.92),
-    "t2-ifce-ivce-cm": ({"use_iece": False, **_ONLY["cm"]}, 69.53),
-    "t2-tm": ({**_NO_ENCODERS, **_ONLY["tm"]}, 44.50),
-    "t2-iece-tm": ({"use_ifce": False, "use_ivce": False, **_ONLY["tm"]}, 58.15),
-    "t2-ifce-iece-tm": ({"use_ivce": False, **_ONLY["tm"]}, 59.79),
+    "t2-im": Variant(2, {**_NO_ENCODERS, **_ONLY["im"]}, {1: {"y": 46.53}}),
+    "t2-ifce-im": Variant(2, {"use_ivce": False, "use_iece": False, **_ONLY["im"]}, {1: {"y": 50.09}}),
+    "t2-cm": Variant(2, {**_NO_ENCODERS, **_ONLY["cm"]}, {1: {"y": 64.66}}),
+    "t2-ivce-cm": Variant(2, {"use_ifce": False, "use_iece": False, **_ONLY["cm"]}, {1: {"y": 68.92}}),
+    "t2-ifce-ivce-cm": Variant(2, {"use_iece": False, **_ONLY["cm"]}, {1: {"y": 69.53}}),
+    "t2-tm": Variant(2, {**_NO_ENCODERS, **_ONLY["tm"]}, {1: {"y": 44.50}}),
+    "t2-iece-tm": Variant(2, {"use_ifce": False, "use_ivce": False, **_ONLY["tm"]}, {1: {"y": 58.15}}),
+    "t2-ifce-iece-tm": Variant(2, {"use_ivce": False, **_ONLY["tm"]}, {1: {"y": 59.79}}),
 }
+
+# Table 3 (1- and 5-shot): which encoders each matcher reads. Columns 1-3: one matcher over all three
+# encoders (the other two off); column 4 swaps C-M and T-M; column 5 is M3Net's default routing.
+TABLE3 = {
+    "t3-im-all": Variant(3, {"im_features": _ALL, **_ONLY["im"]}, {1: {"y": 68.05}, 5: {"y": 73.08}}),
+    "t3-cm-all": Variant(3, {"cm_features": _ALL, **_ONLY["cm"]}, {1: {"y": 72.05}, 5: {"y": 85.40}}),
+    "t3-tm-all": Variant(3, {"tm_features": _ALL, **_ONLY["tm"]}, {1: {"y": 68.13}, 5: {"y": 75.37}}),
+    "t3-swap": Variant(3, {"cm_features": ("iece",), "tm_features": ("ivce",)}, {1: {"y": 72.22}, 5: {"y": 82.64}}),
+    "t3-m3net": Variant(3, {}, {1: {"y": 72.70}, 5: {"y": 86.71}}),
+}
+
+# Table 4 (1-shot): which matchers (so which losses L1-L3 and views Y1-Y3) are on, model indices 1-7.
+TABLE4 = {
+    "t4-1": Variant(4, _ONLY["im"], {1: {"y1": 50.09, "y": 50.09}}),
+    "t4-2": Variant(4, _ONLY["cm"], {1: {"y2": 69.53, "y": 69.53}}),
+    "t4-3": Variant(4, _ONLY["tm"], {1: {"y3": 59.79, "y": 59.79}}),
+    "t4-4": Variant(4, {"use_im": False}, {1: {"y2": 70.21, "y3": 68.51, "y": 71.81}}),
+    "t4-5": Variant(4, {"use_cm": False}, {1: {"y1": 57.93, "y3": 59.76, "y": 60.94}}),
+    "t4-6": Variant(4, {"use_tm": False}, {1: {"y1": 65.59, "y2": 70.60, "y": 71.47}}),
+    "t4-7": Variant(4, {}, {1: {"y1": 69.35, "y2": 71.82, "y3": 69.89, "y": 72.70}}),
+}
+
+ABLATIONS = {**TABLE2, **TABLE3, **TABLE4}
 
 
 def table1_cell(method, dataset, shot):
@@ -56,3 +94,9 @@ def table1_cell(method, dataset, shot):
     if dataset not in DATASETS or shot not in SHOTS:
         return None
     return TABLE1.get(method, {}).get(dataset, (None,) * 3)[SHOTS.index(shot)]
+
+
+def ablation_cell(variant, dataset, shot):
+    """{view: accuracy} the paper reports for ablation ``variant`` (a key of ABLATIONS), or None where its
+    table has no such cell."""
+    return ABLATIONS[variant].paper.get(shot) if dataset == ABLATION_DATASET else None

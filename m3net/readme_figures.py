@@ -5,6 +5,7 @@
     benchmark-results  from the newest record of each benchmark under benchmarks/ (bench_*.json)
     settings           from the paper preset's table (m3net/train/presets.py)
     paper-table1       from the paper's Table 1 as m3net/paper.py holds it
+    paper-ablations    from the paper's Tables 2-4 as m3net/paper.py holds them (``reproduce --variant``)
 
     python -m m3net.readme_figures            # rewrite README.md between each pair of markers
     python -m m3net.readme_figures --check    # exit 1 when README.md and the records disagree
@@ -191,6 +192,32 @@ def render_paper_table1():
     return "\n".join(lines)
 
 
+def head_opt_text(options):
+    """Head options as --head-opt values: booleans lower-case, tuples comma-separated."""
+    def text(value):
+        if isinstance(value, tuple):
+            return ",".join(value)
+        return str(value).lower() if isinstance(value, bool) else value
+
+    return " ".join(f"`{key}={text(value)}`" for key, value in options.items()) or "(the defaults)"
+
+
+def render_paper_ablations():
+    """The paper's Tables 2-4 (markdown) from m3net.paper: each `reproduce --variant`, its head options and
+    the accuracies it is compared with."""
+    from m3net.paper import ABLATIONS
+
+    lines = ["| `--variant` | table | m3net head options | 1-shot Y | 5-shot Y | 1-shot per view |",
+             "|---|---|---|---|---|---|"]
+    for name, variant in ABLATIONS.items():
+        fused = [f"{variant.paper[shot]['y']:.2f}" if shot in variant.paper else "—" for shot in (1, 5)]
+        views = ", ".join(f"{view.upper()} {accuracy:.2f}" for view, accuracy in variant.paper.get(1, {}).items()
+                          if view != "y") or "—"
+        lines.append(f"| `{name}` | {variant.table} | {head_opt_text(variant.options)} | {' | '.join(fused)} | "
+                     f"{views} |")
+    return "\n".join(lines)
+
+
 def expected_readme(root):
     """(current README text, README text with every generated section rebuilt from its source)."""
     from m3net.train.presets import settings_table
@@ -203,6 +230,7 @@ def expected_readme(root):
     expected = replace_section(current, render_demo_results(record, record_path))
     expected = replace_section(expected, render_benchmarks(root), "benchmark-results")
     expected = replace_section(expected, render_paper_table1(), "paper-table1")
+    expected = replace_section(expected, render_paper_ablations(), "paper-ablations")
     return current, replace_section(expected, settings_table(), "settings")
 
 

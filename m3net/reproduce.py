@@ -1,10 +1,10 @@
-"""``m3net reproduce``: one cell of the paper's Table 1 (or a Table 2 ablation) as one command.
+"""``m3net reproduce``: one cell of the paper's Table 1 (or a Tables 2-4 ablation) as one command.
 
     OUT/<dataset>-<head>-<variant>-<shot>shot/
         finetune/    m3net finetune --preset paper (backbone + head end to end from ImageNet weights)
         cache.h5     m3net extract --weights finetune/best.pt (test view of the tuned backbone)
         results/     m3net evaluate --preset paper (6 000 episodes, 5 queries per class, every view)
-        row.json     the cell beside the paper's number
+        row.json     the cell beside the paper's number (and each view beside the paper's where it gives them)
     OUT/table.csv    every cell under OUT, regenerated after each run
 
 Every step resumes: re-running the same command continues an interrupted finetune, fills the rows
@@ -28,13 +28,13 @@ from m3net.errors import ConfigError
 from m3net.extract.backbone import file_sha256
 from m3net.extract.loop import ExtractConfig, extract_dataset
 from m3net.locking import cache_lock_path, exclusive_lock
-from m3net.paper import TABLE2, table1_cell
+from m3net.paper import ABLATIONS, ablation_cell, table1_cell
 from m3net.train.checkpoint import load_checkpoint
 from m3net.train.evaluate import EvalConfig, evaluate, write_summary
 from m3net.train.finetune import FinetuneConfig, finetune
 from m3net.train.presets import with_preset
 
-VARIANTS = ("full",) + tuple(TABLE2)
+VARIANTS = ("full",) + tuple(ABLATIONS)
 
 
 @dataclass
@@ -44,8 +44,9 @@ class ReproduceConfig:
     root: str = setting(help="Folder holding the dataset's clips.", path="dir")
     shot: int = setting(1, "Supports per class (Table 1: 1, 3, 5).", minimum=1, maximum=5)
     head: str = setting("m3net", "Head from the registry (Table 1's methods: `m3net heads`).")
-    variant: str = setting("full", "full, or a Table 2 ablation of the m3net head (t2-im, t2-ifce-im, ...).",
-                           choices=VARIANTS)
+    variant: str = setting("full", "full, or an ablation of the m3net head on Gym99: Table 2 (t2-im, t2-ifce-im, "
+                           "...), Table 3 (t3-im-all, t3-cm-all, t3-tm-all, t3-swap, t3-m3net), Table 4 "
+                           "(t4-1 ... t4-7).", choices=VARIANTS)
     out: str = setting("reproduce", "Folder of every cell's steps and table.csv.", path="dir")
     weights: str = setting("imagenet", "Backbone initialisation (paper: ImageNet).")
     finetune_episodes: int = setting(0, "Finetune episodes (0: the paper's 60 000).", minimum=0)
@@ -59,7 +60,7 @@ class ReproduceConfig:
     def __post_init__(self):
         validate_config(self)
         if self.variant != "full" and self.head != "m3net":
-            raise ConfigError(f"--variant {self.variant}: the Table 2 ablations are of the m3net head, not "
+            raise ConfigError(f"--variant {self.variant}: the Tables 2-4 ablations are of the m3net head, not "
                               f"--head {self.head}")
 
 
@@ -71,7 +72,7 @@ def _finetune_config(config, run):
     given = {"dataset": config.dataset, "root": config.root, "out": run, "weights": config.weights,
              "head": config.head, "shot": config.shot, "workers": config.workers, "device": config.device,
              "val_episodes": config.val_episodes, "preset": "paper",
-             "head_options": TABLE2[config.variant][0] if config.variant != "full" else {}}
+             "head_options": ABLATIONS[config.variant].options if config.variant != "full" else {}}
     given.update({k: getattr(config, k) for k in ("frames", "crop") if getattr(config, k)})
     if config.finetune_episodes:
         given["episodes"] = config.finetune_episodes
@@ -120,13 +121,8 @@ def reproduce(config, progress=True):
         scoring["episodes"] = config.eval_episodes
     summary = evaluate(EvalConfig(**with_preset("evaluate", scoring, explicit=set(scoring))), progress=progress)
     write_summary(summary, scoring["out"])
-    fused = next(r for r in summary["results"] if r["view"] == "y")
-    paper = table1_cell(config.head, config.dataset, config.shot) if config.variant == "full" else (
-        (TABLE2[config.variant][1], None) if (config.dataset, config.shot) == ("gym99", 1) else None)
     row = {"dataset": config.dataset, "shot": config.shot, "head": config.head, "variant": config.variant,
-           "accuracy": fused["accuracy"], "ci95": fused["ci95"], "episodes": fused["episodes"],
-           "scored_queries": fused["scored_queries"], "paper_accuracy": paper[0] if paper else None,
-           "paper_ci95": paper[1] if paper else None,
+           **beside_paper(config, summary["results"]),
            "finetune_episodes": load_checkpoint(os.path.join(cell, "finetune", "last.pt"))["step"],
            "checkpoint_step": load_checkpoint(checkpoint)["step"], "checkpoint": os.path.abspath(checkpoint)}
     with open(os.path.join(cell, "row.json"), "w") as fh:
@@ -135,15 +131,32 @@ def reproduce(config, progress=True):
     return row
 
 
+def beside_paper(config, results):
+    """The row's scores from evaluate's ``results`` (one head) beside the paper's: the fused Y with its CI and
+    the paper's, then each view (``accuracy_<view>``) and the paper's where its table gives one
+    (``paper_accuracy_<view>``, Table 4)."""
+    fused = next(r for r in results if r["view"] == "y")
+    if config.variant == "full":
+        paper, paper_views = table1_cell(config.head, config.dataset, config.shot) or (None, None), {}
+    else:  # the ablation tables give no CIs
+        reported = dict(ablation_cell(config.variant, config.dataset, config.shot) or {})
+        paper, paper_views = (reported.pop("y", None), None), reported
+    return {"accuracy": fused["accuracy"], "ci95": fused["ci95"], "episodes": fused["episodes"],
+            "scored_queries": fused["scored_queries"], "paper_accuracy": paper[0], "paper_ci95": paper[1],
+            **{f"accuracy_{r['view']}": r["accuracy"] for r in results if r["view"] != "y"},
+            **{f"paper_accuracy_{view}": accuracy for view, accuracy in paper_views.items()}}
+
+
 def write_table(out):
-    """OUT/table.csv from every cell's row.json under OUT (one row per cell, sorted)."""
+    """OUT/table.csv from every cell's row.json under OUT (one row per cell, sorted). The columns are those
+    of every row (cells differ in their views), empty where a cell has no such column."""
     rows = []
     for path in sorted(glob.glob(os.path.join(out, "*", "row.json"))):
         with open(path) as fh:
             rows.append(json.load(fh))
     if rows:
         with open(os.path.join(out, "table.csv"), "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
             writer.writeheader()
             writer.writerows(rows)
     return rows
@@ -152,5 +165,9 @@ def write_table(out):
 def format_row(row):
     paper = (f"paper {row['paper_accuracy']:.2f}" + (f" ± {row['paper_ci95']:.2f}" if row["paper_ci95"] else "")
              if row["paper_accuracy"] is not None else "no paper cell")
+    views = [(key.removeprefix("accuracy_"), value) for key, value in row.items() if key.startswith("accuracy_")]
+    per_view = "".join(f"; {view} {accuracy:.2f}" + (f" (paper {row[f'paper_accuracy_{view}']:.2f})"
+                                                     if f"paper_accuracy_{view}" in row else "")
+                       for view, accuracy in views)
     return (f"{row['dataset']} {row['shot']}-shot {row['head']} ({row['variant']}): {row['accuracy']:.2f} ± "
-            f"{row['ci95']:.2f} over {row['scored_queries']} queries; {paper}")
+            f"{row['ci95']:.2f} over {row['scored_queries']} queries; {paper}{per_view}")

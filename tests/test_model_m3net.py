@@ -127,6 +127,125 @@ def test_fixed_temperature_is_not_a_parameter():
 
 
 # ---------------------------------------------------------------------------------------------
+# one matcher over several encoders (Table 3)
+# ---------------------------------------------------------------------------------------------
+
+# The default head's state-dict keys as they were before a matcher could read several encoders:
+# checkpoints of the paper's head must keep loading.
+DEFAULT_KEYS = [
+    "log_temperature", "temperature_pending", "ifce.pos", "ifce.alpha", "ifce.w_q.weight", "ifce.w_k.weight",
+    "ifce.w_v.weight", "ifce.mlp.0.weight", "ifce.mlp.0.bias", "ifce.mlp.2.weight", "ifce.mlp.2.bias",
+    "ifce.mlp.4.weight", "ifce.mlp.4.bias", "ivce.pos", "ivce.token_mixing.0.weight", "ivce.token_mixing.0.bias",
+    "ivce.token_mixing.2.weight", "ivce.token_mixing.2.bias", "ivce.channel_mixing.mlp.0.weight",
+    "ivce.channel_mixing.mlp.0.bias", "ivce.channel_mixing.mlp.2.weight", "ivce.channel_mixing.mlp.2.bias",
+    "iece.token_mixing.0.self_weight", "iece.token_mixing.0.set_weight", "iece.token_mixing.0.bias",
+    "iece.token_mixing.2.self_weight", "iece.token_mixing.2.set_weight", "iece.token_mixing.2.bias",
+    "iece.channel_mixing.mlp.0.weight", "iece.channel_mixing.mlp.0.bias", "iece.channel_mixing.mlp.2.weight",
+    "iece.channel_mixing.mlp.2.bias", "iece.meta_norm.weight", "iece.meta_norm.bias", "iece.conv.weight",
+    "iece.conv.bias", "cm.w_q.weight", "cm.w_k.weight", "cm.w_v.weight",
+]
+ALL = "ifce,ivce,iece"
+
+
+def test_default_head_keeps_its_state_dict_keys_and_view_names():
+    head = m3net()
+    assert list(head.state_dict()) == DEFAULT_KEYS
+    assert head.views == head.train_views == ("y1", "y2", "y3")
+    # a checkpoint's head_config from before tuples (one encoder name per matcher) rebuilds the same head
+    old = m3net(im_features="ifce", cm_features="ivce", tm_features="iece")
+    assert old.config == head.config and list(old.state_dict()) == DEFAULT_KEYS
+
+
+def test_cm_over_three_encoders_has_three_views_with_their_own_parameters():
+    head = m3net(cm_features=ALL)  # text, as --head-opt gives it
+    assert head.config.cm_features == ("ifce", "ivce", "iece")
+    views = ("y1", "y2.ifce", "y2.ivce", "y2.iece", "y3")
+    assert head.views == head.train_views == views
+    assert head.log_temperature.shape == (5,)
+    assert isinstance(head.cm, torch.nn.ModuleDict) and set(head.cm) == {"ifce", "ivce", "iece"}
+    pointers = {p.data_ptr() for p in head.cm.parameters()}
+    assert len(pointers) == 9  # W_Q, W_K, W_V of each C-M, none shared
+    support, support_labels, query, query_labels = episode()
+    outputs = head(support, support_labels, query)
+    assert set(outputs) == set(views) | {"y"}
+    assert torch.allclose(outputs["y"], sum(torch.softmax(outputs[v], dim=-1) for v in views))
+    assert torch.allclose(head.probabilities(outputs).sum(dim=-1), torch.ones(len(query)))
+    loss = head.loss(outputs, query_labels)
+    assert torch.allclose(loss, sum(F.cross_entropy(outputs[v], query_labels) for v in views))
+    loss.backward()
+    for name, parameter in head.cm.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert (head.log_temperature.grad != 0).all()
+
+
+@pytest.mark.parametrize("matcher, view", [("im", "y1"), ("cm", "y2"), ("tm", "y3")])
+def test_each_encoder_view_equals_a_single_encoder_head(matcher, view):
+    """Oracle: view <matcher>.<encoder> of a head reading all three encoders is the single-encoder
+    head's view for that encoder, given the same encoder, C-M and temperature parameters."""
+    only = {"im": dict(use_cm=False, use_tm=False), "cm": dict(use_im=False, use_tm=False),
+            "tm": dict(use_im=False, use_cm=False)}[matcher]
+    several = m3net(**{f"{matcher}_features": ALL}, **only).eval()
+    with torch.no_grad():
+        several.log_temperature.copy_(torch.tensor([1.5, 2.0, 0.5]))
+    support, support_labels, query, _ = episode()
+    with torch.no_grad():
+        outputs = several(support, support_labels, query)
+    for i, source in enumerate(("ifce", "ivce", "iece")):
+        single = m3net(**{f"{matcher}_features": source}, **only).eval()
+        state = {key: value for key, value in several.state_dict().items() if not key.startswith("cm.")}
+        state.update({key.replace(f"cm.{source}.", "cm."): value for key, value in several.state_dict().items()
+                      if key.startswith(f"cm.{source}.")})
+        state["log_temperature"] = several.log_temperature[i:i + 1].detach().clone()
+        missing, _ = single.load_state_dict(state, strict=False)  # ``several`` also holds encoders it lacks
+        assert not missing
+        with torch.no_grad():
+            expected = single(support, support_labels, query)[view]
+        assert torch.allclose(outputs[f"{view}.{source}"], expected, atol=1e-6), source
+    assert not torch.allclose(outputs[f"{view}.ifce"], outputs[f"{view}.iece"])
+
+
+def test_relabelling_the_classes_permutes_every_views_logits():
+    head = m3net(im_features=ALL, cm_features=ALL, tm_features="ivce,iece").eval()
+    support, support_labels, query, _ = episode()
+    relabel = torch.tensor([2, 0, 1])  # class c is called relabel[c]
+    with torch.no_grad():
+        before = head(support, support_labels, query)
+        after = head(support, relabel[support_labels], query)
+    assert len(before) == 3 + 3 + 2 + 1
+    for view, logits in before.items():
+        assert torch.allclose(after[view][:, relabel], logits, atol=1e-5), view
+
+
+def test_data_temperature_is_set_per_view():
+    head = m3net(cm_features=ALL, tm_features="ifce,iece", temperature_init="data")
+    support, support_labels, query, _ = episode()
+    outputs = head(support, support_labels, query)  # training mode: the first episode sets every τ_i
+    assert len(head.views) == 6 and not head.temperature_pending
+    for view in head.views:
+        assert outputs[view].std(dim=-1).mean().item() == pytest.approx(1.0, rel=1e-4), view
+
+
+def test_fixed_temperature_has_one_value_per_view():
+    head = m3net(tm_features=ALL, learn_temperature=False, temperature=2.0)
+    assert torch.allclose(head.log_temperature.exp(), torch.full((5,), 2.0))
+
+
+@pytest.mark.parametrize("value, message", [("ifce,ivc", "cm_features=ifce,ivc: 'ivc' is not an encoder"),
+                                            ("ivce,ivce", "names an encoder twice"),
+                                            ((), "expected one or more")])
+def test_bad_encoder_lists_are_config_errors(value, message):
+    with pytest.raises(ConfigError, match=message):
+        m3net(cm_features=value)
+
+
+def test_head_opt_parses_encoder_lists():
+    from m3net.model.registry import parse_head_options
+
+    options = parse_head_options("m3net", ["cm_features=ifce,ivce,iece", "tm-features=ivce"])
+    assert options == {"cm_features": ("ifce", "ivce", "iece"), "tm_features": ("ivce",)}
+
+
+# ---------------------------------------------------------------------------------------------
 # oracles
 # ---------------------------------------------------------------------------------------------
 

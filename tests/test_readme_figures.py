@@ -7,7 +7,16 @@ import pytest
 
 from m3net.demo import aggregate, parse_seeds, seed_checks
 from m3net.errors import ConfigError
-from m3net.readme_figures import BEGIN, END, expected_readme, latest_record, render_demo_results, replace_section
+from m3net.paper import ABLATIONS
+from m3net.readme_figures import (
+    BEGIN,
+    END,
+    expected_readme,
+    latest_record,
+    render_demo_results,
+    render_paper_ablations,
+    replace_section,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,3 +64,11 @@ def test_parse_seeds():
     for bad in ("0,x", "1,1", "-1"):
         with pytest.raises(ConfigError):
             parse_seeds(bad)
+
+
+def test_readme_ablations_list_every_reproduce_variant():
+    section = render_paper_ablations()
+    assert all(f"| `{name}` |" in section for name in ABLATIONS)
+    assert ("| `t3-cm-all` | 3 | `cm_features=ifce,ivce,iece` `use_im=false` `use_tm=false` | 72.05 | 85.40 | — |"
+            in section)
+    assert "| Y2 70.21, Y3 68.51 |" in section

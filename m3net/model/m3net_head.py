@@ -10,6 +10,12 @@ A switched-off encoder passes its input through (IFCE off: the unpooled 7×7 map
 set; IVCE off: the spatial mean of the patches; IECE off: the frames unchanged). A switched-off
 matcher's view is absent from the outputs and from y.
 
+Table 3 also feeds one matcher from several encoders (``cm_features=ifce,ivce,iece``): every
+(encoder, matcher) pair is then a view of its own, named ``y2.ifce``, ``y2.ivce``, ``y2.iece`` (a
+matcher with one encoder keeps ``y1``/``y2``/``y3``), with its own temperature and, for C-M, its own
+W_Q/W_K/W_V; the views fuse like the paper's three. ``views`` lists them in order (I-M, C-M, T-M,
+each in the order its encoders are given); ``log_temperature[i]`` belongs to ``views[i]``.
+
 Fusion (§3.5): y_i = -τ_i · D_i; training loss Σ CE(y_i) over the enabled views (train_views);
 inference y = Σ softmax(y_i): ``y`` holds summed class probabilities (in [0, number of views]),
 not logits — use it for argmax / accuracy, not for a further softmax. Each τ_i is learnable
@@ -35,11 +41,22 @@ TEMPERATURE_INITS = ("fixed", "data")
 MATCHERS = (("im", "y1"), ("cm", "y2"), ("tm", "y3"))
 
 
+def check_sources(option, sources):
+    """A matcher's encoders: one or more distinct names of ENCODERS, else a ConfigError naming the option."""
+    if not isinstance(sources, tuple) or not sources:
+        raise ConfigError(f"m3net: {option}={sources!r}; expected one or more of {', '.join(ENCODERS)} "
+                          f"(comma-separated)")
+    for source in sources:
+        if source not in ENCODERS:
+            raise ConfigError(f"m3net: {option}={','.join(map(str, sources))}: {source!r} is not an encoder; "
+                              f"expected one or more of {', '.join(ENCODERS)}")
+    if len(set(sources)) < len(sources):
+        raise ConfigError(f"m3net: {option}={','.join(sources)} names an encoder twice; name each once")
+
+
 @register_head("m3net")
 class M3Net(FewShotHead):
     """M3Net (Tang et al., ACM MM 2023): IFCE/IVCE/IECE encoders, I-M/C-M/T-M matchers, fusion."""
-
-    train_views = ("y1", "y2", "y3")
 
     @dataclasses.dataclass
     class Config:
@@ -59,9 +76,11 @@ class M3Net(FewShotHead):
         use_im: bool = True
         use_cm: bool = True
         use_tm: bool = True
-        im_features: str = "ifce"  # encoder feeding each matcher (Table 3): ifce | ivce | iece
-        cm_features: str = "ivce"
-        tm_features: str = "iece"
+        # Encoder(s) feeding each matcher (Table 3): ifce | ivce | iece, or several ("ifce,ivce,iece"),
+        # each (encoder, matcher) pair then a view of its own. A plain name is read as a 1-tuple.
+        im_features: tuple = ("ifce",)
+        cm_features: tuple = ("ivce",)
+        tm_features: tuple = ("iece",)
         dtw_mode: str = "hard"  # I-M: hard = the paper's DTW; soft = soft-DTW over the hard path length
         dtw_gamma: float = 0.1
         cm_dim: int = 0  # d_k of C-M's projections; 0 = feature_dim
@@ -74,16 +93,27 @@ class M3Net(FewShotHead):
         # distances ~1e-3 apart, where τ = 10 leaves its softmax flat). "fixed" is the paper's.
         temperature_init: str = "fixed"
 
+        def __post_init__(self):
+            # Python callers and checkpoints written before several encoders per matcher give one name.
+            for matcher, _ in MATCHERS:
+                sources = getattr(self, f"{matcher}_features")
+                if isinstance(sources, str):
+                    setattr(self, f"{matcher}_features", tuple(sources.split(",")))
+
     def __init__(self, config):
         super().__init__(config)
         c = config
-        self.views = [view for matcher, view in MATCHERS if getattr(c, f"use_{matcher}")]
-        if not self.views:
+        if not any(getattr(c, f"use_{matcher}") for matcher, _ in MATCHERS):
             raise ConfigError("m3net: every matcher is switched off (use_im, use_cm, use_tm); enable at least one")
         for matcher, _ in MATCHERS:
-            source = getattr(c, f"{matcher}_features")
-            if source not in ENCODERS:
-                raise ConfigError(f"m3net: {matcher}_features={source!r}; expected one of {', '.join(ENCODERS)}")
+            check_sources(f"{matcher}_features", getattr(c, f"{matcher}_features"))
+        # (view, matcher, encoder) of every view, in the order of views and of log_temperature.
+        self.branches = tuple((view if len(getattr(c, f"{matcher}_features")) == 1 else f"{view}.{source}",
+                               matcher, source)
+                              for matcher, view in MATCHERS if getattr(c, f"use_{matcher}")
+                              for source in getattr(c, f"{matcher}_features"))
+        self.views = tuple(view for view, _, _ in self.branches)
+        self.train_views = self.views  # the training loss sums the cross-entropy of every view
         if c.dtw_mode not in DTW_MODES:
             raise ConfigError(f"m3net: dtw_mode={c.dtw_mode!r}; expected one of {', '.join(DTW_MODES)}")
         if c.input_norm not in INPUT_NORMS:
@@ -93,9 +123,7 @@ class M3Net(FewShotHead):
                               f"{', '.join(TEMPERATURE_INITS)}")
         if c.temperature <= 0:
             raise ConfigError(f"m3net: temperature={c.temperature}; expected > 0")
-        self.sources = {matcher: getattr(c, f"{matcher}_features") for matcher, _ in MATCHERS
-                        if getattr(c, f"use_{matcher}")}
-        needed = set(self.sources.values())
+        needed = {source for _, _, source in self.branches}
         if c.proj_dim < 0:
             raise ConfigError(f"m3net: proj_dim={c.proj_dim}; expected 0 (d = C) or a positive width")
         if c.patch_grid < 1:
@@ -111,7 +139,10 @@ class M3Net(FewShotHead):
         self.ifce = IFCE(dim, c.patch_grid) if c.use_ifce else None
         self.ivce = IVCE(dim, c.num_frames) if c.use_ivce and "ivce" in needed else None
         self.iece = IECE(dim, c.iece_transductive) if c.use_iece and "iece" in needed else None
-        self.cm = CategoryMatching(dim, c.cm_dim or dim) if c.use_cm else None
+        # One C-M per encoder it reads (own W_Q, W_K, W_V). A single one keeps its parameters at cm.*
+        # (the paper's head; checkpoints rely on those keys), several sit at cm.<encoder>.*.
+        category = {source: CategoryMatching(dim, c.cm_dim or dim) for source in (c.cm_features if c.use_cm else ())}
+        self.cm = nn.ModuleDict(category) if len(category) > 1 else next(iter(category.values()), None)
         log_tau = torch.full((len(self.views),), math.log(c.temperature))
         if c.learn_temperature:
             self.log_temperature = nn.Parameter(log_tau)
@@ -138,7 +169,7 @@ class M3Net(FewShotHead):
         patches = self.ifce(maps) if self.ifce is not None else maps.flatten(2, 3)  # (X, T, P, d)
         frames = patches.mean(dim=2)  # (X, T, d)
         return {source: self.encode_for(source, patches, frames, n_support)
-                for source in dict.fromkeys(self.sources.values())}
+                for source in dict.fromkeys(source for _, _, source in self.branches)}
 
     def encode_for(self, source, patches, frames, n_support):
         if source == "iece" and self.iece is not None:
@@ -146,6 +177,16 @@ class M3Net(FewShotHead):
         if source == "ivce" and self.ivce is not None:
             frames = self.ivce(patches)
         return frames[None, :n_support], frames[n_support:]  # a switched-off encoder passes frames through
+
+    def match(self, matcher, source, support, query, support_labels, n_way):
+        """D (Q, N) of one view: ``matcher`` on encoder ``source``'s support (G, S, T, d) and query (Q, T, d)."""
+        if matcher == "im":
+            return instance_matching(query, support, support_labels, n_way, self.config.dtw_mode,
+                                     self.config.dtw_gamma)
+        if matcher == "cm":
+            return (self.cm[source] if isinstance(self.cm, nn.ModuleDict) else self.cm)(
+                query, support, support_labels, n_way)
+        return task_matching(query, support, support_labels, n_way)
 
     def input_pool(self):
         """IFCE's n x n pooling comes first (the projection and per-position ops commute with it);
@@ -176,17 +217,8 @@ class M3Net(FewShotHead):
         n_way = num_classes(support_labels)
         features = self.matcher_inputs(support, query)
         with autocast_off(support):
-            distances = []
-            if self.config.use_im:
-                s, q = features[self.sources["im"]]
-                distances.append(instance_matching(q, s, support_labels, n_way, self.config.dtw_mode,
-                                                   self.config.dtw_gamma))
-            if self.config.use_cm:
-                s, q = features[self.sources["cm"]]
-                distances.append(self.cm(q, s, support_labels, n_way))
-            if self.config.use_tm:
-                s, q = features[self.sources["tm"]]
-                distances.append(task_matching(q, s, support_labels, n_way))
+            distances = [self.match(matcher, source, *features[source], support_labels, n_way)
+                         for _, matcher, source in self.branches]  # (Q, N) each
             if self.training and self.temperature_pending:
                 self.initialise_temperature(distances)
             temperature = self.log_temperature.exp()

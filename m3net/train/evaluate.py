@@ -198,10 +198,10 @@ def summarize(config, cache_path, cached, heads, per_episode):
 
 
 def format_table(summary):
-    lines = [summary["task"], f"{'head':<28} {'view':<5} {'accuracy (%)':>18}"]
+    lines = [summary["task"], f"{'head':<28} {'view':<7} {'accuracy (%)':>18}"]
     lines.append("-" * len(lines[-1]))
     for r in summary["results"]:
-        lines.append(f"{r['head']:<28} {r['view']:<5} {r['accuracy']:>10.2f} ± {r['ci95']:<5.2f}"
+        lines.append(f"{r['head']:<28} {r['view']:<7} {r['accuracy']:>10.2f} ± {r['ci95']:<5.2f}"
                      f"  ({r['scored_queries']} queries)")
     for p in summary["paired"]:
         lines.append(f"paired: {p['head']} − {p['minus']} = {p['difference']:+.2f} ± {p['ci95']:.2f} points")
