@@ -1,5 +1,9 @@
-"""Reads a cache into memory for the head stage: no HDF5 access on the training hot path."""
+"""Reads a cache for the head stage: into memory (load_cache: no HDF5 access on the training hot path),
+or row by row for caches larger than memory (RowReader; PrefetchingReader reads planned rows ahead in a
+background thread)."""
+import collections
 import os
+import threading
 from dataclasses import dataclass, field
 
 import h5py
@@ -95,17 +99,54 @@ def pool_maps(maps, pool):
     return x.reshape(*lead, pool, pool, c).to(torch.float16).numpy()
 
 
+def _direct_chunks(dataset):
+    """True when each row is one unfiltered chunk of native-order values, as the writer makes them: a row
+    is then read with H5Dread_chunk straight into its place in the output, bypassing HDF5's selection and
+    conversion machinery (h5py's fancy selection ``dataset[rows]`` walks an irregular hyperslab union and
+    was the bulk of a streamed episode's cost)."""
+    return (dataset.chunks == (1, *dataset.shape[1:]) and dataset.dtype.isnative
+            and dataset.id.get_create_plist().get_nfilters() == 0)
+
+
+def _read_rows(dataset, rows, out, path, direct):
+    """dataset[rows] into ``out``, one chunk read per row, issued in file order (rows may come in any order)."""
+    for k in np.argsort(rows, kind="stable"):
+        row = rows[k]
+        if not direct:
+            out[k] = dataset[int(row)]
+            continue
+        try:
+            dataset.id.read_direct_chunk((int(row),) + (0,) * (dataset.ndim - 1), out=out[k].view(np.uint8).reshape(-1))
+        except (RuntimeError, OSError, ValueError) as err:
+            raise CacheError(f"{path}: cannot read the features of row {row} ({err}); the cache is damaged: "
+                             "re-extract it") from err
+
+
+def _finite(values):
+    """No NaN/inf in ``values``; float16 by its bits (exponent all ones), integer work that numpy vectorises
+    where np.isfinite converts each half to float."""
+    if values.dtype == np.float16:
+        bits = values.view(np.uint16)
+        return bool(((bits & 0x7C00) != 0x7C00).all())
+    return bool(np.isfinite(values).all())
+
+
 def _finite_rows(dataset, rows, path, block=64, pool=None):
     """dataset[rows] read block by block (pooled to pool x pool when ``pool``), refusing NaN/inf values
     (they would train or score silently)."""
     out = np.empty((len(rows), *pooled_shape(dataset.shape[1:], pool)), dtype=dataset.dtype)
+    direct = _direct_chunks(dataset)
+    staging = np.empty((min(block, len(rows)), *dataset.shape[1:]), dtype=dataset.dtype) if pool else None
     for start in range(0, len(rows), block):
-        part = dataset[rows[start:start + block]]
-        if not np.isfinite(part).all():
-            bad = start + int(np.flatnonzero(~np.isfinite(part.reshape(len(part), -1)).all(axis=1))[0])
+        part_rows = rows[start:start + block]
+        part = (staging if pool else out[start:])[:len(part_rows)]
+        _read_rows(dataset, part_rows, part, path, direct)
+        if not _finite(part):
+            bad = start + next(k for k in range(len(part)) if not _finite(part[k]))
             raise CacheError(f"{path}: the features of row {rows[bad]} hold NaN or inf values; re-extract that "
                              "clip (delete the cache or build a new one) before training or evaluating on it")
-        out[start:start + len(part)] = pool_maps(part, pool) if pool else part
+        if pool:
+            out[start:start + len(part)] = pool_maps(part, pool)
     return out
 
 
@@ -140,7 +181,6 @@ def load_cache(path, splits=None, expect=None, features=True, pool=None):
                 raise CacheError(f"{path}: unknown split(s) {unknown}; expected some of {SPLITS}")
             keep &= np.isin(split, list(splits))
         rows = np.flatnonzero(keep)
-        # One read per chunk in order: h5py's fancy indexing over sorted rows.
         data = _finite_rows(f["features"], rows, path, pool=pool) if features else None
         video_ids = _strings(f["video_ids"])
         return CachedFeatures(
@@ -166,13 +206,134 @@ class RowReader:
         self.features = self.file["features"]
 
     def read(self, rows):
-        """features[rows] for any row order and repeats, in one sorted read."""
-        rows = np.asarray(rows)
-        unique, inverse = np.unique(rows, return_inverse=True)
-        return _finite_rows(self.features, unique, self.path, pool=self.pool)[inverse]
+        """features[rows] for any row order and repeats, read in file order."""
+        return _finite_rows(self.features, np.asarray(rows), self.path, pool=self.pool)
 
     def close(self):
         self.file.close()
+
+
+class _Plan:
+    """Reads known in advance: ``rows_of(i)`` for i in start..stop-1, handed over in that order."""
+
+    def __init__(self, rows_of, start, stop, depth, order):
+        self.rows_of, self.stop, self.depth, self.order = rows_of, stop, depth, order
+        self.next_read = self.next_take = start
+        self.ready = collections.deque()  # (index, tensor or the exception its read raised)
+        self.waiting = False  # the consumer is blocked on this plan: read it first
+        self._expected = (None, None)  # (index, rows) of the next hand-over, computed once
+
+    def expects(self, rows):
+        """The plan's next hand-over is ``rows`` (so a caller asking for those rows takes it)."""
+        if self.next_take >= self.stop:
+            return False
+        if self._expected[0] != self.next_take:
+            self._expected = (self.next_take, np.asarray(self.rows_of(self.next_take)))
+        return np.array_equal(self._expected[1], rows)
+
+
+class PrefetchingReader:
+    """A RowReader driven by one background thread, the only user of its file handle, that reads the rows
+    of planned episodes ahead of use (up to ``depth`` per plan) so the caller's compute overlaps the reads.
+
+    h5py serialises every HDF5 call behind one global lock but releases the GIL inside H5Dread_chunk, so
+    the reads overlap the caller's Python and torch work; one owning thread keeps concurrent h5py calls on
+    the same file (which have crashed h5py, h5py#2920) out of the picture. ``convert`` turns each read
+    array into what the caller hands on (torch tensor, pinned memory) in that thread too. A read that fails
+    is raised in the caller when it takes that read, as a CacheError naming the file.
+    """
+
+    def __init__(self, reader, depth, convert=lambda array: array):
+        self.reader, self.depth, self.convert = reader, depth, convert
+        self._cond = threading.Condition()
+        self._plans, self._count, self._closed, self._crash = [], 0, False, None
+        self._thread = threading.Thread(target=self._run, name=f"m3net prefetch {reader.path}", daemon=True)
+        self._thread.start()
+
+    def plan(self, rows_of, start, stop, depth=None):
+        """Start reading ``rows_of(start)``, ``rows_of(start + 1)``, ... (``rows_of`` must be thread-safe)."""
+        with self._cond:
+            self._count += 1
+            plan = _Plan(rows_of, start, stop, depth or self.depth, self._count)
+            self._plans.append(plan)
+            self._cond.notify_all()
+        return plan
+
+    def cancel(self, plan):
+        with self._cond:
+            if plan in self._plans:
+                self._plans.remove(plan)
+            self._cond.notify_all()
+
+    def take(self, plan):
+        """The next planned read of ``plan`` (blocks until the thread has it)."""
+        with self._cond:
+            plan.waiting = True
+            self._cond.notify_all()
+            try:
+                while not plan.ready:
+                    if plan not in self._plans:
+                        raise ValueError("take() on a plan that is finished or cancelled")
+                    if self._crash is not None or not self._thread.is_alive():
+                        raise CacheError(f"{self.reader.path}: the background reader stopped "
+                                         f"({self._crash or 'closed'}); no more features can be read") from self._crash
+                    self._cond.wait(timeout=1.0)  # woken by the thread; the timeout only re-checks it is alive
+                index, data = plan.ready.popleft()
+            finally:
+                plan.waiting = False
+            plan.next_take = plan.stop if isinstance(data, Exception) else index + 1  # nothing past a failure
+            if plan.next_take >= plan.stop and plan in self._plans:
+                self._plans.remove(plan)
+            self._cond.notify_all()
+        if isinstance(data, CacheError):
+            raise data
+        if isinstance(data, Exception):
+            raise CacheError(f"{self.reader.path}: reading features in the background failed ({data})") from data
+        return data
+
+    def read(self, rows):
+        """``rows`` read through the thread, ahead of any planned read (for reads no plan foresaw)."""
+        return self.take(self.plan(lambda _: rows, 0, 1, depth=1))
+
+    def _next_plan(self):
+        open_plans = [p for p in self._plans if p.next_read < p.stop and len(p.ready) < p.depth]
+        return min(open_plans, key=lambda p: (not p.waiting, len(p.ready), p.order), default=None)
+
+    def _run(self):
+        try:
+            while True:
+                with self._cond:
+                    plan = self._next_plan()
+                    while plan is None and not self._closed:
+                        self._cond.wait()
+                        plan = self._next_plan()
+                    if self._closed:
+                        return
+                    index = plan.next_read
+                    plan.next_read += 1
+                try:
+                    data = self.convert(self.reader.read(plan.rows_of(index)))
+                except Exception as err:  # handed to the caller, raised when it takes this read
+                    data = err
+                with self._cond:
+                    plan.ready.append((index, data))
+                    if isinstance(data, Exception):
+                        plan.next_read = plan.stop  # nothing past a failed read
+                    self._cond.notify_all()
+        except BaseException as err:  # a bug in this loop: wake the caller instead of leaving it waiting
+            with self._cond:
+                self._crash = err
+                self._cond.notify_all()
+        finally:
+            self.reader.close()
+
+    def close(self):
+        """Stop the thread (after the read it is in, if any) and wait for it; the file is closed."""
+        with self._cond:
+            self._closed = True
+            self._plans.clear()
+            self._cond.notify_all()
+        self._thread.join()
 
 
 def cache_info(path):

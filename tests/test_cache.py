@@ -128,3 +128,28 @@ def test_kill_9_then_resume_is_identical(tmp_path):
     resumed, uninterrupted = load_cache(path), load_cache(clean)
     assert len(resumed.video_ids) == 40
     assert resumed.features.tobytes() == uninterrupted.features.tobytes()
+
+
+@pytest.mark.parametrize("layout", [dict(chunks=(2, 3, 7, 7, 8)), dict(compression="gzip", chunks=(1, 3, 7, 7, 8)),
+                                    dict(chunks=None)])
+def test_caches_with_other_layouts_read_the_same_features(tmp_path, layout):
+    """Rows are read straight from their chunk only when each row is one unfiltered chunk (the writer's
+    layout); any other layout (several rows per chunk, compression, contiguous) goes through HDF5 and
+    must give the same values, in the order asked for."""
+    from m3net.cache import RowReader
+
+    feats, labels, classes, ids, split = _arrays()
+    path = write_cache_arrays(tmp_path / "c.h5", feats, labels, classes, ids, split, ATTRS)
+    other = tmp_path / "other.h5"
+    with h5py.File(path, "r") as src, h5py.File(other, "w") as dst:
+        for name in src:
+            if name != "features":
+                src.copy(name, dst)
+        dst.attrs.update(src.attrs)
+        dst.create_dataset("features", data=src["features"][()], **layout)
+    for cache in (path, other):
+        assert np.array_equal(load_cache(cache).features, feats)
+        reader = RowReader(str(cache))
+        rows = np.array([4, 0, 5, 0, 2])
+        assert np.array_equal(reader.read(rows), feats[rows])
+        reader.close()
