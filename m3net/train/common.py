@@ -4,7 +4,7 @@ import os
 import numpy as np
 import torch
 
-from m3net.cache import RowReader, load_cache
+from m3net.cache import PrefetchingReader, RowReader, load_cache
 from m3net.config import setting
 from m3net.errors import ConfigError
 
@@ -14,6 +14,11 @@ RESIDENCIES = ("auto", "device", "host", "disk")
 HEADROOM = 0.8
 
 
+def episode_rows(episode):
+    """The rows of an episode's clips, supports then queries: (S + Q,)."""
+    return np.concatenate([episode.support_rows, episode.query_rows])
+
+
 class FeatureBank:
     """A cache's features for the head stage, gathered into episode tensors on ``device``.
 
@@ -21,11 +26,16 @@ class FeatureBank:
     device is CUDA so episode copies run asynchronously) or streamed (``reader`` given: each episode's
     clips read from the HDF5 file, one chunk per clip). With augmented views (V, K, T, ...) training
     draws one view per clip from the view generator it is given; evaluation uses view 0.
+
+    Streamed with ``prefetch`` > 0, a background thread reads the episodes the loops announce with
+    ``prefetch(sampler, start, stop)`` up to ``prefetch`` episodes ahead (episodes are a pure function of
+    the sampler's seed and index); an episode asked for out of that order is read on demand. Either way
+    ``episode()`` returns the same tensors.
     """
 
-    def __init__(self, cached, device, storage=None, reader=None):
+    def __init__(self, cached, device, storage=None, reader=None, prefetch=0):
         device = torch.device(device)
-        self.device, self.reader = device, reader
+        self.device, self.reader, self.prefetcher, self.plans = device, reader, None, {}
         self.residency = "disk" if reader is not None else (storage or device.type)
         if reader is None:
             features = torch.from_numpy(np.ascontiguousarray(cached.features))
@@ -36,6 +46,11 @@ class FeatureBank:
             shape = tuple(self.features.shape[1:])
         else:
             self.features, self.rows, shape = None, cached.rows, cached.feature_shape
+            if prefetch:
+                # The thread hands over tensors, pinned for CUDA so the copy to the device runs asynchronously.
+                pin = device.type == "cuda"
+                convert = (lambda a: torch.from_numpy(a).pin_memory()) if pin else torch.from_numpy
+                self.prefetcher = PrefetchingReader(reader, prefetch, convert=convert)
         self.has_views = len(shape) == 5
         self._clip_shape = shape[1:] if self.has_views else shape  # (T, H, W, C)
 
@@ -43,34 +58,55 @@ class FeatureBank:
     def clip_shape(self):
         return tuple(self._clip_shape)
 
-    def _rows(self, rows):
-        if self.reader is not None:
-            return torch.from_numpy(self.reader.read(self.rows[np.asarray(rows)]))
-        return self.features[torch.as_tensor(rows, device=self.features.device)]
+    def prefetch(self, sampler, start, stop):
+        """Announce that episodes ``sampler.episode(start)`` .. ``(stop - 1)`` will be asked for in order
+        (a no-op unless streamed with prefetch); a sampler announced again starts over."""
+        if self.prefetcher is None:
+            return
+        if sampler in self.plans:
+            self.prefetcher.cancel(self.plans[sampler])
+        self.plans[sampler] = self.prefetcher.plan(lambda i: self.rows[episode_rows(sampler.episode(i))], start, stop)
 
-    def gather(self, rows, rng=None):
-        clips = self._rows(rows)
+    def _clips(self, rows):
+        """(S + Q, [K,] T, H, W, C) features of ``rows``, on the features' device (host when streamed)."""
+        if self.reader is None:
+            return self.features[torch.as_tensor(rows, device=self.features.device)]
+        file_rows = self.rows[rows]
+        if self.prefetcher is None:
+            return torch.from_numpy(self.reader.read(file_rows))
+        plan = next((p for p in self.plans.values() if p.expects(file_rows)), None)
+        return self.prefetcher.take(plan) if plan is not None else self.prefetcher.read(file_rows)
+
+    def _on_device(self, clips, rng):
         if self.has_views:
-            views = rng.integers(0, clips.shape[1], size=len(rows)) if rng is not None else np.zeros(len(rows), int)
-            clips = clips[torch.arange(len(rows), device=clips.device), torch.as_tensor(views, device=clips.device)]
+            n = len(clips)
+            views = rng.integers(0, clips.shape[1], size=n) if rng is not None else np.zeros(n, int)
+            clips = clips[torch.arange(n, device=clips.device), torch.as_tensor(views, device=clips.device)]
         return clips.to(self.device, non_blocking=True)
 
     def episode(self, episode, rng=None):
         """(support (S,T,H,W,C), support_labels (S,), query (Q,T,H,W,C), query_labels (Q,))."""
+        clips = self._clips(episode_rows(episode))  # (S + Q, [K,] T, H, W, C)
+        support, query = clips[:len(episode.support_rows)], clips[len(episode.support_rows):]
+        # Supports' views are drawn before the queries', each in its own draw (as the views always were).
         return (
-            self.gather(episode.support_rows, rng),
+            self._on_device(support, rng),
             torch.as_tensor(episode.support_labels, device=self.device),
-            self.gather(episode.query_rows, rng),
+            self._on_device(query, rng),
             torch.as_tensor(episode.query_labels, device=self.device),
         )
 
     def close(self):
-        if self.reader is not None:
+        """Stops the prefetch thread (waiting for it) and closes the cache file; safe to call twice."""
+        if self.prefetcher is not None:
+            self.prefetcher.close()  # the thread closes the file it owns
+            self.prefetcher, self.plans = None, {}
+        elif self.reader is not None:
             self.reader.close()
 
 
 def residency_settings():
-    """The --resident, --pool-on-load and --memory-limit options train-head and evaluate share."""
+    """The --resident, --pool-on-load, --memory-limit and --prefetch options train-head and evaluate share."""
     return {
         "resident": setting("auto", "Where the cached features live: device (GPU memory), host (pinned RAM), disk "
                             "(streamed from the cache file), or auto: the first that fits.", choices=RESIDENCIES),
@@ -80,6 +116,9 @@ def residency_settings():
                                 "rounding."),
         "memory_limit": setting(0.0, "GiB of host/GPU memory the features may take (0: what is free); to plan for "
                                 "a smaller machine.", minimum=0),
+        "prefetch": setting(4, "Streamed features (--resident disk): episodes a background thread reads ahead of the "
+                            "one in use (0: read each episode when it is needed). Each holds one episode's features "
+                            "in host memory.", minimum=0),
     }
 
 
@@ -116,12 +155,13 @@ def choose_residency(needed, device, resident="auto", memory_limit=0.0):
     return resident, "asked for"
 
 
-def open_bank(path, splits, device, resident="auto", memory_limit=0.0, pool=None, meta=None):
+def open_bank(path, splits, device, resident="auto", memory_limit=0.0, pool=None, meta=None, prefetch=0):
     """(cached split metadata, FeatureBank, description) with the residency chosen from the sizes.
 
     pool=n keeps every map average-pooled to n x n (for heads whose first operation on the maps is
     that pooling, FewShotHead.input_pool(): the same result up to float16 rounding, ~3x less memory).
     meta: the split's metadata when the caller has read it already (``load_cache(..., features=False)``).
+    prefetch: episodes read ahead in a background thread when the features are streamed (FeatureBank).
     """
     if resident not in RESIDENCIES:
         raise ConfigError(f"--resident {resident}: expected one of {', '.join(RESIDENCIES)}")
@@ -130,12 +170,12 @@ def open_bank(path, splits, device, resident="auto", memory_limit=0.0, pool=None
     needed = len(meta.rows) * int(np.prod(meta.feature_shape)) * 2  # float16
     choice, reason = choose_residency(needed, device, resident, memory_limit)
     if choice == "disk":
-        bank = FeatureBank(meta, device, reader=RowReader(path, pool))
+        bank = FeatureBank(meta, device, reader=RowReader(path, pool), prefetch=prefetch)
     else:
         storage = "device" if choice == "device" else "host"
         bank = FeatureBank(load_cache(path, splits=splits, pool=pool), device, storage=storage)
     where = {"device": f"on {device}", "host": "in host memory" + (" (pinned)" if device.type == "cuda" else ""),
-             "disk": f"streamed from {path}"}[choice]
+             "disk": f"streamed from {path}" + (f", {prefetch} episodes read ahead" if prefetch else "")}[choice]
     pooled = f", pooled to {pool}x{pool} on load" if pool else ""
     return meta, bank, f"features {where}{pooled} ({reason})"
 

@@ -49,6 +49,7 @@ class EvalConfig:
     resident: str = residency_settings()["resident"]
     pool_on_load: bool = residency_settings()["pool_on_load"]
     memory_limit: float = residency_settings()["memory_limit"]
+    prefetch: int = residency_settings()["prefetch"]
     out: str = setting("", "Write results.json and results.csv here.", path="dir")
 
     def __post_init__(self):
@@ -135,7 +136,8 @@ def evaluate(config, progress=True):
     _check_provenance(cache_path, info["attrs"], heads)
     pools = {head.input_pool() for _, head, _ in heads}
     pool = pools.pop() if config.pool_on_load and len(pools) == 1 else None  # only when every head pools alike
-    cached, bank, where = open_bank(cache_path, (config.split,), device, config.resident, config.memory_limit, pool)
+    cached, bank, where = open_bank(cache_path, (config.split,), device, config.resident, config.memory_limit, pool,
+                                    prefetch=config.prefetch)
     try:
         if progress:
             print(where, file=sys.stderr)
@@ -152,6 +154,7 @@ def _score(config, cache_path, cached, bank, heads, progress):
     split_classes = sampler.classes
     compact = {int(c): i for i, c in enumerate(split_classes)}
     confusion = {label: {} for label, _, _ in heads}
+    bank.prefetch(sampler, 0, config.episodes)
     for index in tqdm(range(config.episodes), disable=not progress, desc="evaluate", unit="ep"):
         episode = sampler.episode(index)
         support, support_labels, query, query_labels = bank.episode(episode)

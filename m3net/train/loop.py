@@ -62,6 +62,7 @@ class TrainConfig:
     resident: str = residency_settings()["resident"]
     pool_on_load: bool = residency_settings()["pool_on_load"]
     memory_limit: float = residency_settings()["memory_limit"]
+    prefetch: int = residency_settings()["prefetch"]
     resume: bool = setting(False, "Continue the run in --out from its last.pt, exactly.", flag="--resume")
 
     def __post_init__(self):
@@ -74,6 +75,7 @@ def validate(head, bank, sampler, episodes, view="y"):
     was_training = head.training
     head.eval()
     accs = []
+    bank.prefetch(sampler, 0, episodes)
     for index in range(episodes):
         support, support_labels, query, query_labels = bank.episode(sampler.episode(index))
         accs.append(episode_accuracies(head(support, support_labels, query), query_labels)[view])
@@ -108,7 +110,7 @@ def train_head(config, progress=True):
                               f"`m3net evaluate --head {config.head}`")
         pool = head.input_pool() if config.pool_on_load else None
         _, bank, where = open_bank(config.cache, ("train", "val"), device, config.resident, config.memory_limit, pool,
-                                   meta=cached)
+                                   meta=cached, prefetch=config.prefetch)
         run.stack.callback(bank.close)
         if progress:
             print(where, file=sys.stderr)
@@ -126,6 +128,7 @@ def train_head(config, progress=True):
             restore_rng(state["rng"])
             step, best = state["step"], state["best_val_acc"]
             run.trim_logs(step)
+        bank.prefetch(train_sampler, step, config.episodes)
 
         def train_step(index):
             support, support_labels, query, query_labels = bank.episode(train_sampler.episode(index),

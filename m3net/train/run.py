@@ -98,7 +98,7 @@ def clip_gradients(optimizer, config):
 
 # The length of a run, its logging cadence and where files live may change on resume.
 RESUMABLE_CHANGES = frozenset({"episodes", "resume", "device", "log_every", "val_every", "checkpoint_every", "out",
-                               "resident", "memory_limit", "pool_on_load"})
+                               "resident", "memory_limit", "pool_on_load", "prefetch"})
 
 
 def check_resumed_config(saved, config, path, free=RESUMABLE_CHANGES):
