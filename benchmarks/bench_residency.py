@@ -1,12 +1,14 @@
 """Feature residency benchmark: train-head and evaluate episodes/s with the cache's features held in
 memory vs streamed from the HDF5 file, on a generated cache about 1.5x the memory the bank may use.
 
-    python benchmarks/bench_residency.py [--clips 940 --memory-limit 1.0 ...]
+    python benchmarks/bench_residency.py [--clips 940 --memory-limit 1.0 --prefetch 0 4 --pool-on-load ...]
 
-The in-memory row runs without a limit (the reference speed); the streamed row runs with
-``--memory-limit`` GiB, so ``--resident auto`` has to stream. Page-cache state matters for streaming:
-the script tries to drop the page cache before the streamed runs (needs root) and records whether
-it could. Writes benchmarks/bench_residency_<device>_<date>.{json,csv}.
+The in-memory row runs without a limit (the reference speed); the streamed rows run with
+``--memory-limit`` GiB, so ``--resident auto`` has to stream, once per ``--prefetch`` depth (0: each
+episode read when it is needed), on the same cache and the same episodes. ``--pool-on-load`` adds the
+same rows with maps pooled on load (compared with the pooled in-memory row). Page-cache state matters
+for streaming: the script tries to drop the page cache before each streamed run (needs root) and
+records whether it could. Writes benchmarks/bench_residency_<device>_<date>.{json,csv}.
 """
 import argparse
 import os
@@ -44,38 +46,51 @@ def drop_page_cache():
         return False
 
 
+def timed_runs(args, cache, device, out, limit, prefetch, pool_on_load):
+    """(train episodes/s of the one logged window, train wall s, evaluate wall s) of one residency setting."""
+    for name in ("last.pt", "train_log.csv", "val_log.csv"):
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+    started = time.perf_counter()
+    train_head(TrainConfig(cache=cache, out=out, head="m3net", head_options={"proj_dim": 128},
+                           episodes=args.train_episodes, val_episodes=0, log_every=args.train_episodes,
+                           checkpoint_every=args.train_episodes, device=str(device), memory_limit=limit,
+                           prefetch=prefetch, pool_on_load=pool_on_load), progress=False)
+    train_seconds = time.perf_counter() - started
+    with open(os.path.join(out, "train_log.csv")) as fh:
+        train_rate = float(fh.read().splitlines()[-1].split(",")[3])  # episodes_per_s of the one window
+    assert load_checkpoint(os.path.join(out, "last.pt"))["step"] == args.train_episodes
+    started = time.perf_counter()
+    evaluate(EvalConfig(cache=cache, checkpoints=(os.path.join(out, "last.pt"),), episodes=args.eval_episodes,
+                        device=str(device), memory_limit=limit, prefetch=prefetch, pool_on_load=pool_on_load),
+             progress=False)
+    return train_rate, train_seconds, time.perf_counter() - started
+
+
 def run(args):
     device = resolve_device(args.device)
     os.makedirs(args.work, exist_ok=True)
     cache = build_cache(os.path.join(args.work, "cache.h5"), args.clips, args.frames, args.channels, args.classes)
     size_gib = os.path.getsize(cache) / 2**30
     rows = []
-    for label, limit in (("in memory", 0.0), ("streamed (auto under the limit)", args.memory_limit)):
-        dropped = drop_page_cache() if limit else None
-        out = os.path.join(args.work, f"run-{'stream' if limit else 'memory'}")
-        for name in ("last.pt", "train_log.csv", "val_log.csv"):
-            if os.path.exists(os.path.join(out, name)):
-                os.remove(os.path.join(out, name))
-        started = time.perf_counter()
-        train_head(TrainConfig(cache=cache, out=out, head="m3net", head_options={"proj_dim": 128},
-                               episodes=args.train_episodes, val_episodes=0, log_every=args.train_episodes,
-                               checkpoint_every=args.train_episodes, device=str(device), memory_limit=limit),
-                   progress=False)
-        train_seconds = time.perf_counter() - started
-        with open(os.path.join(out, "train_log.csv")) as fh:
-            train_rate = float(fh.read().splitlines()[-1].split(",")[3])  # episodes_per_s of the one window
-        started = time.perf_counter()
-        evaluate(EvalConfig(cache=cache, checkpoints=(os.path.join(out, "last.pt"),), episodes=args.eval_episodes,
-                            device=str(device), memory_limit=limit), progress=False)
-        eval_seconds = time.perf_counter() - started
-        assert load_checkpoint(os.path.join(out, "last.pt"))["step"] == args.train_episodes
-        rows.append({"residency": label, "memory_limit_gib": limit, "cache_gib": round(size_gib, 3),
-                     "page_cache_dropped": dropped, "train_episodes_per_s": train_rate,
-                     "train_wall_s": train_seconds, "eval_wall_s": eval_seconds,
-                     "eval_episodes_per_s_incl_load": args.eval_episodes / eval_seconds})
-    for row in rows:
-        row["train_vs_memory"] = row["train_episodes_per_s"] / rows[0]["train_episodes_per_s"]
-        row["eval_vs_memory"] = row["eval_episodes_per_s_incl_load"] / rows[0]["eval_episodes_per_s_incl_load"]
+    for pool_on_load in (False, True) if args.pool_on_load else (False,):
+        pooled = ", pooled on load" if pool_on_load else ""
+        settings = [("in memory" + pooled, 0.0, 0)]
+        settings += [(f"streamed, prefetch {depth}{pooled}", args.memory_limit, depth) for depth in args.prefetch]
+        for label, limit, prefetch in settings:
+            dropped = drop_page_cache() if limit else None
+            out = os.path.join(args.work, f"run-{'stream' if limit else 'memory'}")
+            train_rate, train_seconds, eval_seconds = timed_runs(args, cache, device, out, limit, prefetch,
+                                                                 pool_on_load)
+            rows.append({"residency": label, "memory_limit_gib": limit, "prefetch": prefetch if limit else None,
+                         "pool_on_load": pool_on_load, "cache_gib": round(size_gib, 3),
+                         "page_cache_dropped": dropped, "train_episodes_per_s": train_rate,
+                         "train_wall_s": train_seconds, "eval_wall_s": eval_seconds,
+                         "eval_episodes_per_s_incl_load": args.eval_episodes / eval_seconds})
+    for row in rows:  # against the in-memory row with the same pooling
+        memory = next(r for r in rows if r["memory_limit_gib"] == 0 and r["pool_on_load"] == row["pool_on_load"])
+        row["train_vs_memory"] = row["train_episodes_per_s"] / memory["train_episodes_per_s"]
+        row["eval_vs_memory"] = row["eval_episodes_per_s_incl_load"] / memory["eval_episodes_per_s_incl_load"]
     return benchmark_record("residency", device, vars(args), rows)
 
 
@@ -88,12 +103,16 @@ def main():
     parser.add_argument("--memory-limit", type=float, default=1.0, help="GiB the streamed run's bank may use")
     parser.add_argument("--train-episodes", type=int, default=60)
     parser.add_argument("--eval-episodes", type=int, default=200)
+    parser.add_argument("--prefetch", type=int, nargs="+", default=[0, 4],
+                        help="episodes read ahead in the streamed runs, one run per value (0: off)")
+    parser.add_argument("--pool-on-load", action="store_true",
+                        help="also run every setting with maps pooled on load (m3net's IFCE pooling)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--work", default="/tmp/m3net-residency")
     parser.add_argument("--out-dir", default="benchmarks")
     result = run(parser.parse_args())
     for row in result["rows"]:
-        print(f"{row['residency']:<34} train {row['train_episodes_per_s']:.2f} ep/s ({row['train_vs_memory']:.0%})"
+        print(f"{row['residency']:<38} train {row['train_episodes_per_s']:.2f} ep/s ({row['train_vs_memory']:.0%})"
               f"  evaluate {row['eval_episodes_per_s_incl_load']:.2f} ep/s incl. load ({row['eval_vs_memory']:.0%})")
     print("wrote " + " and ".join(write_benchmark(result, result["config"]["out_dir"], "residency",
                                                  {"cache_gib": result["rows"][0]["cache_gib"]})))
