@@ -272,11 +272,11 @@ class PrefetchingReader:
             self._cond.notify_all()
             try:
                 while not plan.ready:
-                    if plan not in self._plans:
-                        raise ValueError("take() on a plan that is finished or cancelled")
                     if self._crash is not None or not self._thread.is_alive():
                         raise CacheError(f"{self.reader.path}: the background reader stopped "
                                          f"({self._crash or 'closed'}); no more features can be read") from self._crash
+                    if plan not in self._plans:
+                        raise ValueError("take() on a plan that is finished or cancelled")
                     self._cond.wait(timeout=1.0)  # woken by the thread; the timeout only re-checks it is alive
                 index, data = plan.ready.popleft()
             finally:
