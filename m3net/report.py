@@ -192,7 +192,8 @@ def contrast_panels(head, cached, bank, episode, query_index, wrong_label):
     from m3net.kernels import cosine_cost
 
     support, _, query, _ = bank.episode(episode)
-    support_im, query_im = head.matcher_inputs(support, query)[head.sources["im"]]  # (G, S, T, d), (Q, T, d)
+    encoder = head.config.im_features[0]  # the (first) encoder feeding I-M
+    support_im, query_im = head.matcher_inputs(support, query)[encoder]  # (G, S, T, d), (Q, T, d)
     support_im = support_im[query_index if support_im.shape[0] > 1 else 0]
     true_label = int(episode.query_labels[query_index])
     raw_query = query[query_index].float().mean(dim=(1, 2))  # (T, C)
