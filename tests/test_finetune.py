@@ -286,3 +286,48 @@ def test_missing_clips_are_left_out_of_episodes(bench, tmp_path):
         clip.unlink()
     with pytest.raises(DatasetError, match="none of the 27 synthetic clips is there"):
         run(tiny(str(empty), tmp_path / "none"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["otam", "protonet", "tsn-cosine"])
+@pytest.mark.filterwarnings("ignore:--weights random")
+def test_parameter_free_head_finetunes_the_backbone_end_to_end(bench, tmp_path, head):
+    # The head has no parameters: only the loss's gradient through it can move the trunk. Weight decay 0
+    # and frozen BN (the default), so nothing else changes a weight. 3-way with 2 queries: 2-way 1-query
+    # episodes are solved with saturated softmaxes (protonet's loss exactly 0, no gradient at all).
+    out = tmp_path / "run"
+    common = ["--dataset", "synthetic", "--root", bench]
+    result = CliRunner().invoke(main, ["finetune", *common, "--out", str(out), "--weights", "random", "--head", head,
+                                       "--way", "3", "--queries", "2", "--frames", "2", "--crop", "32",
+                                       "--episodes", "2", "--lr-step", "1", "--weight-decay", "0", "--workers", "0",
+                                       "--val-episodes", "1", "--val-every", "2", "--checkpoint-every", "1",
+                                       "--log-every", "1"])
+    assert result.exit_code == 0, result.output
+    with open(out / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(0 < float(r["loss"]) < float("inf") for r in rows)
+    # no head lr (no head group); the backbone's lr (default 1e-5) halves every step (--lr-step 1)
+    assert [r["lr"] for r in rows] == ["", ""]
+    assert [float(r["backbone_lr"]) for r in rows] == pytest.approx([5e-6, 2.5e-6])
+    best = str(out / "best.pt")
+    state = load_checkpoint(best)
+    assert state["head"] == head and state["model"] == {} and len(state["optimizer"]["param_groups"]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        initial = build_backbone("random", seed=0)[0].state_dict()
+    for key in ("conv1.weight", "layer4.2.conv3.weight"):
+        assert not torch.equal(initial[key], state["backbone"][key]), key
+    assert torch.equal(initial["bn1.running_mean"], state["backbone"]["bn1.running_mean"])  # BN stayed frozen
+    cache = str(tmp_path / "tuned.h5")
+    result = CliRunner().invoke(main, ["extract", *common, "--out", cache, "--weights", best, "--workers", "0",
+                                       "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    scored = CliRunner().invoke(main, ["evaluate", "--checkpoint", best, "--cache", cache, "--way", "2",
+                                       "--episodes", "2", "--device", "cpu"])
+    assert scored.exit_code == 0, scored.output
+    assert f"{head} (run)" in scored.output
+
+
+def test_nothing_to_train_is_refused(bench, tmp_path):
+    with pytest.raises(ConfigError, match="nothing to train"):
+        run(tiny(bench, tmp_path, head="protonet", head_options={}, freeze_stages=5, freeze_bn=True))

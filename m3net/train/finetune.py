@@ -242,6 +242,7 @@ class Training:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     init_provenance: dict
+    lr_names: tuple  # the option whose lr each optimizer group has ("lr": head, "backbone_lr"), in order
 
     def step(self, config):
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the loss-scaled ones
@@ -262,13 +263,19 @@ def build_training(config, device, amp_dtype):
     else:
         head = build_head(config.head, feature_dim=2048, num_frames=config.frames, **config.head_options)
     model = Finetuner(backbone, head, config.checkpointing).to(device)
-    groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": config.lr},
-              {"params": [p for p in backbone.parameters() if p.requires_grad], "lr": config.backbone_lr}]
-    optimizer = make_optimizer([g for g in groups if g["params"]], config)
+    # A parameter-free head (protonet, otam, tsn-cosine) has no group: only the backbone trains through it.
+    groups = {name: [p for p in module.parameters() if p.requires_grad]
+              for name, module in (("lr", head), ("backbone_lr", backbone))}
+    groups = {name: params for name, params in groups.items() if params}
+    if not groups:
+        raise ConfigError(f"--head {config.head} has no parameters and --freeze-stages {config.freeze_stages} "
+                          "freezes the whole backbone: nothing to train; freeze fewer stages")
+    optimizer = make_optimizer([{"params": params, "lr": getattr(config, name)} for name, params in groups.items()],
+                               config)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     # Only fp16 needs loss scaling; bf16 has fp32's exponent range.
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    return Training(backbone, head, model, optimizer, scheduler, scaler, init_provenance)
+    return Training(backbone, head, model, optimizer, scheduler, scaler, init_provenance, tuple(groups))
 
 
 def forward_episode(model, support, support_labels, query, amp_dtype):
@@ -442,8 +449,8 @@ def _finetune_in(folder, config, world, rank, device, progress):
 
     def extra_columns():
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else ""
-        lrs = scheduler.get_last_lr()
-        return {"lr": lrs[0], "backbone_lr": lrs[-1], "peak_gpu_mib": peak}
+        lrs = dict.fromkeys(("lr", "backbone_lr"), "") | dict(zip(built.lr_names, scheduler.get_last_lr()))
+        return {**lrs, "peak_gpu_mib": peak}
 
     schedule = Schedule(config.episodes, config.log_every, config.val_every, config.checkpoint_every,
                         validating=val_sampler is not None)
