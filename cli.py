@@ -278,11 +278,20 @@ def demo_cmd(seeds, record, compare, train_classes, val_classes, test_classes, c
 @main.command("report")
 @click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False),
-              help="Training run folder (train_log.csv, val_log.csv) for the training curves.")
+              help="Run folder of train-head or finetune: train_log.csv, val_log.csv for the training curves; its "
+                   "best.pt for the alignment and per-stage activation pictures.")
 @click.option("--clips", "clips_root", type=click.Path(exists=True, file_okay=False),
-              help="Folder dataset with the clips, for the activation-map picture.")
+              help="Folder dataset with the clips: the activation maps are drawn over the query's frames.")
 def report_cmd(results_dir, run_dir, clips_root):
-    """Redraw the pictures of an evaluation folder (results.json) as PNG files."""
+    """Redraw the pictures of an evaluation folder (results.json) as PNG files.
+
+    accuracy.png, accuracy_vs_shot.png (shot-K/ folders), predictions.png, training.png (--run),
+    alignment.png, and activations.png (paper Fig. 5): one query of the evaluation's seeded episodes,
+    one row per stage of the --run's M3Net head (backbone, + IFCE, + IVCE, + IECE; "off" for an
+    encoder the head lacks), one column per frame. A stage's map is gradient x activation of its
+    frame features' energy per spatial token (see m3net.report.stage_activation_maps). Without an
+    m3net best.pt only the backbone row is drawn; without --clips the maps are drawn without frames.
+    """
     from m3net.report import draw_report
 
     for path in draw_report(results_dir, run_dir, clips_root):

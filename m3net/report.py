@@ -8,12 +8,15 @@
     alignment.png       a query M3Net gets right and OTAM wrong (with the run's checkpoint): the cosine
                         cost and DTW path against its true class and OTAM's choice, for OTAM's pooled
                         frames and M3Net's I-M features; else the query's best support
-    activations.png     a query's frames with the feature-norm heat map of each (cf. paper Fig. 5)
+    activations.png     that query's per-patch activation maps after the backbone, + IFCE, + IVCE and + IECE of
+                        the run's M3Net head (paper Fig. 5), over its frames when the clips are given;
+                        the backbone row alone without an m3net checkpoint
 
 ``m3net report DIR`` redraws them from DIR/results.json (and the run folder / cache it names).
 """
 import csv
 import json
+import math
 import os
 
 import matplotlib
@@ -207,31 +210,166 @@ def contrast_panels(head, cached, bank, episode, query_index, wrong_label):
     return panels
 
 
-def plot_activations(frames, features, title, path):
-    """frames (T, H, W, 3) uint8 and their maps (T, h, w, C): the L2 norm over channels of each
-    map, upsampled over its frame (a class-agnostic activation map)."""
-    norms = np.linalg.norm(np.asarray(features, dtype=np.float32), axis=-1)  # (T, h, w)
-    t = len(frames)
-    fig, axes = plt.subplots(2, t, figsize=(1.6 * t, 3.4))
-    for k in range(t):
-        heat = torch.nn.functional.interpolate(torch.as_tensor(norms[k])[None, None], size=frames[k].shape[:2],
-                                               mode="bilinear", align_corners=False)[0, 0].numpy()
-        axes[0, k].imshow(frames[k])
-        axes[1, k].imshow(frames[k])
-        axes[1, k].imshow(heat, cmap="jet", alpha=0.5)
-        axes[0, k].set_title(f"frame {k + 1}", fontsize=7)
-        for ax in axes[:, k]:
-            ax.axis("off")
+STAGE_ROWS = {"backbone": "backbone\n(cached map)", "ifce": "+ IFCE", "ivce": "+ IVCE", "iece": "+ IECE"}
+
+
+def _contributions(energy, captured, index):
+    """Σ_c z·∂energy/∂z over the channels of clip ``index``'s tokens z (T, ..., C), the clips being the
+    rows of the ``captured`` tensors in order: (T, ...) per-token contributions."""
+    for tokens in captured:
+        if index < tokens.shape[0]:
+            (grad,) = torch.autograd.grad(energy, tokens, retain_graph=True)
+            return (tokens[index] * grad[index]).sum(dim=-1).detach()
+        index -= tokens.shape[0]
+    raise IndexError("clip index beyond the captured tokens")
+
+
+def _as_maps(contributions):
+    """(T, P) patch contributions or (T, h, w) map contributions -> (T, h, w), P = n·n patches."""
+    if contributions.dim() == 2:
+        side = math.isqrt(contributions.shape[1])
+        return contributions.reshape(-1, side, side)
+    return contributions
+
+
+def _frame_energy(frames):
+    return frames.pow(2).sum() / 2  # ½ Σ_t ‖f_t‖²
+
+
+def backbone_map(clip):
+    """The backbone row of :func:`stage_activation_maps` from a cached clip (T, H, W, C): (T, H, W)."""
+    clips = torch.as_tensor(clip)[None]  # (1, T, H, W, C)
+    clips = clips.to(torch.promote_types(clips.dtype, torch.float32)).requires_grad_()  # the cache's float16: float32
+    with torch.enable_grad():
+        return _contributions(_frame_energy(clips[0].mean(dim=(1, 2))), [clips], 0).numpy()
+
+
+def stage_activation_maps(head, support, query, query_index):
+    """Per-patch activation maps of query ``query_index`` at each stage of an M3Net head (paper Fig. 5).
+
+    support (S, T, H, W, C) and query (Q, T, H, W, C): one episode's cached maps (the query's IECE
+    context is its episode). Returns {"backbone", "ifce", "ivce", "iece": (T, h, w) map, or None for
+    an encoder the head does not have (switched off, or read by no matcher)}; h = w = n with IFCE,
+    else the cache's H, W.
+
+    A stage's map is how much each spatial token z_p of frame t contributes to the stage's frame
+    features f: gradient x activation of the energy ½ Σ_t ‖f_t‖², map(t, p) = Σ_c z_tpc ∂E/∂z_tpc
+    (a first-order Taylor share of E per token), where
+      - backbone: z = the cached H x W map, f_t = its spatial mean;
+      - IFCE: z = IFCE's n x n patch tokens, f_t = their mean (the frame feature I-M compares);
+      - IVCE: z = the patch tokens IVCE reads (IFCE's, or the projected map when IFCE is off),
+        f = IVCE's frame features of the query;
+      - IECE: z = the same patch tokens, f = IECE's task-specific frame features of the query in
+        its episode (as the head computes them: IECE reads IFCE's frames, in parallel with IVCE).
+    For a spatial mean the map is ⟨z_p, f_t⟩ / P, the patch's projection on its frame feature, so
+    all rows share one definition, and for IVCE / IECE it follows the patch through the stage's
+    mixing and gating: a patch lights up when what the stage keeps of the frame points its way.
+    Why not a channel norm: it is blind to the stage (the head's later stages would all show the
+    same patch norms); why not class-score Grad-CAM: it mixes the matchers and supports into a
+    picture meant to show the encoders.
+
+    The patch tokens are caught with a forward hook on the head's first module among ifce,
+    project, input_norm (on its input when it has none of them); the features come from the
+    head's own ``matcher_inputs``, so the maps follow whatever the head computes.
+    """
+    from m3net.errors import ConfigError
+    from m3net.model.m3net_head import M3Net
+
+    if not isinstance(head, M3Net):
+        raise ConfigError(f"activation maps per stage need an m3net head, not {head.name!r} (it has no IFCE, "
+                          "IVCE or IECE)")
+    was_training = head.training
+    head.eval()  # input_norm must not count these maps into its training statistics
+    captured = []
+
+    def catch(module, args, output):  # the tokens become leaves: the gradients stop there
+        captured.append(output.detach().requires_grad_())
+        return captured[-1]
+
+    source = next((m for m in (head.ifce, head.project, head.input_norm) if m is not None), None)
+    support, query = (x.requires_grad_(source is None) for x in head.cast(support.detach(), query.detach()))
+    index = support.shape[0] + query_index  # the query's row among support + query
+    maps = {"backbone": backbone_map(query[query_index].detach())}
+    hook = source.register_forward_hook(catch) if source is not None else None
+    try:
+        with torch.enable_grad():
+            if source is None:
+                captured += [support, query]
+            features = head.matcher_inputs(support, query)  # {encoder: (support, query (Q, T, d))}
+            for stage in ("ifce", "ivce", "iece"):
+                if getattr(head, stage) is None:
+                    maps[stage] = None
+                    continue
+                if stage == "ifce":  # the hook caught IFCE's tokens of every clip: (S+Q, T, P, d)
+                    frames = captured[0][index].mean(dim=1)  # (T, d)
+                else:
+                    frames = features[stage][1][query_index]  # (T, d)
+                maps[stage] = _as_maps(_contributions(_frame_energy(frames), captured, index)).numpy()
+    finally:
+        if hook is not None:
+            hook.remove()
+        head.train(was_training)
+    return maps
+
+
+def plot_stage_activations(frames, maps, title, path):
+    """A grid: the clip's frames (when ``frames`` (T, H, W, 3) uint8 is given), then one row per stage
+    of ``maps`` ({stage: (T, h, w) or None}, from stage_activation_maps) with the map upsampled over
+    each frame, or drawn alone without frames; None draws an "off" row. Each row is scaled to its own
+    range (the stages' energies differ in scale); colours compare patches and frames within a row."""
+    t = next(m.shape[0] for m in maps.values() if m is not None)
+    rows = [("frames", None)] * (frames is not None) + list(maps.items())
+    fig, axes = plt.subplots(len(rows), t, figsize=(1.5 * t + 0.9, 1.55 * len(rows) + 0.4), squeeze=False)
+    for axes_row, (stage, stage_maps) in zip(axes, rows):
+        axes_row[0].set_ylabel(STAGE_ROWS.get(stage, stage), fontsize=7)
+        if stage_maps is not None:
+            low, high = float(stage_maps.min()), float(stage_maps.max())
+            scale = (stage_maps - low) / (high - low if high > low else 1.0)
+        for k, ax in enumerate(axes_row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if stage == "frames":
+                ax.imshow(frames[k])
+                ax.set_title(f"frame {k + 1}", fontsize=7)
+            elif stage_maps is None:
+                ax.text(0.5, 0.5, "off", ha="center", va="center", fontsize=9, transform=ax.transAxes)
+            elif frames is None:
+                ax.imshow(scale[k], cmap="jet", vmin=0, vmax=1)
+            else:
+                heat = torch.nn.functional.interpolate(torch.as_tensor(scale[k])[None, None], size=frames[k].shape[:2],
+                                                       mode="bilinear", align_corners=False)[0, 0].numpy()
+                ax.imshow(frames[k])
+                ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _query_frames(clips_root, clip_id, count):
+    """The ``count`` test-view frames (T, 224, 224, 3) uint8 the backbone saw of ``clip_id`` under the
+    folder dataset ``clips_root``, or None when the clip is not there."""
+    from m3net.data.datasets import load_dataset
+    from m3net.extract.sampling import sample_indices
+    from m3net.extract.transforms import TransformConfig, test_view
+    from m3net.extract.video import decode_frames, num_frames
+
+    paths = {c.clip_id: c.path for c in load_dataset("folder", clips_root).clips}
+    video = paths.get(clip_id)
+    if not video:
+        return None
+    frames = decode_frames(video, sample_indices(num_frames(video), count))  # (T, H, W, 3) uint8
+    return test_view(frames, TransformConfig()).permute(0, 2, 3, 1).numpy()  # what the backbone saw
+
+
 def draw_report(results_dir, run_dir=None, clips_root=None):
     """Draws every picture whose inputs exist; returns the list of written PNG paths."""
+    import click
+
     from m3net.cache import load_cache
     from m3net.data.episodes import EpisodeSampler
+    from m3net.model.m3net_head import M3Net
+    from m3net.train.common import FeatureBank
 
     with open(os.path.join(results_dir, "results.json")) as fh:
         summary = json.load(fh)
@@ -260,39 +398,38 @@ def draw_report(results_dir, run_dir=None, clips_root=None):
     sampler = EpisodeSampler(cached.labels, cached.split, cfg["split"], cfg["way"], cfg["shot"], cfg["queries"],
                              seed=cfg["seed"])
     episode, query_index = sampler.episode(0), 0
-    found = None
+    bank = FeatureBank(cached, "cpu")
+    found = head = None
     checkpoint = os.path.join(run_dir, "best.pt") if run_dir else ""
     if os.path.exists(checkpoint):
         from m3net.model import build_head
-        from m3net.train.common import FeatureBank
         from m3net.train.evaluate import load_trained_head
 
         head, _ = load_trained_head(checkpoint, "cpu")
         if hasattr(head, "matcher_inputs") and head.config.use_im:
-            bank = FeatureBank(cached, "cpu")
             found = contrast_query(head, build_head("otam", feature_dim=bank.clip_shape[-1]), bank, sampler)
     if found:
         episode, query_index, wrong_label = found
-        query_id = cached.video_ids[int(episode.query_rows[query_index])]
+    query_id = cached.video_ids[int(episode.query_rows[query_index])]
+    if found:
         plot_alignment(contrast_panels(head, cached, bank, episode, query_index, wrong_label),
                        f"{query_id}: M3Net right, OTAM wrong (drawn: hard-DTW paths; OTAM scores soft paths)",
                        out("alignment.png"))
     else:
         plot_alignment(best_support_panel(cached, int(episode.query_rows[0]), [int(r) for r in episode.support_rows]),
                        "cosine cost between pooled cached frames", out("alignment.png"))
-    if clips_root:
-        from m3net.data.datasets import load_dataset
-        from m3net.extract.sampling import sample_indices
-        from m3net.extract.transforms import TransformConfig, test_view
-        from m3net.extract.video import decode_frames, num_frames
-
-        query_id = cached.video_ids[int(episode.query_rows[query_index])]
-        paths = {c.clip_id: c.path for c in load_dataset("folder", clips_root).clips}
-        if paths.get(query_id):
-            video = paths[query_id]
-            indices = sample_indices(num_frames(video), cached.features.shape[1])
-            frames = decode_frames(video, indices)  # (T, H, W, 3) uint8
-            crop = test_view(frames, TransformConfig())  # uint8 (T, 3, 224, 224): what the backbone saw
-            plot_activations(crop.permute(0, 2, 3, 1).numpy(), cached.features[int(episode.query_rows[query_index])],
-                             f"{query_id}: feature-norm maps of the cached 7x7 features", out("activations.png"))
+    support, _, query, _ = bank.episode(episode)
+    frames = _query_frames(clips_root, query_id, query.shape[1]) if clips_root else None
+    where = f"{query_id} (a query of the evaluation's seeded {cfg['split']} episodes)"
+    if isinstance(head, M3Net):
+        maps = stage_activation_maps(head, support, query, query_index)
+        title = f"{where}: gradient x activation of each stage's frame features (row-scaled)"
+    else:
+        maps = {"backbone": backbone_map(query[query_index])}
+        why = (f"head {head.name!r} has no context encoders" if head is not None
+               else f"no best.pt in {run_dir}" if run_dir else "no --run")
+        title = f"{where}: the backbone's map only ({why}; `--run` with an m3net run draws every stage)"
+        if run_dir:
+            click.echo(f"activations.png: {why}; drawing the backbone's map only", err=True)
+    plot_stage_activations(frames, maps, title, out("activations.png"))
     return written
