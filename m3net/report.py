@@ -420,15 +420,15 @@ def draw_report(results_dir, run_dir=None, clips_root=None):
                        "cosine cost between pooled cached frames", out("alignment.png"))
     support, _, query, _ = bank.episode(episode)
     frames = _query_frames(clips_root, query_id, query.shape[1]) if clips_root else None
-    where = f"{query_id} (a query of the evaluation's seeded {cfg['split']} episodes)"
+    where = f"{query_id}, a query of the evaluation's seeded {cfg['split']} episodes"
     if isinstance(head, M3Net):
         maps = stage_activation_maps(head, support, query, query_index)
-        title = f"{where}: gradient x activation of each stage's frame features (row-scaled)"
+        title = f"{where}\ngradient x activation of each stage's frame features per patch (row-scaled)"
     else:
         maps = {"backbone": backbone_map(query[query_index])}
         why = (f"head {head.name!r} has no context encoders" if head is not None
                else f"no best.pt in {run_dir}" if run_dir else "no --run")
-        title = f"{where}: the backbone's map only ({why}; `--run` with an m3net run draws every stage)"
+        title = f"{where}\nthe backbone's map only ({why}; `--run` with an m3net run draws every stage)"
         if run_dir:
             click.echo(f"activations.png: {why}; drawing the backbone's map only", err=True)
     plot_stage_activations(frames, maps, title, out("activations.png"))
