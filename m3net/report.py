@@ -257,8 +257,9 @@ def stage_activation_maps(head, support, query, query_index):
     (a first-order Taylor share of E per token), where
       - backbone: z = the cached H x W map, f_t = its spatial mean;
       - IFCE: z = IFCE's n x n patch tokens, f_t = their mean (the frame feature I-M compares);
-      - IVCE: z = the patch tokens IVCE reads (IFCE's, or the projected map when IFCE is off),
-        f = IVCE's frame features of the query;
+      - IVCE: z = IFCE's patch tokens (the cached H x W map when IFCE is off: the gradient then
+        runs back through the head's input_norm and projection), f = IVCE's frame features of
+        the query;
       - IECE: z = the same patch tokens, f = IECE's task-specific frame features of the query in
         its episode (as the head computes them: IECE reads IFCE's frames, in parallel with IVCE).
     For a spatial mean the map is ⟨z_p, f_t⟩ / P, the patch's projection on its frame feature, so
@@ -268,8 +269,7 @@ def stage_activation_maps(head, support, query, query_index):
     same patch norms); why not class-score Grad-CAM: it mixes the matchers and supports into a
     picture meant to show the encoders.
 
-    The patch tokens are caught with a forward hook on the head's first module among ifce,
-    project, input_norm (on its input when it has none of them); the features come from the
+    IFCE's tokens are caught with a forward hook on ``head.ifce``; the features come from the
     head's own ``matcher_inputs``, so the maps follow whatever the head computes.
     """
     from m3net.errors import ConfigError
@@ -286,14 +286,13 @@ def stage_activation_maps(head, support, query, query_index):
         captured.append(output.detach().requires_grad_())
         return captured[-1]
 
-    source = next((m for m in (head.ifce, head.project, head.input_norm) if m is not None), None)
-    support, query = (x.requires_grad_(source is None) for x in head.cast(support.detach(), query.detach()))
+    support, query = (x.requires_grad_(head.ifce is None) for x in head.cast(support.detach(), query.detach()))
     index = support.shape[0] + query_index  # the query's row among support + query
     maps = {"backbone": backbone_map(query[query_index].detach())}
-    hook = source.register_forward_hook(catch) if source is not None else None
+    hook = head.ifce.register_forward_hook(catch) if head.ifce is not None else None
     try:
         with torch.enable_grad():
-            if source is None:
+            if hook is None:
                 captured += [support, query]
             features = head.matcher_inputs(support, query)  # {encoder: (support, query (Q, T, d))}
             for stage in ("ifce", "ivce", "iece"):

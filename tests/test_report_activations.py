@@ -36,6 +36,7 @@ def episode(dtype=torch.float32, seed=1):
     ({"input_norm": "center"}, 2),
     ({"use_ifce": False}, 7),  # IVCE / IECE read the projected 7x7 map
     ({"use_ifce": False, "proj_dim": 0}, 7),  # ... or the cached map itself
+    ({"use_ifce": False, "input_norm": "center"}, 7),
     ({"use_ifce": False, "proj_dim": 0, "input_norm": "standardize"}, 7),
 ])
 def test_maps_have_the_stage_shapes(options, side):
@@ -85,6 +86,29 @@ def test_maps_match_independent_oracles():
             z = tokens[S + i]
             oracle = np.array([[float(energy(_scaled(z, t, p, 1 + eps)) - energy(_scaled(z, t, p, 1 - eps))) / (2 * eps)
                                 for p in range(4)] for t in range(T)])
+            np.testing.assert_allclose(maps[stage].reshape(T, -1), oracle, rtol=1e-5, atol=1e-8 * np.abs(oracle).max())
+
+
+def test_maps_without_ifce_match_finite_differences_through_the_head():
+    # IFCE off: the tokens are the cached 7x7 map, and the gradient runs back through input_norm and the
+    # projection; the oracle scales one position of the query's cached map and re-runs the head.
+    head = tiny_head(torch.float64, use_ifce=False, input_norm="standardize")
+    support, query = episode(torch.float64)
+    head.train().matcher_inputs(support, query)  # training statistics for input_norm
+    head.eval()
+    i = 0
+    maps = stage_activation_maps(head, support, query, query_index=i)
+    eps = 1e-6
+    with torch.no_grad():
+        for stage in ("ivce", "iece"):
+            def energy(clip):
+                return head.matcher_inputs(support, torch.cat([query[:i], clip[None], query[i + 1:]]))[stage][1][i] \
+                    .pow(2).sum() / 2
+
+            z = query[i].flatten(1, 2)  # (T, 49, C)
+            oracle = np.array([[float(energy(_scaled(z, t, p, 1 + eps).view(query[i].shape))
+                                      - energy(_scaled(z, t, p, 1 - eps).view(query[i].shape))) / (2 * eps)
+                                for p in range(49)] for t in range(T)])
             np.testing.assert_allclose(maps[stage].reshape(T, -1), oracle, rtol=1e-5, atol=1e-8 * np.abs(oracle).max())
 
 
