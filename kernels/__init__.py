@@ -8,9 +8,10 @@ from m3net.kernels.dtw import (
     dtw,
     dtw_path,
     dtw_reference,
+    dtw_similarity,
     dtw_symmetric,
     dtw_with_length,
 )
 
-__all__ = ["dtw", "dtw_reference", "dtw_path", "dtw_with_length", "dtw_symmetric", "cosine_cost", "MODES",
-           "MAX_KERNEL_WIDTH", "SHORT_MAX", "DTWFallbackWarning"]
+__all__ = ["dtw", "dtw_reference", "dtw_path", "dtw_with_length", "dtw_symmetric", "dtw_similarity", "cosine_cost",
+           "MODES", "MAX_KERNEL_WIDTH", "SHORT_MAX", "DTWFallbackWarning"]

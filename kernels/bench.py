@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from m3net.config import device_setting, setting
-from m3net.kernels.dtw import dtw, dtw_reference
+from m3net.kernels.dtw import dtw, dtw_reference, dtw_similarity, dtw_with_length
 from m3net.kernels.eager import eager_dtw
 from m3net.runtime import benchmark_record, resolve_device, synchronize, write_benchmark
 
@@ -213,12 +213,16 @@ def run_bench(config):
 
 def run_matcher_bench(config, shots=5, ways=5, dim=2048):
     """End to end, per T in ``config.sizes`` (N = M = T) at ``config.pairs[0]`` pairs: the I-M matcher
-    (cosine cost + fused value/path length + class means) and the OTAM head (spatial mean + cost +
-    dtw_symmetric) beside one plain dtw forward on precomputed costs of the same pairs.
+    (frame similarity matmul + dtw_similarity's fused value/path length on its strided view + class
+    means) and the OTAM head (spatial mean + similarity + dtw_similarity, both directions) beside one
+    plain dtw forward on precomputed costs of the same pairs. Two more rows isolate the I-M DTW pass
+    on a precomputed similarity: read in place (dtw_similarity) vs the cost 1 - s materialised first
+    (dtw_with_length, the matchers' path before issue #10).
 
     ``x plain fwd`` = the row's time over that plain forward's (the issue's target for I-M: <= 2).
     """
     from m3net.model.baselines import OTAM
+    from m3net.model.episode_ops import similarity_all_pairs
     from m3net.model.matchers import instance_matching
 
     device = resolve_device(config.device)
@@ -235,12 +239,15 @@ def run_matcher_bench(config, shots=5, ways=5, dim=2048):
         cost = (torch.rand(queries * supports, t, t, generator=gen) * 2).to(device, dtype)
         otam = OTAM(OTAM.Config(feature_dim=dim, num_frames=t, gamma=config.gamma)).to(device)
         maps = support[0, :, :, None, None, :], query[:, :, None, None, :]  # (S, T, 1, 1, d), (Q, T, 1, 1, d)
+        sim = similarity_all_pairs(query, support)  # (Q, S, T, T), a view of the (Q·T, S·T) matmul
         calls = {
             "dtw forward (plain)": lambda: dtw(cost, mode="soft", gamma=config.gamma),
             "I-M matcher hard": lambda: instance_matching(query, support, labels, ways, mode="hard"),
             "I-M matcher soft": lambda: instance_matching(query, support, labels, ways, mode="soft",
                                                           gamma=config.gamma),
             "OTAM head": lambda: otam(maps[0], labels, maps[1]),
+            "I-M dtw, s in place": lambda: dtw_similarity(sim, mode="soft", gamma=config.gamma, with_length=True),
+            "I-M dtw, 1 - s copy": lambda: dtw_with_length((1 - sim).flatten(0, 1), mode="soft", gamma=config.gamma),
         }
         plain = None
         for name, call in calls.items():  # _time hands each call the cost; these ignore it

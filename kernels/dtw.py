@@ -33,6 +33,12 @@ Algorithm
     value (soft mode runs the hard DP alongside for it). ``dtw_symmetric`` = dtw(C) + dtw(Cᵀ)
     (OTAM's score): on the short path both DPs run in the same program from one read of C.
 
+    Similarity input: ``dtw_similarity`` takes s (Q, S, N, M) with any strides (the matchers pass
+    the permuted view of their (Q·T, S·T) frame matmul) and the cost C = 1 - s. The short kernels
+    read s in place (pair b = q·S + s, two batch strides; q = b // S by multiply-high with a
+    launcher-computed magic number), form 1 - s in registers in the accumulation dtype, and the
+    backward writes dsim = -dcost in s's layout. Elsewhere 1 - s is materialised (one copy).
+
 Implementations
     dtw_reference          pure torch, vectorised over the batch and over anti-diagonals; float64-safe.
     Short path (N, M <= SHORT_MAX): one pair per thread, N and M compile-time, the DP unrolled,
@@ -62,12 +68,16 @@ Limits and complexity
     (8); beyond, one launch each. Long path: the forward with a gradient also writes
     W = 3·B·N'·M' fp32 (N'×M' the grid, M' = M+2 for otam) which the backward reads once.
     Grids wider than MAX_KERNEL_WIDTH columns run on the torch reference with a
-    DTWFallbackWarning. B = 0 gives an empty result.
+    DTWFallbackWarning. B = 0 gives an empty result. The similarity input moves the same bytes per
+    pair as a cost and saves the elementwise 1 - s pass (2·N·M elements read + written per pair) and
+    its negation in the backward; it costs one add per cell and the pair offset arithmetic.
 
 Dispatch
     ``backend=`` auto | triton | torch; None reads M3NET_DTW_BACKEND (default auto): CUDA
     tensors run Triton, CPU tensors the torch reference. ``triton`` with TRITON_INTERPRET=1 runs
-    the Triton kernels on the CPU (this is how CI checks them).
+    the Triton kernels on the CPU (this is how CI checks them). Every path goes through two torch
+    custom ops, m3net::dtw_forward and m3net::dtw_backward (fake functions + registered autograd),
+    so torch.compile(fullgraph=True) / CUDA graphs capture callers without a graph break.
 """
 import contextlib
 import functools
@@ -95,8 +105,8 @@ SHORT_MAX = 16  # N and M up to this run the register-resident short path
 SYMMETRIC_BWD_MAX = 8  # dtw_symmetric's backward runs both directions in one program up to N, M = this
 BACKEND_ENV = "M3NET_DTW_BACKEND"
 
-__all__ = ["dtw", "dtw_reference", "dtw_path", "dtw_with_length", "dtw_symmetric", "cosine_cost", "MODES",
-           "MAX_KERNEL_WIDTH", "SHORT_MAX", "DTWFallbackWarning"]
+__all__ = ["dtw", "dtw_reference", "dtw_path", "dtw_with_length", "dtw_symmetric", "dtw_similarity", "cosine_cost",
+           "MODES", "MAX_KERNEL_WIDTH", "SHORT_MAX", "DTWFallbackWarning"]
 
 
 class DTWFallbackWarning(UserWarning):
@@ -266,14 +276,36 @@ if triton is not None:
         return parts[0]
 
     @triton.jit
+    def _pair_offsets(pairs, S, S_MAGIC, S_SHIFT, stride_b, stride_s, SIMILARITY: tl.constexpr):
+        """Element offset of each pair's matrix: row b of a (B, N, M) cost, or pair b = q·S + s of a
+        (Q, S, N, M) similarity (two batch strides, e.g. a permuted view of a (Q·T, S·T) matmul).
+
+        q = b // S by multiply-high with the launcher's magic number (_divisor_magic): a thread
+        holds several pairs' rows of a load tile, and a division per row would cost ~10 instructions.
+        """
+        if SIMILARITY:
+            b = pairs.to(tl.uint32)
+            magic = (tl.zeros_like(b) + S_MAGIC).to(tl.uint32)  # S_MAGIC may arrive as a constexpr 1
+            q = ((tl.umulhi(b, magic) + b) >> S_SHIFT).to(tl.int32)
+            return q.to(tl.int64) * stride_b + (pairs - q * S).to(tl.int64) * stride_s
+        else:
+            return pairs.to(tl.int64) * stride_b
+
+    @triton.jit
     def _load_grid_row(cost_ptr, offsets, live, i, stride_n, stride_m, ACC: tl.constexpr,
-                       M: tl.constexpr, OTAM: tl.constexpr, BLOCK_B: tl.constexpr,
+                       M: tl.constexpr, OTAM: tl.constexpr, SIMILARITY: tl.constexpr, BLOCK_B: tl.constexpr,
                        MP: tl.constexpr, BITS: tl.constexpr):
-        """Row i of the grid's cost in ACC, one (BLOCK_B,) value per column (otam: 0 | cost | 0)."""
+        """Row i of the grid's cost in ACC, one (BLOCK_B,) value per column (otam: 0 | cost | 0).
+
+        SIMILARITY: the input holds similarities s and the cost 1 - s is formed here, in registers
+        and in ACC (no cost tensor is ever written); otam's padding columns stay 0.
+        """
         cols = tl.arange(0, MP)
         ptrs = cost_ptr + offsets[:, None] + i * stride_n + cols[None, :] * stride_m
-        tile = tl.load(ptrs, mask=live[:, None] & (cols[None, :] < M), other=0.0)
-        values = _split_columns(tile.to(ACC), BLOCK_B, MP, BITS)
+        tile = tl.load(ptrs, mask=live[:, None] & (cols[None, :] < M), other=0.0).to(ACC)
+        if SIMILARITY:
+            tile = 1.0 - tile
+        values = _split_columns(tile, BLOCK_B, MP, BITS)
         row = ()
         if OTAM:
             row = (values[0] * 0,)  # a zero in the columns' dtype and layout
@@ -370,7 +402,7 @@ if triton is not None:
     def _forward_rows(cost_ptr, offsets, live, stride_n, stride_m, scale,
                       N: tl.constexpr, M: tl.constexpr, OTAM: tl.constexpr, HARD: tl.constexpr,
                       LENGTH: tl.constexpr, KEEP_ROWS: tl.constexpr, FAST_MATH: tl.constexpr,
-                      BLOCK_B: tl.constexpr, MP: tl.constexpr, BITS: tl.constexpr):
+                      SIMILARITY: tl.constexpr, BLOCK_B: tl.constexpr, MP: tl.constexpr, BITS: tl.constexpr):
         """The DP over the whole grid in registers; returns (last R row, last path-length row, all R rows).
 
         LENGTH also runs the hard DP (for soft mode on its own rows) and carries the length of
@@ -382,8 +414,8 @@ if triton is not None:
         prev_len = ()
         rows = ()
         for i in tl.static_range(N):
-            cost = _load_grid_row(cost_ptr, offsets, live, i, stride_n, stride_m, scale.dtype, M, OTAM, BLOCK_B, MP,
-                                  BITS)
+            cost = _load_grid_row(cost_ptr, offsets, live, i, stride_n, stride_m, scale.dtype, M, OTAM, SIMILARITY,
+                                  BLOCK_B, MP, BITS)
             row = ()
             row_hard = ()
             row_len = ()
@@ -483,22 +515,22 @@ if triton is not None:
     @triton.jit
     def _dtw_short_fwd_kernel(
         cost_ptr, scale_ptr, out_ptr, length_ptr,
-        B, stride_b, stride_n, stride_m,
+        B, S, S_MAGIC, S_SHIFT, stride_b, stride_s, stride_n, stride_m,
         N: tl.constexpr, M: tl.constexpr, OTAM: tl.constexpr, HARD: tl.constexpr, LENGTH: tl.constexpr,
-        SYMMETRIC: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_B: tl.constexpr,
+        SYMMETRIC: tl.constexpr, SIMILARITY: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_B: tl.constexpr,
         MP: tl.constexpr, BITS: tl.constexpr, MP_T: tl.constexpr, BITS_T: tl.constexpr,
     ):
         """value = R[last] (+ the same on Cᵀ with SYMMETRIC: OTAM's two directions, one read of C)."""
         pairs = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         live = pairs < B
-        offsets = pairs.to(tl.int64) * stride_b
+        offsets = _pair_offsets(pairs, S, S_MAGIC, S_SHIFT, stride_b, stride_s, SIMILARITY)
         scale = tl.load(scale_ptr)  # log2(e)/γ in the accumulation dtype (1 for hard)
         last, last_len, _ = _forward_rows(cost_ptr, offsets, live, stride_n, stride_m, scale,
-                                          N, M, OTAM, HARD, LENGTH, False, FAST_MATH, BLOCK_B, MP, BITS)
+                                          N, M, OTAM, HARD, LENGTH, False, FAST_MATH, SIMILARITY, BLOCK_B, MP, BITS)
         value = last[_grid_cols(M, OTAM) - 1]
         if SYMMETRIC:  # rows of Cᵀ are the columns of C, already in L1
             last_t, _, _ = _forward_rows(cost_ptr, offsets, live, stride_m, stride_n, scale,
-                                         M, N, OTAM, HARD, False, False, FAST_MATH, BLOCK_B, MP_T, BITS_T)
+                                         M, N, OTAM, HARD, False, False, FAST_MATH, SIMILARITY, BLOCK_B, MP_T, BITS_T)
             value += last_t[_grid_cols(N, OTAM) - 1]
         tl.store(out_ptr + pairs, value / scale, mask=live)
         if LENGTH:
@@ -507,25 +539,28 @@ if triton is not None:
     @triton.jit
     def _dtw_short_bwd_kernel(
         cost_ptr, scale_ptr, grad_out_ptr, grad_ptr,
-        B, stride_b, stride_n, stride_m, stride_gb, stride_gn, stride_gm,
+        B, S, S_MAGIC, S_SHIFT, stride_b, stride_s, stride_n, stride_m, stride_gb, stride_gs, stride_gn, stride_gm,
         N: tl.constexpr, M: tl.constexpr, OTAM: tl.constexpr, HARD: tl.constexpr, SYMMETRIC: tl.constexpr,
-        FAST_MATH: tl.constexpr, BLOCK_B: tl.constexpr,
+        SIMILARITY: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_B: tl.constexpr,
         MP: tl.constexpr, BITS: tl.constexpr, MP_T: tl.constexpr, BITS_T: tl.constexpr,
     ):
-        """Recomputes R in registers from the cost, then the reverse recursion; dcost = E·dvalue."""
+        """Recomputes R in registers from the cost, then the reverse recursion; dcost = E·dvalue.
+
+        With SIMILARITY the launcher passes -dvalue, so the stored E·g is dsim = -dcost.
+        """
         pairs = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         live = pairs < B
-        offsets = pairs.to(tl.int64) * stride_b
-        grad_offsets = pairs.to(tl.int64) * stride_gb
+        offsets = _pair_offsets(pairs, S, S_MAGIC, S_SHIFT, stride_b, stride_s, SIMILARITY)
+        grad_offsets = _pair_offsets(pairs, S, S_MAGIC, S_SHIFT, stride_gb, stride_gs, SIMILARITY)
         scale = tl.load(scale_ptr)
         g = tl.load(grad_out_ptr + pairs, mask=live, other=0.0).to(scale.dtype)
         _, _, R = _forward_rows(cost_ptr, offsets, live, stride_n, stride_m, scale,
-                                N, M, OTAM, HARD, False, True, FAST_MATH, BLOCK_B, MP, BITS)
+                                N, M, OTAM, HARD, False, True, FAST_MATH, SIMILARITY, BLOCK_B, MP, BITS)
         _backward_rows(R, g, grad_ptr, grad_offsets, live, stride_gn, stride_gm, N, M, OTAM, HARD, False,
                        BLOCK_B, MP, BITS)
         if SYMMETRIC:  # Cᵀ's gradient, transposed, adds onto C's
             _, _, R = _forward_rows(cost_ptr, offsets, live, stride_m, stride_n, scale,
-                                    M, N, OTAM, HARD, False, True, FAST_MATH, BLOCK_B, MP_T, BITS_T)
+                                    M, N, OTAM, HARD, False, True, FAST_MATH, SIMILARITY, BLOCK_B, MP_T, BITS_T)
             tl.debug_barrier()  # the first pass's gradient tiles were stored by other threads of the program
             _backward_rows(R, g, grad_ptr, grad_offsets, live, stride_gm, stride_gn, M, N, OTAM, HARD, True,
                            BLOCK_B, MP_T, BITS_T)
@@ -728,21 +763,20 @@ def _long_backward(weights, grad_out, mode, n, m, dtype):
     return grad
 
 
-def _short_launch_config(cost, mode, gamma):
-    """(grid, scale tensor, launch keywords) of the short-path kernels for this input.
+def _short_launch_config(batch, n, m, mode, gamma, device, dtype):
+    """(grid, scale tensor, launch keywords) of the short-path kernels for ``batch`` pairs of n x m.
 
     One pair per thread: BLOCK_B = 32 · num_warps, with fewer warps per program when the batch
     would otherwise launch fewer than two programs per SM (an episode is a few thousand pairs).
     """
-    batch, n, m = cost.shape
-    sms = torch.cuda.get_device_properties(cost.device).multi_processor_count if cost.is_cuda else 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
     num_warps = 4
     while num_warps > 1 and triton.cdiv(batch, 32 * num_warps) < 2 * sms:
         num_warps //= 2
     block_b = 32 * num_warps
-    acc = _accumulation_dtype(cost.dtype)
+    acc = _accumulation_dtype(dtype)
     # Costs are scaled by log2(e)/γ so the soft-min is exp2/log2; a float64 scale for float64 costs.
-    scale = torch.full((1,), 1.0 if mode == "hard" else math.log2(math.e) / gamma, dtype=acc, device=cost.device)
+    scale = torch.full((1,), 1.0 if mode == "hard" else math.log2(math.e) / gamma, dtype=acc, device=device)
     mp, mp_t = (max(triton.next_power_of_2(width), 2) for width in (m, n))  # row tile widths of C and Cᵀ
     fast_math = acc == torch.float32 and not _interpreting()  # libdevice's lg2.approx exists only compiled
     meta = dict(N=n, M=m, OTAM=mode == "otam", HARD=mode == "hard", FAST_MATH=fast_math, BLOCK_B=block_b,
@@ -750,47 +784,68 @@ def _short_launch_config(cost, mode, gamma):
     return (triton.cdiv(batch, block_b),), scale, meta
 
 
-def _short_forward(cost, mode, gamma, with_length, symmetric=False):
-    grid, scale, meta = _short_launch_config(cost, mode, gamma)
-    out = torch.empty(cost.shape[0], dtype=scale.dtype, device=cost.device)
+def _divisor_magic(d):
+    """(magic, shift) with n // d == (umulhi(n, magic) + n) >> shift for 0 <= n < 2**31, 1 <= d < 2**31,
+    magic < 2**32 (Granlund & Montgomery 1994, unsigned division; n < 2**31 keeps the sum in 32 bits)."""
+    shift = (d - 1).bit_length()  # ceil(log2 d)
+    return (2**32 * (2**shift - d)) // d + 1, shift
+
+
+def _pair_layout(x, similarity):
+    """(pairs, S, S_MAGIC, S_SHIFT, stride_b, stride_s, stride_n, stride_m) of a (B, N, M) cost or a
+    (Q, S, N, M) similarity."""
+    if similarity:
+        return (x.shape[0] * x.shape[1], x.shape[1], *_divisor_magic(x.shape[1]), *x.stride())
+    return (x.shape[0], 1, 1, 0, x.stride(0), 0, x.stride(1), x.stride(2))
+
+
+def _short_forward(cost, mode, gamma, with_length, symmetric=False, similarity=False):
+    """(value (B,), length (B,) or None); ``cost`` is a similarity (Q, S, N, M) with ``similarity``."""
+    layout = _pair_layout(cost, similarity)
+    grid, scale, meta = _short_launch_config(layout[0], *cost.shape[-2:], mode, gamma, cost.device, cost.dtype)
+    out = torch.empty(layout[0], dtype=scale.dtype, device=cost.device)
     length = torch.empty_like(out) if with_length else out
     with _device_guard(cost):
-        _dtw_short_fwd_kernel[grid](cost, scale, out, length, cost.shape[0], *cost.stride(), LENGTH=with_length,
-                                    SYMMETRIC=symmetric, **meta)
+        _dtw_short_fwd_kernel[grid](cost, scale, out, length, *layout, LENGTH=with_length, SYMMETRIC=symmetric,
+                                    SIMILARITY=similarity, **meta)
     return out, (length if with_length else None)
 
 
-def _short_backward(cost, grad_out, mode, gamma, symmetric=False):
-    grid, scale, meta = _short_launch_config(cost, mode, gamma)
-    grad = torch.empty(cost.shape, dtype=cost.dtype, device=cost.device)
+def _short_backward(cost, grad_out, mode, gamma, symmetric=False, similarity=False):
+    """dvalue/dcost (the cost's shape), or with ``similarity`` dvalue/dsim = -dvalue/dcost laid out
+    like the similarity where it is dense (a permuted matmul output gets its gradient in the same
+    layout, so the matmul's backward reads it without a copy)."""
+    layout = _pair_layout(cost, similarity)
+    grid, scale, meta = _short_launch_config(layout[0], *cost.shape[-2:], mode, gamma, cost.device, cost.dtype)
+    grad = torch.empty_like(cost) if similarity else torch.empty(cost.shape, dtype=cost.dtype, device=cost.device)
+    g = (-grad_out if similarity else grad_out).to(scale.dtype).contiguous()
     with _device_guard(cost):
-        _dtw_short_bwd_kernel[grid](
-            cost, scale, grad_out.to(scale.dtype).contiguous(), grad, cost.shape[0], *cost.stride(), *grad.stride(),
-            SYMMETRIC=symmetric, **meta,
-        )
+        _dtw_short_bwd_kernel[grid](cost, scale, g, grad, *layout, *_pair_layout(grad, similarity)[4:],
+                                    SYMMETRIC=symmetric, SIMILARITY=similarity, **meta)
     return grad
 
 
-def _uses_short_path(cost):
-    return cost.shape[1] <= SHORT_MAX and cost.shape[2] <= SHORT_MAX
+def _uses_short_path(backend, n, m):
+    return backend == "triton" and n <= SHORT_MAX and m <= SHORT_MAX
 
 
 # --------------------------------------------------------------------------------------------
 # Launcher: validation and dispatch
 # --------------------------------------------------------------------------------------------
-def _validate(cost, mode, gamma):
+def _validate(cost, mode, gamma, similarity=False):
+    name, shape, dims = ("dtw_similarity", "(Q, S, N, M)", 4) if similarity else ("dtw", "(B, N, M)", 3)
     if not isinstance(cost, torch.Tensor):
-        raise TypeError(f"dtw: cost must be a torch.Tensor of shape (B, N, M), got {type(cost).__name__}")
-    if cost.dim() != 3:
-        raise ValueError(f"dtw: cost must have shape (B, N, M) (3 dims), got {tuple(cost.shape)}")
+        raise TypeError(f"{name}: input must be a torch.Tensor of shape {shape}, got {type(cost).__name__}")
+    if cost.dim() != dims:
+        raise ValueError(f"{name}: input must have shape {shape} ({dims} dims), got {tuple(cost.shape)}")
     if not cost.dtype.is_floating_point:
-        raise TypeError(f"dtw: cost must be a floating dtype (float16/bfloat16/float32/float64), got {cost.dtype}")
+        raise TypeError(f"{name}: input must be a floating dtype (float16/bfloat16/float32/float64), got {cost.dtype}")
     if mode not in MODES:
-        raise ValueError(f"dtw: mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"{name}: mode must be one of {MODES}, got {mode!r}")
     if mode != "hard" and not gamma > 0:
-        raise ValueError(f"dtw: gamma must be > 0 for mode={mode!r}, got {gamma}")
-    if cost.shape[0] > 0 and (cost.shape[1] < 1 or cost.shape[2] < 1):
-        raise ValueError(f"dtw: N and M must be >= 1, got cost of shape {tuple(cost.shape)}")
+        raise ValueError(f"{name}: gamma must be > 0 for mode={mode!r}, got {gamma}")
+    if cost.numel() == 0 and cost.shape[:-2].numel() > 0:
+        raise ValueError(f"{name}: N and M must be >= 1, got input of shape {tuple(cost.shape)}")
 
 
 def _backend_for(cost, mode, requested):
@@ -812,9 +867,10 @@ def _backend_for(cost, mode, requested):
             f"dtw: {source}=triton on a {cost.device} tensor needs TRITON_INTERPRET=1 "
             "(set before m3net.kernels is imported) or a CUDA tensor"
         )
-    _, cols = _grid_shape(mode, cost.shape[1], cost.shape[2])
-    if not _uses_short_path(cost) and cols > MAX_KERNEL_WIDTH:
-        # stacklevel 4: _backend_for <- _run <- dtw / dtw_with_length <- the caller's line.
+    n, m = cost.shape[-2:]
+    _, cols = _grid_shape(mode, n, m)
+    if not _uses_short_path("triton", n, m) and cols > MAX_KERNEL_WIDTH:
+        # stacklevel 4: _backend_for <- _run <- the public function <- the caller's line.
         warnings.warn(
             f"dtw: grid width {cols} exceeds the Triton kernel's limit of {MAX_KERNEL_WIDTH} "
             "columns; falling back to the torch reference (slower).",
@@ -835,59 +891,104 @@ def _path_length(cost, backend):
     return _reference_backward(weights, "hard", cost.shape[1], cost.shape[2]).sum(dim=(1, 2))
 
 
-class _DTWFunction(torch.autograd.Function):
-    """value (B,) [, hard path length (B,), not differentiable] in the accumulation dtype."""
+# --------------------------------------------------------------------------------------------
+# Custom ops: forward and backward as torch.library ops, so torch.compile / CUDA graphs capture
+# the DTW as one opaque node (no graph break, no tracing into Triton launches or the reference's
+# Python loop). The register_fake functions give Dynamo / AOTAutograd the output metadata.
+# --------------------------------------------------------------------------------------------
+def _forward_outputs_meta(cost, mode, backend, with_length, similarity, store_weights):
+    """{name: (shape, dtype)} of m3net::dtw_forward's outputs; unused outputs are empty (0,)."""
+    batch = cost.shape[0] * cost.shape[1] if similarity else cost.shape[0]
+    n, m = cost.shape[-2:]
+    acc = _accumulation_dtype(cost.dtype)
+    stores = store_weights and not _uses_short_path(backend, n, m)  # the short backward recomputes instead
+    return {"value": ((batch,), acc), "length": ((batch if with_length else 0,), acc),
+            "saved": ((batch, *_grid_shape(mode, n, m), 3) if stores else (0,), acc)}
 
-    @staticmethod
-    def forward(ctx, cost, mode, gamma, backend, with_length, symmetric):
-        needs_grad = ctx.needs_input_grad[0]
-        short = backend == "triton" and _uses_short_path(cost)
-        length = saved = None
-        if short:
-            value, length = _short_forward(cost, mode, gamma, with_length, symmetric)
-            saved = cost  # the backward recomputes the DP from it
-        else:
-            forward = _long_forward if backend == "triton" else _reference_forward
-            value, saved = forward(cost, mode, gamma, store_weights=needs_grad)
-            if with_length:
-                length = _path_length(cost, backend)
-        ctx.mode, ctx.gamma, ctx.backend, ctx.short, ctx.symmetric = mode, gamma, backend, short, symmetric
-        ctx.n, ctx.m, ctx.dtype = cost.shape[1], cost.shape[2], cost.dtype
-        if needs_grad:
-            ctx.save_for_backward(saved)
+
+@torch.library.custom_op("m3net::dtw_forward", mutates_args=())
+def _dtw_forward_op(cost: torch.Tensor, mode: str, gamma: float, backend: str, with_length: bool, symmetric: bool,
+                    similarity: bool, store_weights: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(value (B,), hard path length (B,) or (0,), predecessor weights for the backward or (0,)).
+
+    ``backend`` is resolved ('triton' | 'torch'). ``symmetric`` and ``similarity`` come only with the
+    short path (_run falls back to two calls / a materialised 1 - s elsewhere).
+    """
+    length = saved = None
+    if _uses_short_path(backend, *cost.shape[-2:]):
+        value, length = _short_forward(cost, mode, gamma, with_length, symmetric, similarity)
+    else:
+        forward = _long_forward if backend == "triton" else _reference_forward
+        value, saved = forward(cost, mode, gamma, store_weights=store_weights)
+        value = value.contiguous()  # the reference's value is a strided view of its DP buffer
         if with_length:
-            ctx.mark_non_differentiable(length)
-            return value, length
-        return value
-
-    @staticmethod
-    def backward(ctx, grad_out, *_length_grad):
-        (saved,) = ctx.saved_tensors
-        if ctx.short:
-            # Both directions' R in one program spills past 8x8 (ptxas: 76 KB at 16x16, see
-            # benchmarks/dtw_static_sm90.md): larger grids take one launch per direction.
-            if ctx.symmetric and max(ctx.n, ctx.m) > SYMMETRIC_BWD_MAX:
-                grad = _short_backward(saved, grad_out, ctx.mode, ctx.gamma)
-                grad += _short_backward(saved.transpose(1, 2), grad_out, ctx.mode, ctx.gamma).transpose(1, 2)
-            else:
-                grad = _short_backward(saved, grad_out, ctx.mode, ctx.gamma, ctx.symmetric)
-            return grad, None, None, None, None, None
-        if ctx.backend == "triton":
-            grad = _long_backward(saved, grad_out, ctx.mode, ctx.n, ctx.m, ctx.dtype)
-        else:
-            grad = _reference_backward(saved, ctx.mode, ctx.n, ctx.m) * grad_out.to(saved.dtype)[:, None, None]
-        return grad.to(ctx.dtype), None, None, None, None, None
+            length = _path_length(cost, backend)
+    # An op's outputs may not alias each other: a fresh empty tensor for each unused one.
+    return value, *(cost.new_empty(0, dtype=value.dtype) if t is None else t for t in (length, saved))
 
 
-def _run(cost, mode, gamma, backend, with_length=False, symmetric=False):
-    _validate(cost, mode, gamma)
+@_dtw_forward_op.register_fake
+def _(cost, mode, gamma, backend, with_length, symmetric, similarity, store_weights):
+    meta = _forward_outputs_meta(cost, mode, backend, with_length, similarity, store_weights)
+    return tuple(cost.new_empty(shape, dtype=dtype) for shape, dtype in meta.values())
+
+
+@torch.library.custom_op("m3net::dtw_backward", mutates_args=())
+def _dtw_backward_op(saved: torch.Tensor, grad_out: torch.Tensor, mode: str, gamma: float, backend: str,
+                     symmetric: bool, similarity: bool, n: int, m: int, dtype: torch.dtype) -> torch.Tensor:
+    """d(Σ grad_out · value)/d input. ``saved``: the input itself on the short path (the backward
+    recomputes R from it), else the forward's predecessor weights (grid (B, N, M') x 3)."""
+    if _uses_short_path(backend, n, m):
+        # Both directions' R in one program spills past 8x8 (ptxas: 76 KB at 16x16, see
+        # benchmarks/dtw_static_sm90.md): larger grids take one launch per direction.
+        if symmetric and max(saved.shape[-2:]) > SYMMETRIC_BWD_MAX:
+            grad = _short_backward(saved, grad_out, mode, gamma, similarity=similarity)
+            transposed = _short_backward(saved.transpose(-1, -2), grad_out, mode, gamma, similarity=similarity)
+            return grad + transposed.transpose(-1, -2)
+        return _short_backward(saved, grad_out, mode, gamma, symmetric, similarity)
+    if backend == "triton":
+        return _long_backward(saved, grad_out, mode, n, m, dtype)
+    return (_reference_backward(saved, mode, n, m) * grad_out.to(saved.dtype)[:, None, None]).to(dtype)
+
+
+@_dtw_backward_op.register_fake
+def _(saved, grad_out, mode, gamma, backend, symmetric, similarity, n, m, dtype):
+    if _uses_short_path(backend, n, m):
+        return torch.empty_like(saved) if similarity else saved.new_empty(saved.shape)
+    return saved.new_empty(saved.shape[0], n, m, dtype=dtype)
+
+
+def _setup_dtw_context(ctx, inputs, output):
+    cost, mode, gamma, backend, _with_length, symmetric, similarity, _store_weights = inputs
+    ctx.args = (mode, gamma, backend, symmetric, similarity, *cost.shape[-2:], cost.dtype)
+    # Short path: keep the input (the backward recomputes R); else the weights, not the input.
+    ctx.save_for_backward(cost if _uses_short_path(backend, *cost.shape[-2:]) else output[2])
+
+
+def _dtw_op_backward(ctx, grad_value, _grad_length, _grad_saved):
+    (saved,) = ctx.saved_tensors
+    return (torch.ops.m3net.dtw_backward(saved, grad_value, *ctx.args),) + (None,) * 7
+
+
+_dtw_forward_op.register_autograd(_dtw_op_backward, setup_context=_setup_dtw_context)
+
+
+def _run(cost, mode, gamma, backend, with_length=False, symmetric=False, similarity=False):
+    """Validation, dispatch and the op call: value (B,) [, length (B,), no gradient]; B = Q·S for a similarity."""
+    _validate(cost, mode, gamma, similarity)
     backend = _backend_for(cost, mode, backend)
-    if cost.shape[0] == 0:
-        value = cost.sum(dim=(1, 2)).to(_accumulation_dtype(cost.dtype))  # empty (0,), still attached to cost's graph
+    if similarity and not _uses_short_path(backend, *cost.shape[-2:]):
+        # Only the short kernel folds 1 - s into its load; elsewhere the cost is materialised (one copy).
+        cost, similarity = (1 - cost).flatten(0, 1), False
+    if cost.numel() == 0:
+        value = cost.sum(dim=(-2, -1)).flatten().to(_accumulation_dtype(cost.dtype))  # (0,), still in cost's graph
         return (value, value.detach()) if with_length else value
-    if symmetric and not (backend == "triton" and _uses_short_path(cost)):
+    if symmetric and not _uses_short_path(backend, *cost.shape[-2:]):
         return _run(cost, mode, gamma, backend) + _run(cost.transpose(1, 2), mode, gamma, backend)
-    return _DTWFunction.apply(cost, mode, float(gamma), backend, with_length, symmetric)
+    store_weights = cost.requires_grad and torch.is_grad_enabled()
+    value, length, _ = torch.ops.m3net.dtw_forward(cost, mode, float(gamma), backend, with_length, symmetric,
+                                                   similarity, store_weights)
+    return (value, length.detach()) if with_length else value
 
 
 def dtw(cost, mode="soft", gamma=0.1, backend=None):
@@ -924,6 +1025,27 @@ def dtw_with_length(cost, mode="hard", gamma=0.1, backend=None):
     if mode not in ("soft", "hard"):
         raise ValueError(f"dtw_with_length: mode must be 'soft' or 'hard', got {mode!r}")
     return _run(cost, mode, gamma, backend, with_length=True)
+
+
+def dtw_similarity(sim, mode="soft", gamma=0.1, backend=None, with_length=False, symmetric=False):
+    """DTW of the cost 1 - s for every pair of a similarity (Q, S, N, M) -> (Q, S), differentiable w.r.t. ``sim``.
+
+    ``sim`` may have any strides: the (Q, S, T, T) view of a (Q·T, S·T) frame-similarity matmul,
+    ``mm.view(Q, T, S, T).transpose(1, 2)``, is read in place (two batch strides) and 1 - s is formed
+    in registers, so no cost tensor is written. Equal to ``dtw(1 - sim.flatten(0, 1))`` (and to
+    dtw_with_length / dtw_symmetric with the flags), reshaped to (Q, S); off the short Triton path
+    (CPU, N or M > SHORT_MAX) it is computed that way. The gradient is -dvalue/dcost, laid out like
+    ``sim`` where that is dense.
+
+    with_length: also the hard optimal path's length (Q, S), no gradient (modes soft, hard).
+    symmetric: dtw(C) + dtw(Cᵀ) of C = 1 - s (OTAM's score); not with with_length.
+    """
+    if with_length and (symmetric or mode not in ("soft", "hard")):
+        raise ValueError(f"dtw_similarity: with_length needs mode 'soft' or 'hard' and symmetric=False, "
+                         f"got mode={mode!r}, symmetric={symmetric}")
+    out = _run(sim, mode, gamma, backend, with_length, symmetric, similarity=True)
+    pairs = sim.shape[:2]
+    return tuple(o.view(pairs) for o in out) if with_length else out.view(pairs)
 
 
 def dtw_path(cost, backend=None):

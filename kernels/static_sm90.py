@@ -27,6 +27,7 @@ import tempfile
 
 BEFORE = "before (v1: row tile, stored weights)"
 AFTER = "after (v2: register-resident, recomputing backward)"
+SIMILARITY = "similarity (v3: strided (Q, S, N, M) similarity, 1 - s formed in the load)"
 SIZES = ((8, 8), (16, 16))
 MODES = ("soft", "hard", "otam")
 ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp64": 8}
@@ -151,7 +152,8 @@ def _variants():
                 mp = max(1 << (m - 1).bit_length(), 2)
                 mp_t = max(1 << (n - 1).bit_length(), 2)
                 short = {**flags, "FAST_MATH": True, "BLOCK_B": 128, "N": n, "M": m, "SYMMETRIC": False,
-                         "MP": mp, "BITS": mp.bit_length() - 1, "MP_T": mp_t, "BITS_T": mp_t.bit_length() - 1}
+                         "SIMILARITY": False, "MP": mp, "BITS": mp.bit_length() - 1, "MP_T": mp_t,
+                         "BITS_T": mp_t.bit_length() - 1}
                 pointers = {"cost_ptr": "*" + dtype, "scale_ptr": "*fp32", "out_ptr": "*fp32", "length_ptr": "*fp32"}
                 passes = [("fwd", False)] + ([("fwd+length", True)] if mode != "otam" else [])
                 for pass_, length in passes:
@@ -170,6 +172,25 @@ def _variants():
                     rows.append((AFTER, "_dtw_short_bwd_kernel", mode, "bwd symmetric", n, m, dtype,
                                  dtw._dtw_short_bwd_kernel, bwd_pointers, symmetric, 4, 128, (),
                                  cost_bytes + 4 + cost_bytes))
+                # similarity: the matchers' passes (dtw_similarity) on the strided (Q, S, N, M) view of the
+                # frame matmul: s read in place, 1 - s in registers, dsim written in s's layout.
+                similarity = {**short, "SIMILARITY": True}
+                if mode == "otam":  # the OTAM head: both directions; one backward program only up to SYMMETRIC_BWD_MAX
+                    fused = max(n, m) <= dtw.SYMMETRIC_BWD_MAX
+                    passes = [("fwd symmetric", {**similarity, "SYMMETRIC": True, "LENGTH": False}),
+                              ("bwd symmetric" if fused else "bwd (per direction, 2 launches)",
+                               {**similarity, "SYMMETRIC": fused})]
+                else:  # the I-M matcher: value + hard path length, then its backward
+                    passes = [("fwd+length", {**similarity, "LENGTH": True}), ("bwd", similarity)]
+                for pass_, constexprs in passes:
+                    if pass_.startswith("fwd"):
+                        rows.append((SIMILARITY, "_dtw_short_fwd_kernel", mode, pass_, n, m, dtype,
+                                     dtw._dtw_short_fwd_kernel, pointers, constexprs, 4, 128, (),
+                                     cost_bytes + 4 + (4 if constexprs["LENGTH"] else 0)))
+                    else:
+                        rows.append((SIMILARITY, "_dtw_short_bwd_kernel", mode, pass_, n, m, dtype,
+                                     dtw._dtw_short_bwd_kernel, bwd_pointers, constexprs, 4, 128, (),
+                                     cost_bytes + 4 + cost_bytes))
     return rows
 
 
@@ -218,6 +239,8 @@ def markdown(result):
     lines += [
         "",
         f"before = {BEFORE}: still the long path (N or M > 16). after = {AFTER}.",
+        f"similarity = {SIMILARITY}: the passes of dtw_similarity, which the I-M matcher and the OTAM head",
+        "use since issue #10.",
         "",
         "Notes",
         "- Targets of issue #10: soft forward 8×8 fp32 <= 1,500 SASS/pair without spills; backward traffic",
@@ -230,6 +253,18 @@ def markdown(result):
         "- The short backward keeps all of R in registers: 16×16 spills 1.5-4 KB per thread to local memory;",
         "  it still executes 4-11× fewer instructions than the long backward alone (15-41× for the forwards)",
         "  and moves no weights, so the short path stays on up to N, M = 16 (SHORT_MAX) until GPU timings say.",
+        "- similarity rows: the kernel reads s from the strided (Q, S, N, M) view of the (Q·T, S·T) frame matmul",
+        "  (pair b = q·S + s, two batch strides; q by multiply-high, no division) and forms 1 - s in registers;",
+        "  their bytes/pair equal the cost rows' (s in, values out; dsim written in s's layout). What goes away",
+        "  is the elementwise 1 - s pass before the forward and the negation after the backward, each reading",
+        "  and writing N·M elements per pair (2·N·M·elem bytes: 512 B at 8×8 fp32, 2,048 B at 16×16), plus their",
+        "  launches. The price is one add per cell and the pair's offset arithmetic (compare with the after",
+        "  rows of the same pass). A permuted matmul view keeps loads coalesced: a warp's 32 pairs (same q,",
+        "  consecutive s) read one contiguous span of 32·M elements per row.",
+        "- regs / spills come from re-assembling Triton's PTX with the bundled ptxas -v, which can disagree with",
+        "  the cubin the SASS column counts: for similarity otam bwd 16×16 it reports 32 registers and 33.5 KB,",
+        "  while the cubin uses 253 registers with 683 STL / 723 LDL instructions (after otam bwd 16×16: 492 /",
+        "  519), checked with nvdisasm when the table was regenerated for issue #10.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -54,6 +54,7 @@ def test_matcher_bench_times_im_and_otam_beside_a_plain_forward():
 
     result = run_matcher_bench(DTWBenchConfig(pairs=(50,), sizes=((4, 4),), repeats=1, warmup=0), dim=16)
     rows = {r["implementation"]: r for r in result["rows"]}
-    assert set(rows) == {"dtw forward (plain)", "I-M matcher hard", "I-M matcher soft", "OTAM head"}
+    assert set(rows) == {"dtw forward (plain)", "I-M matcher hard", "I-M matcher soft", "OTAM head",
+                         "I-M dtw, s in place", "I-M dtw, 1 - s copy"}
     assert rows["dtw forward (plain)"]["x_plain_fwd"] == 1.0 and rows["OTAM head"]["pairs"] == 50
     assert "x plain fwd" in format_matcher_table(result)

@@ -42,8 +42,11 @@ COMPILE_ALL = textwrap.dedent(
                 dtw_module._dtw_bwd_kernel,
                 {"w_ptr": acc_ptr, "grad_out_ptr": acc_ptr, "grad_ptr": "*" + cost_type},
                 {"OTAM": mode == "otam", "ACC_DTYPE": acc_dtype, "BLOCK_B": 128, "BLOCK_M": 16})
+            # SIMILARITY (dtw_similarity's strided (Q, S, N, M) input, 1 - s in the load) on the 16-bit and fp32
+            # costs, the plain (B, N, M) cost on fp64: both branches compile for every mode.
             short = {"N": 5, "M": 7, "OTAM": mode == "otam", "HARD": mode == "hard", "FAST_MATH": acc == "float32",
-                     "SYMMETRIC": mode == "otam", "BLOCK_B": 64, "MP": 8, "BITS": 3, "MP_T": 8, "BITS_T": 3}
+                     "SYMMETRIC": mode == "otam", "SIMILARITY": cost_type != "fp64", "BLOCK_B": 64, "MP": 8, "BITS": 3,
+                     "MP_T": 8, "BITS_T": 3}
             results[f"short-fwd-{mode}-{cost_type}"] = compile_kernel(
                 dtw_module._dtw_short_fwd_kernel,
                 {"cost_ptr": "*" + cost_type, "scale_ptr": acc_ptr, "out_ptr": acc_ptr, "length_ptr": acc_ptr},

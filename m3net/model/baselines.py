@@ -3,9 +3,9 @@ import dataclasses
 
 import torch.nn.functional as F
 
-from m3net.kernels import dtw_symmetric
+from m3net.kernels import dtw_similarity
 from m3net.model.cross_transformer import cross_transformers, mean_tuple_distance
-from m3net.model.episode_ops import autocast_off, class_mean_distance, cosine_cost_all_pairs
+from m3net.model.episode_ops import autocast_off, class_mean_distance, similarity_all_pairs
 from m3net.model.registry import FewShotHead, class_means, num_classes, register_head
 
 
@@ -32,12 +32,22 @@ class TSNCosine(FewShotHead):
         return {"y": self.config.temperature * cosine}
 
 
+def otam_scores(query, support, gamma):
+    """OTAM's symmetric score of every (query, support) pair: query (Q, T, d), support (S, T, d) -> (Q, S).
+
+    One dtw_similarity call on the frame-similarity matmul's (Q, S, T, T) view, both directions in
+    one launch (C = 1 - s formed in the kernel's registers). Free of data-dependent shapes, so
+    torch.compile(fullgraph=True) captures it whole (the DTW is one custom-op node).
+    """
+    sim = similarity_all_pairs(query, support[None])  # (Q, S, T, T)
+    return dtw_similarity(sim, mode="otam", gamma=gamma, symmetric=True).to(sim.dtype)  # (Q, S)
+
+
 @register_head("otam")
 class OTAM(FewShotHead):
     """OTAM (Cao et al. CVPR 2020) without training: per-frame features (spatial mean), cosine
-    cost between every query and support frame, symmetric score dtw(C, otam) + dtw(Cᵀ, otam),
-    mean over a class's supports, logits = -score. All Q·S pairs and both directions go through
-    one dtw_symmetric call."""
+    cost between every query and support frame, symmetric score dtw(C, otam) + dtw(Cᵀ, otam)
+    (otam_scores), mean over a class's supports, logits = -score."""
 
     trainable = False
     first_pool = 1
@@ -52,11 +62,8 @@ class OTAM(FewShotHead):
         support, query = self.cast(support, query)
         n_way = num_classes(support_labels)
         with autocast_off(query):
-            cost = cosine_cost_all_pairs(query.mean(dim=(2, 3)), support.mean(dim=(2, 3))[None])  # (Q, S, T, T)
-            flat = cost.flatten(0, 1)  # (Q·S, T, T)
-            gamma = self.config.gamma
-            score = dtw_symmetric(flat, mode="otam", gamma=gamma).to(flat.dtype)  # both directions, one launch
-            return {"y": -class_mean_distance(score.view(cost.shape[:2]), support_labels, n_way)}  # (Q, N)
+            score = otam_scores(query.mean(dim=(2, 3)), support.mean(dim=(2, 3)), self.config.gamma)  # (Q, S)
+            return {"y": -class_mean_distance(score, support_labels, n_way)}  # (Q, N)
 
 
 @register_head("trx")

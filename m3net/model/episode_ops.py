@@ -52,13 +52,22 @@ def unit_distance(a, b):
     return safe_sqrt((F.normalize(a, dim=-1) - F.normalize(b, dim=-1)).pow(2).sum(dim=-1))
 
 
-def cosine_cost_all_pairs(query, support):
-    """1 - cos between every query frame and every support frame of every (query, support) pair.
+def similarity_all_pairs(query, support):
+    """cos between every query frame and every support frame of every (query, support) pair.
 
     query (Q, T, d), support (G, S, T, d) with G in {1, Q} (shared or per-query supports)
-    -> (Q, S, T, T). Same values as m3net.kernels.cosine_cost on the Q·S pairs, computed as one
-    einsum so the (Q·S, T, d) copies of both sides are never built.
+    -> (Q, S, T, T), a permuted view (no copy) of one (Q·T, d) x (d, S·T) matmul (G = 1) or Q
+    batched (T, d) x (d, S·T) ones (G = Q): the (Q·S, T, d) copies of both sides are never built,
+    and m3net.kernels.dtw_similarity reads the view in place.
     """
-    q = F.normalize(query, dim=-1)
-    s = F.normalize(support, dim=-1).expand(query.shape[0], -1, -1, -1)  # (Q, S, T, d)
-    return 1 - torch.einsum("qtd,qsud->qstu", q, s)
+    q = F.normalize(query, dim=-1)  # (Q, T, d)
+    s = F.normalize(support, dim=-1)  # (G, S, T, d)
+    frames = s.flatten(1, 2).transpose(1, 2)  # (G, d, S·T)
+    sim = q @ (frames[0] if s.shape[0] == 1 else frames)  # (Q, T, S·T); a 2-D right side folds into one matmul
+    return sim.unflatten(2, s.shape[1:3]).transpose(1, 2)  # (Q, S, T, T)
+
+
+def cosine_cost_all_pairs(query, support):
+    """1 - cos of every frame pair of every (query, support) pair: (Q, T, d), (G, S, T, d) -> (Q, S, T, T).
+    Same values as m3net.kernels.cosine_cost on the Q·S pairs (see similarity_all_pairs)."""
+    return 1 - similarity_all_pairs(query, support)

@@ -7,8 +7,15 @@ query), G = 1 otherwise. Each returns a distance (Q, N) (smaller = closer).
 import torch
 from torch import nn
 
-from m3net.kernels import dtw_with_length
-from m3net.model.episode_ops import class_mean_distance, cosine_cost_all_pairs, safe_sqrt, stack_by_class, unit_distance
+from m3net.kernels import dtw_similarity
+from m3net.model.episode_ops import (
+    class_mean_distance,
+    cosine_cost_all_pairs,
+    safe_sqrt,
+    similarity_all_pairs,
+    stack_by_class,
+    unit_distance,
+)
 
 DTW_MODES = ("hard", "soft")
 
@@ -16,7 +23,8 @@ DTW_MODES = ("hard", "soft")
 def instance_matching(query, support, support_labels, n_way, mode="hard", gamma=0.1):
     """I-M (§3.4.1): D1 = mean over a class's supports of the average cosine cost along the DTW path.
 
-    cost M (Q·S, T, T) = 1 - cos of frame pairs, all pairs in one dtw_with_length call. "Average
+    cost M = 1 - cos of frame pairs, all Q·S pairs in one dtw_similarity call on the (Q, S, T, T) view of
+    the frame-similarity matmul (the kernel forms 1 - s in registers; no cost tensor). "Average
     along the optimal path" = DTW value / number of cells on the hard optimal path, both from the
     same pass over the cost:
       mode="hard": the paper's DP (min over 3 predecessors): D is the mean cost of the optimal
@@ -25,9 +33,9 @@ def instance_matching(query, support, support_labels, n_way, mode="hard", gamma=
                    gradient spread over near-optimal paths.
     The path length is an integer count without gradient.
     """
-    cost = cosine_cost_all_pairs(query, support)  # (Q, S, T, T)
-    total, length = dtw_with_length(cost.flatten(0, 1), mode=mode, gamma=gamma)  # (Q·S,) each
-    pair = (total / length).to(cost.dtype).view(cost.shape[:2])  # (Q, S)
+    sim = similarity_all_pairs(query, support)  # (Q, S, T, T), strided
+    total, length = dtw_similarity(sim, mode=mode, gamma=gamma, with_length=True)  # (Q, S) each
+    pair = (total / length).to(sim.dtype)  # (Q, S)
     return class_mean_distance(pair, support_labels, n_way)  # (Q, N)
 
 
