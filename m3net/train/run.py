@@ -71,7 +71,7 @@ def optimizer_settings():
     from m3net.config import setting
 
     return {
-        "optimizer": setting("sgd", "sgd (the paper's, with --momentum) or adam (TRX's and HyRSM's reference code; "
+        "optimizer": setting("sgd", "sgd (the paper's, with --momentum) or adam (HyRSM's reference code; "
                              "--momentum is then unused).", choices=OPTIMIZERS),
         "clip_grad": setting(0.0, "Clip the gradients' global norm to this before every optimizer step (0: off). "
                              "Heads with unnormalised distance logits (STRM) can diverge without it.", minimum=0),
