@@ -247,7 +247,7 @@ def demo_cmd(seeds, record, compare, train_classes, val_classes, test_classes, c
 
     Generates fine-grained clips whose classes differ in the order and details of sub-actions,
     extracts ResNet-50 maps, trains the M3Net head briefly and scores it against ProtoNet,
-    TSN-cosine and OTAM on the same seeded test episodes (about 10 minutes on a 2-core CPU).
+    TSN-cosine and OTAM on the same seeded test episodes (about 6 minutes on an idle 2-core CPU).
     """
     import json
 
