@@ -176,7 +176,8 @@ def train_or_reuse(config, cache, head, head_options, step):
 
 def parse_compare(text):
     """"trx,strm" -> ("trx", "strm"): trainable registry heads other than the demo's own."""
-    from m3net.model import build_head, list_heads
+    from m3net.model import list_heads
+    from m3net.model.registry import head_class
 
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     for name in names:
@@ -184,7 +185,7 @@ def parse_compare(text):
             raise ConfigError(f"--compare {name}: not a registered head (see `m3net heads`)")
         if name == "m3net":
             raise ConfigError("--compare m3net: the demo trains M3Net already")
-        if not build_head(name, feature_dim=8, num_frames=8).trainable:
+        if not head_class(name).trainable:
             raise ConfigError(f"--compare {name}: a parameter-free head; the demo scores it as a baseline already")
     if len(set(names)) != len(names):
         raise ConfigError(f"--compare {text}: a head is named twice")
