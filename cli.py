@@ -8,20 +8,20 @@ import sys
 import click
 
 from m3net import __version__
+from m3net.bench.dtw import DTWBenchConfig
+from m3net.bench.extract import ExtractBenchConfig
+from m3net.bench.finetune import FinetuneBenchConfig
+from m3net.bench.train import TrainBenchConfig
 from m3net.config import click_options
 from m3net.data.synthetic import SyntheticConfig
 from m3net.demo import DemoConfig
-from m3net.extract.bench import ExtractBenchConfig
 from m3net.extract.loop import ExtractConfig
-from m3net.kernels.bench import DTWBenchConfig
 from m3net.model.registry import parse_head_options
 from m3net.reproduce import ReproduceConfig
-from m3net.train.bench import TrainBenchConfig
-from m3net.train.bench_finetune import FinetuneBenchConfig
 from m3net.train.evaluate import EvalConfig
 from m3net.train.finetune import FinetuneConfig
-from m3net.train.loop import TrainConfig
 from m3net.train.predict import PredictConfig
+from m3net.train.train_head import TrainConfig
 
 
 class M3NetGroup(click.Group):
@@ -100,7 +100,7 @@ def train_head_cmd(head_opt, **options):
     Exit status 130 after Ctrl-C (the state is saved: re-run with --resume), 75 when another
     process is writing --out.
     """
-    from m3net.train.loop import train_head
+    from m3net.train.train_head import train_head
 
     options = preset_options("train-head", options)
     config = TrainConfig(head_options=parse_head_options(options["head"], head_opt), **options)
@@ -132,7 +132,7 @@ def evaluate_cmd(checkpoints, heads, **options):
 @head_opt_option
 def bench_train_cmd(head_opt, **options):
     """Episodes/s of training and evaluation at the real sizes, projected to 60 000 / 6 000 episodes."""
-    from m3net.train.bench import format_table, run_bench, write_results
+    from m3net.bench.train import format_table, run_bench, write_results
 
     result = run_bench(TrainBenchConfig(head_options=parse_head_options(options["head"], head_opt), **options))
     click.echo(format_table(result))
@@ -151,7 +151,7 @@ def bench_finetune_cmd(head_opt, checkpointing, shots, **options):
     Random frames of the episode's size (decoding excluded). A setting that does not fit in GPU
     memory is reported as "out of memory".
     """
-    from m3net.train.bench_finetune import format_table, run_bench, write_results
+    from m3net.bench.finetune import format_table, run_bench, write_results
 
     modes = {"both": (False, True), "off": (False,), "on": (True,)}[checkpointing]
     config = FinetuneBenchConfig(head_options=parse_head_options(options["head"], head_opt), checkpointing=modes,
@@ -334,7 +334,7 @@ def bench_extract_cmd(**options):
     """Decode-only clips/s, backbone-only frames/s and end-to-end extraction, side by side."""
     import warnings
 
-    from m3net.extract.bench import format_table, run_bench, write_results
+    from m3net.bench.extract import format_table, run_bench, write_results
 
     warnings.filterwarnings("ignore", message="--weights random")  # timing only: the values do not matter
     result = run_bench(ExtractBenchConfig(**options))
@@ -381,7 +381,7 @@ def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, static, 
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         proc = subprocess.run([sys.executable, "-m", "m3net.kernels.static_sm90", "--out", out], env=env)
         raise SystemExit(proc.returncode)
-    from m3net.kernels.bench import (
+    from m3net.bench.dtw import (
         IMPLEMENTATIONS,
         SWEEP_PAIRS,
         SWEEP_T,
@@ -396,7 +396,7 @@ def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, static, 
     config = DTWBenchConfig(backward=pass_ == "fwd+bwd", implementations=tuple(implementations) or IMPLEMENTATIONS,
                             pairs=SWEEP_PAIRS if sweep else (tuple(pairs) or (0,)), sizes=sizes, **options)
     if matchers:
-        from m3net.runtime import write_benchmark
+        from m3net.bench.record import write_benchmark
 
         result = run_matcher_bench(config)
         click.echo(format_matcher_table(result))

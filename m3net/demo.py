@@ -148,8 +148,8 @@ def train_or_reuse(config, cache, head, head_options, step):
     """Trains ``head`` on the demo's cache into <out>/runs/<head> with the demo's protocol, or reuses
     the finished run there (a run of other settings is refused); returns the run folder."""
     from m3net.train.checkpoint import load_checkpoint
-    from m3net.train.loop import TrainConfig, train_head
-    from m3net.train.run import check_resumed_config
+    from m3net.train.loop import check_resumed_config
+    from m3net.train.train_head import TrainConfig, train_head
 
     run = os.path.join(config.out, "runs", head)
     _step(f"{step} train the {head} head ({config.train_episodes} episodes) -> {run}")
@@ -254,7 +254,8 @@ def aggregate(per_seed):
 def seeds_record(config, seeds):
     """The record of finished demos of ``seeds`` (``seeded`` folders under config.out): every seed's
     tables with the checks of ``seed_checks``, and the mean ± sd over seeds (``aggregate``)."""
-    from m3net.runtime import benchmark_record, resolve_device
+    from m3net.bench.record import benchmark_record
+    from m3net.runtime import resolve_device
 
     per_seed, wall, weights = {}, {}, {}
     for seed in seeds:

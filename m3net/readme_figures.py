@@ -15,6 +15,7 @@
 tests/test_readme_figures.py runs the check.
 """
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -215,7 +216,7 @@ def render_benchmarks(root):
             ("bench_finetune_*.json", "**Finetune** (`m3net bench-finetune`, decoding excluded)",
              (("shot", "shot", str), ("checkpointing", "checkpointing", str), ("images", "images_per_episode", str),
               ("episodes/s", "episodes_per_s", "{:.3f}".format), ("peak GPU MiB", "peak_gpu_mib", str))),
-            ("bench_residency_*.json", "**Feature residency** (`python benchmarks/bench_residency.py`)",
+            ("bench_residency_*.json", "**Feature residency** (`python -m m3net.bench.residency`)",
              (("features", "residency", str), ("cache GiB", "cache_gib", str),
               ("limit GiB", "memory_limit_gib", str), ("train ep/s", "train_episodes_per_s", "{:.2f}".format),
               ("vs memory", "train_vs_memory", "{:.0%}".format),
@@ -281,9 +282,35 @@ def render_paper_ablations():
     return "\n".join(lines)
 
 
+def _shown(value):
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value == "":
+        return "(none)"
+    return f"{value:,}".replace(",", " ") if isinstance(value, int) else str(value)
+
+
+def settings_table():
+    """The README's settings table (markdown): paper value, m3net default, --preset paper, and why."""
+    from m3net.train.evaluate import EvalConfig
+    from m3net.train.finetune import FinetuneConfig
+    from m3net.train.presets import SETTINGS
+    from m3net.train.train_head import TrainConfig
+
+    configs = {"finetune": FinetuneConfig, "train-head": TrainConfig, "evaluate": EvalConfig}
+    lines = ["| command | option | paper | m3net default | `--preset paper` | note |", "|---|---|---|---|---|---|"]
+    for s in SETTINGS:
+        default = next(f.default for f in dataclasses.fields(configs[s.stage]) if f.name == s.option)
+        if s.option == "freeze_bn":
+            option = "--freeze-bn/--train-bn"
+        else:
+            option = "--" + s.option.replace("_", "-")
+        lines.append(f"| {s.stage} | `{option}` | {s.paper} | {_shown(default)} | {_shown(s.preset)} | {s.why} |")
+    return "\n".join(lines)
+
+
 def expected_readme(root):
     """(current README text, README text with every generated section rebuilt from its source)."""
-    from m3net.train.presets import settings_table
 
     record_path = latest_record(root)
     with open(os.path.join(root, record_path)) as fh:

@@ -368,7 +368,7 @@ def draw_report(results_dir, run_dir=None, clips_root=None):
     from m3net.cache import load_cache
     from m3net.data.episodes import EpisodeSampler
     from m3net.model.m3net_head import M3Net
-    from m3net.train.common import FeatureBank
+    from m3net.train.features import FeatureBank
 
     with open(os.path.join(results_dir, "results.json")) as fh:
         summary = json.load(fh)

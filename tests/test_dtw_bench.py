@@ -36,7 +36,7 @@ def test_bench_dtw_writes_table_and_files(tmp_path):
 def test_bench_dtw_sizes_same_pairs_and_skipped_pysdtw_dtype():
     """Every implementation at the same pairs per size; pysdtw + bf16 is a skipped row, not a crash."""
     pytest.importorskip("triton")
-    from m3net.kernels.bench import DTWBenchConfig, format_table, run_bench
+    from m3net.bench.dtw import DTWBenchConfig, format_table, run_bench
 
     config = DTWBenchConfig(pairs=(8,), sizes=((3, 4), (5, 5)), dtype="bfloat16", repeats=1, warmup=0,
                             implementations=("triton", "eager-loop", "pysdtw"))
@@ -50,7 +50,7 @@ def test_bench_dtw_sizes_same_pairs_and_skipped_pysdtw_dtype():
 
 
 def test_matcher_bench_times_im_and_otam_beside_a_plain_forward():
-    from m3net.kernels.bench import DTWBenchConfig, format_matcher_table, run_matcher_bench
+    from m3net.bench.dtw import DTWBenchConfig, format_matcher_table, run_matcher_bench
 
     result = run_matcher_bench(DTWBenchConfig(pairs=(50,), sizes=((4, 4),), repeats=1, warmup=0), dim=16)
     rows = {r["implementation"]: r for r in result["rows"]}

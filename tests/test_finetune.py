@@ -16,7 +16,7 @@ from m3net.extract.backbone import build_backbone
 from m3net.model import build_head
 from m3net.train.checkpoint import load_checkpoint
 from m3net.train.finetune import FinetuneConfig, finetune
-from m3net.train.run import Interrupted
+from m3net.train.loop import Interrupted
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from m3net.model import build_head
 from m3net.model.registry import parse_head_options
 from m3net.train.checkpoint import load_checkpoint
 from m3net.train.evaluate import EvalConfig, evaluate
-from m3net.train.loop import TrainConfig, train_head
+from m3net.train.train_head import TrainConfig, train_head
 
 pytestmark = pytest.mark.usefixtures("aligned_head")
 
@@ -294,7 +294,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_and_no_tmp(tmp_path, 
 
 
 def test_a_log_window_after_resume_averages_only_the_episodes_it_ran():
-    from m3net.train.run import Window
+    from m3net.train.loop import Window
 
     window = Window().reset()
     for loss in (1.0, 3.0):  # two episodes since the resume, though the cadence is every 4

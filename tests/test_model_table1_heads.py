@@ -18,9 +18,10 @@ from m3net.errors import ConfigError
 from m3net.model import build_head
 from m3net.model.hyrsm import bidirectional_mean_hausdorff
 from m3net.model.pal import prototype_centred_loss
-from m3net.train.common import FeatureBank, episode_accuracies
 from m3net.train.evaluate import load_trained_head
-from m3net.train.loop import TrainConfig, train_head
+from m3net.train.features import FeatureBank
+from m3net.train.metrics import episode_accuracies
+from m3net.train.train_head import TrainConfig, train_head
 
 TABLE1_HEADS = ("pal", "strm", "hyrsm", "trx")
 

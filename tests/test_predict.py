@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from m3net.cli import main
 from m3net.data.synthetic import SyntheticConfig, generate_synthetic
 from m3net.extract.loop import ExtractConfig, extract_dataset
-from m3net.train.loop import TrainConfig, train_head
+from m3net.train.train_head import TrainConfig, train_head
 
 pytestmark = pytest.mark.usefixtures("aligned_head")
 

@@ -13,7 +13,7 @@ from m3net.errors import ConfigError
 from m3net.model import build_head
 from m3net.report import draw_report, plot_stage_activations, stage_activation_maps
 from m3net.train.evaluate import EvalConfig, evaluate, write_summary
-from m3net.train.loop import TrainConfig, train_head
+from m3net.train.train_head import TrainConfig, train_head
 
 T, C, S, Q = 4, 16, 3, 3
 

@@ -12,10 +12,10 @@ from m3net.cache import CacheError, PrefetchingReader, RowReader, load_cache, wr
 from m3net.data.episodes import EpisodeSampler
 from m3net.errors import ConfigError
 from m3net.train.checkpoint import load_checkpoint
-from m3net.train.common import choose_residency, open_bank
 from m3net.train.evaluate import EvalConfig, evaluate
-from m3net.train.loop import TrainConfig, train_head
-from m3net.train.run import Interrupted
+from m3net.train.features import choose_residency, open_bank
+from m3net.train.loop import Interrupted
+from m3net.train.train_head import TrainConfig, train_head
 
 pytestmark = pytest.mark.usefixtures("aligned_head")
 

@@ -11,7 +11,7 @@ from m3net.data.episodes import EpisodeError, EpisodeSampler
 from m3net.errors import ConfigError
 from m3net.train.checkpoint import load_checkpoint
 from m3net.train.evaluate import EvalConfig, evaluate
-from m3net.train.loop import TrainConfig, train_head
+from m3net.train.train_head import TrainConfig, train_head
 
 pytestmark = pytest.mark.usefixtures("aligned_head")
 

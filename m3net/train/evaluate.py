@@ -25,7 +25,8 @@ from m3net.errors import ConfigError, NonFiniteError
 from m3net.model import build_head
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import features_provenance, load_checkpoint, load_module_state
-from m3net.train.common import episode_accuracies, mean_and_ci, open_bank, residency_settings
+from m3net.train.features import open_bank, residency_settings
+from m3net.train.metrics import episode_accuracies, mean_and_ci
 from m3net.train.presets import preset_setting
 
 

@@ -37,9 +37,7 @@ from m3net.extract.video import Clip
 from m3net.model import build_head
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import load_checkpoint, load_module_state, restore_rng, rng_state
-from m3net.train.common import episode_accuracies, mean_and_ci
-from m3net.train.presets import preset_setting
-from m3net.train.run import (
+from m3net.train.loop import (
     RESUMABLE_CHANGES,
     RunFolder,
     Schedule,
@@ -50,6 +48,8 @@ from m3net.train.run import (
     optimizer_settings,
     run_episodes,
 )
+from m3net.train.metrics import episode_accuracies, mean_and_ci
+from m3net.train.presets import preset_setting
 
 
 @dataclass

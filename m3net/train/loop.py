@@ -1,161 +1,278 @@
-"""``m3net train-head``: episodic training of a few-shot head on the feature cache (paper §4.2).
+"""The run scaffold both training loops use (``train-head`` and ``finetune``): one run folder with
+its lock, checkpoints and logs, and one episode loop that logs, validates, checkpoints, stops on a
+non-finite loss and saves on Ctrl-C. A fix to any of these lands once, for both.
 
-The cache's train and val splits are loaded once into (GPU or host) memory; episode ``i`` is a
-pure function of (seed, i), and checkpoints carry the model, optimizer, scheduler, RNG state and
-step, so ``--resume`` continues to exactly the result of an uninterrupted run.
+A run folder holds ``last.pt`` (every --checkpoint-every episodes and after each validation),
+``best.pt`` (best validation accuracy), ``train_log.csv``, ``val_log.csv``, ``failures*.csv`` and,
+with tensorboard installed, ``tensorboard/``. One process writes it (``.lock``); ``--resume``
+continues from ``last.pt`` and first drops log rows past its step, so a run killed between two
+checkpoints logs each step once.
 """
-import dataclasses
-import sys
-from dataclasses import dataclass
+import contextlib
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass, field
 
-import torch
+from tqdm import tqdm
 
-from m3net.cache import ProvenanceError, load_cache
-from m3net.cache.schema import provenance_differences
-from m3net.config import device_setting, setting
-from m3net.config import validate as validate_config
-from m3net.data.episodes import EpisodeSampler
-from m3net.errors import ConfigError
-from m3net.model import build_head
-from m3net.runtime import resolve_device
-from m3net.train.checkpoint import load_module_state, restore_rng, rng_state
-from m3net.train.common import episode_accuracies, mean_and_ci, open_bank, residency_settings
-from m3net.train.presets import preset_setting
-from m3net.train.run import (
-    RESUMABLE_CHANGES,
-    RunFolder,
-    Schedule,
-    check_resumed_config,
-    clip_gradients,
-    make_optimizer,
-    optimizer_settings,
-    run_episodes,
-)
+from m3net.errors import ConfigError, M3NetError, NonFiniteError
+from m3net.locking import exclusive_lock
+from m3net.train.checkpoint import load_checkpoint, save_checkpoint
+
+VAL_FIELDS = ("step", "val_acc", "val_ci", "best_val_acc")
+RUN_FILES = ("last.pt", "best.pt", "train_log.csv", "val_log.csv")
+
+
+class Interrupted(M3NetError):
+    """Ctrl-C: the state was saved (when whole) and ``--resume`` continues."""
+
+    exit_code = 130
+
+
+def append_csv(path, fields, row):
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def trim_csv(path, step):
+    """Drop the rows of a step-keyed CSV log past ``step`` (written after the checkpoint resumed from)."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields, rows = reader.fieldnames, [r for r in reader if r.get("step") and int(r["step"]) <= step]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def tensorboard_writer(out):
+    """A SummaryWriter on OUT/tensorboard, or None when tensorboard is not installed (it is optional)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(os.path.join(out, "tensorboard"))
+
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def optimizer_settings():
+    """The --optimizer, --clip-grad options train-head and finetune share (lr, momentum and weight decay
+    are declared per stage: their defaults differ)."""
+    from m3net.config import setting
+
+    return {
+        "optimizer": setting("sgd", "sgd (the paper's, with --momentum) or adam (HyRSM's reference code; "
+                             "--momentum is then unused).", choices=OPTIMIZERS),
+        "clip_grad": setting(0.0, "Clip the gradients' global norm to this before every optimizer step (0: off). "
+                             "Heads with unnormalised distance logits (STRM) can diverge without it.", minimum=0),
+    }
+
+
+def make_optimizer(groups, config):
+    """config.optimizer over parameter groups (each with its "lr"), with config's weight decay."""
+    import torch
+
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def clip_gradients(optimizer, config):
+    """Clips the global gradient norm of the optimizer's parameters to config.clip_grad (if > 0)."""
+    import torch
+
+    if config.clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]],
+                                       config.clip_grad)
+
+
+# The length of a run, its logging cadence and where files live may change on resume.
+RESUMABLE_CHANGES = frozenset({"episodes", "resume", "device", "log_every", "val_every", "checkpoint_every", "out",
+                               "resident", "memory_limit", "pool_on_load", "prefetch"})
+
+
+def check_resumed_config(saved, config, path, free=RESUMABLE_CHANGES):
+    """Refuse to --resume a run with settings that would change its result, naming each one."""
+    changed = [k for k in saved if k not in free and saved[k] != getattr(config, k, saved[k])]
+    if changed:
+        raise ConfigError(f"--resume {path}: the run was started with other settings: "
+                          + ", ".join(f"{k}={saved[k]!r} (now {getattr(config, k)!r})" for k in changed))
+
+
+class RunFolder:
+    """``out`` opened by one process: locked, refused if it holds a run and ``resume`` is off.
+
+    Only the ``writer`` (rank 0 under torchrun) locks and writes; other ranks read ``last.pt``.
+    """
+
+    def __init__(self, out, resume, writer=True):
+        self.out, self.resume, self.writer = out, resume, writer
+        self.last_path, self.best_path = os.path.join(out, "last.pt"), os.path.join(out, "best.pt")
+        self.stack = contextlib.ExitStack()
+        self.board = None
+
+    def __enter__(self):
+        try:
+            os.makedirs(self.out, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"--out {self.out}: cannot create the run folder ({err.strerror})") from None
+        if not os.access(self.out, os.W_OK):
+            raise ConfigError(f"--out {self.out}: the run folder is not writable")
+        if self.writer:
+            self.stack.enter_context(exclusive_lock(os.path.join(self.out, ".lock"), f"the run folder {self.out}"))
+        try:
+            self._check_contents()
+            if self.writer:
+                self.board = tensorboard_writer(self.out)
+        except BaseException:
+            self.stack.close()
+            raise
+        return self
+
+    def _check_contents(self):
+        held = [name for name in RUN_FILES if os.path.exists(os.path.join(self.out, name))]
+        if self.resume and "last.pt" not in held:
+            raise ConfigError(f"--resume: {self.out} holds no last.pt to continue from")
+        if not self.resume and held:
+            raise ConfigError(f"--out {self.out} already holds a run ({', '.join(held)}): pass --resume to "
+                              "continue it, or choose another --out")
+
+    def __exit__(self, *exc):
+        if self.board:
+            self.board.close()
+        self.stack.close()
+
+    def load_last(self):
+        return load_checkpoint(self.last_path)
+
+    def trim_logs(self, step, own=()):
+        """Logs agree with the checkpoint at ``step``: rows written after it are dropped. The writer
+        trims the shared logs; each rank trims the logs it writes itself (``own``: file names)."""
+        shared = ("train_log.csv", "val_log.csv") if self.writer else ()
+        for name in (*shared, *own):
+            path = os.path.join(self.out, name)
+            if os.path.exists(path):
+                trim_csv(path, step)
+
+    def append(self, name, fields, row):
+        if self.writer:
+            append_csv(os.path.join(self.out, name), fields, row)
+
+    def scalars(self, prefix, values, step):
+        if self.board:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.board.add_scalar(f"{prefix}/{key}", value, step)
+
+    def save(self, path, state):
+        if self.writer:
+            save_checkpoint(path, **state)
 
 
 @dataclass
-class TrainConfig:
-    cache: str = setting(help="HDF5 feature cache from `m3net extract`.", path="file")
-    out: str = setting("runs/head", "Run folder: best.pt, last.pt, train_log.csv, val_log.csv.", path="dir")
-    head: str = setting("m3net", "Head from the registry (see `m3net heads`).")
-    head_options: dict = setting(cli=False, default_factory=dict)  # typed by the head's Config (--head-opt)
-    way: int = setting(5, "Classes per episode.", minimum=2)
-    shot: int = setting(1, "Supports per class.", minimum=1)
-    queries: int = setting(5, "Queries per class in training episodes.", minimum=1)
-    val_queries: int = setting(1, "Queries per class in validation episodes.", minimum=1)
-    episodes: int = setting(60_000, "Training episodes (paper: 60 000).", minimum=1)
-    lr: float = setting(1e-4, "Learning rate (paper: SGD, 1e-4).", minimum=0)
-    # The paper says SGD, lr 1e-4; momentum and weight decay are ours.
-    momentum: float = setting(0.9, "SGD momentum.", minimum=0, maximum=1)
-    weight_decay: float = setting(5e-4, "Weight decay (L2).", minimum=0)
-    optimizer: str = optimizer_settings()["optimizer"]
-    clip_grad: float = optimizer_settings()["clip_grad"]
-    lr_step: int = setting(2_000, "Multiply the lr by --lr-gamma every this many episodes.", minimum=1)
-    lr_gamma: float = setting(0.5, "Learning-rate decay factor.", minimum=0, exclusive=True)
-    val_every: int = setting(1_000, "Validate (and save last.pt) every this many episodes.", minimum=1)
-    val_episodes: int = setting(300, "Validation episodes (0: no validation, no best.pt).", minimum=0)
-    checkpoint_every: int = setting(500, "Save last.pt every this many episodes.", minimum=1)
-    log_every: int = setting(50, "Write a train_log.csv row every this many episodes.", minimum=1)
-    seed: int = setting(0, "Decides parameter init and every episode.")
-    preset: str = preset_setting()
-    device: str = device_setting()
-    resident: str = residency_settings()["resident"]
-    pool_on_load: bool = residency_settings()["pool_on_load"]
-    memory_limit: float = residency_settings()["memory_limit"]
-    prefetch: int = residency_settings()["prefetch"]
-    resume: bool = setting(False, "Continue the run in --out from its last.pt, exactly.", flag="--resume")
+class Schedule:
+    """How long a run lasts and how often it logs, validates and saves (in episodes)."""
 
-    def __post_init__(self):
-        validate_config(self)
+    episodes: int
+    log_every: int
+    val_every: int
+    checkpoint_every: int
+    validating: bool  # False: no validation, no best.pt
 
 
-@torch.no_grad()
-def validate(head, bank, sampler, episodes, view="y"):
-    """Mean accuracy (%) and 95% CI of ``view`` over the sampler's first ``episodes`` episodes."""
-    was_training = head.training
-    head.eval()
-    accs = []
-    bank.prefetch(sampler, 0, episodes)
-    for index in range(episodes):
-        support, support_labels, query, query_labels = bank.episode(sampler.episode(index))
-        accs.append(episode_accuracies(head(support, support_labels, query), query_labels)[view])
-    head.train(was_training)
-    return mean_and_ci(accs)
+@dataclass
+class Window:
+    """Training episodes since the last log line (only those run in this process: after a resume
+    the first window counts from the resumed step, not from the previous log line)."""
+
+    loss: float = 0.0
+    views: dict = field(default_factory=dict)
+    trained: int = 0
+    skipped: int = 0
+    start: float = 0.0
+
+    def reset(self):
+        self.loss, self.views, self.trained, self.skipped, self.start = 0.0, {}, 0, 0, time.perf_counter()
+        return self
+
+    def add(self, result):
+        if result is None:
+            self.skipped += 1
+            return
+        self.trained += 1
+        self.loss += result["loss"]
+        for view, value in result.get("views", {}).items():
+            self.views[view] = self.views.get(view, 0.0) + value
+
+    def row(self, step):
+        count = max(self.trained, 1)
+        return {"step": step, "loss": self.loss / count,
+                "views_loss": " ".join(f"{v}={loss / count:.4f}" for v, loss in self.views.items()),
+                "episodes_per_s": self.trained / max(time.perf_counter() - self.start, 1e-9),
+                "skipped_episodes": self.skipped}
 
 
-def _check_resume(state, config, provenance, path):
-    # The cache is checked by its provenance below, not by its path.
-    check_resumed_config(state["train_config"], config, path, RESUMABLE_CHANGES | {"cache"})
-    diffs = provenance_differences(provenance, state["provenance"])
-    if diffs:
-        raise ProvenanceError(f"{config.cache}: differs from the cache the checkpoint was trained on: "
-                              + "; ".join(f"{k}: {a!r} vs {b!r}" for k, a, b in diffs))
+TRAIN_FIELDS = ("step", "loss", "views_loss", "episodes_per_s", "skipped_episodes")
 
 
-def train_head(config, progress=True):
-    """Trains ``config.head``; writes best.pt, last.pt, train_log.csv, val_log.csv into config.out."""
-    device = resolve_device(config.device)
-    with RunFolder(config.out, config.resume) as run:
-        cached = load_cache(config.cache, splits=("train", "val"), features=False)
-        provenance = cached.provenance()
-        state = run.load_last() if config.resume else None
-        if state is not None:
-            _check_resume(state, config, provenance, run.last_path)
-        num_frames, feature_dim = cached.feature_shape[-4], cached.feature_shape[-1]
-        torch.manual_seed(config.seed)  # parameter init
-        head = build_head(config.head, feature_dim=feature_dim, num_frames=num_frames, **config.head_options)
-        head = head.to(device)
-        if not head.trainable:
-            raise ConfigError(f"--head {config.head} has no parameters to train: score it with "
-                              f"`m3net evaluate --head {config.head}`")
-        pool = head.input_pool() if config.pool_on_load else None
-        _, bank, where = open_bank(config.cache, ("train", "val"), device, config.resident, config.memory_limit, pool,
-                                   meta=cached, prefetch=config.prefetch)
-        run.stack.callback(bank.close)
-        if progress:
-            print(where, file=sys.stderr)
-        optimizer = make_optimizer([{"params": list(head.parameters()), "lr": config.lr}], config)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
-        train_sampler = EpisodeSampler(cached.labels, cached.split, "train", config.way, config.shot,
-                                       config.queries, seed=config.seed, class_names=cached.classes)
-        val_sampler = EpisodeSampler(cached.labels, cached.split, "val", config.way, config.shot,
-                                     config.val_queries, seed=config.seed + 1, class_names=cached.classes)
-        step, best = 0, -1.0
-        if state is not None:
-            load_module_state(head, state["model"], run.last_path)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            restore_rng(state["rng"])
-            step, best = state["step"], state["best_val_acc"]
-            run.trim_logs(step)
-        bank.prefetch(train_sampler, step, config.episodes)
+def run_episodes(run, schedule, step, best, train_step, validate, snapshot, extra_columns=dict,
+                 whole=lambda step: True, agree=lambda flag: flag, progress=True, desc="train"):
+    """Trains episodes ``step``..``schedule.episodes - 1``; returns (step, best validation accuracy).
 
-        def train_step(index):
-            support, support_labels, query, query_labels = bank.episode(train_sampler.episode(index),
-                                                                        rng=train_sampler.view_rng(index))
-            outputs = head(support, support_labels, query)
-            loss = head.loss(outputs, query_labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_gradients(optimizer, config)
-            optimizer.step()
-            scheduler.step()
-            views = {view: torch.nn.functional.cross_entropy(outputs[view].detach(), query_labels).item()
-                     for view in head.train_views if view in outputs}
-            return {"loss": loss.item(), "views": views}
-
-        def snapshot(step, best):
-            return dict(head=config.head, head_config=head.config_dict(), train_config=dataclasses.asdict(config),
-                        provenance=provenance, model=head.state_dict(), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), rng=rng_state(), step=step, best_val_acc=best)
-
-        schedule = Schedule(config.episodes, config.log_every, config.val_every, config.checkpoint_every,
-                            validating=config.val_episodes > 0)
-        head.train()
-        step, best = run_episodes(
-            run, schedule, step, best, train_step,
-            validate=lambda step: validate(head, bank, val_sampler, config.val_episodes),
-            snapshot=snapshot, extra_columns=lambda: {"lr": scheduler.get_last_lr()[0]},
-            progress=progress, desc=f"train {config.head}")
-    return {"out": config.out, "step": step, "best_val_acc": best,
-            "best": run.best_path if best >= 0 else "", "last": run.last_path}
+    train_step(step) -> {"loss": float, "views": {view: loss}} or None for a skipped episode;
+    validate(step) -> (accuracy %, ci), run on every rank; snapshot(step, best) -> checkpoint state;
+    extra_columns() -> more log columns (lr, ...); whole(step): the state is between optimizer steps
+    (saved on Ctrl-C only then); agree(flag): the flag AND-ed over ranks.
+    """
+    window = Window().reset()
+    fields = TRAIN_FIELDS + tuple(extra_columns())
+    saved_step = step
+    bar = tqdm(total=schedule.episodes, initial=step, disable=not progress or not run.writer, desc=desc, unit="ep")
+    try:
+        while step < schedule.episodes:
+            result = train_step(step)
+            if not agree(result is None or math.isfinite(result["loss"])):
+                raise NonFiniteError(
+                    f"episode {step + 1}: the training loss is not finite ({result and result['loss']}); stopped. "
+                    f"{run.last_path} keeps episode {saved_step}, the last saved finite state. Lower --lr, or "
+                    "check the cache for NaN/inf features (`m3net cache-info`).")
+            step += 1
+            window.add(result)
+            bar.update(1)
+            if step % schedule.log_every == 0 or step == schedule.episodes:
+                row = {**window.row(step), **extra_columns()}
+                run.append("train_log.csv", fields, row)
+                run.scalars("train", {k: v for k, v in row.items() if k != "step"}, step)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", eps=f"{row['episodes_per_s']:.2f}/s")
+                window.reset()
+            validating = schedule.validating and (step % schedule.val_every == 0 or step == schedule.episodes)
+            if validating:
+                acc, ci = validate(step)
+                if acc > best:
+                    best = acc
+                    run.save(run.best_path, snapshot(step, best))
+                run.append("val_log.csv", VAL_FIELDS,
+                           {"step": step, "val_acc": acc, "val_ci": ci, "best_val_acc": best})
+                run.scalars("val", {"acc": acc}, step)
+            if validating or step % schedule.checkpoint_every == 0 or step == schedule.episodes:
+                run.save(run.last_path, snapshot(step, best))
+                saved_step = step
+    except KeyboardInterrupt:
+        if whole(step):  # between optimizer steps the state is whole: save it, so --resume loses nothing
+            run.save(run.last_path, snapshot(step, best))
+            saved_step = step
+        raise Interrupted(f"interrupted: {run.last_path} holds episode {saved_step}; "
+                          "continue with the same command and --resume") from None
+    finally:
+        bar.close()
+    return step, best

@@ -4,7 +4,7 @@ Tang et al. 2023, §4.2: ImageNet-initialised ResNet-50, t = 8 frames, n = 4, d 
 crop + horizontal flip for training, SGD with lr 1e-4 for 60 000 episodes, lr x0.5 every 2 000,
 test view resize 256 + centre crop 224, 6 000 test episodes. Where the paper is silent m3net makes
 one documented choice. ``SETTINGS`` is the single table of all of it: the preset values come from
-it and the README's deviation table is generated from it (m3net/readme_settings.py).
+it and the README's deviation table is generated from it (m3net.readme_figures.settings_table).
 """
 import dataclasses
 
@@ -76,29 +76,3 @@ def with_preset(stage, options, explicit=()):
     option not in ``explicit`` (those the user gave): options given on the command line still win."""
     values = preset_values(stage, options.get("preset", "none"))
     return {**options, **{k: v for k, v in values.items() if k not in explicit}}
-
-
-def _shown(value):
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if value == "":
-        return "(none)"
-    return f"{value:,}".replace(",", " ") if isinstance(value, int) else str(value)
-
-
-def settings_table():
-    """The README's settings table (markdown): paper value, m3net default, --preset paper, and why."""
-    from m3net.train.evaluate import EvalConfig
-    from m3net.train.finetune import FinetuneConfig
-    from m3net.train.loop import TrainConfig
-
-    configs = {"finetune": FinetuneConfig, "train-head": TrainConfig, "evaluate": EvalConfig}
-    lines = ["| command | option | paper | m3net default | `--preset paper` | note |", "|---|---|---|---|---|---|"]
-    for s in SETTINGS:
-        default = next(f.default for f in dataclasses.fields(configs[s.stage]) if f.name == s.option)
-        if s.option == "freeze_bn":
-            option = "--freeze-bn/--train-bn"
-        else:
-            option = "--" + s.option.replace("_", "-")
-        lines.append(f"| {s.stage} | `{option}` | {s.paper} | {_shown(default)} | {_shown(s.preset)} | {s.why} |")
-    return "\n".join(lines)

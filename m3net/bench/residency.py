@@ -1,7 +1,7 @@
 """Feature residency benchmark: train-head and evaluate episodes/s with the cache's features held in
 memory vs streamed from the HDF5 file, on a generated cache about 1.5x the memory the bank may use.
 
-    python benchmarks/bench_residency.py [--clips 940 --memory-limit 1.0 --prefetch 0 4 --pool-on-load ...]
+    python -m m3net.bench.residency [--clips 940 --memory-limit 1.0 --prefetch 0 4 --pool-on-load ...]
 
 The in-memory row runs without a limit (the reference speed); the streamed rows run with
 ``--memory-limit`` GiB, so ``--resident auto`` has to stream, once per ``--prefetch`` depth (0: each
@@ -16,11 +16,12 @@ import time
 
 import numpy as np
 
+from m3net.bench.record import benchmark_record, write_benchmark
 from m3net.cache import write_cache_arrays
-from m3net.runtime import benchmark_record, resolve_device, write_benchmark
+from m3net.runtime import resolve_device
 from m3net.train.checkpoint import load_checkpoint
 from m3net.train.evaluate import EvalConfig, evaluate
-from m3net.train.loop import TrainConfig, train_head
+from m3net.train.train_head import TrainConfig, train_head
 
 
 def build_cache(path, clips, frames, channels, classes, seed=0):

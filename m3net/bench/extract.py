@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from m3net.bench.record import benchmark_record, write_benchmark
 from m3net.config import device_setting, setting
 from m3net.config import validate as validate_config
 from m3net.data.datasets import load_dataset
 from m3net.extract.backbone import build_backbone
 from m3net.extract.loop import ExtractConfig, Extractor, extract_dataset, make_loader, resolve_precision
-from m3net.runtime import benchmark_record, resolve_device, write_benchmark
+from m3net.runtime import resolve_device
 
 
 @dataclass

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from m3net.bench.record import benchmark_record, write_benchmark
 from m3net.config import device_setting, setting
 from m3net.config import validate as validate_config
-from m3net.runtime import benchmark_record, resolve_device, synchronize, write_benchmark
+from m3net.runtime import resolve_device, synchronize
 from m3net.train.finetune import FinetuneConfig, amp_dtype_for, build_training, forward_episode, set_train_mode
 
 

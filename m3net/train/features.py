@@ -1,4 +1,5 @@
-"""Pieces the training, evaluation and prediction loops share."""
+"""The cache's features for the head stage: where they live (device, pinned host memory or streamed from
+the file) and how an episode's clips are gathered from them (FeatureBank)."""
 import os
 
 import numpy as np
@@ -178,17 +179,3 @@ def open_bank(path, splits, device, resident="auto", memory_limit=0.0, pool=None
              "disk": f"streamed from {path}" + (f", {prefetch} episodes read ahead" if prefetch else "")}[choice]
     pooled = f", pooled to {pool}x{pool} on load" if pool else ""
     return meta, bank, f"features {where}{pooled} ({reason})"
-
-
-def mean_and_ci(values):
-    """Mean and 95% confidence half-width (1.96·std/√n) of per-episode values, in percent."""
-    values = np.asarray(values, dtype=np.float64) * 100
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    ci = 1.96 * values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return float(values.mean()), float(ci)
-
-
-def episode_accuracies(outputs, query_labels):
-    """{view: fraction of queries whose argmax is right} for each logits view of a head."""
-    return {view: (logits.argmax(dim=-1) == query_labels).float().mean().item() for view, logits in outputs.items()}

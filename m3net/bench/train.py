@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from m3net.bench.record import benchmark_record, write_benchmark
 from m3net.cache.reader import CachedFeatures
 from m3net.config import device_setting, setting
 from m3net.config import validate as validate_config
 from m3net.data.episodes import EpisodeSampler
 from m3net.model import build_head
-from m3net.runtime import benchmark_record, resolve_device, synchronize, write_benchmark
-from m3net.train.common import FeatureBank
+from m3net.runtime import resolve_device, synchronize
+from m3net.train.features import FeatureBank
 
 
 @dataclass

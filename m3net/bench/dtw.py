@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from m3net.bench.record import benchmark_record, write_benchmark
 from m3net.config import device_setting, setting
 from m3net.kernels.dtw import dtw, dtw_reference, dtw_similarity, dtw_with_length
 from m3net.kernels.eager import eager_dtw
-from m3net.runtime import benchmark_record, resolve_device, synchronize, write_benchmark
+from m3net.runtime import resolve_device, synchronize
 
 # Peak DRAM bandwidth (bytes/s) by a substring of torch.cuda.get_device_name(); first match wins.
 PEAK_BANDWIDTH = [

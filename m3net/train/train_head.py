@@ -1,0 +1,162 @@
+"""``m3net train-head``: episodic training of a few-shot head on the feature cache (paper §4.2).
+
+The cache's train and val splits are loaded once into (GPU or host) memory; episode ``i`` is a
+pure function of (seed, i), and checkpoints carry the model, optimizer, scheduler, RNG state and
+step, so ``--resume`` continues to exactly the result of an uninterrupted run.
+"""
+import dataclasses
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from m3net.cache import ProvenanceError, load_cache
+from m3net.cache.schema import provenance_differences
+from m3net.config import device_setting, setting
+from m3net.config import validate as validate_config
+from m3net.data.episodes import EpisodeSampler
+from m3net.errors import ConfigError
+from m3net.model import build_head
+from m3net.runtime import resolve_device
+from m3net.train.checkpoint import load_module_state, restore_rng, rng_state
+from m3net.train.features import open_bank, residency_settings
+from m3net.train.loop import (
+    RESUMABLE_CHANGES,
+    RunFolder,
+    Schedule,
+    check_resumed_config,
+    clip_gradients,
+    make_optimizer,
+    optimizer_settings,
+    run_episodes,
+)
+from m3net.train.metrics import episode_accuracies, mean_and_ci
+from m3net.train.presets import preset_setting
+
+
+@dataclass
+class TrainConfig:
+    cache: str = setting(help="HDF5 feature cache from `m3net extract`.", path="file")
+    out: str = setting("runs/head", "Run folder: best.pt, last.pt, train_log.csv, val_log.csv.", path="dir")
+    head: str = setting("m3net", "Head from the registry (see `m3net heads`).")
+    head_options: dict = setting(cli=False, default_factory=dict)  # typed by the head's Config (--head-opt)
+    way: int = setting(5, "Classes per episode.", minimum=2)
+    shot: int = setting(1, "Supports per class.", minimum=1)
+    queries: int = setting(5, "Queries per class in training episodes.", minimum=1)
+    val_queries: int = setting(1, "Queries per class in validation episodes.", minimum=1)
+    episodes: int = setting(60_000, "Training episodes (paper: 60 000).", minimum=1)
+    lr: float = setting(1e-4, "Learning rate (paper: SGD, 1e-4).", minimum=0)
+    # The paper says SGD, lr 1e-4; momentum and weight decay are ours.
+    momentum: float = setting(0.9, "SGD momentum.", minimum=0, maximum=1)
+    weight_decay: float = setting(5e-4, "Weight decay (L2).", minimum=0)
+    optimizer: str = optimizer_settings()["optimizer"]
+    clip_grad: float = optimizer_settings()["clip_grad"]
+    lr_step: int = setting(2_000, "Multiply the lr by --lr-gamma every this many episodes.", minimum=1)
+    lr_gamma: float = setting(0.5, "Learning-rate decay factor.", minimum=0, exclusive=True)
+    val_every: int = setting(1_000, "Validate (and save last.pt) every this many episodes.", minimum=1)
+    val_episodes: int = setting(300, "Validation episodes (0: no validation, no best.pt).", minimum=0)
+    checkpoint_every: int = setting(500, "Save last.pt every this many episodes.", minimum=1)
+    log_every: int = setting(50, "Write a train_log.csv row every this many episodes.", minimum=1)
+    seed: int = setting(0, "Decides parameter init and every episode.")
+    preset: str = preset_setting()
+    device: str = device_setting()
+    resident: str = residency_settings()["resident"]
+    pool_on_load: bool = residency_settings()["pool_on_load"]
+    memory_limit: float = residency_settings()["memory_limit"]
+    prefetch: int = residency_settings()["prefetch"]
+    resume: bool = setting(False, "Continue the run in --out from its last.pt, exactly.", flag="--resume")
+
+    def __post_init__(self):
+        validate_config(self)
+
+
+@torch.no_grad()
+def validate(head, bank, sampler, episodes, view="y"):
+    """Mean accuracy (%) and 95% CI of ``view`` over the sampler's first ``episodes`` episodes."""
+    was_training = head.training
+    head.eval()
+    accs = []
+    bank.prefetch(sampler, 0, episodes)
+    for index in range(episodes):
+        support, support_labels, query, query_labels = bank.episode(sampler.episode(index))
+        accs.append(episode_accuracies(head(support, support_labels, query), query_labels)[view])
+    head.train(was_training)
+    return mean_and_ci(accs)
+
+
+def _check_resume(state, config, provenance, path):
+    # The cache is checked by its provenance below, not by its path.
+    check_resumed_config(state["train_config"], config, path, RESUMABLE_CHANGES | {"cache"})
+    diffs = provenance_differences(provenance, state["provenance"])
+    if diffs:
+        raise ProvenanceError(f"{config.cache}: differs from the cache the checkpoint was trained on: "
+                              + "; ".join(f"{k}: {a!r} vs {b!r}" for k, a, b in diffs))
+
+
+def train_head(config, progress=True):
+    """Trains ``config.head``; writes best.pt, last.pt, train_log.csv, val_log.csv into config.out."""
+    device = resolve_device(config.device)
+    with RunFolder(config.out, config.resume) as run:
+        cached = load_cache(config.cache, splits=("train", "val"), features=False)
+        provenance = cached.provenance()
+        state = run.load_last() if config.resume else None
+        if state is not None:
+            _check_resume(state, config, provenance, run.last_path)
+        num_frames, feature_dim = cached.feature_shape[-4], cached.feature_shape[-1]
+        torch.manual_seed(config.seed)  # parameter init
+        head = build_head(config.head, feature_dim=feature_dim, num_frames=num_frames, **config.head_options)
+        head = head.to(device)
+        if not head.trainable:
+            raise ConfigError(f"--head {config.head} has no parameters to train: score it with "
+                              f"`m3net evaluate --head {config.head}`")
+        pool = head.input_pool() if config.pool_on_load else None
+        _, bank, where = open_bank(config.cache, ("train", "val"), device, config.resident, config.memory_limit, pool,
+                                   meta=cached, prefetch=config.prefetch)
+        run.stack.callback(bank.close)
+        if progress:
+            print(where, file=sys.stderr)
+        optimizer = make_optimizer([{"params": list(head.parameters()), "lr": config.lr}], config)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+        train_sampler = EpisodeSampler(cached.labels, cached.split, "train", config.way, config.shot,
+                                       config.queries, seed=config.seed, class_names=cached.classes)
+        val_sampler = EpisodeSampler(cached.labels, cached.split, "val", config.way, config.shot,
+                                     config.val_queries, seed=config.seed + 1, class_names=cached.classes)
+        step, best = 0, -1.0
+        if state is not None:
+            load_module_state(head, state["model"], run.last_path)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            restore_rng(state["rng"])
+            step, best = state["step"], state["best_val_acc"]
+            run.trim_logs(step)
+        bank.prefetch(train_sampler, step, config.episodes)
+
+        def train_step(index):
+            support, support_labels, query, query_labels = bank.episode(train_sampler.episode(index),
+                                                                        rng=train_sampler.view_rng(index))
+            outputs = head(support, support_labels, query)
+            loss = head.loss(outputs, query_labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_gradients(optimizer, config)
+            optimizer.step()
+            scheduler.step()
+            views = {view: torch.nn.functional.cross_entropy(outputs[view].detach(), query_labels).item()
+                     for view in head.train_views if view in outputs}
+            return {"loss": loss.item(), "views": views}
+
+        def snapshot(step, best):
+            return dict(head=config.head, head_config=head.config_dict(), train_config=dataclasses.asdict(config),
+                        provenance=provenance, model=head.state_dict(), optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), rng=rng_state(), step=step, best_val_acc=best)
+
+        schedule = Schedule(config.episodes, config.log_every, config.val_every, config.checkpoint_every,
+                            validating=config.val_episodes > 0)
+        head.train()
+        step, best = run_episodes(
+            run, schedule, step, best, train_step,
+            validate=lambda step: validate(head, bank, val_sampler, config.val_episodes),
+            snapshot=snapshot, extra_columns=lambda: {"lr": scheduler.get_last_lr()[0]},
+            progress=progress, desc=f"train {config.head}")
+    return {"out": config.out, "step": step, "best_val_acc": best,
+            "best": run.best_path if best >= 0 else "", "last": run.last_path}
