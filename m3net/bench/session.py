@@ -31,7 +31,6 @@ import time
 import traceback
 
 DECODERS = ("av", "decord")
-MODES = ("soft", "hard", "otam")
 FAIL_ENV = "M3NET_SESSION_FAIL"
 PYTEST_K_ENV = "M3NET_SESSION_PYTEST_K"
 
@@ -58,7 +57,7 @@ class Sizes:
 
 FULL = Sizes()
 QUICK_SIZES = Sizes(
-    floor_pairs=256, competitor_pairs=(64, 128), matcher_pairs=100, matcher_dim=32, long_pairs=32,
+    floor_pairs=256, competitor_pairs=(64, 128), matcher_pairs=50, matcher_dim=32, long_pairs=8,
     long_sizes=((16, 16), (17, 17)),  # interpreted, the long kernel's cost grows with N·M loop steps
     train={"channels": 64, "train_episodes": 2, "eval_episodes": 3, "warmup": 1},
     finetune={"shots": (1,), "queries": 1, "frames": 2, "crop": 32, "steps": 1, "warmup": 1},
@@ -75,6 +74,7 @@ def sizes():
 def dtw_plans(s):
     """step -> [(kind "table" | "matchers", DTWBenchConfig, matcher dim)]."""
     from m3net.bench.dtw import PASSES, DTWBenchConfig
+    from m3net.kernels import MODES
 
     def config(**kw):
         return DTWBenchConfig(**{"sizes": ((8, 8),), "dtype": "float32", **s.timing, **kw})
@@ -285,57 +285,16 @@ def _long_compile(item):
     return bool(callspec) and callspec.params.get("t", 0) > 8
 
 
-class _Collector:
-    """pytest plugin: keeps the items ``select`` accepts and notes the decoders imported by collection."""
-
-    def __init__(self, select=None):
-        self.select, self.node_ids, self.decoders = select, [], None
-
-    def pytest_collection_finish(self, session):  # after -m / -k deselection
-        self.node_ids = [item.nodeid for item in session.items if self.select is None or self.select(item)]
-        self.decoders = [m for m in DECODERS if m in sys.modules]
-
-
-class _Outcomes:
-    """pytest plugin: outcome counts and failed test ids (with xdist, reported to the controller)."""
-
-    def __init__(self):
-        self.counts, self.failed = {}, []
-
-    def pytest_runtest_logreport(self, report):
-        if report.when == "call" or report.outcome != "passed":
-            outcome = "error" if report.when != "call" and report.outcome == "failed" else report.outcome
-            self.counts[outcome] = self.counts.get(outcome, 0) + 1
-            if report.outcome == "failed":
-                self.failed.append(report.nodeid)
-
-
 def _pytest(args, select=None, workers=0):
-    """Collects ``args`` in this process (checking that no decoder gets imported), then runs the
-    selected tests, on ``workers`` xdist processes where pytest-xdist is installed."""
-    import pytest
+    from m3net.bench.session_pytest import run_pytest
 
-    common = ["-p", "no:cacheprovider"]
     if os.environ.get(PYTEST_K_ENV):  # a narrower selection (tests/test_gpu_session.py's rehearsal)
         args = [*args, "-k", os.environ[PYTEST_K_ENV]]
-    collector = _Collector(select)
-    status = pytest.main(["--collect-only", "-q", *common, *args], plugins=[collector])
-    result = {"args": args, "selected": len(collector.node_ids), "decoders_imported_at_collection": collector.decoders}
-    if status not in (0, 5) or collector.decoders:
-        raise AssertionError(f"collection failed (exit status {int(status)}) or imported a decoder: {result}")
-    if not collector.node_ids:
-        return {**result, "counts": {}}, []
-    parallel = ["-n", str(workers)] if workers and _importable("xdist") else []
-    outcomes = _Outcomes()
-    status = pytest.main(["-q", "-rfE", *common, *parallel, *collector.node_ids], plugins=[outcomes])
-    result.update(exit_status=int(status), workers=parallel[1:], counts=outcomes.counts, failed=outcomes.failed[:50])
-    if status != 0:
-        raise AssertionError(f"pytest exit status {int(status)}: {outcomes.counts}, failed {outcomes.failed[:10]}")
-    return result, []
+    return run_pytest(args, select, workers if _importable("xdist") else 0, DECODERS), []
 
 
-def tests_kernel(s):
-    return _pytest(["-m", "not slow and not gpu", *sorted(glob.glob(KERNEL_TESTS))], workers=8)
+def tests_kernel(s):  # ~350 small kernel variants to compile: every core
+    return _pytest(["-m", "not slow and not gpu", *sorted(glob.glob(KERNEL_TESTS))], workers=os.cpu_count())
 
 
 def tests_gpu(s):
@@ -367,8 +326,10 @@ def _episode_pass(dtype_name, t, mode, transposed):
 
 
 def tests_warm_long(s):
-    """Compiles the long GPU tests' 16x16 variants in parallel (the shell script overlaps this with the
-    kernel tests; tests-gpu-long then reads them from Triton's cache)."""
+    """Compiles the long GPU tests' 16x16 variants in parallel, one process per variant chain (about
+    4 minutes of CPU each); tests-gpu-long then reads them from Triton's cache."""
+    from m3net.kernels import MODES
+
     units = [(f"T=16 {dtype} {mode}" + (" transposed" if transposed else ""), "episode",
               (dtype, 16, mode, transposed), None)
              for dtype in ("float32", "bfloat16") for mode in MODES
