@@ -65,17 +65,19 @@ def test_unpack_writes_records_and_refuses_rehearsal_lines(tmp_path):
 
 def test_warm_units_cover_every_timed_dtw_config_once():
     units = session._warm_units(session.QUICK_SIZES)
-    labels = [unit[0] for unit in units]
-    assert len(labels) == len(set(labels))
+    assert len({unit.label for unit in units}) == len(units)
     plans = session.dtw_plans(session.QUICK_SIZES)
-    # one unit per (pairs, size) of a table, per (size, call) of the matchers; QUICK's plans share none
+    # one unit per (pairs, size) of a table, per (size, call) of the matchers
     expected = sum(len(c.pairs) * len(c.sizes) * (len(MATCHER_CALLS) if kind == "matchers" else 1)
                    for plan in plans.values() for kind, c, _ in plan)
-    dtw_units = [u for u in units if u[1] in ("table", "matchers")]
+    dtw_units = [unit for unit in units if unit.kind in ("table", "matchers")]
     assert len(dtw_units) == expected
-    assert all(u[2].compile_only and u[2].implementations == ("triton",) for u in dtw_units)
-    assert max(dtw_units[0][2].sizes[0]) == 16  # the longest compiles start first
-    assert {u[1] for u in units} >= {"train", "finetune"}
+    assert all(unit.config.compile_only and unit.config.implementations == ("triton",) for unit in dtw_units)
+    assert max(units[0].config.sizes[0]) == 16  # the longest compiles (16x16 short kernels) start first
+    assert {unit.kind for unit in units} >= {"train", "finetune"}
+    for sizes in (session.QUICK_SIZES, session.FULL):  # no two units run the same thing
+        keys = [repr((unit.kind, unit.config, unit.args)) for unit in session._warm_units(sizes)]
+        assert len(set(keys)) == len(keys)
 
 
 @pytest.mark.slow

@@ -226,7 +226,7 @@ def _pysdtw_implementation(config, device):
     try:
         return Implementation(prepare=_pysdtw_kernel(device))
     except ImportError as err:
-        return Implementation(skipped=f"pysdtw not importable ({err}; pip install pysdtw)")
+        return Implementation(skipped=f"pysdtw not importable ({err})")
 
 
 def _timed_call(impl, cost, config):

@@ -159,9 +159,20 @@ def _importable(module):
     return importlib.util.find_spec(module) is not None
 
 
+@dataclasses.dataclass(frozen=True)
+class WarmUnit:
+    """One process's share of a warm-up: ``kind`` "table" / "matchers" (a DTWBenchConfig run with
+    compile_only), "train" / "finetune" (one episode of the heads' steps) or "episode" (the GPU test's pass)."""
+    label: str
+    kind: str
+    config: object = None  # DTWBenchConfig of a table or matchers unit
+    args: tuple = ()  # matchers: (dim, call name); episode: _episode_pass's arguments
+    weight: int = 0  # units that compile longest start first
+
+
 def _warm_units(s):
-    """Picklable units whose one untimed run launches every kernel variant the timed steps use, split
-    finely (one matcher call, one size) so that no unit chains many long compiles."""
+    """Units whose one untimed run launches every kernel variant the timed steps use, split finely
+    (one matcher call, one size) so that no unit chains many long compiles."""
     from m3net.bench.dtw import MATCHER_CALLS
 
     units = []
@@ -171,50 +182,38 @@ def _warm_units(s):
                 for size in config.sizes:
                     one = dataclasses.replace(config, pairs=(pairs,), sizes=(size,), implementations=("triton",),
                                               compile_only=True)
+                    # 16x16 short kernels compile for 30-50 s, 8x8 in seconds, the long path's row tiles in 2-3 s
+                    weight = max(size) if max(size) <= 16 else 1
                     if kind == "table":
-                        units.append((f"{step} {one.mode} {one.timed_pass} {pairs}x{size[0]}x{size[1]}", kind, one,
-                                      None))
+                        units.append(WarmUnit(f"{step} {one.mode} {one.timed_pass} {pairs}x{size[0]}x{size[1]}",
+                                              kind, one, weight=weight))
                     else:
-                        units += [(f"{step} T={size[0]} {call}", kind, one, (dim, call)) for call in MATCHER_CALLS]
-    units.append(("bench-train", "train", None, None))
-    units.append(("bench-finetune", "finetune", None, None))
-    seen, unique = set(), []
-    for unit in units:  # the same variant from two steps is warmed once
-        key = repr(unit[1:])
-        if key not in seen:
-            seen.add(key)
-            unique.append(unit)
-    return sorted(unique, key=_compile_weight, reverse=True)
-
-
-def _compile_weight(unit):
-    """Units that compile longest start first: 16x16 short kernels (30-50 s each), then the heads' steps."""
-    if unit[2] is None:  # bench-train / bench-finetune: a few 8x8 variants each, one after the other
-        return 8
-    size = max(unit[2].sizes[0])
-    return size if size <= 16 else 1  # the long path's row-tile kernels compile in seconds
+                        units += [WarmUnit(f"{step} T={size[0]} {call}", kind, one, (dim, call), weight)
+                                  for call in MATCHER_CALLS]
+    units += [WarmUnit("bench-train", "train", weight=8), WarmUnit("bench-finetune", "finetune", weight=8)]
+    return sorted(units, key=lambda unit: unit.weight, reverse=True)
 
 
 def _warm_one(unit):
     """Runs one warm unit in a pool worker; (label, seconds, error or None)."""
-    label, kind, config, dim = unit
     start = time.perf_counter()
     try:
-        if kind == "matchers":
+        if unit.kind == "matchers":
             from m3net.bench.dtw import run_matcher_bench
 
-            run_matcher_bench(config, dim=dim[0], only=(dim[1],))
-        elif kind == "table":
+            dim, call = unit.args
+            run_matcher_bench(unit.config, dim=dim, only=(call,))
+        elif unit.kind == "table":
             from m3net.bench.dtw import run_bench
 
-            run_bench(config)
-        elif kind in ("train", "finetune"):
-            _bench_head_steps(sizes(), kind, warm=True)
+            run_bench(unit.config)
+        elif unit.kind in ("train", "finetune"):
+            _head_records(sizes(), unit.kind, warm=True)
         else:
-            _episode_pass(*config)
-        return label, time.perf_counter() - start, None
+            _episode_pass(*unit.args)
+        return unit.label, time.perf_counter() - start, None
     except Exception as err:  # reported in the warm step's result; the timed step will show it too
-        return label, time.perf_counter() - start, f"{type(err).__name__}: {err}"
+        return unit.label, time.perf_counter() - start, f"{type(err).__name__}: {err}"
 
 
 def _run_pool(units):
@@ -244,27 +243,35 @@ def warm(s):
 TRAIN_HEADS = (("m3net", {}), ("m3net", {"proj_dim": 128}), ("trx", {}))
 
 
-def _bench_head_steps(s, kind, warm=False):
-    records = []
+def _head_records(s, kind, warm=False):
+    """bench-train's records (three heads) or bench-finetune's; ``warm``: one episode of each setting
+    the timed step compiles for, untimed."""
     if kind == "train":
-        from m3net.bench.train import TrainBenchConfig, format_table, run_bench
+        from m3net.bench.train import TrainBenchConfig, run_bench
 
-        for head, options in TRAIN_HEADS[:1] if warm else TRAIN_HEADS:
-            overrides = {**s.train, **({"train_episodes": 1, "eval_episodes": 1, "warmup": 0} if warm else {})}
-            record = run_bench(TrainBenchConfig(head=head, head_options=options, **overrides))
-            records.append(record)
-            print(format_table(record), flush=True)
-    else:
-        from m3net.bench.finetune import FinetuneBenchConfig, format_table, run_bench
+        short = {"train_episodes": 1, "eval_episodes": 1, "warmup": 0} if warm else {}
+        return [run_bench(TrainBenchConfig(head=head, head_options=options, **{**s.train, **short}))
+                for head, options in (TRAIN_HEADS[:1] if warm else TRAIN_HEADS)]
+    from m3net.bench.finetune import FinetuneBenchConfig, run_bench
 
-        overrides = {**s.finetune, **({"steps": 1, "warmup": 0, "checkpointing": (False,)} if warm else {})}
-        record = run_bench(FinetuneBenchConfig(**overrides), progress=None)
-        records.append(record)
-        print(format_table(record), flush=True)
-    imported = [m for m in DECODERS if m in sys.modules]
-    if imported:
-        raise AssertionError(f"{kind} imported the decoder(s) {imported}: it must run on generated inputs")
-    return {"decoders_imported": imported}, records
+    short = {"steps": 1, "warmup": 0, "checkpointing": (False,)} if warm else {}
+    return [run_bench(FinetuneBenchConfig(**{**s.finetune, **short}), progress=None)]
+
+
+def _head_step(kind):
+    """The bench-train / bench-finetune step: its tables printed, and no decoder imported on the way."""
+    def step(s):
+        from m3net.bench import finetune, train
+
+        records = _head_records(s, kind)
+        for record in records:
+            print((train if kind == "train" else finetune).format_table(record), flush=True)
+        imported = [m for m in DECODERS if m in sys.modules]
+        if imported:
+            raise AssertionError(f"{kind} imported the decoder(s) {imported}: it must run on generated inputs")
+        return {"decoders_imported": imported}, records
+
+    return step
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,8 +337,8 @@ def tests_warm_long(s):
     4 minutes of CPU each); tests-gpu-long then reads them from Triton's cache."""
     from m3net.kernels import MODES
 
-    units = [(f"T=16 {dtype} {mode}" + (" transposed" if transposed else ""), "episode",
-              (dtype, 16, mode, transposed), None)
+    units = [WarmUnit(f"T=16 {dtype} {mode}" + (" transposed" if transposed else ""), "episode",
+                      args=(dtype, 16, mode, transposed))
              for dtype in ("float32", "bfloat16") for mode in MODES
              for transposed in ((False, True) if mode == "otam" else (False,))]
     return _run_pool(units), []
@@ -347,8 +354,8 @@ STEPS = {  # name -> (stage, function of Sizes -> (result, records))
     "dtw-competitors": ("bench", _dtw_step("dtw-competitors")),
     "dtw-matchers": ("bench", _dtw_step("dtw-matchers")),
     "dtw-long": ("bench", _dtw_step("dtw-long")),
-    "bench-train": ("bench", lambda s: _bench_head_steps(s, "train")),
-    "bench-finetune": ("bench", lambda s: _bench_head_steps(s, "finetune")),
+    "bench-train": ("bench", _head_step("train")),
+    "bench-finetune": ("bench", _head_step("finetune")),
     "tests-warm-long": ("tests", tests_warm_long),
     "tests-kernel": ("tests", tests_kernel),
     "tests-gpu": ("tests", tests_gpu),
