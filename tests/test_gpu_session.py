@@ -133,11 +133,12 @@ def test_killed_session_leaves_the_finished_steps_in_out(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     jsonl = out / "bench.jsonl"
     deadline = time.time() + 900
-    while time.time() < deadline and (not jsonl.exists() or len(jsonl.read_text().splitlines()) < 2):
-        time.sleep(1)
+    while time.time() < deadline and not (jsonl.exists() and jsonl.read_text().count("\n") >= 1):
+        time.sleep(0.5)
+    time.sleep(2)  # the warm step under way
     os.killpg(proc.pid, signal.SIGKILL)  # the whole session: the script, the running step, its workers
     proc.wait(timeout=60)
     lines = _lines(jsonl)
-    assert [line["step"] for line in lines][:2] == ["smoke", "warm"] and len(lines) < len(BENCH_STEPS)
+    assert [line["step"] for line in lines] == ["smoke"]
     assert lines[0]["status"] == "ok" and lines[0]["result"]["value_max_abs_err"] < 1e-4
     assert "== warm" in (out / "session.log").read_text()
