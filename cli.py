@@ -15,6 +15,7 @@ from m3net.bench.train import TrainBenchConfig
 from m3net.config import click_options
 from m3net.data.synthetic import SyntheticConfig
 from m3net.demo import DemoConfig
+from m3net.extract.frames import FramesConfig
 from m3net.extract.loop import ExtractConfig
 from m3net.model.registry import parse_head_options
 from m3net.reproduce import ReproduceConfig
@@ -88,6 +89,31 @@ def extract_cmd(**options):
         sys.exit(130)
     click.echo(format_summary(summary))
     if summary["not_done"]:
+        sys.exit(3)
+
+
+@main.command("frames")
+@click_options(FramesConfig)
+def frames_cmd(**options):
+    """Decode every clip under --root once into JPEG frame folders (OUT/<clip_id>/img_00001.jpg ...).
+
+    Every frame is kept (the video's frame count and numbering, so TSN sampling picks the same frames),
+    resized to crop*8/7 square as extract and finetune resize them; OUT/frames.json records how. Then
+    use --root OUT for finetune, extract and dataset-info. Resumable: re-run the same command after an
+    interruption (also kill -9). Exit status 0 when every clip present is done, 3 when some failed to
+    decode (OUT/failures.csv), 130 after Ctrl-C. Several nodes or processes:
+    `torchrun --nproc-per-node P -m m3net frames ...` (rank r writes clips r, r+P, ...).
+    """
+    from m3net.extract.frames import format_summary, write_frames
+
+    config = FramesConfig(**options)
+    try:
+        summary = write_frames(config)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: finished clips are kept in {config.out}; re-run the same command to resume", err=True)
+        sys.exit(130)
+    click.echo(format_summary(summary))
+    if summary["failed"]:
         sys.exit(3)
 
 

@@ -2,15 +2,19 @@
 
 decord seeks straight to the wanted frames; PyAV is the fallback for what decord cannot open or
 index (AV1, some webm, broken indices) and decodes sequentially up to the last wanted frame.
-Frame folders (``<clip_id>/img_00001.jpg`` ...) are read with PIL. Every failure is a ClipError
-whose message is the reason stored in the cache's /failures.
+Frame folders (``<clip_id>/img_00001.jpg`` ...) are read with PIL; their frame numbers must run
+without a gap (a missing image would shift every later frame onto another frame index). Every
+failure is a ClipError whose message is the reason stored in the cache's /failures.
 """
 import os
 
 import numpy as np
 
-from m3net.data.datasets import frame_files
+from m3net.data.datasets import FRAME_FILE, frame_files
 from m3net.errors import ClipError  # noqa: F401 (re-exported)
+
+# mmaction2 / TSN rawframes keep optical flow (flow_x_00001.jpg, ...) beside the RGB frames.
+RGB_PREFIX = "img_"
 
 
 def _check_file(path):
@@ -43,6 +47,24 @@ class _PyAVReader:
             # Container frame counts are absent (webm) or wrong often enough: count packets.
             self.count = sum(1 for p in container.demux(stream) if p.size > 0)
 
+    def frames(self):
+        """Every frame in order, one decoding pass; as ``read``, the last decoded frame stands in for
+        packets that decode to nothing."""
+        import av
+
+        last, position = None, 0
+        with av.open(self.path) as container:
+            for frame in container.decode(video=0):
+                if position == self.count:
+                    break
+                last = frame.to_ndarray(format="rgb24")
+                position += 1
+                yield last
+        if last is None:
+            raise ClipError(f"no frames: PyAV decoded nothing from {self.path}")
+        for _ in range(position, self.count):
+            yield last
+
     def read(self, indices):
         import av
 
@@ -62,9 +84,30 @@ class _PyAVReader:
         return np.stack([got.get(i, last) for i in indices])
 
 
+def numbered_frames(folder):
+    """The images of a frame folder in frame order; a ClipError naming the folder when a frame number
+    is missing (img_00003.jpg absent while img_00004.jpg exists) or given twice."""
+    named = [(path, FRAME_FILE.match(os.path.basename(path))) for path in frame_files(folder)]
+    if len({m["prefix"] for _, m in named}) > 1 and any(m["prefix"] == RGB_PREFIX for _, m in named):
+        named = [(path, m) for path, m in named if m["prefix"] == RGB_PREFIX]
+    for k, (path, match) in enumerate(named):
+        number = int(match["number"])
+        expected = int(named[k - 1][1]["number"]) + 1 if k else min(number, 1)  # numbering starts at 0 or 1
+        if number == expected:
+            continue
+        if number == expected - 1:
+            raise ClipError(f"frame folder {folder}: two images for frame {number} "
+                            f"({os.path.basename(named[k - 1][0])}, {os.path.basename(path)}); keep one per frame")
+        absent = f"{match['prefix']}{expected:0{len(match['number'])}d}{os.path.splitext(path)[1]}"
+        raise ClipError(f"frame folder {folder}: frame {expected} is missing ({absent} absent while "
+                        f"{os.path.basename(path)} exists); every later frame would shift, so the folder is not "
+                        "read: write it again (m3net frames)")
+    return [path for path, _ in named]
+
+
 class _FrameFolderReader:
     def __init__(self, path):
-        self.files = frame_files(path)
+        self.files = numbered_frames(path)
         self.count = len(self.files)
 
     def read(self, indices):
@@ -74,7 +117,7 @@ class _FrameFolderReader:
         for i in indices:
             try:
                 with Image.open(self.files[i]) as image:
-                    frames.append(np.asarray(image.convert("RGB")))
+                    frames.append(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
             except OSError as err:
                 raise ClipError(f"unreadable frame {self.files[i]}: {err}") from err
         if len({f.shape for f in frames}) > 1:
@@ -125,6 +168,26 @@ class Clip:
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] != len(indices):
             raise ClipError(f"decoded frames of shape {frames.shape} from {self.path}, expected (T, H, W, 3)")
         return np.ascontiguousarray(frames, dtype=np.uint8)  # (T, H, W, 3)
+
+    def chunks(self, size):
+        """Every frame of the clip in order, as uint8 (n <= size, H, W, 3) arrays: ``len(self)`` frames in
+        all, frame i exactly what ``read([i])`` gives (so a frame folder written from them maps every
+        frame index as the video does)."""
+        if self.backend == "pyav":  # one decoding pass, not one per chunk
+            frames = []
+            for frame in self._reader.frames():
+                frames.append(frame)
+                if len(frames) == size:
+                    yield np.stack(frames)
+                    frames = []
+            if frames:
+                yield np.stack(frames)
+            return
+        # The count the clip opened with, as sample_indices saw it, even if decord fails half-way and
+        # read() continues with PyAV (whose count may differ; read() clamps to it).
+        total = len(self)
+        for start in range(0, total, size):
+            yield self.read(range(start, min(start + size, total)))
 
 
 def num_frames(path, backend="auto"):
