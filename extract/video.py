@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from m3net.data.datasets import FRAME_FILE, frame_files
+from m3net.data.datasets import frame_files
 from m3net.errors import ClipError  # noqa: F401 (re-exported)
 
 # mmaction2 / TSN rawframes keep optical flow (flow_x_00001.jpg, ...) beside the RGB frames.
@@ -85,43 +85,44 @@ class _PyAVReader:
 
 
 def numbered_frames(folder):
-    """The images of a frame folder in frame order; a ClipError naming the folder when a frame number
-    is missing (img_00003.jpg absent while img_00004.jpg exists) or given twice."""
-    named = [(path, FRAME_FILE.match(os.path.basename(path))) for path in frame_files(folder)]
-    if len({m["prefix"] for _, m in named}) > 1 and any(m["prefix"] == RGB_PREFIX for _, m in named):
-        named = [(path, m) for path, m in named if m["prefix"] == RGB_PREFIX]
-    for k, (path, match) in enumerate(named):
-        number = int(match["number"])
-        expected = int(named[k - 1][1]["number"]) + 1 if k else min(number, 1)  # numbering starts at 0 or 1
+    """The file names of a frame folder's images in frame order; a ClipError naming the folder when a
+    frame number is missing (img_00003.jpg absent while img_00004.jpg exists) or given twice."""
+    named = frame_files(folder)  # [(number, prefix, name)]
+    prefixes = {prefix for _, prefix, _ in named}
+    if len(prefixes) > 1 and RGB_PREFIX in prefixes:
+        named = [entry for entry in named if entry[1] == RGB_PREFIX]
+    for k, (number, prefix, name) in enumerate(named):
+        expected = named[k - 1][0] + 1 if k else min(number, 1)  # numbering starts at 0 or 1
         if number == expected:
             continue
         if number == expected - 1:
-            raise ClipError(f"frame folder {folder}: two images for frame {number} "
-                            f"({os.path.basename(named[k - 1][0])}, {os.path.basename(path)}); keep one per frame")
-        absent = f"{match['prefix']}{expected:0{len(match['number'])}d}{os.path.splitext(path)[1]}"
-        raise ClipError(f"frame folder {folder}: frame {expected} is missing ({absent} absent while "
-                        f"{os.path.basename(path)} exists); every later frame would shift, so the folder is not "
-                        "read: write it again (m3net frames)")
-    return [path for path, _ in named]
+            raise ClipError(f"frame folder {folder}: two images for frame {number} ({named[k - 1][2]}, {name}); "
+                            "keep one per frame")
+        stem, ext = os.path.splitext(name)
+        absent = f"{prefix}{expected:0{len(stem) - len(prefix)}d}{ext}"
+        raise ClipError(f"frame folder {folder}: frame {expected} is missing ({absent} absent while {name} exists); "
+                        "every later frame would shift, so the folder is not read: write it again (m3net frames)")
+    return [name for _, _, name in named]
 
 
 class _FrameFolderReader:
     def __init__(self, path):
-        self.files = numbered_frames(path)
-        self.count = len(self.files)
+        self.folder, self.names = path, numbered_frames(path)
+        self.count = len(self.names)
 
     def read(self, indices):
         from PIL import Image
 
         frames = []
         for i in indices:
+            path = os.path.join(self.folder, self.names[i])
             try:
-                with Image.open(self.files[i]) as image:
+                with Image.open(path) as image:
                     frames.append(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
             except OSError as err:
-                raise ClipError(f"unreadable frame {self.files[i]}: {err}") from err
+                raise ClipError(f"unreadable frame {path}: {err}") from err
         if len({f.shape for f in frames}) > 1:
-            raise ClipError(f"frames of different sizes in {os.path.dirname(self.files[0])}")
+            raise ClipError(f"frames of different sizes in {self.folder}")
         return np.stack(frames)
 
 

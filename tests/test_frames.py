@@ -413,3 +413,44 @@ def test_predict_and_finetune_take_frame_folders(tmp_path):
                             val_episodes=1, workers=0), progress=False)
     assert load_checkpoint(str(tmp_path / "ft" / "last.pt"))["step"] == 1
     assert not os.path.exists(tmp_path / "ft" / "failures.csv")
+
+
+def test_bench_input_times_both_paths_on_the_same_episodes(short, tmp_path, monkeypatch):
+    from m3net.bench import input_path
+
+    monkeypatch.setattr(input_path, "real_clips", lambda: [short[1]])
+    result = CliRunner().invoke(main, ["bench-input", "--sources", "real", "--way", "2", "--queries", "1",
+                                       "--frames", "2", "--crop", "64", "--seconds", "0", "--work",
+                                       str(tmp_path / "work"), "--out-dir", str(tmp_path / "benchmarks")])
+    assert result.exit_code == 0, result.output
+    [json_path] = [p for p in os.listdir(tmp_path / "benchmarks") if p.endswith(".json")]
+    record = json.loads((tmp_path / "benchmarks" / json_path).read_text())
+    [row] = record["rows"]
+    assert record["benchmark"] == "input" and "1 threads" in record["device"] and record["git_sha"]
+    assert row["source"] == "b.mp4" and row["kind"] == "real" and row["resolution"] == "176x144"
+    assert row["clip_frames"] == 24 and row["mp4_episodes"] == row["frames_episodes"] == 1
+    assert row["speedup"] == pytest.approx(row["frames_frames_per_s"] / row["mp4_frames_per_s"])
+    assert 1000 < row["jpeg_bytes_per_frame"] < 20_000 and 0 < row["mean_abs_pixel_diff"] < 3  # 73x73 JPEGs
+    assert sorted(os.listdir(tmp_path / "work" / "real" / "b" / "frames" / "c1")) == ["clip0", "clip1"]
+
+
+def test_readme_footprint_section_follows_the_record(tmp_path):
+    from m3net.readme_figures import render_frames_footprint
+
+    unmeasured = render_frames_footprint(str(tmp_path))
+    assert "| gym99 | 34,841 |" in unmeasured and "| — | 56 GB |" in unmeasured and "not measured yet" in unmeasured
+    rows = [{"kind": "real", "resolution": "640x360", "mp4_frames_per_s": 100.0, "frames_frames_per_s": 1000.0,
+             "jpeg_bytes_per_frame": 20_000},
+            {"kind": "real", "resolution": "1280x720", "mp4_frames_per_s": 25.0, "frames_frames_per_s": 800.0,
+             "jpeg_bytes_per_frame": 40_000},
+            {"kind": "generated", "resolution": "128x128", "mp4_frames_per_s": 1.0, "frames_frames_per_s": 1.0,
+             "jpeg_bytes_per_frame": 1}]
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "bench_input_x_2026-01-01.json").write_text(json.dumps({"rows": rows}))
+    section = render_frames_footprint(str(tmp_path))
+    total = 14_400_000 + 1_440_000  # 1-shot training + validation frames
+    hours = [f"{total / rate / 3600:,.0f}" for rate in (100, 25, 1000, 800)]
+    assert f"| 1-shot | 14.40 M | 1.44 M | {hours[0]}–{hours[1]} | {hours[2]}–{hours[3]} |" in section
+    gym = disk_estimate("gym99", 30_000)  # the mean over the real rows; the generated row is left out
+    assert f"| {gym.frame_bytes / 1e9:.0f} GB | 56 GB | 21 GB |" in section and "360–720p" in section
+    assert "29.3 KiB per frame" in section and "19.5–39.1 KiB" in section

@@ -136,13 +136,14 @@ def scan_root(root):
 
 
 def frame_files(folder):
-    """The frame images of a frame folder, ordered by their frame number."""
+    """[(frame number, prefix, file name)] of the frame images of a frame folder, by frame number
+    (``img_00012.jpg`` -> (12, "img_", "img_00012.jpg"))."""
     numbered = []
     for name in os.listdir(folder):
         match = FRAME_FILE.match(name)
         if match and not _hidden(name):
-            numbered.append((int(match.group("number")), name))
-    return [os.path.join(folder, name) for _, name in sorted(numbered)]
+            numbered.append((int(match["number"]), match["prefix"], name))
+    return sorted(numbered)
 
 
 def _listed_dataset(name, root):

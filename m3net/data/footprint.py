@@ -32,11 +32,11 @@ def clip_counts(dataset):
 def clip_seconds(dataset):
     """(mean clip length in seconds, where it comes from)."""
     if dataset in ASSUMED_SECONDS:
-        return ASSUMED_SECONDS[dataset], "assumed (the lists carry no duration)"
+        return ASSUMED_SECONDS[dataset], "assumed: the lists carry no duration"
     ids = [clip_id for entries in load_split_lists(dataset).values() for _, clip_id in entries]
     windows = [parse_clip_id(dataset, clip_id) for clip_id in ids]
     mean = sum(w["action_end"] - w["action_start"] for w in windows) / len(windows)
-    return mean, "mean of the ids' element windows (whole seconds)"
+    return mean, "mean of the ids' element windows, whole seconds"
 
 
 def paper_finetune_config(shot):
