@@ -14,7 +14,7 @@ from m3net.bench.finetune import FinetuneBenchConfig
 from m3net.bench.train import TrainBenchConfig
 from m3net.config import click_options
 from m3net.data.synthetic import SyntheticConfig
-from m3net.demo import DemoConfig
+from m3net.demo import DemoBenchmarkSettings, DemoConfig
 from m3net.extract.loop import ExtractConfig
 from m3net.model.registry import parse_head_options
 from m3net.reproduce import ReproduceConfig
@@ -114,12 +114,17 @@ def train_head_cmd(head_opt, **options):
               help="Trained head checkpoint (repeatable).")
 @click.option("--head", "heads", multiple=True,
               help="Parameter-free head scored from the cache (repeatable): protonet, tsn-cosine, otam.")
+@click.option("--head-opt", "head_opt", multiple=True, metavar="HEAD.KEY=VALUE",
+              help="Option of a parameter-free --head, repeatable (e.g. --head-opt otam.gamma=0.01; "
+                   "`m3net heads otam` lists them). A trained head's options come from its checkpoint.")
 @click_options(EvalConfig)
-def evaluate_cmd(checkpoints, heads, **options):
+def evaluate_cmd(checkpoints, heads, head_opt, **options):
     """Score heads on the same seeded episodes: accuracy ± 95% CI per view, paired differences."""
+    from m3net.model.registry import parse_named_head_options
     from m3net.train.evaluate import evaluate, format_table, write_summary
 
-    config = EvalConfig(checkpoints=checkpoints, heads=heads, **preset_options("evaluate", options))
+    config = EvalConfig(checkpoints=checkpoints, heads=heads, head_options=parse_named_head_options(heads, head_opt),
+                        **preset_options("evaluate", options))
     summary = evaluate(config)
     click.echo(format_table(summary))
     if config.out:
@@ -162,18 +167,13 @@ def bench_finetune_cmd(head_opt, checkpointing, shots, **options):
 
 
 @main.command("heads")
-def heads_cmd():
-    """List the registered few-shot heads and their options."""
-    import dataclasses
+@click.argument("name", required=False)
+def heads_cmd(name):
+    """List the registered few-shot heads and their options; with NAME, explain each option of that head
+    (type, default, range, what it does and what the paper or the head's reference code says)."""
+    from m3net.model.registry import describe_head, head_table
 
-    from m3net.model import HEADS
-
-    for name in sorted(HEADS):
-        cls = HEADS[name]
-        opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config)
-                         if f.name not in ("feature_dim", "num_frames"))
-        kind = "trained" if cls.trainable else "parameter-free"
-        click.echo(f"{name:<12} {kind:<15} {opts}")
+    click.echo(describe_head(name) if name else head_table())
 
 
 @main.command("finetune")
@@ -232,7 +232,7 @@ def predict_cmd(queries, as_json, **options):
 
 @main.command("demo")
 @click_options(DemoConfig)
-@click_options(SyntheticConfig, skip=("seed", "frames", "size", "fps", "phases", "family_size", "codec"))
+@click_options(DemoBenchmarkSettings)
 @click.option("--seeds", default=None,
               help="Comma-separated seeds (e.g. 0,1,2) instead of --seed: one demo per seed in OUT/seed-<s>, each "
                    "with its own benchmark, then M3Net's mean ± sd over the seeds.")
@@ -242,21 +242,22 @@ def predict_cmd(queries, as_json, **options):
 @click.option("--compare", default="",
               help="Also train these heads (e.g. trx,strm,hyrsm,pal: the rest of the paper's Table 1) on the same "
                    "cache with the same protocol at their own defaults, and score them on the same episodes.")
-def demo_cmd(seeds, record, compare, train_classes, val_classes, test_classes, clips_per_class, **options):
+def demo_cmd(seeds, record, compare, **options):
     """Whole pipeline offline on the generated benchmark: clips -> cache -> M3Net head -> table.
 
     Generates fine-grained clips whose classes differ in the order and details of sub-actions,
     extracts ResNet-50 maps, trains the M3Net head briefly and scores it against ProtoNet,
     TSN-cosine and OTAM on the same seeded test episodes (about 6 minutes on an idle 2-core CPU).
     """
+    import dataclasses
     import json
 
     from m3net.demo import parse_compare, parse_seeds, run_demo, run_demo_seeds
     from m3net.errors import ConfigError
     from m3net.readme_figures import render_demo_results
 
-    synthetic = SyntheticConfig(seed=options["seed"], train_classes=train_classes, val_classes=val_classes,
-                                test_classes=test_classes, clips_per_class=clips_per_class)
+    size = {f.name: options.pop(f.name) for f in dataclasses.fields(DemoBenchmarkSettings)}
+    synthetic = SyntheticConfig(seed=options["seed"], **size)
     config = DemoConfig(synthetic=synthetic, compare=parse_compare(compare), **options)
     if seeds is None:
         if record:
@@ -360,8 +361,7 @@ def bench_extract_cmd(**options):
 @click.option("--static", "static", is_flag=True,
               help="No timing: compile every kernel variant for sm_90 (no GPU needed) and write "
                    "OUT_DIR/dtw_static_sm90.{json,md} (SASS/pair, registers, spills, shared memory, bytes/pair).")
-@click_options(DTWBenchConfig, skip=("pairs", "sizes", "backward", "warmup", "interpret_max_pairs",
-                                     "implementations", "seed", "extra"))
+@click_options(DTWBenchConfig)
 def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, static, **options):
     """Benchmark the DTW kernel: Triton vs torch reference vs eager loop vs pysdtw, side by side.
 

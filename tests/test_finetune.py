@@ -28,7 +28,7 @@ def bench(tmp_path_factory):
 
 
 def tiny(root, out, **changes):
-    base = FinetuneConfig("synthetic", root, out=str(out), weights="random", head="m3net",
+    base = FinetuneConfig(dataset="synthetic", root=root, out=str(out), weights="random", head="m3net",
                           head_options={"proj_dim": 8}, way=2, shot=1, queries=1, frames=2, crop=32,
                           episodes=2, lr=0.1, backbone_lr=0.1, freeze_bn=False, checkpoint_every=1, log_every=1,
                           val_episodes=1, workers=0)

@@ -323,6 +323,6 @@ def test_preset_paper_sets_the_protocol_and_given_options_win(cache, tmp_path):
                                             ("cm_dim=-2", "cm_dim=-2"), ("dtw_gamma=0", "dtw_gamma=0.0"),
                                             ("use_im=off", None)])
 def test_m3net_head_options_out_of_range_are_config_errors(option, message):
-    options = parse_head_options("m3net", [option, "use_cm=off", "use_tm=off"] if message is None else [option])
-    with pytest.raises(ConfigError, match=message or "every matcher is switched off"):
-        build_head("m3net", feature_dim=8, num_frames=2, **options)
+    pairs = [option, "use_cm=off", "use_tm=off"] if message is None else [option]
+    with pytest.raises(ConfigError, match=message or "every matcher is switched off"):  # refused when parsed
+        build_head("m3net", feature_dim=8, num_frames=2, **parse_head_options("m3net", pairs))
