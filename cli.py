@@ -3,6 +3,7 @@
 Each command only parses options, builds the stage's config and calls a library function;
 the work lives in m3net.extract, m3net.cache, m3net.kernels and m3net.*.
 """
+import logging
 import sys
 
 import click
@@ -57,13 +58,27 @@ def head_opt_option(command):
 
 @click.group(cls=M3NetGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="m3net")
-def main():
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr (no notices or progress lines).")
+def main(quiet):
     """m3net: few-shot fine-grained action recognition (M3Net, ACM MM 2023).
 
     Stage one (`extract`) runs an ImageNet ResNet-50 once over every clip and caches per-frame
     7x7x2048 maps in HDF5; stage two (`train-head`, `evaluate`) trains and scores the few-shot
     heads on that cache; `finetune` trains backbone and head end to end.
     """
+    log_to_stderr(logging.WARNING if quiet else logging.INFO)
+
+
+def log_to_stderr(level):
+    """The command line shows the library's notices (module loggers under ``m3net``) on stderr, one line
+    each; a program that imports m3net configures logging itself."""
+    logger = logging.getLogger("m3net")
+    if not any(getattr(h, "m3net_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.m3net_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(level)
 
 
 @main.command("extract")
@@ -79,8 +94,6 @@ def extract_cmd(**options):
     from m3net.extract.loop import extract_dataset, format_summary
 
     config = ExtractConfig(**options)
-    if config.weights == "random":
-        click.echo("WARNING: --weights random: features carry no ImageNet knowledge (tests and demo only).", err=True)
     try:
         summary = extract_dataset(config)
     except KeyboardInterrupt:
@@ -336,8 +349,9 @@ def bench_extract_cmd(**options):
     import warnings
 
     from m3net.bench.extract import format_table, run_bench, write_results
+    from m3net.extract.backbone import RandomWeightsWarning
 
-    warnings.filterwarnings("ignore", message="--weights random")  # timing only: the values do not matter
+    warnings.simplefilter("ignore", RandomWeightsWarning)  # timing only: the values do not matter
     result = run_bench(ExtractBenchConfig(**options))
     click.echo(format_table(result))
     csv_path, json_path = write_results(result, options["out_dir"])

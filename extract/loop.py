@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from m3net.cache import CacheWriter
 from m3net.cache.schema import SPLITS
@@ -39,6 +38,7 @@ from m3net.extract.sampling import sample_indices
 from m3net.extract.transforms import TransformConfig, normalise, test_view, train_view
 from m3net.extract.video import Clip
 from m3net.locking import cache_lock_path, exclusive_lock
+from m3net.progress import progress_bar
 from m3net.runtime import git_sha, resolve_device
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -289,8 +289,8 @@ def compute_rows(config, prepared, writer, rows):
         extractor = Extractor(prepared.model, device, prepared.precision, config.batch_size,
                               view_transform(config.crop))
         views = max(config.views, 1)
-        with tqdm(total=len(loader.dataset), unit="clip", disable=not config.progress, dynamic_ncols=True,
-                  desc=f"extract {config.dataset}") as bar:
+        with progress_bar(total=len(loader.dataset), unit="clip", enabled=config.progress,
+                          desc=f"extract {config.dataset}") as bar:
             for batch_rows, frames, failures in loader:
                 for row, reason in failures:
                     fail(row, reason)

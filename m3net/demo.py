@@ -17,7 +17,7 @@ import numpy as np
 from m3net.config import RunSettings, Settings, from_group, setting, settings
 from m3net.data.synthetic import SyntheticConfig, generate_synthetic
 from m3net.errors import ConfigError
-from m3net.extract.backbone import IMAGENET_FILES, WeightsError, resolve_weights_file
+from m3net.extract.backbone import IMAGENET_FILES, RandomWeightsWarning, WeightsError, resolve_weights_file
 from m3net.train.loop import OptimizerSettings
 
 
@@ -107,7 +107,7 @@ def run_demo(config):
     weights = choose_weights(config.weights)
     _step(f"2/4 extract ResNet-50 features ({weights} weights, {config.frames} frames/clip) -> {cache}")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the random-weights warning was given above
+        warnings.simplefilter("ignore", RandomWeightsWarning)  # said above, in the demo's own words
         extract_dataset(ExtractConfig(dataset="folder", root=clips, out=cache, frames=config.frames,
                                       weights=weights, batch_size=config.batch_size, workers=config.workers,
                                       device=config.device, seed=config.seed))

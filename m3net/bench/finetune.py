@@ -16,6 +16,7 @@ import torch
 from m3net.bench.record import RecordSettings, benchmark_record, write_benchmark
 from m3net.config import RunSettings, from_group, setting, settings
 from m3net.data.episodes import EpisodeSettings
+from m3net.extract.backbone import RandomWeightsWarning
 from m3net.model.registry import HeadSettings
 from m3net.runtime import resolve_device, synchronize
 from m3net.train.finetune import FinetuneConfig, amp_dtype_for, build_training, forward_episode, set_train_mode
@@ -60,7 +61,7 @@ def _measure(config, shot, checkpointing, device):
     training = None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # --weights random: speed and memory do not depend on the values
+            warnings.simplefilter("ignore", RandomWeightsWarning)  # speed and memory do not depend on the values
             training = build_training(finetune_config, device, amp_dtype)
         set_train_mode(training.model, finetune_config)
         for step in range(config.warmup + config.steps):

@@ -8,12 +8,11 @@ removes the episode-to-episode variance).
 import csv
 import dataclasses
 import json
+import logging
 import os
-import sys
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from m3net.cache import ProvenanceError, cache_info
 from m3net.cache.schema import SPLITS, provenance_differences
@@ -21,11 +20,14 @@ from m3net.config import RunSettings, from_group, setting, settings
 from m3net.data.episodes import EpisodeSampler, EpisodeSettings
 from m3net.errors import ConfigError, NonFiniteError
 from m3net.model import build_head
+from m3net.progress import progress_bar
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import features_provenance, load_checkpoint, load_module_state
 from m3net.train.features import ResidencySettings, open_bank
 from m3net.train.metrics import episode_accuracies, mean_and_ci
 from m3net.train.presets import PresetSettings
+
+logger = logging.getLogger(__name__)
 
 
 @settings
@@ -129,8 +131,7 @@ def evaluate(config, progress=True):
     cached, bank, where = open_bank(cache_path, (config.split,), device, config.resident, config.memory_limit, pool,
                                     prefetch=config.prefetch)
     try:
-        if progress:
-            print(where, file=sys.stderr)
+        logger.info(where)
         return _score(config, cache_path, cached, bank, heads, progress)
     finally:
         bank.close()
@@ -145,7 +146,7 @@ def _score(config, cache_path, cached, bank, heads, progress):
     compact = {int(c): i for i, c in enumerate(split_classes)}
     confusion = {label: {} for label, _, _ in heads}
     bank.prefetch(sampler, 0, config.episodes)
-    for index in tqdm(range(config.episodes), disable=not progress, desc="evaluate", unit="ep"):
+    for index in progress_bar(range(config.episodes), enabled=progress, desc="evaluate", unit="ep"):
         episode = sampler.episode(index)
         support, support_labels, query, query_labels = bank.episode(episode)
         true_ids = [compact[int(c)] for c in episode.classes[episode.query_labels]]

@@ -15,11 +15,10 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from tqdm import tqdm
-
 from m3net.config import Settings, setting, settings
 from m3net.errors import ConfigError, M3NetError, NonFiniteError
 from m3net.locking import exclusive_lock
+from m3net.progress import progress_bar
 from m3net.train.checkpoint import load_checkpoint, save_checkpoint
 
 VAL_FIELDS = ("step", "val_acc", "val_ci", "best_val_acc")
@@ -256,7 +255,7 @@ def run_episodes(run, schedule, step, best, train_step, validate, snapshot, extr
     window = Window().reset()
     fields = TRAIN_FIELDS + tuple(extra_columns())
     saved_step = step
-    bar = tqdm(total=schedule.episodes, initial=step, disable=not progress or not run.writer, desc=desc, unit="ep")
+    bar = progress_bar(total=schedule.episodes, initial=step, enabled=progress and run.writer, desc=desc, unit="ep")
     try:
         while step < schedule.episodes:
             result = train_step(step)

@@ -5,7 +5,7 @@ pure function of (seed, i), and checkpoints carry the model, optimizer, schedule
 step, so ``--resume`` continues to exactly the result of an uninterrupted run.
 """
 import dataclasses
-import sys
+import logging
 
 import torch
 
@@ -32,6 +32,8 @@ from m3net.train.loop import (
 )
 from m3net.train.metrics import episode_accuracies, mean_and_ci
 from m3net.train.presets import PresetSettings
+
+logger = logging.getLogger(__name__)
 
 
 @settings
@@ -84,8 +86,7 @@ def train_head(config, progress=True):
         _, bank, where = open_bank(config.cache, ("train", "val"), device, config.resident, config.memory_limit, pool,
                                    meta=cached, prefetch=config.prefetch)
         run.stack.callback(bank.close)
-        if progress:
-            print(where, file=sys.stderr)
+        logger.info(where)
         optimizer = make_optimizer([{"params": list(head.parameters()), "lr": config.lr}], config)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
         train_sampler = EpisodeSampler(cached.labels, cached.split, "train", config.way, config.shot,
