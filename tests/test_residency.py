@@ -6,7 +6,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-from helpers_cache import order_only_cache
 
 from m3net.cache import CacheError, PrefetchingReader, RowReader, load_cache, write_cache_arrays
 from m3net.data.episodes import EpisodeSampler
@@ -18,11 +17,6 @@ from m3net.train.loop import Interrupted
 from m3net.train.train_head import TrainConfig, train_head
 
 pytestmark = pytest.mark.usefixtures("aligned_head")
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(order_only_cache(tmp_path_factory.mktemp("cache") / "order.h5"))
 
 
 def test_streamed_episodes_equal_resident_ones(cache):
