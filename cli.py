@@ -12,6 +12,7 @@ from m3net import __version__
 from m3net.bench.dtw import DTWBenchConfig
 from m3net.bench.extract import ExtractBenchConfig
 from m3net.bench.finetune import FinetuneBenchConfig
+from m3net.bench.residency import ResidencyBenchConfig
 from m3net.bench.train import TrainBenchConfig
 from m3net.config import click_options
 from m3net.data.synthetic import SyntheticConfig
@@ -356,6 +357,24 @@ def bench_extract_cmd(**options):
     click.echo(format_table(result))
     csv_path, json_path = write_results(result, options["out_dir"])
     click.echo(f"wrote {csv_path} and {json_path}")
+
+
+@main.command("bench-residency")
+@click.option("--prefetch", "prefetch", multiple=True, type=int, default=(0, 4), show_default=True,
+              help="Episodes read ahead in the streamed runs, one run per value (0: off); repeatable.")
+@click_options(ResidencyBenchConfig)
+def bench_residency_cmd(prefetch, **options):
+    """Train-head and evaluate episodes/s with the features in memory vs streamed from the cache file.
+
+    A generated cache bigger than --memory-limit: the in-memory row runs without a limit (the reference
+    speed), the streamed rows with it, once per --prefetch depth, on the same episodes; the page cache is
+    dropped before each streamed run where the process may (root).
+    """
+    from m3net.bench.residency import format_table, run_bench, write_results
+
+    result = run_bench(ResidencyBenchConfig(prefetch=tuple(prefetch), **options))
+    click.echo(format_table(result))
+    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
 
 
 @main.command("bench-dtw")

@@ -216,7 +216,7 @@ def render_benchmarks(root):
             ("bench_finetune_*.json", "**Finetune** (`m3net bench-finetune`, decoding excluded)",
              (("shot", "shot", str), ("checkpointing", "checkpointing", str), ("images", "images_per_episode", str),
               ("episodes/s", "episodes_per_s", "{:.3f}".format), ("peak GPU MiB", "peak_gpu_mib", str))),
-            ("bench_residency_*.json", "**Feature residency** (`python -m m3net.bench.residency`)",
+            ("bench_residency_*.json", "**Feature residency** (`m3net bench-residency`)",
              (("features", "residency", str), ("cache GiB", "cache_gib", str),
               ("limit GiB", "memory_limit_gib", str), ("train ep/s", "train_episodes_per_s", "{:.2f}".format),
               ("vs memory", "train_vs_memory", "{:.0%}".format),
