@@ -3,6 +3,7 @@
 Each command only parses options, builds the stage's config and calls a library function;
 the work lives in m3net.extract, m3net.cache, m3net.kernels and m3net.*.
 """
+import logging
 import sys
 
 import click
@@ -12,10 +13,11 @@ from m3net.bench.dtw import DTWBenchConfig
 from m3net.bench.extract import ExtractBenchConfig
 from m3net.bench.finetune import FinetuneBenchConfig
 from m3net.bench.input_path import InputBenchConfig
+from m3net.bench.residency import ResidencyBenchConfig
 from m3net.bench.train import TrainBenchConfig
 from m3net.config import click_options
 from m3net.data.synthetic import SyntheticConfig
-from m3net.demo import DemoConfig
+from m3net.demo import DemoBenchmarkSettings, DemoConfig
 from m3net.extract.frames import FramesConfig
 from m3net.extract.loop import ExtractConfig
 from m3net.model.registry import parse_head_options
@@ -59,13 +61,27 @@ def head_opt_option(command):
 
 @click.group(cls=M3NetGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="m3net")
-def main():
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr (no notices or progress lines).")
+def main(quiet):
     """m3net: few-shot fine-grained action recognition (M3Net, ACM MM 2023).
 
     Stage one (`extract`) runs an ImageNet ResNet-50 once over every clip and caches per-frame
     7x7x2048 maps in HDF5; stage two (`train-head`, `evaluate`) trains and scores the few-shot
     heads on that cache; `finetune` trains backbone and head end to end.
     """
+    log_to_stderr(logging.WARNING if quiet else logging.INFO)
+
+
+def log_to_stderr(level):
+    """The command line shows the library's notices (module loggers under ``m3net``) on stderr, one line
+    each; a program that imports m3net configures logging itself."""
+    logger = logging.getLogger("m3net")
+    if not any(getattr(h, "m3net_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.m3net_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(level)
 
 
 @main.command("extract")
@@ -81,8 +97,6 @@ def extract_cmd(**options):
     from m3net.extract.loop import extract_dataset, format_summary
 
     config = ExtractConfig(**options)
-    if config.weights == "random":
-        click.echo("WARNING: --weights random: features carry no ImageNet knowledge (tests and demo only).", err=True)
     try:
         summary = extract_dataset(config)
     except KeyboardInterrupt:
@@ -141,12 +155,17 @@ def train_head_cmd(head_opt, **options):
               help="Trained head checkpoint (repeatable).")
 @click.option("--head", "heads", multiple=True,
               help="Parameter-free head scored from the cache (repeatable): protonet, tsn-cosine, otam.")
+@click.option("--head-opt", "head_opt", multiple=True, metavar="HEAD.KEY=VALUE",
+              help="Option of a parameter-free --head, repeatable (e.g. --head-opt otam.gamma=0.01; "
+                   "`m3net heads otam` lists them). A trained head's options come from its checkpoint.")
 @click_options(EvalConfig)
-def evaluate_cmd(checkpoints, heads, **options):
+def evaluate_cmd(checkpoints, heads, head_opt, **options):
     """Score heads on the same seeded episodes: accuracy ± 95% CI per view, paired differences."""
+    from m3net.model.registry import parse_named_head_options
     from m3net.train.evaluate import evaluate, format_table, write_summary
 
-    config = EvalConfig(checkpoints=checkpoints, heads=heads, **preset_options("evaluate", options))
+    config = EvalConfig(checkpoints=checkpoints, heads=heads, head_options=parse_named_head_options(heads, head_opt),
+                        **preset_options("evaluate", options))
     summary = evaluate(config)
     click.echo(format_table(summary))
     if config.out:
@@ -189,18 +208,13 @@ def bench_finetune_cmd(head_opt, checkpointing, shots, **options):
 
 
 @main.command("heads")
-def heads_cmd():
-    """List the registered few-shot heads and their options."""
-    import dataclasses
+@click.argument("name", required=False)
+def heads_cmd(name):
+    """List the registered few-shot heads and their options; with NAME, explain each option of that head
+    (type, default, range, what it does and what the paper or the head's reference code says)."""
+    from m3net.model.registry import describe_head, head_table
 
-    from m3net.model import HEADS
-
-    for name in sorted(HEADS):
-        cls = HEADS[name]
-        opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config)
-                         if f.name not in ("feature_dim", "num_frames"))
-        kind = "trained" if cls.trainable else "parameter-free"
-        click.echo(f"{name:<12} {kind:<15} {opts}")
+    click.echo(describe_head(name) if name else head_table())
 
 
 @main.command("finetune")
@@ -259,7 +273,7 @@ def predict_cmd(queries, as_json, **options):
 
 @main.command("demo")
 @click_options(DemoConfig)
-@click_options(SyntheticConfig, skip=("seed", "frames", "size", "fps", "phases", "family_size", "codec"))
+@click_options(DemoBenchmarkSettings)
 @click.option("--seeds", default=None,
               help="Comma-separated seeds (e.g. 0,1,2) instead of --seed: one demo per seed in OUT/seed-<s>, each "
                    "with its own benchmark, then M3Net's mean ± sd over the seeds.")
@@ -269,21 +283,22 @@ def predict_cmd(queries, as_json, **options):
 @click.option("--compare", default="",
               help="Also train these heads (e.g. trx,strm,hyrsm,pal: the rest of the paper's Table 1) on the same "
                    "cache with the same protocol at their own defaults, and score them on the same episodes.")
-def demo_cmd(seeds, record, compare, train_classes, val_classes, test_classes, clips_per_class, **options):
+def demo_cmd(seeds, record, compare, **options):
     """Whole pipeline offline on the generated benchmark: clips -> cache -> M3Net head -> table.
 
     Generates fine-grained clips whose classes differ in the order and details of sub-actions,
     extracts ResNet-50 maps, trains the M3Net head briefly and scores it against ProtoNet,
     TSN-cosine and OTAM on the same seeded test episodes (about 6 minutes on an idle 2-core CPU).
     """
+    import dataclasses
     import json
 
     from m3net.demo import parse_compare, parse_seeds, run_demo, run_demo_seeds
     from m3net.errors import ConfigError
     from m3net.readme_figures import render_demo_results
 
-    synthetic = SyntheticConfig(seed=options["seed"], train_classes=train_classes, val_classes=val_classes,
-                                test_classes=test_classes, clips_per_class=clips_per_class)
+    size = {f.name: options.pop(f.name) for f in dataclasses.fields(DemoBenchmarkSettings)}
+    synthetic = SyntheticConfig(seed=options["seed"], **size)
     config = DemoConfig(synthetic=synthetic, compare=parse_compare(compare), **options)
     if seeds is None:
         if record:
@@ -362,8 +377,9 @@ def bench_extract_cmd(**options):
     import warnings
 
     from m3net.bench.extract import format_table, run_bench, write_results
+    from m3net.extract.backbone import RandomWeightsWarning
 
-    warnings.filterwarnings("ignore", message="--weights random")  # timing only: the values do not matter
+    warnings.simplefilter("ignore", RandomWeightsWarning)  # timing only: the values do not matter
     result = run_bench(ExtractBenchConfig(**options))
     click.echo(format_table(result))
     csv_path, json_path = write_results(result, options["out_dir"])
@@ -386,6 +402,24 @@ def bench_input_cmd(**options):
     click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
 
 
+@main.command("bench-residency")
+@click.option("--prefetch", "prefetch", multiple=True, type=int, default=(0, 4), show_default=True,
+              help="Episodes read ahead in the streamed runs, one run per value (0: off); repeatable.")
+@click_options(ResidencyBenchConfig)
+def bench_residency_cmd(prefetch, **options):
+    """Train-head and evaluate episodes/s with the features in memory vs streamed from the cache file.
+
+    A generated cache bigger than --memory-limit: the in-memory row runs without a limit (the reference
+    speed), the streamed rows with it, once per --prefetch depth, on the same episodes; the page cache is
+    dropped before each streamed run where the process may (root).
+    """
+    from m3net.bench.residency import format_table, run_bench, write_results
+
+    result = run_bench(ResidencyBenchConfig(prefetch=tuple(prefetch), **options))
+    click.echo(format_table(result))
+    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
+
+
 @main.command("bench-dtw")
 @click.option("--pairs", multiple=True, type=int,
               help="Cost matrices per call (repeatable); default 1M on CUDA, 4096 on CPU.")
@@ -403,8 +437,7 @@ def bench_input_cmd(**options):
 @click.option("--static", "static", is_flag=True,
               help="No timing: compile every kernel variant for sm_90 (no GPU needed) and write "
                    "OUT_DIR/dtw_static_sm90.{json,md} (SASS/pair, registers, spills, shared memory, bytes/pair).")
-@click_options(DTWBenchConfig, skip=("pairs", "sizes", "backward", "warmup", "interpret_max_pairs",
-                                     "implementations", "seed", "extra"))
+@click_options(DTWBenchConfig)
 def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, static, **options):
     """Benchmark the DTW kernel: Triton vs torch reference vs eager loop vs pysdtw, side by side.
 

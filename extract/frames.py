@@ -35,22 +35,19 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from m3net import __version__
-from m3net.cache.schema import SPLITS
-from m3net.config import setting
-from m3net.config import validate as validate_config
-from m3net.data.datasets import DATASETS, LISTED_DATASETS, VIDEO_EXTENSIONS, DatasetError, load_dataset
+from m3net.config import from_group, setting, settings
+from m3net.data.datasets import LISTED_DATASETS, VIDEO_EXTENSIONS, DatasetError, DatasetSettings, load_dataset
 from m3net.errors import ConfigError
-from m3net.extract.loop import view_transform
+from m3net.extract.loop import ExtractConfig, view_transform
 from m3net.extract.transforms import resize_frames
 from m3net.extract.video import Clip
 from m3net.locking import exclusive_lock
+from m3net.progress import progress_bar
 from m3net.runtime import git_sha, versions
 
 MANIFEST = "frames.json"
@@ -63,10 +60,8 @@ FAILURE_FIELDS = ("clip_id", "path", "error")
 CHECKED = ("format", "dataset", "source_root", "layout", "resize", "jpeg_quality", "jpeg_subsampling")
 
 
-@dataclass
-class FramesConfig:
-    dataset: str = setting(help="Split lists shipped with m3net, or a <class>/<clip> folder.", choices=DATASETS)
-    root: str = setting(help="Folder holding the clips (video files or frame folders).", path="dir")
+@settings
+class FramesConfig(DatasetSettings):
     out: str = setting(help="Folder to write the frame folders into; an existing one is resumed. Then pass it as "
                        "--root to extract, finetune, dataset-info (and as predict's --support).", path="dir")
     crop: int = setting(224, "The --crop finetune and extract will use: frames are stored resized to crop*8/7 "
@@ -74,12 +69,8 @@ class FramesConfig:
     quality: int = setting(95, "JPEG quality.", minimum=1, maximum=100)
     workers: int = setting(2, "Decoding processes, one clip each at a time (0: this process); up to one per core.",
                            minimum=0)
-    folder_split: str = setting("test", "Split given to every clip of a <root>/<class>/<clip> folder without "
-                                "train/val/test subfolders.", choices=SPLITS)
-    progress: bool = setting(True, cli=False)  # a progress bar on a terminal
-
-    def __post_init__(self):
-        validate_config(self)
+    folder_split: str = from_group(ExtractConfig, "folder_split")
+    progress: bool = setting(True, cli=False)  # a bar on a terminal, a log line every 30 s elsewhere
 
 
 def _rank():
@@ -316,8 +307,8 @@ def _write_shard(config, rank, world):
             os.makedirs(parent, exist_ok=True)
         started, frames, written, failures = time.perf_counter(), 0, 0, []
         desc = f"frames {config.dataset}" + (f" rank {rank}/{world}" if world > 1 else "")
-        with tqdm(total=len(pending), unit="clip", desc=desc, disable=None if config.progress else True,
-                  dynamic_ncols=True) as bar, contextlib.closing(_results(pending, config.workers)) as results:
+        with progress_bar(total=len(pending), unit="clip", desc=desc, enabled=config.progress) as bar, \
+                contextlib.closing(_results(pending, config.workers)) as results:
             try:
                 for index, count, nbytes, error in results:
                     frames, written = frames + count, written + nbytes

@@ -27,29 +27,25 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from m3net.cache import CacheWriter
 from m3net.cache.schema import SPLITS
-from m3net.config import device_setting, setting
-from m3net.config import validate as validate_config
-from m3net.data.datasets import DATASETS, DatasetError, load_dataset
+from m3net.config import RunSettings, setting, settings
+from m3net.data.datasets import DatasetError, DatasetSettings, load_dataset
 from m3net.errors import ConfigError
 from m3net.extract.backbone import FEATURE_CHANNELS, build_backbone
 from m3net.extract.sampling import sample_indices
 from m3net.extract.transforms import TransformConfig, normalise, test_view, train_view
 from m3net.extract.video import Clip
 from m3net.locking import cache_lock_path, exclusive_lock
+from m3net.progress import progress_bar
 from m3net.runtime import git_sha, resolve_device
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-@dataclass
-class ExtractConfig:
-    dataset: str = setting(help="Split lists shipped with m3net, or a <class>/<clip> folder (see `m3net "
-                           "dataset-info`).", choices=DATASETS)
-    root: str = setting(help="Folder holding the clips (video files or frame folders).", path="dir")
+@settings
+class ExtractConfig(DatasetSettings, RunSettings):
     out: str = setting(help="HDF5 cache to write; an existing one is resumed.", path="file")
     weights: str = setting("imagenet", "imagenet (torchvision V1, the paper's), imagenet-v2, random (tests/demo "
                            "only), or PATH to a state dict or a finetune checkpoint.")
@@ -61,18 +57,13 @@ class ExtractConfig:
     workers: int = setting(2, "DataLoader processes decoding clips (0: main process).", minimum=0)
     views: int = setting(0, "0: one test view; K>0: K views per clip, view 0 the test view, 1..K-1 random "
                          "crop+flip training views.", minimum=0)
-    device: str = device_setting()
     precision: str = setting("auto", "Autocast dtype; auto = fp16 on CUDA, fp32 on CPU.",
                              choices=("auto", *PRECISIONS))
-    seed: int = setting(0, "Random weights and training views.")
     folder_split: str = setting("test", "Split given to every clip of a <root>/<class>/<clip> folder without "
                                 "train/val/test subfolders.", choices=SPLITS)
     # Compute at most this many pending clips (0: all); for benchmarks and smoke runs.
     limit: int = setting(0, minimum=0, cli=False)
     progress: bool = setting(True, cli=False)
-
-    def __post_init__(self):
-        validate_config(self)
 
 
 def resolve_precision(name, device):
@@ -298,8 +289,8 @@ def compute_rows(config, prepared, writer, rows):
         extractor = Extractor(prepared.model, device, prepared.precision, config.batch_size,
                               view_transform(config.crop))
         views = max(config.views, 1)
-        with tqdm(total=len(loader.dataset), unit="clip", disable=not config.progress, dynamic_ncols=True,
-                  desc=f"extract {config.dataset}") as bar:
+        with progress_bar(total=len(loader.dataset), unit="clip", enabled=config.progress,
+                          desc=f"extract {config.dataset}") as bar:
             for batch_rows, frames, failures in loader:
                 for row, reason in failures:
                     fail(row, reason)

@@ -69,7 +69,7 @@ def _copy(root, clips):
 def _frames(root, out, dataset="folder", **changes):
     """write_frames at crop 64 (73x73 frames: fast) unless told otherwise."""
     options = {"crop": 64, "workers": 0, "progress": False, **changes}
-    return write_frames(FramesConfig(dataset, str(root), str(out), **options))
+    return write_frames(FramesConfig(dataset=dataset, root=str(root), out=str(out), **options))
 
 
 def _tree(folder, skip=(".lock",)):
@@ -366,8 +366,8 @@ def test_extracted_features_equal_the_videos_up_to_jpeg_loss(tmp_path):
     out = tmp_path / "frames"
     _frames(root, out, crop=224)
     config = dict(weights="random", frames=8, batch_size=4, workers=0, progress=False)
-    extract_dataset(ExtractConfig("folder", root, str(tmp_path / "video.h5"), **config))
-    extract_dataset(ExtractConfig("folder", str(out), str(tmp_path / "frames.h5"), **config))
+    extract_dataset(ExtractConfig(dataset="folder", root=root, out=str(tmp_path / "video.h5"), **config))
+    extract_dataset(ExtractConfig(dataset="folder", root=str(out), out=str(tmp_path / "frames.h5"), **config))
     a = load_cache(str(tmp_path / "video.h5")).features.astype(np.float32)  # (4, T, 7, 7, C)
     b = load_cache(str(tmp_path / "frames.h5")).features.astype(np.float32)
     assert a.shape == b.shape == (4, 8, 7, 7, 2048)
@@ -393,8 +393,8 @@ def test_predict_and_finetune_take_frame_folders(tmp_path):
     frames = tmp_path / "frames"
     _frames(clips, frames, "synthetic")
     cache = str(tmp_path / "cache.h5")
-    extract_dataset(ExtractConfig("synthetic", str(frames), cache, weights="random", frames=2, batch_size=4,
-                                  workers=0, progress=False))
+    extract_dataset(ExtractConfig(dataset="synthetic", root=str(frames), out=cache, weights="random", frames=2,
+                                  batch_size=4, workers=0, progress=False))
     run = train_head(TrainConfig(cache=cache, out=str(tmp_path / "run"), head="test-aligned", way=3, shot=1,
                                  queries=1, episodes=2, val_every=2, val_episodes=2, device="cpu"), progress=False)
     support_videos, support_frames = tmp_path / "support", tmp_path / "support-frames"
@@ -408,9 +408,9 @@ def test_predict_and_finetune_take_frame_folders(tmp_path):
                                                  device="cpu"))[0] for support in (support_videos, support_frames))
     for name, p in by_video["probabilities"].items():
         assert by_frames["probabilities"][name] == pytest.approx(p, abs=0.05)
-    finetune(FinetuneConfig("synthetic", str(frames), out=str(tmp_path / "ft"), weights="random", head="m3net",
-                            head_options={"proj_dim": 8}, way=2, shot=1, queries=1, frames=2, crop=32, episodes=1,
-                            val_episodes=1, workers=0), progress=False)
+    finetune(FinetuneConfig(dataset="synthetic", root=str(frames), out=str(tmp_path / "ft"), weights="random",
+                            head="m3net", head_options={"proj_dim": 8}, way=2, shot=1, queries=1, frames=2, crop=32,
+                            episodes=1, val_episodes=1, workers=0), progress=False)
     assert load_checkpoint(str(tmp_path / "ft" / "last.pt"))["step"] == 1
     assert not os.path.exists(tmp_path / "ft" / "failures.csv")
 

@@ -1,12 +1,12 @@
 """`m3net predict`: support folder + query clips through the checkpoint's backbone and head."""
 import json
+import pathlib
 import shutil
 
 import pytest
 from click.testing import CliRunner
 
 from m3net.cli import main
-from m3net.data.synthetic import SyntheticConfig, generate_synthetic
 from m3net.extract.loop import ExtractConfig, extract_dataset
 from m3net.train.train_head import TrainConfig, train_head
 
@@ -14,11 +14,9 @@ pytestmark = pytest.mark.usefixtures("aligned_head")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, bench):
     base = tmp_path_factory.mktemp("predict")
-    clips = base / "clips"
-    generate_synthetic(str(clips), SyntheticConfig(train_classes=3, val_classes=3, test_classes=3, clips_per_class=3,
-                                                   frames=16, size=64, family_size=3), progress=False)
+    clips = pathlib.Path(bench)
     cache = str(base / "cache.h5")
     extract_dataset(ExtractConfig(dataset="folder", root=str(clips), out=cache, weights="random", frames=2,
                                   batch_size=4, workers=0, device="cpu", progress=False))

@@ -19,12 +19,12 @@ same size.
 import dataclasses
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import torch
 
-from m3net.bench.record import benchmark_record, write_benchmark
-from m3net.config import device_setting, setting
+from m3net.bench.record import RecordSettings, benchmark_record, write_benchmark
+from m3net.config import RunSettings, setting, settings
 from m3net.kernels.dtw import dtw, dtw_reference, dtw_similarity, dtw_with_length
 from m3net.kernels.eager import eager_dtw
 from m3net.runtime import resolve_device, synchronize
@@ -50,8 +50,8 @@ SWEEP_T = (8, 16, 32, 64)
 EAGER_CUDA_MAX_CELLS = 1 << 26  # the eager loop's autograd graph keeps every cell: 1M pairs of 8x8 fit, 64x64 not
 
 
-@dataclass
-class DTWBenchConfig:
+@settings
+class DTWBenchConfig(RecordSettings, RunSettings):
     pairs: tuple = (0,)  # 0: 1M on CUDA, 4096 on CPU
     sizes: tuple = ((8, 8),)  # (N, M) cost shapes
     dtype: str = setting("float32", "Cost dtype.", choices=("float32", "float16", "bfloat16", "float64"))
@@ -60,12 +60,9 @@ class DTWBenchConfig:
     backward: bool = False
     repeats: int = setting(10, "Timed calls per implementation on CPU (median).", minimum=1)
     warmup: int = 2
-    device: str = device_setting()
     eager_max_pairs: int = setting(4096, "CPU only: cap on pairs for the slow per-cell Python loop.", minimum=1)
     interpret_max_pairs: int = 256  # CPU only: the Triton interpreter, at most this many pairs
     implementations: tuple = IMPLEMENTATIONS
-    out_dir: str = setting("benchmarks", "Where the CSV and JSON results go.", path="dir")
-    seed: int = 0
     extra: dict = field(default_factory=dict)
 
 

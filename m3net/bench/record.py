@@ -5,7 +5,15 @@ import datetime
 import json
 import os
 
+from m3net.config import Settings, setting, settings
 from m3net.runtime import device_name, git_sha, versions
+
+
+@settings
+class RecordSettings(Settings):
+    """Where a benchmark writes its record."""
+
+    out_dir: str = setting("benchmarks", "Where the CSV and JSON results go.", path="dir")
 
 
 def benchmark_record(name, device, config, rows, **extra):

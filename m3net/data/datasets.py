@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from m3net.cache.schema import SPLITS
+from m3net.config import Settings, setting, settings
 from m3net.errors import DatasetError  # noqa: F401 (re-exported)
 
 SPLIT_FOLDERS = {"gym99": "Gym99", "gym288": "Gym288", "diving48": "Diving48"}
@@ -39,6 +40,16 @@ DIVING48_ID = re.compile(r"^(?P<youtube_id>[A-Za-z0-9_-]+)_(?P<index>\d{5})$")
 FRAME_FILE = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
 
 
+
+@settings
+class DatasetSettings(Settings):
+    """Which dataset a command reads and where its clips are."""
+
+    dataset: str = setting(help="gym99, gym288, diving48 (the split lists shipped with m3net), folder (a "
+                           "<class>/<clip> tree) or synthetic (from `m3net make-synthetic`); see `m3net dataset-info`.",
+                           choices=DATASETS)
+    root: str = setting(help="Folder holding the clips: video files or frame folders, flat or in class folders.",
+                        path="dir")
 
 
 @dataclass(frozen=True)

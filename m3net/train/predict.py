@@ -4,13 +4,11 @@ Support and query clips go through the very backbone, sampling and transform the
 cache was built with (read from the provenance it stores), then through the trained head.
 """
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from m3net.config import device_setting, setting
-from m3net.config import validate as validate_config
+from m3net.config import RunSettings, setting, settings
 from m3net.data.datasets import load_dataset
 from m3net.errors import PredictError  # noqa: F401 (re-exported)
 from m3net.extract.backbone import build_backbone, file_sha256, resolve_weights_file
@@ -20,20 +18,18 @@ from m3net.runtime import resolve_device
 from m3net.train.evaluate import load_trained_head
 
 
-@dataclass
-class PredictConfig:
+@settings
+class PredictConfig(RunSettings):
     checkpoint: str = setting(help="Trained head (best.pt of `m3net train-head` or `m3net finetune`).", path="file")
     support: str = setting(help="Folder of <class>/<clip>: the same number (1-5) of labelled clips per class.",
                            path="dir")
     queries: tuple = setting((), cli=False)  # --query, repeatable: video files or frame folders
     weights: str = setting("", "Backbone weights if not where the checkpoint's cache found them (checked by "
                            "sha256); default: what the checkpoint's cache was built with.")
-    device: str = device_setting()
-    seed: int = setting(0, "Random backbone weights of a test cache.", cli=False)
 
     def __post_init__(self):
         self.queries = tuple(self.queries)
-        validate_config(self)
+        super().__post_init__()
 
 
 def backbone_for(provenance, override=""):
