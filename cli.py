@@ -53,6 +53,15 @@ def preset_options(stage, options):
     return with_preset(stage, options, explicit)
 
 
+def resumable(work, config, kept):
+    """``work(config)``; after Ctrl-C one line saying what is kept in --out, and exit status 130."""
+    try:
+        return work(config)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: {kept} {config.out}; re-run the same command to resume", err=True)
+        sys.exit(130)
+
+
 def head_opt_option(command):
     return click.option("--head-opt", multiple=True, metavar="KEY=VALUE",
                         help="Head option, repeatable, parsed by the option's type (e.g. --head-opt use_tm=off; "
@@ -96,12 +105,7 @@ def extract_cmd(**options):
     """
     from m3net.extract.loop import extract_dataset, format_summary
 
-    config = ExtractConfig(**options)
-    try:
-        summary = extract_dataset(config)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: finished rows are saved in {config.out}; re-run the same command to resume", err=True)
-        sys.exit(130)
+    summary = resumable(extract_dataset, ExtractConfig(**options), "finished rows are saved in")
     click.echo(format_summary(summary))
     if summary["not_done"]:
         sys.exit(3)
@@ -121,12 +125,7 @@ def frames_cmd(**options):
     """
     from m3net.extract.frames import format_summary, write_frames
 
-    config = FramesConfig(**options)
-    try:
-        summary = write_frames(config)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: finished clips are kept in {config.out}; re-run the same command to resume", err=True)
-        sys.exit(130)
+    summary = resumable(write_frames, FramesConfig(**options), "finished clips are kept in")
     click.echo(format_summary(summary))
     if summary["failed"]:
         sys.exit(3)

@@ -140,13 +140,17 @@ def build_manifest(config, dataset):
     }
 
 
-def _write_json(path, data):
-    # Hidden (never taken for a clip or a stray file) and per process: torchrun ranks may write it at once.
+def _write_atomically(path, write):
+    """``write(file)`` into a hidden temporary file beside ``path`` (never taken for a clip, one per process:
+    torchrun ranks may write the same file at once), then renamed to ``path``."""
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1)
-        fh.write("\n")
+    with open(tmp, "w", newline="") as fh:
+        write(fh)
     os.replace(tmp, path)
+
+
+def _write_json(path, data):
+    _write_atomically(path, lambda fh: fh.write(json.dumps(data, indent=1) + "\n"))
 
 
 def _check_or_write_manifest(out, manifest):
@@ -234,10 +238,10 @@ def _init_worker(parent):
 
 def _results(jobs, workers):
     """write_clip over ``jobs`` in ``workers`` processes (0: here), in completion order."""
-    if workers == 0:
+    if workers == 0 or not jobs:
         yield from map(write_clip, jobs)
         return
-    pool = multiprocessing.get_context("fork").Pool(min(workers, max(len(jobs), 1)), _init_worker, (os.getpid(),))
+    pool = multiprocessing.get_context("fork").Pool(min(workers, len(jobs)), _init_worker, (os.getpid(),))
     try:
         yield from pool.imap_unordered(write_clip, jobs)
         pool.close()
@@ -252,12 +256,13 @@ def _write_failures(path, failures):
         if os.path.exists(path):
             os.remove(path)
         return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as fh:
+
+    def write(fh):
         writer = csv.DictWriter(fh, fieldnames=FAILURE_FIELDS)
         writer.writeheader()
         writer.writerows(failures)
-    os.replace(tmp, path)
+
+    _write_atomically(path, write)
 
 
 def _present(dataset, config):
@@ -335,7 +340,7 @@ def _write_shard(config, rank, world):
 def format_summary(summary, max_failures=10):
     s = summary
     who = f" (rank {s['rank']} of {s['world_size']}: {s['shard']} clips)" if s["world_size"] > 1 else ""
-    per_frame = f", {s['bytes'] / s['frames'] / 1024:.1f} KB/frame" if s["frames"] else ""
+    per_frame = f", {s['bytes'] / s['frames'] / 1024:.1f} KiB/frame" if s["frames"] else ""
     lines = [f"{s['out']}{who}: {s['done']} clips done, {s['skipped']} skipped (already there), {s['failed']} failed, "
              f"{s['missing']} of {s['listed']} listed clips not under --root; {s['frames']} frames "
              f"({s['bytes'] / 2**20:.1f} MiB{per_frame}) at {s['resize'][0]}x{s['resize'][1]} in {s['seconds']:.1f} s "
