@@ -51,7 +51,8 @@ class InputBenchConfig(EpisodeSettings, RecordSettings, RunSettings):
     crop: int = from_group(FinetuneConfig, "crop")
     seconds: float = setting(20.0, "Time budget per source and path: episodes run until it is spent (at least one).",
                              minimum=0)
-    work: str = setting("", "Scratch folder for the clips and frame folders (kept; empty: a temporary one).",
+    work: str = setting("", "Scratch folder for the clips and frame folders (kept, the generated clips reused; "
+                        "empty: a temporary one).",
                         path="dir")
 
     def __post_init__(self):
@@ -81,6 +82,7 @@ def _one_clip_roots(mp4, work, config):
     """(video root, frame root, decode-once numbers) of a folder dataset whose every clip is ``mp4``."""
     name = os.path.splitext(os.path.basename(mp4))[0]
     base = os.path.join(work, name)
+    shutil.rmtree(base, ignore_errors=True)  # links to an earlier run's frames would keep their old bytes
     single, single_frames = os.path.join(base, "single"), os.path.join(base, "single-frames")
     _link(mp4, os.path.join(single, "c0", "clip.mp4"))
     written = _decode_once(single, single_frames, config)
