@@ -278,9 +278,10 @@ def render_frames_footprint(root):
         with open(os.path.join(root, path)) as fh:
             real = [r for r in json.load(fh)["rows"] if r["kind"] == "real"]
     config = paper_finetune_config(1)
-    lines = [f"Frames one finetune cell decodes with `--preset paper` ({config.episodes:,} episodes, {config.way}-way, "
-             f"{config.queries} queries per class, {config.frames} frames; {config.val_episodes} validation episodes "
-             f"with {config.val_queries} query every {config.val_every:,} episodes), the same for every dataset"
+    lines = [f"Frames one finetune cell decodes with `--preset paper` ({config.episodes:,} training episodes, "
+             f"{config.way}-way, {config.queries} queries per class, {config.frames} frames per clip; every "
+             f"{config.val_every:,} of them {config.val_episodes} validation episodes with {config.val_queries} query "
+             "per class), the same for every dataset"
              + (f", and what decoding them costs per core at the rates of `{path}` (real mp4 clips, "
                 f"{_range([int(r['resolution'].split('x')[1]) for r in real], str)}p):" if real else
                 " (no `m3net bench-input` record yet: run it for the hours):"), "",
