@@ -163,7 +163,7 @@ def _listed_dataset(name, root):
     return Dataset(name, root or "", classes, clips)
 
 
-def _class_clips(class_dir):
+def class_clips(class_dir):
     """[(stem, path)] of the clips (video files, frame folders) directly inside a class folder."""
     out = []
     for name in sorted(os.listdir(class_dir)):
@@ -198,7 +198,7 @@ def _folder_dataset(name, root, folder_split):
     classes, index, entries = [], {}, []
     for split, split_root in split_roots:
         for label in sorted(d for d in os.listdir(split_root) if os.path.isdir(os.path.join(split_root, d))):
-            for stem, path in _class_clips(os.path.join(split_root, label)):
+            for stem, path in class_clips(os.path.join(split_root, label)):
                 if label not in index:
                     index[label] = len(classes)
                     classes.append(label)
