@@ -216,6 +216,9 @@ def render_benchmarks(root):
             ("bench_finetune_*.json", "**Finetune** (`m3net bench-finetune`, decoding excluded)",
              (("shot", "shot", str), ("checkpointing", "checkpointing", str), ("images", "images_per_episode", str),
               ("episodes/s", "episodes_per_s", "{:.3f}".format), ("peak GPU MiB", "peak_gpu_mib", str))),
+            ("bench_predict_*.json", "**Prediction** (`m3net bench-predict`: `m3net.FewShotClassifier`, what "
+             "`m3net predict` runs, with the support set fitted once)",
+             (("stage", "stage", str), ("clips", "clips", str), ("clips/s", "clips_per_s", "{:.2f}".format))),
             ("bench_residency_*.json", "**Feature residency** (`m3net bench-residency`)",
              (("features", "residency", str), ("cache GiB", "cache_gib", str),
               ("limit GiB", "memory_limit_gib", str), ("train ep/s", "train_episodes_per_s", "{:.2f}".format),
