@@ -108,7 +108,7 @@ class ClipViews(torch.utils.data.Dataset):
             return row, self.views_of(row, source), None
         except Exception as err:  # any reason a clip cannot be read is recorded, never fatal
             reason = str(err) or type(err).__name__
-            where = str(source) if isinstance(source, (str, os.PathLike)) or source is None else clip_id
+            where = clip_id if isinstance(source, np.ndarray) else str(source)  # frames have no path: their id
             return row, None, reason if where and where in reason else f"{reason} ({where})"
 
 

@@ -148,9 +148,9 @@ class ArrayClip:
 
 def open_clip(source):
     """A ``Clip`` for a path (video file or frame folder), an ``ArrayClip`` for decoded frames."""
-    if isinstance(source, (str, os.PathLike)) or source is None:
-        return Clip(source if source is None else os.fspath(source))
-    return ArrayClip(source)
+    if isinstance(source, np.ndarray):
+        return ArrayClip(source)
+    return Clip(None if source is None else os.fspath(source))
 
 
 def num_frames(path, backend="auto"):

@@ -149,6 +149,7 @@ class FewShotClassifier:
         self.extractor = Extractor(model, self.device, self.precision, self.batch_size, self.transform)
         # (T, H, W, C) of one clip's features, as `m3net extract` writes them
         self.feature_shape = (head.config.num_frames, map_side(crop), map_side(crop), width)
+        self.provenance: dict = {}  # from_checkpoint: the provenance of the cache the checkpoint's head expects
         self.classes: list[str] = []
         self._support: torch.Tensor | None = None  # (S, T, H, W, C) on the device
         self._support_labels: torch.Tensor | None = None  # (S,) index into classes

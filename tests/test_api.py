@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 import m3net
 from m3net.cli import main
@@ -77,13 +78,16 @@ def test_api_and_cli_agree(predictor_run, support_and_queries, predictions):
     assert [c["probabilities"] for c in cli] == [p.probabilities for p in predictions]  # exactly: one code path
 
 
-def test_a_path_and_its_decoded_frames_predict_the_same(classifier, support_and_queries):
+def test_a_path_its_decoded_frames_and_its_frame_folder_predict_the_same(classifier, support_and_queries, tmp_path):
     video = support_and_queries[1][0]
     clip = Clip(video)
     frames = clip.read(range(len(clip)))  # (T, H, W, 3) uint8: every frame of the clip
-    from_path, from_array = classifier.predict([video, frames])
-    assert from_array.query == "array #1"  # its place in the list
-    assert from_array.label == from_path.label and from_array.probabilities == from_path.probabilities
+    for t, frame in enumerate(frames):  # the same frames as a frame folder (lossless PNG)
+        Image.fromarray(frame).save(tmp_path / f"img_{t + 1:05d}.png")
+    from_path, from_array, from_folder = classifier.predict([video, frames, tmp_path])
+    assert from_array.query == "array #1" and from_folder.query == str(tmp_path)  # "array #<place in the list>"
+    assert from_array.label == from_path.label == from_folder.label
+    assert from_array.probabilities == from_path.probabilities == from_folder.probabilities
 
 
 def test_clips_score_as_their_cache_rows(predictor_run, support_and_queries, classifier, predictions):
