@@ -76,6 +76,12 @@ def test_api_and_cli_agree(predictor_run, support_and_queries, predictions):
     assert [c["query"] for c in cli] == [p.query for p in predictions] == queries
     assert [c["predicted"] for c in cli] == [p.label for p in predictions]
     assert [c["probabilities"] for c in cli] == [p.probabilities for p in predictions]  # exactly: one code path
+    # --batch-size 1 (one clip a forward, not the cache's 4): the same scores up to rounding
+    one = CliRunner().invoke(main, ["predict", "--checkpoint", predictor_run.checkpoint, "--support", support,
+                                    "--device", "cpu", "--json", "--batch-size", "1", "--query", queries[0]])
+    assert one.exit_code == 0, one.output
+    (single,) = json.loads(one.output[one.output.index("["):])
+    assert single["probabilities"] == pytest.approx(predictions[0].probabilities, abs=1e-3)
 
 
 def test_a_path_its_decoded_frames_and_its_frame_folder_predict_the_same(classifier, support_and_queries, tmp_path):

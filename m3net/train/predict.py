@@ -15,6 +15,9 @@ class PredictConfig(RunSettings):
     queries: tuple = setting((), cli=False)  # --query, repeatable: video files or frame folders
     weights: str = setting("", "Backbone weights if not where the checkpoint's cache found them (checked by "
                            "sha256); default: what the checkpoint's cache was built with.")
+    batch_size: int = setting(0, "Clips per backbone forward, a short batch padded; 0: the checkpoint's cache's, so "
+                              "a clip's features equal its cache row bit for bit (1: fastest for a single query).",
+                              minimum=0)
 
     def __post_init__(self):
         self.queries = tuple(self.queries)
@@ -25,6 +28,7 @@ def predict(config):
     """[{query, predicted, probabilities {class: p}, most likely first}] for every query clip."""
     check_exist(config.queries)  # before the support set is extracted
     classifier = FewShotClassifier.from_checkpoint(config.checkpoint, weights=config.weights or None,
-                                                   device=config.device, progress=True)
+                                                   device=config.device, batch_size=config.batch_size or None,
+                                                   progress=True)
     predictions = classifier.fit(config.support).predict(config.queries)
     return [{"query": p.query, "predicted": p.label, "probabilities": p.probabilities} for p in predictions]
