@@ -13,6 +13,7 @@ from m3net.bench.dtw import DTWBenchConfig
 from m3net.bench.extract import ExtractBenchConfig
 from m3net.bench.finetune import FinetuneBenchConfig
 from m3net.bench.input_path import InputBenchConfig
+from m3net.bench.predict import PredictBenchConfig
 from m3net.bench.residency import ResidencyBenchConfig
 from m3net.bench.train import TrainBenchConfig
 from m3net.config import click_options
@@ -383,6 +384,27 @@ def bench_extract_cmd(**options):
     click.echo(format_table(result))
     csv_path, json_path = write_results(result, options["out_dir"])
     click.echo(f"wrote {csv_path} and {json_path}")
+
+
+@main.command("bench-predict")
+@click_options(PredictBenchConfig)
+@head_opt_option
+def bench_predict_cmd(head_opt, **options):
+    """Query clips/s of `m3net predict` (the Python API's FewShotClassifier) with the support set fitted once.
+
+    Also times the support fit, the queries' decode + backbone alone and the head alone on their features.
+    A --checkpoint brings its head and backbone; without one a fresh --head (random values) on a
+    random-weight backbone is timed, on a generated benchmark unless --root is given.
+    """
+    import warnings
+
+    from m3net.bench.predict import format_table, run_bench, write_results
+    from m3net.extract.backbone import RandomWeightsWarning
+
+    warnings.simplefilter("ignore", RandomWeightsWarning)  # timing only: the values do not matter
+    result = run_bench(PredictBenchConfig(head_options=parse_head_options(options["head"], head_opt), **options))
+    click.echo(format_table(result))
+    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
 
 
 @main.command("bench-input")

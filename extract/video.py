@@ -3,8 +3,9 @@
 decord seeks straight to the wanted frames; PyAV is the fallback for what decord cannot open or
 index (AV1, some webm, broken indices) and decodes sequentially up to the last wanted frame.
 Frame folders (``<clip_id>/img_00001.jpg`` ...) are read with PIL; their frame numbers must run
-without a gap (a missing image would shift every later frame onto another frame index). Every
-failure is a ClipError whose message is the reason stored in the cache's /failures.
+without a gap (a missing image would shift every later frame onto another frame index). Frames already
+decoded into a uint8 (T, H, W, 3) array (the Python API) are an ArrayClip. Every failure is a ClipError
+whose message is the reason stored in the cache's /failures.
 """
 import os
 
@@ -189,6 +190,31 @@ class Clip:
         total = len(self)
         for start in range(0, total, size):
             yield self.read(range(start, min(start + size, total)))
+
+
+class ArrayClip:
+    """A clip already decoded into uint8 (T, H, W, 3) RGB frames, read like ``Clip``: a path and its
+    frames decoded into an array give the same sampled frames."""
+
+    def __init__(self, frames):
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not frames.shape[0]:
+            raise ClipError(f"expected uint8 frames of shape (T, H, W, 3) with T >= 1, got {frames.dtype} "
+                            f"{frames.shape}")
+        self.backend, self.frames = "array", frames
+
+    def __len__(self):
+        return len(self.frames)
+
+    def read(self, indices):
+        return np.ascontiguousarray(self.frames[[int(i) for i in indices]])  # (T, H, W, 3)
+
+
+def open_clip(source):
+    """A ``Clip`` for a path (video file or frame folder), an ``ArrayClip`` for decoded frames."""
+    if isinstance(source, np.ndarray):
+        return ArrayClip(source)
+    return Clip(None if source is None else os.fspath(source))
 
 
 def num_frames(path, backend="auto"):

@@ -227,6 +227,9 @@ def render_benchmarks(root):
               ("`m3net frames` frames/s", "decode_once_frames_per_s", "{:.1f}".format),
               ("KiB/frame", "jpeg_bytes_per_frame", lambda b: f"{b / 1024:.1f}"),
               ("mean abs diff (grey levels)", "mean_abs_pixel_diff", "{:.2f}".format))),
+            ("bench_predict_*.json", "**Prediction** (`m3net bench-predict`: `m3net.FewShotClassifier`, what "
+             "`m3net predict` runs, with the support set fitted once)",
+             (("stage", "stage", str), ("clips", "clips", str), ("clips/s", "clips_per_s", "{:.2f}".format))),
             ("bench_residency_*.json", "**Feature residency** (`m3net bench-residency`)",
              (("features", "residency", str), ("cache GiB", "cache_gib", str),
               ("limit GiB", "memory_limit_gib", str), ("train ep/s", "train_episodes_per_s", "{:.2f}".format),

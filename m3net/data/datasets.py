@@ -170,7 +170,7 @@ def _listed_dataset(name, root):
     return Dataset(name, root or "", classes, clips)
 
 
-def _class_clips(class_dir):
+def class_clips(class_dir):
     """[(stem, path)] of the clips (video files, frame folders) directly inside a class folder."""
     out = []
     for name in sorted(n for n in os.listdir(class_dir) if not _hidden(n)):
@@ -206,7 +206,7 @@ def _folder_dataset(name, root, folder_split):
     for split, split_root in split_roots:
         for label in sorted(d for d in os.listdir(split_root)
                             if os.path.isdir(os.path.join(split_root, d)) and not _hidden(d)):
-            for stem, path in _class_clips(os.path.join(split_root, label)):
+            for stem, path in class_clips(os.path.join(split_root, label)):
                 if label not in index:
                     index[label] = len(classes)
                     classes.append(label)
