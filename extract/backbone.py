@@ -107,6 +107,10 @@ class ResNet50Trunk(nn.Module):
         return x
 
 
+class RandomWeightsWarning(UserWarning):
+    """--weights random: features without ImageNet knowledge (filter it by this class, e.g. in timing runs)."""
+
+
 def canonical_weights_name(weights):
     return WEIGHT_ALIASES.get(weights, weights)
 
@@ -180,6 +184,7 @@ def build_backbone(weights="random", seed=0):
         warnings.warn(
             "--weights random: the backbone is randomly initialised; its features carry no ImageNet "
             "knowledge (fine for tests and the offline demo, meaningless for real results).",
+            RandomWeightsWarning,
             stacklevel=2,
         )
         return model.eval(), {"weights": "random", "weights_sha256": f"random-seed-{seed}"}

@@ -9,23 +9,32 @@ import json
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, field, replace
 
 import click
 import numpy as np
 
-from m3net.config import device_setting, setting
-from m3net.config import validate as validate_config
+from m3net.config import RunSettings, Settings, from_group, setting, settings
 from m3net.data.synthetic import SyntheticConfig, generate_synthetic
 from m3net.errors import ConfigError
-from m3net.extract.backbone import IMAGENET_FILES, WeightsError, resolve_weights_file
+from m3net.extract.backbone import IMAGENET_FILES, RandomWeightsWarning, WeightsError, resolve_weights_file
+from m3net.train.loop import OptimizerSettings
 
 
-@dataclass
-class DemoConfig:
+@settings
+class DemoBenchmarkSettings(Settings):
+    """The generated benchmark's options `m3net demo` takes (the others keep SyntheticConfig's defaults)."""
+
+    train_classes: int = from_group(SyntheticConfig, "train_classes")
+    val_classes: int = from_group(SyntheticConfig, "val_classes")
+    test_classes: int = from_group(SyntheticConfig, "test_classes")
+    clips_per_class: int = from_group(SyntheticConfig, "clips_per_class")
+
+
+@settings
+class DemoConfig(RunSettings):
     out: str = setting("m3net-demo", "Everything goes here: synthetic/ clips, cache.h5, runs/, report/. Re-running "
                        "reuses it.", path="dir")
-    seed: int = setting(0, "Decides the benchmark, the training and the episodes.")
     synthetic: SyntheticConfig = setting(cli=False, default_factory=SyntheticConfig)
     weights: str = setting("auto", "auto (ImageNet if in the torch hub cache, else random), imagenet, random or "
                            "a PATH.")
@@ -56,14 +65,9 @@ class DemoConfig:
     # on the same cache with the same protocol as M3Net, at each head's own defaults, and scored on the
     # same episodes (--compare; empty in the default demo: they add tens of minutes on a CPU).
     compare: tuple = ()
-    clip_grad: float = setting(0.0, "Gradient-norm clipping of every trained head (0: off); the --compare heads "
-                               "with unnormalised distance logits (trx, strm) diverge without it.", minimum=0)
+    clip_grad: float = from_group(OptimizerSettings, "clip_grad")  # the --compare heads trx, strm diverge without
     batch_size: int = 16
     workers: int = 2
-    device: str = device_setting()
-
-    def __post_init__(self):
-        validate_config(self)
 
 
 def choose_weights(requested):
@@ -103,7 +107,7 @@ def run_demo(config):
     weights = choose_weights(config.weights)
     _step(f"2/4 extract ResNet-50 features ({weights} weights, {config.frames} frames/clip) -> {cache}")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the random-weights warning was given above
+        warnings.simplefilter("ignore", RandomWeightsWarning)  # said above, in the demo's own words
         extract_dataset(ExtractConfig(dataset="folder", root=clips, out=cache, frames=config.frames,
                                       weights=weights, batch_size=config.batch_size, workers=config.workers,
                                       device=config.device, seed=config.seed))

@@ -18,16 +18,16 @@ import glob
 import json
 import os
 import warnings
-from dataclasses import dataclass
 
 from m3net.cache import cache_info
-from m3net.config import device_setting, setting
-from m3net.config import validate as validate_config
-from m3net.data.datasets import DATASETS
+from m3net.config import RunSettings, from_group, setting, settings
+from m3net.data.datasets import DatasetSettings
+from m3net.data.episodes import EpisodeSettings
 from m3net.errors import ConfigError
 from m3net.extract.backbone import file_sha256
 from m3net.extract.loop import ExtractConfig, extract_dataset
 from m3net.locking import cache_lock_path, exclusive_lock
+from m3net.model.registry import HeadSettings
 from m3net.paper import ABLATIONS, ablation_cell, table1_cell
 from m3net.train.checkpoint import load_checkpoint
 from m3net.train.evaluate import EvalConfig, evaluate, write_summary
@@ -37,13 +37,10 @@ from m3net.train.presets import with_preset
 VARIANTS = ("full",) + tuple(ABLATIONS)
 
 
-@dataclass
-class ReproduceConfig:
-    dataset: str = setting(help="Table 1's gym99, gym288, diving48; or synthetic / folder for smoke runs.",
-                           choices=DATASETS)
-    root: str = setting(help="Folder holding the dataset's clips.", path="dir")
-    shot: int = setting(1, "Supports per class (Table 1: 1, 3, 5).", minimum=1, maximum=5)
-    head: str = setting("m3net", "Head from the registry (Table 1's methods: `m3net heads`).")
+@settings
+class ReproduceConfig(DatasetSettings, RunSettings):
+    shot: int = from_group(EpisodeSettings, "shot")  # Table 1: 1, 3, 5
+    head: str = from_group(HeadSettings, "head")  # Table 1's methods: `m3net heads`
     variant: str = setting("full", "full, or an ablation of the m3net head on Gym99: Table 2 (t2-im, t2-ifce-im, "
                            "...), Table 3 (t3-im-all, t3-cm-all, t3-tm-all, t3-swap, t3-m3net), Table 4 "
                            "(t4-1 ... t4-7).", choices=VARIANTS)
@@ -55,10 +52,9 @@ class ReproduceConfig:
     frames: int = setting(0, "Frames per clip (0: the paper's 8).", minimum=0)
     crop: int = setting(0, "Crop size (0: the paper's 224).", minimum=0)
     workers: int = setting(2, "DataLoader processes decoding clips.", minimum=0)
-    device: str = device_setting()
 
     def __post_init__(self):
-        validate_config(self)
+        super().__post_init__()
         if self.variant != "full" and self.head != "m3net":
             raise ConfigError(f"--variant {self.variant}: the Tables 2-4 ablations are of the m3net head, not "
                               f"--head {self.head}")
@@ -110,7 +106,7 @@ def reproduce(config, progress=True):
     checkpoint = _finetuned(_finetune_config(config, os.path.join(cell, "finetune")), progress)
     cache = os.path.join(cell, "cache.h5")
     _drop_stale_cache(cache, checkpoint)
-    extracted = extract_dataset(ExtractConfig(config.dataset, config.root, cache, weights=checkpoint,
+    extracted = extract_dataset(ExtractConfig(dataset=config.dataset, root=config.root, out=cache, weights=checkpoint,
                                               workers=config.workers, device=config.device, progress=progress))
     if extracted["not_done"]:
         raise ConfigError(f"{cache}: {extracted['not_done']} clips could not be extracted (`m3net cache-info "

@@ -198,7 +198,7 @@ def test_bad_and_missing_clips_recorded_while_the_rest_finish(tmp_path, monkeypa
     for i, frame in enumerate(video.decode_frames(SMALL2, range(0, 120, 10))):
         Image.fromarray(frame).save(frames_dir / f"img_{i + 1:05d}.jpg")
     out = tmp_path / "gym.h5"
-    summary = extract_dataset(ExtractConfig("gym99", str(root), str(out), weights="random", frames=2,
+    summary = extract_dataset(ExtractConfig(dataset="gym99", root=str(root), out=str(out), weights="random", frames=2,
                                             batch_size=2, workers=0, progress=False))
     assert summary["computed"] == 2 and summary["failed"] == 4 and summary["missing"] == 1
     with h5py.File(out, "r") as f:
@@ -208,7 +208,7 @@ def test_bad_and_missing_clips_recorded_while_the_rest_finish(tmp_path, monkeypa
     assert "empty file" in failures[ids[1]] and failures[ids[2]].startswith("missing")
     assert "not a readable video" in failures[ids[3]] and "not a readable video" in failures[ids[4]]
     # A re-run retries the failed rows but does not record the same failure twice.
-    again = extract_dataset(ExtractConfig("gym99", str(root), str(out), weights="random", frames=2,
+    again = extract_dataset(ExtractConfig(dataset="gym99", root=str(root), out=str(out), weights="random", frames=2,
                                           batch_size=2, workers=0, progress=False))
     assert again["computed"] == 0 and again["failed"] == 4 and again["not_done"] == 4
     with h5py.File(out, "r") as f:
@@ -233,7 +233,7 @@ KILL_SCRIPT = textwrap.dedent("""
         original(self, row, features)
 
     CacheWriter.write = write_then_die
-    extract_dataset(ExtractConfig("folder", sys.argv[1], sys.argv[2], weights="random", frames=2,
+    extract_dataset(ExtractConfig(dataset="folder", root=sys.argv[1], out=sys.argv[2], weights="random", frames=2,
                                   batch_size=2, workers=0, views=2, progress=False))
 """)
 
@@ -248,10 +248,10 @@ def test_kill_9_then_resume_gives_identical_bytes(tmp_path):
     with h5py.File(killed, "r") as f:
         assert f["done"][()].tolist() == [True, False, False]
     config = dict(weights="random", frames=2, batch_size=2, workers=0, views=2, progress=False)
-    resumed = extract_dataset(ExtractConfig("folder", root, killed, **config))
+    resumed = extract_dataset(ExtractConfig(dataset="folder", root=root, out=killed, **config))
     # Batches were [0, 1] [2, pad]; the resume runs [1, 2]: other neighbours, positions, padding.
     assert resumed["pending_before"] == 2 and resumed["not_done"] == 0
-    extract_dataset(ExtractConfig("folder", root, clean, **config))
+    extract_dataset(ExtractConfig(dataset="folder", root=root, out=clean, **config))
     with h5py.File(killed, "r") as a, h5py.File(clean, "r") as b:
         assert a["features"].shape == (3, 2, 2, 7, 7, 2048)  # (V, K, T, 7, 7, C)
         assert a["features"][()].tobytes() == b["features"][()].tobytes()
@@ -259,7 +259,7 @@ def test_kill_9_then_resume_gives_identical_bytes(tmp_path):
         assert not np.array_equal(views[0], views[1])  # the training view differs from the test view
     # A resume must use the batch size the cache was started with (it can change the last bits).
     with pytest.raises(Exception, match="batch_size"):
-        extract_dataset(ExtractConfig("folder", root, killed, **{**config, "batch_size": 1}))
+        extract_dataset(ExtractConfig(dataset="folder", root=root, out=killed, **{**config, "batch_size": 1}))
 
 
 @pytest.mark.slow
@@ -316,5 +316,6 @@ def test_option_errors_are_named(tmp_path):
     for options, expected in [({"views": 1}, "--views 1"), ({"frames": -1}, "--frames -1: expected >= 0"),
                               ({"precision": "fp16", "device": "cpu"}, "--precision fp16 needs CUDA")]:
         with pytest.raises(ConfigError, match=expected):
-            extract_dataset(ExtractConfig("folder", root, str(tmp_path / "c.h5"), weights="random", **options))
+            extract_dataset(ExtractConfig(dataset="folder", root=root, out=str(tmp_path / "c.h5"), weights="random",
+                                          **options))
     assert not (tmp_path / "c.h5").exists()

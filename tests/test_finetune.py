@@ -10,7 +10,6 @@ import torch
 from click.testing import CliRunner
 
 from m3net.cli import main
-from m3net.data.synthetic import SyntheticConfig, generate_synthetic
 from m3net.errors import ConfigError, DatasetError
 from m3net.extract.backbone import build_backbone
 from m3net.model import build_head
@@ -19,16 +18,8 @@ from m3net.train.finetune import FinetuneConfig, finetune
 from m3net.train.loop import Interrupted
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    generate_synthetic(str(root), SyntheticConfig(train_classes=3, val_classes=3, test_classes=3, clips_per_class=3,
-                                                  frames=16, size=64, family_size=3), progress=False)
-    return str(root)
-
-
 def tiny(root, out, **changes):
-    base = FinetuneConfig("synthetic", root, out=str(out), weights="random", head="m3net",
+    base = FinetuneConfig(dataset="synthetic", root=root, out=str(out), weights="random", head="m3net",
                           head_options={"proj_dim": 8}, way=2, shot=1, queries=1, frames=2, crop=32,
                           episodes=2, lr=0.1, backbone_lr=0.1, freeze_bn=False, checkpoint_every=1, log_every=1,
                           val_episodes=1, workers=0)

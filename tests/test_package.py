@@ -45,3 +45,22 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert len(blocks) == 2 and "m3net demo" in blocks[0] and "pytest" in blocks[1]
     assert any(line.strip().endswith(blocks[1]) for line in ci.splitlines())
 
+
+
+def test_only_the_four_mapped_names_join_the_namespace():
+    # The checkout's other top-level files and folders are not part of the package.
+    for name in ("m3net.setup", "m3net.tests", "m3net.docs", "m3net.benchmarks"):
+        assert importlib.util.find_spec(name) is None, name
+
+
+def test_every_package_folder_is_declared():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as fh:
+        declared = set(tomllib.load(fh)["tool"]["setuptools"]["packages"])
+    mapped = {"m3net": "m3net", "kernels": "m3net.kernels", "extract": "m3net.extract", "cache": "m3net.cache"}
+    found = set()
+    for folder, name in mapped.items():
+        for where, _, files in os.walk(os.path.join(REPO, folder)):
+            if "__init__.py" in files:
+                found.add(name + where[len(os.path.join(REPO, folder)):].replace(os.sep, "."))
+    assert found == declared

@@ -1,14 +1,16 @@
 """Feature residency: the head stage gives the same results whether the cache's features sit in
 device memory, host memory or are streamed from the file, and picks one that fits."""
+import json
 import shutil
 import threading
 
 import numpy as np
 import pytest
 import torch
-from helpers_cache import order_only_cache
+from click.testing import CliRunner
 
 from m3net.cache import CacheError, PrefetchingReader, RowReader, load_cache, write_cache_arrays
+from m3net.cli import main
 from m3net.data.episodes import EpisodeSampler
 from m3net.errors import ConfigError
 from m3net.train.checkpoint import load_checkpoint
@@ -18,11 +20,6 @@ from m3net.train.loop import Interrupted
 from m3net.train.train_head import TrainConfig, train_head
 
 pytestmark = pytest.mark.usefixtures("aligned_head")
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(order_only_cache(tmp_path_factory.mktemp("cache") / "order.h5"))
 
 
 def test_streamed_episodes_equal_resident_ones(cache):
@@ -222,3 +219,15 @@ def test_background_read_errors_reach_the_caller_as_cache_errors_and_nothing_han
     with pytest.raises(CacheError, match="background reader stopped"):
         reader.read([0])
     assert _prefetch_threads() == []
+
+
+@pytest.mark.slow
+def test_bench_residency_writes_one_row_per_setting(tmp_path):
+    result = CliRunner().invoke(main, ["-q", "bench-residency", "--clips", "150", "--classes", "25", "--channels", "8",
+                                       "--frames", "2", "--memory-limit", "1e-6", "--train-episodes", "2",
+                                       "--eval-episodes", "2", "--prefetch", "2", "--work", str(tmp_path / "work"),
+                                       "--device", "cpu", "--out-dir", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    record = json.loads(next((tmp_path / "out").glob("bench_residency_*.json")).read_text())
+    assert [row["residency"] for row in record["rows"]] == ["in memory", "streamed, prefetch 2"]
+    assert record["rows"][0]["train_vs_memory"] == 1.0 and record["config"]["prefetch"] == [2]

@@ -16,11 +16,6 @@ from m3net.train.train_head import TrainConfig, train_head
 pytestmark = pytest.mark.usefixtures("aligned_head")
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(order_only_cache(tmp_path_factory.mktemp("cache") / "order.h5"))
-
-
 def _config(cache, out, **overrides):
     base = dict(cache=cache, out=str(out), head="test-aligned", way=3, shot=1, queries=2, episodes=40, lr=0.05,
                 lr_step=1000, val_every=20, val_episodes=10, checkpoint_every=10, log_every=10, device="cpu")

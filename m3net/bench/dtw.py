@@ -38,12 +38,12 @@ competitor's at the same size.
 import dataclasses
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import torch
 
-from m3net.bench.record import benchmark_record, write_benchmark
-from m3net.config import device_setting, setting
+from m3net.bench.record import RecordSettings, benchmark_record, write_benchmark
+from m3net.config import RunSettings, setting, settings
 from m3net.kernels.dtw import MODES, dtw, dtw_reference, dtw_similarity, dtw_with_length
 from m3net.kernels.eager import eager_dtw
 from m3net.runtime import resolve_device, synchronize
@@ -72,8 +72,8 @@ CHECKED_PAIRS = 256  # values compared with the float64 reference on this many p
 COPY_BYTES = 1 << 30  # the copy that measures the device's practical bandwidth ceiling
 
 
-@dataclass
-class DTWBenchConfig:
+@settings
+class DTWBenchConfig(RecordSettings, RunSettings):
     pairs: tuple = (0,)  # 0: 1M on CUDA, 4096 on CPU
     sizes: tuple = ((8, 8),)  # (N, M) cost shapes
     dtype: str = setting("float32", "Cost dtype.", choices=("float32", "float16", "bfloat16", "float64"))
@@ -82,12 +82,9 @@ class DTWBenchConfig:
     timed_pass: str = "fwd"  # one of PASSES (the CLI's --pass)
     repeats: int = setting(10, "Timed calls per implementation on CPU (median).", minimum=1)
     warmup: int = 2
-    device: str = device_setting()
     eager_max_pairs: int = setting(4096, "CPU only: cap on pairs for the slow per-cell Python loop.", minimum=1)
     interpret_max_pairs: int = 256  # CPU only: the Triton interpreter, at most this many pairs
     implementations: tuple = IMPLEMENTATIONS
-    out_dir: str = setting("benchmarks", "Where the CSV and JSON results go.", path="dir")
-    seed: int = 0
     compile_only: bool = False  # one untimed call per implementation and size (warms the kernel caches)
     extra: dict = field(default_factory=dict)
 
@@ -137,7 +134,7 @@ def random_costs(pairs, n, m, dtype, device, seed):
     return (torch.rand(pairs, n, m, generator=gen, device=device) * 2).to(dtype)
 
 
-@dataclass
+@dataclasses.dataclass
 class Implementation:
     """One column of the table: ``fn(cost, mode, gamma) -> value`` through autograd, or ``prepare(cost,
     gamma) -> call`` for a forward kernel timed alone on buffers prepared outside the timing."""

@@ -11,37 +11,30 @@ Results go to benchmarks/bench_extract_<device>_<date>.{csv,json} with device, v
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 
-from m3net.bench.record import benchmark_record, write_benchmark
-from m3net.config import device_setting, setting
-from m3net.config import validate as validate_config
+from m3net.bench.record import RecordSettings, benchmark_record, write_benchmark
+from m3net.config import RunSettings, from_group, setting, settings
 from m3net.data.datasets import load_dataset
 from m3net.extract.backbone import build_backbone
 from m3net.extract.loop import ExtractConfig, Extractor, extract_dataset, make_loader, resolve_precision
 from m3net.runtime import resolve_device
 
 
-@dataclass
-class ExtractBenchConfig:
+@settings
+class ExtractBenchConfig(RecordSettings, RunSettings):
     root: str = setting(help="Folder dataset to time (<root>/<class>/<clip>, e.g. from make-synthetic).",
                         path="dir")
     clips: int = setting(0, "Clips timed (0: all of the folder).", minimum=0)
     frames: int = setting(8, "Frames sampled per clip.", minimum=1)
-    batch_size: int = setting(8, "Clips per backbone forward.", minimum=1)
-    workers: int = setting(2, "DataLoader processes decoding clips.", minimum=0)
-    device: str = device_setting()
-    precision: str = setting("auto", "Autocast dtype; auto = fp16 on CUDA, fp32 on CPU.",
-                             choices=("auto", "fp16", "bf16", "fp32"))
+    batch_size: int = from_group(ExtractConfig, "batch_size")
+    workers: int = from_group(ExtractConfig, "workers")
+    precision: str = from_group(ExtractConfig, "precision")
     weights: str = setting("random", "Speed does not depend on the weights' values.")
     backbone_batches: int = setting(0, "Timed forwards for backbone-only (0: as many as end-to-end needs, >= 3).",
                                     minimum=0)
-    out_dir: str = setting("benchmarks", "Where the CSV and JSON results go.", path="dir")
-
-    def __post_init__(self):
-        validate_config(self)
 
 
 def _decode_only(items, config, device):
@@ -70,9 +63,9 @@ def run_bench(config):
     dataset = load_dataset("folder", config.root)
     clips = dataset.clips[: config.clips] if config.clips else dataset.clips
     items = [(row, c.clip_id, c.path) for row, c in enumerate(clips)]
-    extract_config = ExtractConfig("folder", config.root, "", weights=config.weights, frames=config.frames,
-                                   batch_size=config.batch_size, workers=config.workers, device=config.device,
-                                   precision=config.precision, limit=len(items), progress=False)
+    extract_config = ExtractConfig(dataset="folder", root=config.root, out="", weights=config.weights,
+                                   frames=config.frames, batch_size=config.batch_size, workers=config.workers,
+                                   device=config.device, precision=config.precision, limit=len(items), progress=False)
     model, _ = build_backbone(config.weights)
     batches = config.backbone_batches or max(3, -(-len(items) // config.batch_size))
     frames_done, backbone_s = _backbone_only(model, extract_config, device, precision, batches)

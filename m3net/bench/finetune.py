@@ -10,39 +10,34 @@ handed to tensors (the process's reserved memory is somewhat higher).
 import dataclasses
 import time
 import warnings
-from dataclasses import dataclass
 
 import torch
 
-from m3net.bench.record import benchmark_record, write_benchmark
-from m3net.config import device_setting, setting
-from m3net.config import validate as validate_config
+from m3net.bench.record import RecordSettings, benchmark_record, write_benchmark
+from m3net.config import RunSettings, from_group, setting, settings
+from m3net.data.episodes import EpisodeSettings
+from m3net.extract.backbone import RandomWeightsWarning
+from m3net.model.registry import HeadSettings
 from m3net.runtime import resolve_device, synchronize
 from m3net.train.finetune import FinetuneConfig, amp_dtype_for, build_training, forward_episode, set_train_mode
 
 
-@dataclass
-class FinetuneBenchConfig:
-    head: str = setting("m3net", "Head from the registry (see `m3net heads`).")
-    head_options: dict = setting(cli=False, default_factory=dict)
-    way: int = setting(5, "Classes per episode.", minimum=2)
+@settings
+class FinetuneBenchConfig(HeadSettings, RecordSettings, RunSettings):
+    way: int = from_group(EpisodeSettings, "way")
     shots: tuple = setting((1, 5), cli=False)  # --shot, repeatable
-    queries: int = setting(5, "Queries per class.", minimum=1)
-    frames: int = setting(8, "Frames per clip.", minimum=1)
-    crop: int = setting(224, "Crop size.", minimum=32)
-    amp: str = setting("auto", "Mixed precision on CUDA.", choices=("auto", "bf16", "fp16", "off"))
+    queries: int = from_group(EpisodeSettings, "queries")
+    frames: int = from_group(FinetuneConfig, "frames")
+    crop: int = from_group(FinetuneConfig, "crop")
+    amp: str = from_group(FinetuneConfig, "amp")
     checkpointing: tuple = setting((False, True), cli=False)  # --checkpointing both|off|on
-    freeze_bn: bool = setting(True, "Keep BatchNorm frozen, or update it as `finetune --train-bn` does.",
-                              flag="--freeze-bn/--train-bn")
+    freeze_bn: bool = from_group(FinetuneConfig, "freeze_bn")
     steps: int = setting(5, "Timed optimizer steps (one episode each).", minimum=1)
     warmup: int = setting(2, "Untimed steps first.", minimum=0)
-    device: str = device_setting()
-    out_dir: str = setting("benchmarks", "Where the CSV and JSON results go.", path="dir")
-    seed: int = setting(0, "Random frames and parameter init.")
 
     def __post_init__(self):
         self.shots, self.checkpointing = tuple(self.shots), tuple(self.checkpointing)
-        validate_config(self)
+        super().__post_init__()
 
 
 def _measure(config, shot, checkpointing, device):
@@ -66,7 +61,7 @@ def _measure(config, shot, checkpointing, device):
     training = None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # --weights random: speed and memory do not depend on the values
+            warnings.simplefilter("ignore", RandomWeightsWarning)  # speed and memory do not depend on the values
             training = build_training(finetune_config, device, amp_dtype)
         set_train_mode(training.model, finetune_config)
         for step in range(config.warmup + config.steps):

@@ -5,6 +5,7 @@ import datetime
 import json
 import os
 
+from m3net.config import Settings, setting, settings
 from m3net.runtime import device_name, git_sha, versions
 
 # A copy of the tree sent to a device machine has no .git: the session that sends it names the commit.
@@ -14,6 +15,13 @@ GIT_SHA_ENV = "M3NET_GIT_SHA"
 def provenance_sha():
     """The commit the benchmark ran on: M3NET_GIT_SHA when set, else the checkout's (runtime.git_sha)."""
     return os.environ.get(GIT_SHA_ENV) or git_sha()
+
+
+@settings
+class RecordSettings(Settings):
+    """Where a benchmark writes its record."""
+
+    out_dir: str = setting("benchmarks", "Where the CSV and JSON results go.", path="dir")
 
 
 def benchmark_record(name, device, config, rows, **extra):

@@ -1,7 +1,7 @@
 """Feature residency benchmark: train-head and evaluate episodes/s with the cache's features held in
 memory vs streamed from the HDF5 file, on a generated cache about 1.5x the memory the bank may use.
 
-    python -m m3net.bench.residency [--clips 940 --memory-limit 1.0 --prefetch 0 4 --pool-on-load ...]
+    m3net bench-residency [--clips 940 --memory-limit 1.0 --prefetch 0 --prefetch 4 --pool-on-load ...]
 
 The in-memory row runs without a limit (the reference speed); the streamed rows run with
 ``--memory-limit`` GiB, so ``--resident auto`` has to stream, once per ``--prefetch`` depth (0: each
@@ -10,18 +10,36 @@ same rows with maps pooled on load (compared with the pooled in-memory row). Pag
 for streaming: the script tries to drop the page cache before each streamed run (needs root) and
 records whether it could. Writes benchmarks/bench_residency_<device>_<date>.{json,csv}.
 """
-import argparse
+import dataclasses
 import os
 import time
 
 import numpy as np
 
-from m3net.bench.record import benchmark_record, write_benchmark
+from m3net.bench.record import RecordSettings, benchmark_record, write_benchmark
 from m3net.cache import write_cache_arrays
+from m3net.config import RunSettings, setting, settings
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import load_checkpoint
 from m3net.train.evaluate import EvalConfig, evaluate
 from m3net.train.train_head import TrainConfig, train_head
+
+
+@settings
+class ResidencyBenchConfig(RecordSettings, RunSettings):
+    clips: int = setting(940, "Clips of the generated cache (~1.5 GiB at T=8, C=2048).", minimum=10)
+    classes: int = setting(25, "Classes of the generated cache (60/20/20 into train/val/test: 25 give 5-way val "
+                           "and test episodes).", minimum=25)
+    frames: int = setting(8, "T of the generated maps.", minimum=1)
+    channels: int = setting(2048, "C of the generated maps.", minimum=1)
+    memory_limit: float = setting(1.0, "GiB the streamed runs' feature bank may use (below the cache's size, so "
+                                  "--resident auto has to stream).", minimum=0, exclusive=True)
+    train_episodes: int = setting(60, "Timed train-head episodes per setting.", minimum=1)
+    eval_episodes: int = setting(200, "Timed evaluation episodes per setting.", minimum=1)
+    prefetch: tuple = setting((0, 4), cli=False, minimum=0)  # --prefetch, repeatable: one streamed run per depth
+    pool_on_load: bool = setting(False, "Also run every setting with maps pooled on load (m3net's IFCE pooling).",
+                                 flag="--pool-on-load")
+    work: str = setting("/tmp/m3net-residency", "Folder of the generated cache and the runs.", path="dir")
 
 
 def build_cache(path, clips, frames, channels, classes, seed=0):
@@ -68,10 +86,11 @@ def timed_runs(args, cache, device, out, limit, prefetch, pool_on_load):
     return train_rate, train_seconds, time.perf_counter() - started
 
 
-def run(args):
+def run_bench(args):
     device = resolve_device(args.device)
     os.makedirs(args.work, exist_ok=True)
-    cache = build_cache(os.path.join(args.work, "cache.h5"), args.clips, args.frames, args.channels, args.classes)
+    cache = build_cache(os.path.join(args.work, "cache.h5"), args.clips, args.frames, args.channels, args.classes,
+                        seed=args.seed)
     size_gib = os.path.getsize(cache) / 2**30
     rows = []
     for pool_on_load in (False, True) if args.pool_on_load else (False,):
@@ -92,32 +111,17 @@ def run(args):
         memory = next(r for r in rows if r["memory_limit_gib"] == 0 and r["pool_on_load"] == row["pool_on_load"])
         row["train_vs_memory"] = row["train_episodes_per_s"] / memory["train_episodes_per_s"]
         row["eval_vs_memory"] = row["eval_episodes_per_s_incl_load"] / memory["eval_episodes_per_s_incl_load"]
-    return benchmark_record("residency", device, vars(args), rows)
+    return benchmark_record("residency", device, dataclasses.asdict(args), rows)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clips", type=int, default=940, help="~1.5 GiB at T=8, C=2048")
-    parser.add_argument("--classes", type=int, default=25)
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--channels", type=int, default=2048)
-    parser.add_argument("--memory-limit", type=float, default=1.0, help="GiB the streamed run's bank may use")
-    parser.add_argument("--train-episodes", type=int, default=60)
-    parser.add_argument("--eval-episodes", type=int, default=200)
-    parser.add_argument("--prefetch", type=int, nargs="+", default=[0, 4],
-                        help="episodes read ahead in the streamed runs, one run per value (0: off)")
-    parser.add_argument("--pool-on-load", action="store_true",
-                        help="also run every setting with maps pooled on load (m3net's IFCE pooling)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--work", default="/tmp/m3net-residency")
-    parser.add_argument("--out-dir", default="benchmarks")
-    result = run(parser.parse_args())
+def format_table(result):
+    lines = []
     for row in result["rows"]:
-        print(f"{row['residency']:<38} train {row['train_episodes_per_s']:.2f} ep/s ({row['train_vs_memory']:.0%})"
-              f"  evaluate {row['eval_episodes_per_s_incl_load']:.2f} ep/s incl. load ({row['eval_vs_memory']:.0%})")
-    print("wrote " + " and ".join(write_benchmark(result, result["config"]["out_dir"], "residency",
-                                                 {"cache_gib": result["rows"][0]["cache_gib"]})))
+        lines.append(f"{row['residency']:<38} train {row['train_episodes_per_s']:.2f} ep/s "
+                     f"({row['train_vs_memory']:.0%})  evaluate {row['eval_episodes_per_s_incl_load']:.2f} ep/s "
+                     f"incl. load ({row['eval_vs_memory']:.0%})")
+    return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    main()
+def write_results(result, out_dir):
+    return write_benchmark(result, out_dir, "residency", {"cache_gib": result["rows"][0]["cache_gib"]})

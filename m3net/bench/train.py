@@ -7,39 +7,27 @@ to the paper's 60 000 training and 6 000 test episodes.
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from m3net.bench.record import benchmark_record, write_benchmark
+from m3net.bench.record import RecordSettings, benchmark_record, write_benchmark
 from m3net.cache.reader import CachedFeatures
-from m3net.config import device_setting, setting
-from m3net.config import validate as validate_config
-from m3net.data.episodes import EpisodeSampler
+from m3net.config import RunSettings, setting, settings
+from m3net.data.episodes import EpisodeSampler, EpisodeSettings
 from m3net.model import build_head
+from m3net.model.registry import HeadSettings
 from m3net.runtime import resolve_device, synchronize
 from m3net.train.features import FeatureBank
 
 
-@dataclass
-class TrainBenchConfig:
-    head: str = setting("m3net", "Head from the registry (see `m3net heads`).")
-    head_options: dict = setting(cli=False, default_factory=dict)
-    way: int = setting(5, "Classes per episode.", minimum=2)
-    shot: int = setting(1, "Supports per class.", minimum=1)
-    queries: int = setting(5, "Queries per class in training episodes (evaluation uses 1).", minimum=1)
+@settings
+class TrainBenchConfig(HeadSettings, EpisodeSettings, RecordSettings, RunSettings):
     frames: int = setting(8, "T of the cached maps.", minimum=1)
     channels: int = setting(2048, "C of the cached maps.", minimum=1)
     train_episodes: int = setting(20, "Timed training episodes.", minimum=1)
     eval_episodes: int = setting(50, "Timed evaluation episodes.", minimum=1)
     warmup: int = setting(3, "Untimed episodes first.", minimum=0)
-    device: str = device_setting()
-    out_dir: str = setting("benchmarks", "Where the CSV and JSON results go.", path="dir")
-    seed: int = setting(0, "Random features, parameter init and episodes.")
-
-    def __post_init__(self):
-        validate_config(self)
 
 
 def _random_bank(config, device):

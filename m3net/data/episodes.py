@@ -9,7 +9,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from m3net.config import Settings, setting, settings
 from m3net.errors import EpisodeError  # noqa: F401 (re-exported)
+
+
+@settings
+class EpisodeSettings(Settings):
+    """The shape of an episode: N-way, K-shot, q queries per class."""
+
+    way: int = setting(5, "Classes per episode (N).", minimum=2)
+    shot: int = setting(1, "Supports per class (K).", minimum=1)
+    queries: int = setting(5, "Queries per class in each training episode (evaluation: 1 unless set; 5 to compare "
+                           "CIs with the paper's).", minimum=1)
 
 
 @dataclass(frozen=True)

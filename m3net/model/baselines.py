@@ -1,12 +1,11 @@
 """Baseline heads on the same cache and episodes as M3Net: tsn-cosine, otam, trx (protonet is in registry.py)."""
-import dataclasses
-
 import torch.nn.functional as F
 
+from m3net.config import setting, settings
 from m3net.kernels import dtw_similarity
 from m3net.model.cross_transformer import cross_transformers, mean_tuple_distance
 from m3net.model.episode_ops import autocast_off, class_mean_distance, similarity_all_pairs
-from m3net.model.registry import FewShotHead, class_means, num_classes, register_head
+from m3net.model.registry import FewShotHead, HeadConfig, class_means, num_classes, register_head
 
 
 @register_head("tsn-cosine")
@@ -18,11 +17,10 @@ class TSNCosine(FewShotHead):
     trainable = False
     first_pool = 1
 
-    @dataclasses.dataclass
-    class Config:
-        feature_dim: int = 2048
-        num_frames: int = 8
-        temperature: float = 10.0
+    @settings
+    class Config(HeadConfig):
+        temperature: float = setting(10.0, "Scale of the cosine logits (TSN + cosine, the paper's Table 1 baseline); "
+                                     "argmax and accuracy do not depend on it.", minimum=0, exclusive=True)
 
     def forward(self, support, support_labels, query):
         support, query = self.cast(support, query)
@@ -52,11 +50,10 @@ class OTAM(FewShotHead):
     trainable = False
     first_pool = 1
 
-    @dataclasses.dataclass
-    class Config:
-        feature_dim: int = 2048
-        num_frames: int = 8
-        gamma: float = 0.1  # OTAM's soft-min smoothing λ
+    @settings
+    class Config(HeadConfig):
+        gamma: float = setting(0.1, "OTAM's soft-min smoothing λ (Cao et al. use 0.1 on cosine costs in [0, 2]); "
+                               "lower it when the costs' spread is small (e.g. 0.01).", minimum=0, exclusive=True)
 
     def forward(self, support, support_labels, query):
         support, query = self.cast(support, query)
@@ -84,14 +81,15 @@ class TRX(FewShotHead):
 
     first_pool = 1  # the spatial mean of every frame comes first
 
-    @dataclasses.dataclass
-    class Config:
-        feature_dim: int = 2048
-        num_frames: int = 8
-        cardinalities: tuple = (2, 3)  # the reference's temp_set
-        attention_dim: int = 1152  # the reference's trans_linear_out_dim
-        position_scale: float = 0.1
-        dropout: float = 0.1  # on frames + positions (the reference's trans_dropout)
+    @settings
+    class Config(HeadConfig):
+        cardinalities: tuple = setting((2, 3), "Tuple sizes, one cross-transformer each (the reference's temp_set: "
+                                       "pairs and triples), each in 1..num_frames.", minimum=1)
+        attention_dim: int = setting(1152, "d_k of the query/key/value projections (the reference's "
+                                     "trans_linear_out_dim).", minimum=1)
+        position_scale: float = setting(0.1, "Scale of the sinusoidal frame positions added to the frames.")
+        dropout: float = setting(0.1, "Dropout on frames + positions (the reference's trans_dropout), below 1.",
+                                 minimum=0)
 
     def __init__(self, config):
         super().__init__(config)

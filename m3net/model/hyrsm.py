@@ -1,13 +1,13 @@
 """The HyRSM head: hybrid relation module (intra- and inter-video attention) and Bi-MHM set matching."""
-import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m3net.config import setting, settings
 from m3net.errors import ConfigError
-from m3net.model.registry import FewShotHead, class_means, num_classes, register_head
+from m3net.model.registry import FewShotHead, HeadConfig, class_means, num_classes, register_head
 
 
 class ScaledPositions(nn.Module):
@@ -130,23 +130,23 @@ class HyRSM(FewShotHead):
 
     first_pool = 1  # the spatial mean of every frame comes first
 
-    @dataclasses.dataclass
-    class Config:
-        feature_dim: int = 2048
-        num_frames: int = 8
-        heads: int = 8  # of both relation attentions (the reference's TRAIN.HEAD default)
-        position_input_scale: float = 10.0  # A of x·√(d/A) (TRAIN.POSITION_A)
-        position_scale: float = 1.0  # B (TRAIN.POSITION_B)
-        transductive: bool = False
+    @settings
+    class Config(HeadConfig):
+        heads: int = setting(8, "Attention heads of both relation modules (the reference's TRAIN.HEAD); must "
+                             "divide an even feature_dim.", minimum=1)
+        position_input_scale: float = setting(10.0, "A of the positional scaling x·√(d/A) (TRAIN.POSITION_A).",
+                                              minimum=0, exclusive=True)
+        position_scale: float = setting(1.0, "B, the scale of the added positions (TRAIN.POSITION_B).")
+        transductive: bool = setting(False, "Relate all queries of an episode in one inter-relation set (the "
+                                     "paper's reading, transductive) instead of each query alone with the "
+                                     "prototypes (the reference code, inductive).")
 
     def __init__(self, config):
         super().__init__(config)
         c = config
-        if c.heads < 1 or c.feature_dim % c.heads or c.feature_dim % 2:
+        if c.feature_dim % c.heads or c.feature_dim % 2:
             raise ConfigError(f"hyrsm: heads={c.heads}, feature_dim={c.feature_dim}; expected an even feature_dim "
                               "that heads >= 1 divides")
-        if c.position_input_scale <= 0:
-            raise ConfigError(f"hyrsm: position_input_scale={c.position_input_scale}; expected > 0")
         self.positions = ScaledPositions(c.feature_dim, c.position_input_scale, c.position_scale)
         self.intra = IntraRelation(c.feature_dim, c.heads)
         self.inter = InterRelation(c.feature_dim, c.heads)

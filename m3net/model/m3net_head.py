@@ -23,17 +23,17 @@ not logits — use it for argmax / accuracy, not for a further softmax. Each τ_
 different scales and the sum of softmaxes weighs each view by how peaked it is, so each view
 learns its own sharpness; ``learn_temperature=False`` keeps τ fixed.
 """
-import dataclasses
 import math
 
 import torch
 from torch import nn
 
+from m3net.config import setting, settings
 from m3net.errors import ConfigError
 from m3net.model.encoders import IECE, IFCE, IVCE, TrainingChannelStatistics, pool_positions
 from m3net.model.episode_ops import autocast_off
 from m3net.model.matchers import DTW_MODES, CategoryMatching, instance_matching, task_matching
-from m3net.model.registry import FewShotHead, num_classes, register_head
+from m3net.model.registry import FewShotHead, HeadConfig, num_classes, register_head
 
 ENCODERS = ("ifce", "ivce", "iece")
 INPUT_NORMS = ("none", "center", "standardize")
@@ -58,40 +58,42 @@ def check_sources(option, sources):
 class M3Net(FewShotHead):
     """M3Net (Tang et al., ACM MM 2023): IFCE/IVCE/IECE encoders, I-M/C-M/T-M matchers, fusion."""
 
-    @dataclasses.dataclass
-    class Config:
-        feature_dim: int = 2048  # d = C
-        num_frames: int = 8  # t (IVCE's T×T layers fix it)
-        patch_grid: int = 4  # n: IFCE pools 7×7 to n×n patches
-        # d of the head: 0 keeps d = C as in the paper; > 0 first projects the cached C-channel maps
-        # to proj_dim with a learned linear layer (~(C/d)² cheaper; the offline CPU demo uses it).
-        proj_dim: int = 0
-        # Not in the paper: per-channel centring ("center") or standardising ("standardize") of the
-        # cached maps with training-split statistics (TrainingChannelStatistics); the offline demo
-        # uses it because random-weight ResNet maps are nearly collinear. "none" is the paper's.
-        input_norm: str = "none"
-        use_ifce: bool = True
-        use_ivce: bool = True
-        use_iece: bool = True
-        use_im: bool = True
-        use_cm: bool = True
-        use_tm: bool = True
-        # Encoder(s) feeding each matcher (Table 3): ifce | ivce | iece, or several ("ifce,ivce,iece"),
-        # each (encoder, matcher) pair then a view of its own. A plain name is read as a 1-tuple.
-        im_features: tuple = ("ifce",)
-        cm_features: tuple = ("ivce",)
-        tm_features: tuple = ("iece",)
-        dtw_mode: str = "hard"  # I-M: hard = the paper's DTW; soft = soft-DTW over the hard path length
-        dtw_gamma: float = 0.1
-        cm_dim: int = 0  # d_k of C-M's projections; 0 = feature_dim
-        iece_transductive: bool = False  # True: one IECE set of all supports + queries
-        temperature: float = 10.0
-        learn_temperature: bool = True
-        # Not in the paper: "data" replaces ``temperature`` on the first training episode by
-        # 1 / (the spread of each view's distances over the classes), so every view starts with
-        # logits of unit spread whatever its distance scale (random-weight features give I-M
-        # distances ~1e-3 apart, where τ = 10 leaves its softmax flat). "fixed" is the paper's.
-        temperature_init: str = "fixed"
+    @settings
+    class Config(HeadConfig):
+        patch_grid: int = setting(4, "n: IFCE pools the 7x7 maps to n x n patches (paper: n = 4).", minimum=1)
+        proj_dim: int = setting(0, "d of the head: 0 keeps d = C (the paper's 2048); > 0 first projects the cached "
+                                "maps to this width with a learned linear layer (~(C/d)^2 cheaper; the offline CPU "
+                                "demo uses 128).", minimum=0)
+        input_norm: str = setting("none", "Per-channel centring or standardising of the cached maps with "
+                                  "training-split statistics learned by the head. Not in the paper (none); kept so "
+                                  "that older checkpoints load and score the same: use the run-level --input-norm, "
+                                  "which gives every head the same input.", choices=INPUT_NORMS)
+        use_ifce: bool = setting(True, "IFCE, the intra-frame context encoder (§3.2); off: the unpooled 7x7 map is "
+                                 "the patch set.")
+        use_ivce: bool = setting(True, "IVCE, the intra-video context encoder (§3.2); off: the spatial mean of the "
+                                 "patches passes through.")
+        use_iece: bool = setting(True, "IECE, the intra-episode context encoder (§3.2); off: the frames pass through.")
+        use_im: bool = setting(True, "I-M, instance matching by DTW (§3.3), view y1.")
+        use_cm: bool = setting(True, "C-M, category matching by cross-attention reconstruction (§3.3), view y2.")
+        use_tm: bool = setting(True, "T-M, task matching by nearest frames (§3.3), view y3.")
+        im_features: tuple = setting(("ifce",), "Encoder(s) feeding I-M (Table 3; paper: ifce); several, comma-"
+                                     "separated, make one view each (y1.ifce, ...).", choices=ENCODERS)
+        cm_features: tuple = setting(("ivce",), "Encoder(s) feeding C-M (Table 3; paper: ivce).", choices=ENCODERS)
+        tm_features: tuple = setting(("iece",), "Encoder(s) feeding T-M (Table 3; paper: iece).", choices=ENCODERS)
+        dtw_mode: str = setting("hard", "I-M's alignment: hard = the paper's DTW; soft = soft-DTW divided by the hard "
+                                "path length.", choices=DTW_MODES)
+        dtw_gamma: float = setting(0.1, "γ of soft-DTW (dtw_mode=soft).", minimum=0, exclusive=True)
+        cm_dim: int = setting(0, "d_k of C-M's projections W_Q, W_K, W_V; 0 = the head's d.", minimum=0)
+        iece_transductive: bool = setting(False, "One IECE set of all supports and queries of the episode "
+                                          "(transductive); default: the supports and each query alone.")
+        temperature: float = setting(10.0, "τ of every view, y_i = -τ_i·D_i (§3.5); the initial value when learned.",
+                                     minimum=0, exclusive=True)
+        learn_temperature: bool = setting(True, "Learn each view's τ (a log-parameter): the three distances live on "
+                                          "different scales; off keeps τ fixed.")
+        temperature_init: str = setting("fixed", "fixed: start at --temperature (the paper's); data: on the first "
+                                        "training episode set each τ to 1 / the spread of its distances over the "
+                                        "classes, so every view starts with unit-spread logits (not in the paper).",
+                                        choices=TEMPERATURE_INITS)
 
         def __post_init__(self):
             # Python callers and checkpoints written before several encoders per matcher give one name.
@@ -99,14 +101,14 @@ class M3Net(FewShotHead):
                 sources = getattr(self, f"{matcher}_features")
                 if isinstance(sources, str):
                     setattr(self, f"{matcher}_features", tuple(sources.split(",")))
+                check_sources(f"{matcher}_features", getattr(self, f"{matcher}_features"))
+            if not any(getattr(self, f"use_{matcher}") for matcher, _ in MATCHERS):
+                raise ConfigError("m3net: every matcher is switched off (use_im, use_cm, use_tm); enable at least one")
+            super().__post_init__()
 
     def __init__(self, config):
         super().__init__(config)
         c = config
-        if not any(getattr(c, f"use_{matcher}") for matcher, _ in MATCHERS):
-            raise ConfigError("m3net: every matcher is switched off (use_im, use_cm, use_tm); enable at least one")
-        for matcher, _ in MATCHERS:
-            check_sources(f"{matcher}_features", getattr(c, f"{matcher}_features"))
         # (view, matcher, encoder) of every view, in the order of views and of log_temperature.
         self.branches = tuple((view if len(getattr(c, f"{matcher}_features")) == 1 else f"{view}.{source}",
                                matcher, source)
@@ -114,24 +116,7 @@ class M3Net(FewShotHead):
                               for source in getattr(c, f"{matcher}_features"))
         self.views = tuple(view for view, _, _ in self.branches)
         self.train_views = self.views  # the training loss sums the cross-entropy of every view
-        if c.dtw_mode not in DTW_MODES:
-            raise ConfigError(f"m3net: dtw_mode={c.dtw_mode!r}; expected one of {', '.join(DTW_MODES)}")
-        if c.input_norm not in INPUT_NORMS:
-            raise ConfigError(f"m3net: input_norm={c.input_norm!r}; expected one of {', '.join(INPUT_NORMS)}")
-        if c.temperature_init not in TEMPERATURE_INITS:
-            raise ConfigError(f"m3net: temperature_init={c.temperature_init!r}; expected one of "
-                              f"{', '.join(TEMPERATURE_INITS)}")
-        if c.temperature <= 0:
-            raise ConfigError(f"m3net: temperature={c.temperature}; expected > 0")
         needed = {source for _, _, source in self.branches}
-        if c.proj_dim < 0:
-            raise ConfigError(f"m3net: proj_dim={c.proj_dim}; expected 0 (d = C) or a positive width")
-        if c.patch_grid < 1:
-            raise ConfigError(f"m3net: patch_grid={c.patch_grid}; expected n >= 1 (n x n patches)")
-        if c.cm_dim < 0:
-            raise ConfigError(f"m3net: cm_dim={c.cm_dim}; expected 0 (d_k = d) or a positive width")
-        if c.dtw_gamma <= 0:
-            raise ConfigError(f"m3net: dtw_gamma={c.dtw_gamma}; expected > 0")
         dim = c.proj_dim or c.feature_dim
         self.input_norm = (TrainingChannelStatistics(c.feature_dim, scale=c.input_norm == "standardize")
                            if c.input_norm != "none" else None)

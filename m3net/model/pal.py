@@ -1,12 +1,10 @@
 """The PAL head: prototype-centred attentive learning with its hybrid (query- and prototype-centred) loss."""
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m3net.errors import ConfigError
-from m3net.model.registry import FewShotHead, class_means, num_classes, register_head
+from m3net.config import setting, settings
+from m3net.model.registry import FewShotHead, HeadConfig, class_means, num_classes, register_head
 
 
 def cosine_with_margin(x, y, epsilon=0.01):
@@ -51,18 +49,15 @@ class PAL(FewShotHead):
 
     first_pool = 1  # the spatial mean of every frame comes first
 
-    @dataclasses.dataclass
-    class Config:
-        feature_dim: int = 2048
-        num_frames: int = 8
-        temperature: float = 10.0  # τ on the cosine logits; 1 = the reference's bare cosine
-        prototype_loss_weight: float = 1.0  # λ of the prototype-centred term
+    @settings
+    class Config(HeadConfig):
+        temperature: float = setting(10.0, "τ on the cosine logits; 1 = the reference's bare cosine (CNN_PAL).",
+                                     minimum=0, exclusive=True)
+        prototype_loss_weight: float = setting(1.0, "λ of the prototype-centred loss term (the reference's 1).",
+                                               minimum=0)
 
     def __init__(self, config):
         super().__init__(config)
-        if config.prototype_loss_weight < 0 or config.temperature <= 0:
-            raise ConfigError(f"pal: prototype_loss_weight={config.prototype_loss_weight}, "
-                              f"temperature={config.temperature}; expected >= 0 and > 0")
         self.attention = nn.MultiheadAttention(config.feature_dim, num_heads=1, batch_first=True)
 
     def attend(self, tokens, context):

@@ -8,16 +8,40 @@ A head's options live in its nested ``Config`` dataclass, which checkpoints stor
 scored straight from the cache.
 """
 import dataclasses
-import math
+import textwrap
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m3net.config import parse_value
+from m3net.config import Settings, coerce, describe, setting, settings
 from m3net.errors import ConfigError
 
 HEADS = {}
+
+
+@settings
+class HeadConfig(Settings):
+    """Base of every head's options (its nested ``Config``): ``setting()`` fields, so the checks, the
+    help of `m3net heads NAME` and --head-opt parsing come from one declaration. feature_dim and
+    num_frames are set from the cache, not by --head-opt."""
+
+    head_name = None  # set by register_head: error messages name the head
+
+    feature_dim: int = setting(2048, "C: channels of the cached maps (set from the cache).", minimum=1, cli=False)
+    num_frames: int = setting(8, "T: frames per clip (set from the cache).", minimum=1, cli=False)
+
+    @classmethod
+    def option_label(cls, name, value):
+        return f"--head-opt (head {cls.head_name!r}) {name}={value!r}"
+
+
+@settings
+class HeadSettings(Settings):
+    """The head a command trains or benchmarks, and its options."""
+
+    head: str = setting("m3net", "Head from the registry (see `m3net heads`).")
+    head_options: dict = setting(cli=False, default_factory=dict)  # typed by the head's Config (--head-opt)
 
 
 def register_head(name):
@@ -27,6 +51,10 @@ def register_head(name):
         if name in HEADS:
             raise ValueError(f"head {name!r} is registered twice ({HEADS[name].__name__}, {cls.__name__})")
         cls.name = name
+        if "Config" not in vars(cls):  # a head without options of its own gets its own Config to carry its name
+            cls.Config = settings(type("Config", (cls.Config,), {"__module__": cls.__module__,
+                                                                 "__qualname__": f"{cls.__qualname__}.Config"}))
+        cls.Config.head_name = name
         HEADS[name] = cls
         return cls
 
@@ -43,41 +71,18 @@ def head_class(name):
     return HEADS[name]
 
 
-def _as_kind(owner, key, value, kind):
-    """``value`` as ``kind``: text (from --head-opt) is parsed, a typed value is checked."""
-    if isinstance(value, str) and kind is not str:
-        return parse_value(owner, key, value, kind)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if kind in (bool, int, float, str):
-        if type(value) is not kind:
-            raise ConfigError(f"{owner} {key}={value!r}: expected {kind.__name__}")
-        if kind is float and not math.isfinite(value):
-            raise ConfigError(f"{owner} {key}={value!r}: expected a finite number")
-    return value
-
-
-def _typed(name, field, value):
-    """``value`` as the type of the Config field; a tuple field takes "2,3" or a sequence."""
-    owner = f"--head-opt (head {name!r})"
-    kind = type(field.default) if field.default is not dataclasses.MISSING else field.type
-    if kind is not tuple:
-        return _as_kind(owner, field.name, value, kind)
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)):
-        raise ConfigError(f"{owner} {field.name}={value!r}: expected comma-separated values")
-    element = type(field.default[0]) if field.default else str
-    return tuple(_as_kind(owner, field.name, item, element) for item in items)
-
-
 def head_options(name, options):
-    """``options`` checked against head ``name``'s Config: unknown keys and values that are not
-    of the field's type are a ConfigError; text values ("false", "off", "0.5", "2,3") are parsed."""
-    fields = {f.name: f for f in dataclasses.fields(head_class(name).Config)}
+    """``options`` checked against head ``name``'s Config: unknown keys, values that are not of the field's
+    type, out of range or not among its choices are a ConfigError naming the option; text values ("false",
+    "off", "0.5", "2,3") are parsed. Checked here, before any cache is loaded or model built."""
+    config_class = head_class(name).Config
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
     unknown = sorted(set(options) - set(fields))
     if unknown:
         raise ConfigError(f"head {name!r} has no option(s) {unknown}; its options are {sorted(fields)}")
-    return {key: _typed(name, fields[key], value) for key, value in options.items()}
+    typed = {key: coerce(config_class, fields[key], value) for key, value in options.items()}
+    config_class(**typed)  # the Config's own checks: type, range, choices
+    return typed
 
 
 def parse_head_options(name, pairs):
@@ -89,6 +94,51 @@ def parse_head_options(name, pairs):
             raise ConfigError(f"--head-opt {pair!r}: expected KEY=VALUE")
         options[key.strip().replace("-", "_")] = value.strip()
     return head_options(name, options)
+
+
+def parse_named_head_options(heads, pairs):
+    """evaluate's --head-opt HEAD.KEY=VALUE texts -> {head: typed options}, for the parameter-free ``heads``
+    it scores (a trained head's options are in its checkpoint)."""
+    grouped = {}
+    for pair in pairs:
+        name, dot, rest = pair.partition(".")
+        if not dot or "=" not in rest:
+            raise ConfigError(f"--head-opt {pair!r}: expected HEAD.KEY=VALUE (e.g. otam.gamma=0.01)")
+        if name not in heads:
+            raise ConfigError(f"--head-opt {pair!r}: {name!r} is not a --head of this evaluation "
+                              f"({', '.join(heads) or 'none given'})")
+        grouped.setdefault(name, []).append(rest)
+    return {name: parse_head_options(name, texts) for name, texts in grouped.items()}
+
+
+def _options(config_class):
+    """The fields a user sets (feature_dim and num_frames come from the cache)."""
+    return [f for f in dataclasses.fields(config_class) if f.metadata.get("cli", True)]
+
+
+def head_table():
+    """One line per registered head: name, trained or parameter-free, options with their defaults."""
+    lines = []
+    for name in list_heads():
+        cls = HEADS[name]
+        options = ", ".join(f"{f.name}={f.default!r}" for f in _options(cls.Config))
+        lines.append(f"{name:<12} {'trained' if cls.trainable else 'parameter-free':<15} {options}")
+    return "\n".join(lines + ["", "`m3net heads NAME` explains each option of one head."])
+
+
+def describe_head(name):
+    """Head ``name``: the first paragraph of its docstring, then every option with its type, default,
+    range or choices and its help."""
+    cls = head_class(name)
+    summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+    kind = "trained" if cls.trainable else "parameter-free (scored straight from the cache)"
+    lines = [f"{name}: {kind}", textwrap.fill(summary, 100), "", "options (--head-opt KEY=VALUE):"]
+    for f in _options(cls.Config):
+        lines.append(f"  {f.name}  ({describe(f)})")
+        lines += textwrap.wrap(f.metadata.get("help", ""), 96, initial_indent="      ", subsequent_indent="      ")
+    if not _options(cls.Config):
+        lines.append("  (none)")
+    return "\n".join(lines)
 
 
 def build_head(name, **options):
@@ -119,10 +169,7 @@ class FewShotHead(nn.Module):
     # spatial mean of every frame), so a cache can be pooled on load with the same result; else None.
     first_pool = None
 
-    @dataclasses.dataclass
-    class Config:
-        feature_dim: int = 2048
-        num_frames: int = 8
+    Config = HeadConfig
 
     def __init__(self, config):
         super().__init__()

@@ -1,15 +1,14 @@
 """The STRM head: spatio-temporal enrichment before TRX matching, with the query-class sub-sequence view."""
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m3net.config import setting, settings
 from m3net.errors import ConfigError
 from m3net.model.cross_transformer import PositionalEncoding, cross_transformers, frame_tuples, mean_tuple_distance
 from m3net.model.encoders import ChannelMixing
 from m3net.model.episode_ops import stack_by_class
-from m3net.model.registry import FewShotHead, num_classes, register_head
+from m3net.model.registry import FewShotHead, HeadConfig, num_classes, register_head
 
 
 class PatchEnrichment(nn.Module):
@@ -104,24 +103,25 @@ class STRM(FewShotHead):
 
     train_views = ("y_frame", "y_patch")
 
-    @dataclasses.dataclass
-    class Config:
-        feature_dim: int = 2048
-        num_frames: int = 8
-        patch_grid: int = 4  # n: patches of the patch-level enrichment, max-pooled from 7×7
-        cardinalities: tuple = (2,)  # the published scripts' --temp_set 2
-        attention_dim: int = 1152  # trans_linear_out_dim
-        position_scale: float = 0.1
-        dropout: float = 0.1
-        patch_weight: float = 0.1  # λ of the query-class sub-sequence view, in the loss and in y
+    @settings
+    class Config(HeadConfig):
+        patch_grid: int = setting(4, "n: patches of the patch-level enrichment, max-pooled from 7x7 (the "
+                                  "reference's 4x4).", minimum=1)
+        cardinalities: tuple = setting((2,), "Tuple sizes of the TRX matching, each in 1..num_frames (the published "
+                                       "scripts' --temp_set 2: pairs only).", minimum=1)
+        attention_dim: int = setting(1152, "d_k of the cross-transformers (the reference's trans_linear_out_dim).",
+                                     minimum=1)
+        position_scale: float = setting(0.1, "Scale of the sinusoidal positions in each enrichment and "
+                                        "cross-transformer.")
+        dropout: float = setting(0.1, "Dropout in each enrichment and cross-transformer, below 1.", minimum=0)
+        patch_weight: float = setting(0.1, "λ of the query-class sub-sequence view y_patch, in the loss and in y "
+                                      "(the reference's 0.1).", minimum=0)
 
     def __init__(self, config):
         super().__init__(config)
         c = config
-        if c.patch_grid < 1 or c.feature_dim < 2:
-            raise ConfigError(f"strm: patch_grid={c.patch_grid}, feature_dim={c.feature_dim}; expected >= 1 and >= 2")
-        if c.patch_weight < 0:
-            raise ConfigError(f"strm: patch_weight={c.patch_weight}; expected >= 0")
+        if c.feature_dim < 2:  # the sub-sequence embedding halves it
+            raise ConfigError(f"strm: feature_dim={c.feature_dim}; expected >= 2")
         self.transformers = cross_transformers("strm", c.feature_dim, c.cardinalities, c.num_frames, c.attention_dim,
                                                c.position_scale, c.dropout)
         self.patches = PatchEnrichment(c.feature_dim, c.patch_grid, c.position_scale, c.dropout)

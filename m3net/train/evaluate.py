@@ -8,54 +8,45 @@ removes the episode-to-episode variance).
 import csv
 import dataclasses
 import json
+import logging
 import os
-import sys
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from m3net.cache import ProvenanceError, cache_info
 from m3net.cache.schema import SPLITS, provenance_differences
-from m3net.config import device_setting, setting
-from m3net.config import validate as validate_config
-from m3net.data.episodes import EpisodeSampler
+from m3net.config import RunSettings, from_group, setting, settings
+from m3net.data.episodes import EpisodeSampler, EpisodeSettings
 from m3net.errors import ConfigError, NonFiniteError
 from m3net.model import build_head
+from m3net.progress import progress_bar
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import features_provenance, load_checkpoint, load_module_state
-from m3net.train.features import open_bank, residency_settings
+from m3net.train.features import ResidencySettings, open_bank
 from m3net.train.metrics import episode_accuracies, mean_and_ci
-from m3net.train.presets import preset_setting
+from m3net.train.presets import PresetSettings
+
+logger = logging.getLogger(__name__)
 
 
-@dataclass
-class EvalConfig:
+@settings
+class EvalConfig(EpisodeSettings, ResidencySettings, PresetSettings, RunSettings):
     cache: str = setting("", "Feature cache; default: the one the first checkpoint was trained on.", path="file")
     checkpoints: tuple = setting((), cli=False)  # trained heads (--checkpoint, repeatable)
     heads: tuple = setting((), cli=False)  # parameter-free heads from the registry (--head, repeatable)
-    head_options: dict = setting(cli=False, default_factory=dict)  # head name -> options, parameter-free heads
-    way: int = setting(5, "Classes per episode.", minimum=2)
-    shot: int = setting(1, "Supports per class.", minimum=1)
+    head_options: dict = setting(cli=False, default_factory=dict)  # head name -> options of a parameter-free head
     # One query per class (TRX/OTAM convention) keeps episodes cheap; the CI of the mean over E episodes
     # then cannot fall below the binomial floor 1.96·sqrt(p(1-p)/(N·q·E)) (±0.50 points at 72% over 6000
     # 5-way episodes). The paper's ±0.33 implies more queries per episode: --queries 5 for a like-for-like CI.
-    queries: int = setting(1, "Queries per class (5 to compare CIs with the paper's).", minimum=1)
+    queries: int = from_group(EpisodeSettings, "queries", 1)
     episodes: int = setting(6000, "Test episodes (paper: 6000).", minimum=1)
     split: str = setting("test", "Split whose classes make the episodes.", choices=SPLITS)
-    seed: int = setting(0, "Same seed, same episodes, for every head.")
-    preset: str = preset_setting()
-    device: str = device_setting()
-    resident: str = residency_settings()["resident"]
-    pool_on_load: bool = residency_settings()["pool_on_load"]
-    memory_limit: float = residency_settings()["memory_limit"]
-    prefetch: int = residency_settings()["prefetch"]
     out: str = setting("", "Write results.json and results.csv here.", path="dir")
 
     def __post_init__(self):
         self.checkpoints, self.heads = tuple(self.checkpoints), tuple(self.heads)
-        validate_config(self)
+        super().__post_init__()
 
 
 def load_trained_head(path, device):
@@ -140,8 +131,7 @@ def evaluate(config, progress=True):
     cached, bank, where = open_bank(cache_path, (config.split,), device, config.resident, config.memory_limit, pool,
                                     prefetch=config.prefetch)
     try:
-        if progress:
-            print(where, file=sys.stderr)
+        logger.info(where)
         return _score(config, cache_path, cached, bank, heads, progress)
     finally:
         bank.close()
@@ -156,7 +146,7 @@ def _score(config, cache_path, cached, bank, heads, progress):
     compact = {int(c): i for i, c in enumerate(split_classes)}
     confusion = {label: {} for label, _, _ in heads}
     bank.prefetch(sampler, 0, config.episodes)
-    for index in tqdm(range(config.episodes), disable=not progress, desc="evaluate", unit="ep"):
+    for index in progress_bar(range(config.episodes), enabled=progress, desc="evaluate", unit="ep"):
         episode = sampler.episode(index)
         support, support_labels, query, query_labels = bank.episode(episode)
         true_ids = [compact[int(c)] for c in episode.classes[episode.query_labels]]

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from m3net.cache import PrefetchingReader, RowReader, load_cache
-from m3net.config import setting
+from m3net.config import Settings, setting, settings
 from m3net.errors import ConfigError
 
 RESIDENCIES = ("auto", "device", "host", "disk")
@@ -106,21 +106,21 @@ class FeatureBank:
             self.reader.close()
 
 
-def residency_settings():
-    """The --resident, --pool-on-load, --memory-limit and --prefetch options train-head and evaluate share."""
-    return {
-        "resident": setting("auto", "Where the cached features live: device (GPU memory), host (pinned RAM), disk "
-                            "(streamed from the cache file), or auto: the first that fits.", choices=RESIDENCIES),
-        "pool_on_load": setting(False, "Keep the cached maps average-pooled to the head's n x n when that pooling is "
-                                "its first operation (m3net with IFCE and no input_norm: ~3x less memory; heads "
-                                "that start with the spatial mean: 1x1, 49x less), the same result up to float16 "
-                                "rounding."),
-        "memory_limit": setting(0.0, "GiB of host/GPU memory the features may take (0: what is free); to plan for "
-                                "a smaller machine.", minimum=0),
-        "prefetch": setting(4, "Streamed features (--resident disk): episodes a background thread reads ahead of the "
+@settings
+class ResidencySettings(Settings):
+    """Where the head stage keeps a cache's features (train-head, evaluate)."""
+
+    resident: str = setting("auto", "Where the cached features live: device (GPU memory), host (pinned RAM), disk "
+                            "(streamed from the cache file), or auto: the first that fits.", choices=RESIDENCIES)
+    pool_on_load: bool = setting(False, "Keep the cached maps average-pooled to the head's n x n when that pooling is "
+                                 "its first operation (m3net with IFCE and no input_norm: ~3x less memory; heads "
+                                 "that start with the spatial mean: 1x1, 49x less), the same result up to float16 "
+                                 "rounding.")
+    memory_limit: float = setting(0.0, "GiB of host/GPU memory the features may take (0: what is free); to plan for "
+                                  "a smaller machine.", minimum=0)
+    prefetch: int = setting(4, "Streamed features (--resident disk): episodes a background thread reads ahead of the "
                             "one in use (0: read each episode when it is needed). Each holds one episode's features "
-                            "in host memory.", minimum=0),
-    }
+                            "in host memory.", minimum=0)
 
 
 def available_host_bytes():

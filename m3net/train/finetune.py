@@ -18,16 +18,14 @@ import contextlib
 import dataclasses
 import os
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from m3net.cache.schema import PROVENANCE_KEYS
-from m3net.config import device_setting, setting
-from m3net.config import validate as validate_config
-from m3net.data.datasets import DATASETS, DatasetError, load_dataset
-from m3net.data.episodes import EpisodeSampler
+from m3net.config import RunSettings, from_group, setting, settings
+from m3net.data.datasets import DatasetError, DatasetSettings, load_dataset
+from m3net.data.episodes import EpisodeSampler, EpisodeSettings
 from m3net.errors import ConfigError
 from m3net.extract.backbone import build_backbone
 from m3net.extract.loop import ExtractConfig, cache_attrs
@@ -35,48 +33,37 @@ from m3net.extract.sampling import sample_indices
 from m3net.extract.transforms import TransformConfig, normalise, test_view, train_view
 from m3net.extract.video import Clip
 from m3net.model import build_head
+from m3net.model.registry import HeadSettings
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import load_checkpoint, load_module_state, restore_rng, rng_state
 from m3net.train.loop import (
     RESUMABLE_CHANGES,
+    OptimizerSettings,
     RunFolder,
     Schedule,
+    ScheduleSettings,
     append_csv,
     check_resumed_config,
     clip_gradients,
     make_optimizer,
-    optimizer_settings,
     run_episodes,
 )
 from m3net.train.metrics import episode_accuracies, mean_and_ci
-from m3net.train.presets import preset_setting
+from m3net.train.presets import PresetSettings
 
 
-@dataclass
-class FinetuneConfig:
-    dataset: str = setting(help="Split lists shipped with m3net, or a <class>/<clip> folder.", choices=DATASETS)
-    root: str = setting(help="Folder holding the clips (video files or frame folders).", path="dir")
+@settings
+class FinetuneConfig(DatasetSettings, HeadSettings, EpisodeSettings, OptimizerSettings, ScheduleSettings,
+                     PresetSettings, RunSettings):
     out: str = setting("runs/finetune", "Run folder: best.pt, last.pt, train_log.csv, val_log.csv, "
                        "failures.csv, tensorboard/.", path="dir")
     weights: str = setting("imagenet", "imagenet | imagenet-v2 | random | PATH of a ResNet-50 state dict.")
-    head: str = setting("m3net", "Head from the registry (see `m3net heads`).")
-    head_options: dict = setting(cli=False, default_factory=dict)  # typed by the head's Config (--head-opt)
     init_head: str = setting("", "Start the head from a train-head checkpoint (best.pt).", path="file")
-    way: int = setting(5, "Classes per episode.", minimum=2)
-    shot: int = setting(1, "Supports per class.", minimum=1)
-    queries: int = setting(5, "Queries per class in training episodes.", minimum=1)
     frames: int = setting(8, "Frames per clip (TSN segments).", minimum=1)
     crop: int = setting(224, "Crop size (frames resized to crop*8/7 first, as the extraction transform).", minimum=32)
-    episodes: int = setting(10_000, "Training episodes.", minimum=1)
+    episodes: int = from_group(ScheduleSettings, "episodes", 10_000)
     accumulate: int = setting(1, "Episodes whose gradients are summed (averaged) per optimizer step.", minimum=1)
-    lr: float = setting(1e-4, "Learning rate of the head.", minimum=0)
     backbone_lr: float = setting(1e-5, "Learning rate of the backbone.", minimum=0)
-    momentum: float = setting(0.9, "SGD momentum.", minimum=0, maximum=1)
-    weight_decay: float = setting(5e-4, "Weight decay (L2).", minimum=0)
-    optimizer: str = optimizer_settings()["optimizer"]
-    clip_grad: float = optimizer_settings()["clip_grad"]
-    lr_step: int = setting(2_000, "Multiply both lrs by --lr-gamma every this many optimizer steps.", minimum=1)
-    lr_gamma: float = setting(0.5, "Learning-rate decay factor.", minimum=0, exclusive=True)
     freeze_stages: int = setting(0, "The first N trunk stages (stem, layer1, ...) keep their weights.",
                                  minimum=0, maximum=5)
     # Episodes of 10-50 clips from few classes give BatchNorm batch statistics unlike ImageNet's;
@@ -89,19 +76,11 @@ class FinetuneConfig:
     checkpointing: bool = setting(False, "Gradient checkpointing of the trunk stages (less memory, one more "
                                   "forward per stage).", flag="--checkpointing")
     workers: int = setting(2, "DataLoader processes decoding the next episodes (0: main process).", minimum=0)
-    val_every: int = setting(1_000, "Validate on val episodes (test view) and update best.pt every this many "
-                             "episodes.", minimum=1)
-    val_episodes: int = setting(300, "Validation episodes (0: no validation, no best.pt).", minimum=0)
-    val_queries: int = setting(1, "Queries per class in validation episodes.", minimum=1)
-    checkpoint_every: int = setting(100, "Save last.pt every this many episodes.", minimum=1)
-    log_every: int = setting(10, "Write a train_log.csv row every this many episodes.", minimum=1)
-    seed: int = setting(0, "Decides head init, every episode and every crop.")
-    preset: str = preset_setting()
-    device: str = device_setting()
-    resume: bool = setting(False, "Continue OUT/last.pt exactly.", flag="--resume")
+    checkpoint_every: int = from_group(ScheduleSettings, "checkpoint_every", 100)
+    log_every: int = from_group(ScheduleSettings, "log_every", 10)
 
     def __post_init__(self):
-        validate_config(self)
+        super().__post_init__()
         saved_every = [self.checkpoint_every] + ([self.val_every] if self.val_episodes > 0 else [])
         if any(n % self.accumulate for n in saved_every):
             raise ConfigError(f"--accumulate {self.accumulate}: expected a divisor of --checkpoint-every "
@@ -231,7 +210,7 @@ def _initial_head(config):
     return head
 
 
-@dataclass
+@dataclasses.dataclass
 class Training:
     """Backbone + head and what updates them; ``step()`` is one optimizer step."""
 
@@ -288,7 +267,8 @@ def _features_provenance(config, transform):
     """The cache attributes of the features this run's head sees at evaluation (test view, as
     `m3net extract` writes them); the tuned weights are filled in from the checkpoint file when it
     is loaded (m3net.train.checkpoint.features_provenance)."""
-    attrs = cache_attrs(ExtractConfig(config.dataset, config.root, out="", frames=config.frames), {}, "fp32", transform)
+    extract = ExtractConfig(dataset=config.dataset, root=config.root, out="", frames=config.frames)
+    attrs = cache_attrs(extract, {}, "fp32", transform)
     return {k: attrs[k] for k in PROVENANCE_KEYS if k in attrs}
 
 

@@ -15,10 +15,10 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from tqdm import tqdm
-
+from m3net.config import Settings, setting, settings
 from m3net.errors import ConfigError, M3NetError, NonFiniteError
 from m3net.locking import exclusive_lock
+from m3net.progress import progress_bar
 from m3net.train.checkpoint import load_checkpoint, save_checkpoint
 
 VAL_FIELDS = ("step", "val_acc", "val_ci", "best_val_acc")
@@ -65,17 +65,35 @@ def tensorboard_writer(out):
 OPTIMIZERS = ("sgd", "adam")
 
 
-def optimizer_settings():
-    """The --optimizer, --clip-grad options train-head and finetune share (lr, momentum and weight decay
-    are declared per stage: their defaults differ)."""
-    from m3net.config import setting
+@settings
+class OptimizerSettings(Settings):
+    """The optimizer and learning-rate schedule of train-head and finetune (paper §4.2: SGD, lr 1e-4, x0.5
+    every 2 000 episodes; momentum and weight decay are m3net's choices where the paper is silent)."""
 
-    return {
-        "optimizer": setting("sgd", "sgd (the paper's, with --momentum) or adam (HyRSM's reference code; "
-                             "--momentum is then unused).", choices=OPTIMIZERS),
-        "clip_grad": setting(0.0, "Clip the gradients' global norm to this before every optimizer step (0: off). "
-                             "Heads with unnormalised distance logits (STRM) can diverge without it.", minimum=0),
-    }
+    optimizer: str = setting("sgd", "sgd (the paper's, with --momentum) or adam (HyRSM's reference code; --momentum is "
+                             "then unused).", choices=OPTIMIZERS)
+    lr: float = setting(1e-4, "Learning rate (of the head, in finetune; paper: 1e-4).", minimum=0)
+    momentum: float = setting(0.9, "SGD momentum.", minimum=0, maximum=1)
+    weight_decay: float = setting(5e-4, "Weight decay (L2).", minimum=0)
+    clip_grad: float = setting(0.0, "Clip the gradients' global norm to this before every optimizer step (0: off). "
+                               "Heads with unnormalised distance logits (STRM) can diverge without it.", minimum=0)
+    lr_step: int = setting(2_000, "Multiply the learning rate(s) by --lr-gamma every this many training episodes.",
+                           minimum=1)
+    lr_gamma: float = setting(0.5, "Learning-rate decay factor.", minimum=0, exclusive=True)
+
+
+@settings
+class ScheduleSettings(Settings):
+    """How long a training run lasts and how often it logs, validates and saves, in episodes."""
+
+    episodes: int = setting(60_000, "Training episodes (paper: 60 000).", minimum=1)
+    val_every: int = setting(1_000, "Validate on --val-episodes val episodes, save last.pt and update best.pt every "
+                             "this many training episodes.", minimum=1)
+    val_episodes: int = setting(300, "Validation episodes (0: no validation, no best.pt).", minimum=0)
+    val_queries: int = setting(1, "Queries per class in validation episodes.", minimum=1)
+    checkpoint_every: int = setting(500, "Save last.pt every this many episodes.", minimum=1)
+    log_every: int = setting(50, "Write a train_log.csv row every this many episodes.", minimum=1)
+    resume: bool = setting(False, "Continue the run in --out from its last.pt, exactly.", flag="--resume")
 
 
 def make_optimizer(groups, config):
@@ -237,7 +255,7 @@ def run_episodes(run, schedule, step, best, train_step, validate, snapshot, extr
     window = Window().reset()
     fields = TRAIN_FIELDS + tuple(extra_columns())
     saved_step = step
-    bar = tqdm(total=schedule.episodes, initial=step, disable=not progress or not run.writer, desc=desc, unit="ep")
+    bar = progress_bar(total=schedule.episodes, initial=step, enabled=progress and run.writer, desc=desc, unit="ep")
     try:
         while step < schedule.episodes:
             result = train_step(step)

@@ -8,17 +8,18 @@ it and the README's deviation table is generated from it (m3net.readme_figures.s
 """
 import dataclasses
 
+from m3net.config import Settings, setting, settings
 from m3net.errors import ConfigError
 
 PRESETS = ("none", "paper")
 
 
-def preset_setting():
+@settings
+class PresetSettings(Settings):
     """The --preset option finetune, train-head and evaluate share."""
-    from m3net.config import setting
 
-    return setting("none", "paper: the paper's §4.2 protocol where it states it, m3net's documented choices where "
-                   "it is silent (README: settings table); options given still win.", choices=PRESETS)
+    preset: str = setting("none", "paper: the paper's §4.2 protocol where it states it, m3net's documented choices "
+                          "where it is silent (README: settings table); options given still win.", choices=PRESETS)
 
 
 @dataclasses.dataclass(frozen=True)

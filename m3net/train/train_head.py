@@ -5,73 +5,46 @@ pure function of (seed, i), and checkpoints carry the model, optimizer, schedule
 step, so ``--resume`` continues to exactly the result of an uninterrupted run.
 """
 import dataclasses
-import sys
-from dataclasses import dataclass
+import logging
 
 import torch
 
 from m3net.cache import ProvenanceError, load_cache
 from m3net.cache.schema import provenance_differences
-from m3net.config import device_setting, setting
-from m3net.config import validate as validate_config
-from m3net.data.episodes import EpisodeSampler
+from m3net.config import RunSettings, setting, settings
+from m3net.data.episodes import EpisodeSampler, EpisodeSettings
 from m3net.errors import ConfigError
 from m3net.model import build_head
+from m3net.model.registry import HeadSettings
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import load_module_state, restore_rng, rng_state
-from m3net.train.features import open_bank, residency_settings
+from m3net.train.features import ResidencySettings, open_bank
 from m3net.train.loop import (
     RESUMABLE_CHANGES,
+    OptimizerSettings,
     RunFolder,
     Schedule,
+    ScheduleSettings,
     check_resumed_config,
     clip_gradients,
     make_optimizer,
-    optimizer_settings,
     run_episodes,
 )
 from m3net.train.metrics import episode_accuracies, mean_and_ci
-from m3net.train.presets import preset_setting
+from m3net.train.presets import PresetSettings
+
+logger = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainConfig:
+@settings
+class TrainConfig(HeadSettings, EpisodeSettings, OptimizerSettings, ScheduleSettings, ResidencySettings,
+                  PresetSettings, RunSettings):
     cache: str = setting(help="HDF5 feature cache from `m3net extract`.", path="file")
     out: str = setting("runs/head", "Run folder: best.pt, last.pt, train_log.csv, val_log.csv.", path="dir")
-    head: str = setting("m3net", "Head from the registry (see `m3net heads`).")
-    head_options: dict = setting(cli=False, default_factory=dict)  # typed by the head's Config (--head-opt)
-    way: int = setting(5, "Classes per episode.", minimum=2)
-    shot: int = setting(1, "Supports per class.", minimum=1)
-    queries: int = setting(5, "Queries per class in training episodes.", minimum=1)
-    val_queries: int = setting(1, "Queries per class in validation episodes.", minimum=1)
-    episodes: int = setting(60_000, "Training episodes (paper: 60 000).", minimum=1)
-    lr: float = setting(1e-4, "Learning rate (paper: SGD, 1e-4).", minimum=0)
-    # The paper says SGD, lr 1e-4; momentum and weight decay are ours.
-    momentum: float = setting(0.9, "SGD momentum.", minimum=0, maximum=1)
-    weight_decay: float = setting(5e-4, "Weight decay (L2).", minimum=0)
-    optimizer: str = optimizer_settings()["optimizer"]
-    clip_grad: float = optimizer_settings()["clip_grad"]
-    lr_step: int = setting(2_000, "Multiply the lr by --lr-gamma every this many episodes.", minimum=1)
-    lr_gamma: float = setting(0.5, "Learning-rate decay factor.", minimum=0, exclusive=True)
-    val_every: int = setting(1_000, "Validate (and save last.pt) every this many episodes.", minimum=1)
-    val_episodes: int = setting(300, "Validation episodes (0: no validation, no best.pt).", minimum=0)
-    checkpoint_every: int = setting(500, "Save last.pt every this many episodes.", minimum=1)
-    log_every: int = setting(50, "Write a train_log.csv row every this many episodes.", minimum=1)
-    seed: int = setting(0, "Decides parameter init and every episode.")
-    preset: str = preset_setting()
-    device: str = device_setting()
-    resident: str = residency_settings()["resident"]
-    pool_on_load: bool = residency_settings()["pool_on_load"]
-    memory_limit: float = residency_settings()["memory_limit"]
-    prefetch: int = residency_settings()["prefetch"]
-    resume: bool = setting(False, "Continue the run in --out from its last.pt, exactly.", flag="--resume")
-
-    def __post_init__(self):
-        validate_config(self)
 
 
 @torch.no_grad()
-def validate(head, bank, sampler, episodes, view="y"):
+def validation_accuracy(head, bank, sampler, episodes, view="y"):
     """Mean accuracy (%) and 95% CI of ``view`` over the sampler's first ``episodes`` episodes."""
     was_training = head.training
     head.eval()
@@ -113,8 +86,7 @@ def train_head(config, progress=True):
         _, bank, where = open_bank(config.cache, ("train", "val"), device, config.resident, config.memory_limit, pool,
                                    meta=cached, prefetch=config.prefetch)
         run.stack.callback(bank.close)
-        if progress:
-            print(where, file=sys.stderr)
+        logger.info(where)
         optimizer = make_optimizer([{"params": list(head.parameters()), "lr": config.lr}], config)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
         train_sampler = EpisodeSampler(cached.labels, cached.split, "train", config.way, config.shot,
@@ -155,7 +127,7 @@ def train_head(config, progress=True):
         head.train()
         step, best = run_episodes(
             run, schedule, step, best, train_step,
-            validate=lambda step: validate(head, bank, val_sampler, config.val_episodes),
+            validate=lambda step: validation_accuracy(head, bank, val_sampler, config.val_episodes),
             snapshot=snapshot, extra_columns=lambda: {"lr": scheduler.get_last_lr()[0]},
             progress=progress, desc=f"train {config.head}")
     return {"out": config.out, "step": step, "best_val_acc": best,

@@ -1,0 +1,122 @@
+"""The training run folder (m3net.train.loop, m3net.train.checkpoint): one writer, nothing lost on a crash
+or a failed write, a non-finite loss stops with the last good state, garbage checkpoints are named errors."""
+import csv
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers_locks import hold_lock
+
+from m3net.cli import main
+from m3net.errors import CheckpointError, LockError, NonFiniteError
+from m3net.train.checkpoint import load_checkpoint
+from m3net.train.train_head import TrainConfig, train_head
+
+pytestmark = pytest.mark.usefixtures("aligned_head")
+
+
+def _steps(path):
+    with open(path, newline="") as fh:
+        return [int(row["step"]) for row in csv.DictReader(fh)]
+
+
+def _config(cache, out, **overrides):
+    base = dict(cache=cache, out=str(out), head="test-aligned", way=3, shot=1, queries=2, episodes=6, lr=0.05,
+                val_every=1000, val_episodes=2, checkpoint_every=3, log_every=1, device="cpu")
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cache, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteError, match="training loss is not finite"):
+        train_head(_config(cache, out, lr=1e30, episodes=50, checkpoint_every=1), progress=False)
+    state = load_checkpoint(str(out / "last.pt"))
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert 0 < state["step"] < 50
+
+
+def test_a_run_folder_has_one_writer_and_a_dead_writer_leaves_no_stale_lock(cache, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = hold_lock(str(out / ".lock"))
+    try:
+        with pytest.raises(LockError, match=rf"another m3net process \(pid {holder.pid}\) is writing the run folder"):
+            train_head(_config(cache, out), progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    train_head(_config(cache, out), progress=False)  # the killed holder's lock died with it
+    result = CliRunner().invoke(main, ["train-head", "--cache", cache, "--out", str(out), "--head", "test-aligned"])
+    assert result.exit_code == 2 and "already holds a run" in result.output and "--resume" in result.output
+
+
+def test_resume_after_a_crash_logs_every_step_once(cache, tmp_path):
+    out = tmp_path / "run"
+    train_head(_config(cache, out, episodes=6, checkpoint_every=3), progress=False)
+    # A crash after the checkpoint at step 6 had logged steps 7 and 8 already.
+    with open(out / "train_log.csv", "a", newline="") as fh:
+        fh.write("7,1.0,,1.0,0,0.05\n8,1.0,,1.0,0,0.05\n")
+    train_head(_config(cache, out, episodes=9, resume=True), progress=False)
+    assert _steps(out / "train_log.csv") == list(range(1, 10))
+    assert os.path.exists(out / "last.pt") and load_checkpoint(str(out / "last.pt"))["step"] == 9
+
+
+@pytest.mark.parametrize("content", [b"not a torch file at all", None])
+def test_garbage_weights_and_checkpoints_are_named_errors_without_unpickling_advice(cache, tmp_path, content):
+    path = tmp_path / "w.pt"
+    if content is None:
+        torch.save({"layer": torch.nn.Linear(2, 2)}, path)  # a pickled module, not tensors
+    else:
+        path.write_bytes(content)
+    for args in (["extract", "--dataset", "folder", "--root", str(tmp_path), "--out", str(tmp_path / "c.h5"),
+                  "--weights", str(path)],
+                 ["evaluate", "--checkpoint", str(path), "--cache", cache]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and str(path) in result.output, result.output
+        assert "Traceback" not in result.output and "weights_only=False" not in result.output
+
+
+def test_checkpoints_missing_keys_or_with_other_shapes_are_refused(cache, tmp_path):
+    from m3net.train.evaluate import load_trained_head
+
+    out = tmp_path / "run"
+    train_head(_config(cache, out), progress=False)
+    state = load_checkpoint(str(out / "last.pt"))
+    broken = tmp_path / "broken.pt"
+    torch.save({k: v for k, v in state.items() if k != "head_config"}, broken)
+    with pytest.raises(CheckpointError, match="incomplete m3net checkpoint \\(missing head_config\\)"):
+        load_checkpoint(str(broken))
+    state["head_config"] = {**state["head_config"], "hidden": 3}
+    torch.save(state, broken)
+    with pytest.raises(CheckpointError, match="its model does not fit"):
+        load_trained_head(str(broken), torch.device("cpu"))
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_and_no_tmp(tmp_path, monkeypatch):
+    from m3net.train import checkpoint
+
+    path = tmp_path / "last.pt"
+    checkpoint.save_checkpoint(str(path), step=1)
+
+    def disk_full(obj, f):
+        open(f, "wb").write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint there is unchanged"):
+        checkpoint.save_checkpoint(str(path), step=2)
+    assert sorted(os.listdir(tmp_path)) == ["last.pt"]
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["step"] == 1
+
+
+def test_a_log_window_after_resume_averages_only_the_episodes_it_ran():
+    from m3net.train.loop import Window
+
+    window = Window().reset()
+    for loss in (1.0, 3.0):  # two episodes since the resume, though the cadence is every 4
+        window.add({"loss": loss, "views": {"y": loss}})
+    window.add(None)  # a skipped episode
+    row = window.row(step=8)
+    assert row["loss"] == 2.0 and row["views_loss"] == "y=2.0000" and row["skipped_episodes"] == 1
