@@ -81,6 +81,8 @@ echo "gpu_session $stage: OUT=$out QUICK=${QUICK:-0} TRITON_INTERPRET=${TRITON_I
 
 step() {  # step NAME LIMIT_S STAGE: one process, one JSON line in $out/STAGE.jsonl whatever happens
     local name=$1 limit=$2 jsonl="$out/$3.jsonl" before after rc start=$SECONDS
+    # Without a GPU the kernels are interpreted; every bench DTW call takes the Triton path, as on the device.
+    [ "$3" = bench ] && [ "${TRITON_INTERPRET:-0}" = 1 ] && local -x M3NET_DTW_BACKEND=triton
     before=$(grep -c "\"step\": \"$name\"" "$jsonl" 2>/dev/null)
     echo "== $name (limit ${limit} s) $(date -u +%T)" | tee -a "$log"
     timeout -k 10 "$limit" "$py" -m m3net.bench.session "$name" --jsonl "$jsonl" 2>&1 \
@@ -96,8 +98,6 @@ step() {  # step NAME LIMIT_S STAGE: one process, one JSON line in $out/STAGE.js
 }
 
 bench() {
-    # Without a GPU the kernels are interpreted; every DTW call takes the Triton path, as on the device.
-    [ "${TRITON_INTERPRET:-0}" = 1 ] && local -x M3NET_DTW_BACKEND=triton
     step smoke 180 bench
     step warm 420 bench
     step dtw-floor 240 bench

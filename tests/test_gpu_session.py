@@ -93,6 +93,17 @@ def test_kernel_and_gpu_test_files_import_no_decoder():
     assert "DECODERS []" in proc.stdout
 
 
+def test_a_step_that_dies_without_its_line_gets_a_failed_line(tmp_path):
+    """The shell writes the line of a step whose process died first (here: an interpreter that exits 1)."""
+    out = tmp_path / "out"
+    subprocess.run(["bash", SCRIPT, "steps", "smoke", "tests-gpu"], cwd=ROOT, capture_output=True, timeout=60,
+                   env={**os.environ, "OUT": str(out), "PYTHON": "false"})
+    for stage, step in (("bench", "smoke"), ("tests", "tests-gpu")):
+        (line,) = _lines(out / f"{stage}.jsonl")
+        assert (line["step"], line["status"], line["rc"]) == (step, "failed", 1)
+        assert "without a result line" in line["error"]
+
+
 def _rehearsal_env(out, **extra):
     # The tests steps run the kernel tests: CI runs them itself, so the rehearsal keeps a few ("bench").
     return {**os.environ, "QUICK": "1", "OUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
