@@ -142,14 +142,11 @@ def test_killed_session_leaves_the_finished_steps_in_out(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(["bash", SCRIPT, "bench"], cwd=ROOT, env=_rehearsal_env(out), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    jsonl = out / "bench.jsonl"
-    deadline = time.time() + 900
-    while time.time() < deadline and not (jsonl.exists() and jsonl.read_text().count("\n") >= 1):
-        time.sleep(0.5)
-    time.sleep(2)  # the warm step under way
+    log, deadline = out / "session.log", time.time() + 900
+    while time.time() < deadline and not (log.exists() and "== warm" in log.read_text()):
+        time.sleep(0.5)  # until the warm step is under way
     os.killpg(proc.pid, signal.SIGKILL)  # the whole session: the script, the running step, its workers
     proc.wait(timeout=60)
-    lines = _lines(jsonl)
+    lines = _lines(out / "bench.jsonl")
     assert [line["step"] for line in lines] == ["smoke"]
     assert lines[0]["status"] == "ok" and lines[0]["result"]["value_max_abs_err"] < 1e-4
-    assert "== warm" in (out / "session.log").read_text()
