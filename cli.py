@@ -448,8 +448,8 @@ def bench_residency_cmd(prefetch, **options):
 @click.option("--m", "m", default=8, show_default=True, help="Columns of each cost matrix (support frames).")
 @click.option("--sweep", is_flag=True,
               help="Pairs 4k, 32k, 1M x T = 8, 16, 32, 64 (TxT costs) instead of --pairs/--n/--m.")
-@click.option("--pass", "pass_", type=click.Choice(["fwd", "fwd+bwd"]), default="fwd", show_default=True,
-              help="Time the forward alone or forward + backward.")
+@click.option("--pass", "pass_", type=click.Choice(["fwd", "bwd", "fwd+bwd"]), default="fwd", show_default=True,
+              help="Time the forward, the backward alone (after an untimed forward) or forward + backward.")
 @click.option("--impl", "implementations", multiple=True,
               type=click.Choice(["triton", "torch-reference", "eager-loop", "pysdtw"]),
               help="Implementations to time (repeatable); default all.")
@@ -462,10 +462,11 @@ def bench_residency_cmd(prefetch, **options):
 def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, static, **options):
     """Benchmark the DTW kernel: Triton vs torch reference vs eager loop vs pysdtw, side by side.
 
-    Prints pairs/s, GB/s, the % of the device's memory-bandwidth floor (cost in, one value out;
-    with the backward also the gradient out) and the speed-up over pysdtw and the eager loop at
-    each size, and writes CSV + JSON with device, versions and git SHA. On CUDA the timing is
-    triton.testing.do_bench (CUDA events, L2 flushed). Without a GPU it prints CPU numbers (the
+    Prints pairs/s, GB/s, the % of the device's memory-bandwidth floor of the timed pass (fwd:
+    cost in, value out, 260 B/pair at 8x8 fp32; bwd: cost in again, value gradient in, gradient
+    out, 516 B; fwd+bwd: both, 776 B) and the speed-up over pysdtw's forward kernel and the eager
+    loop at each size, and writes CSV + JSON with device, versions and git SHA. On CUDA the timing
+    is triton.testing.do_bench (CUDA events, L2 flushed). Without a GPU it prints CPU numbers (the
     Triton column needs TRITON_INTERPRET=1 there).
     """
     if static:
@@ -486,25 +487,22 @@ def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, static, 
         format_table,
         run_bench,
         run_matcher_bench,
+        write_matcher_results,
         write_results,
     )
 
     sizes = tuple((t, t) for t in SWEEP_T) if sweep else ((n, m),)
-    config = DTWBenchConfig(backward=pass_ == "fwd+bwd", implementations=tuple(implementations) or IMPLEMENTATIONS,
+    config = DTWBenchConfig(timed_pass=pass_, implementations=tuple(implementations) or IMPLEMENTATIONS,
                             pairs=SWEEP_PAIRS if sweep else (tuple(pairs) or (0,)), sizes=sizes, **options)
     if matchers:
-        from m3net.bench.record import write_benchmark
-
         result = run_matcher_bench(config)
         click.echo(format_matcher_table(result))
-        sizes = "-".join(str(t) for t, _ in sizes)
-        csv_path, json_path = write_benchmark(result, config.out_dir, f"dtw_matchers_t{sizes}_{config.dtype}",
-                                              {"dtype": config.dtype})
-        click.echo(f"wrote {csv_path} and {json_path}")
-        return
-    result = run_bench(config)
-    click.echo(format_table(result))
-    csv_path, json_path = write_results(result, config.out_dir)
+        write = write_matcher_results
+    else:
+        result = run_bench(config)
+        click.echo(format_table(result))
+        write = write_results
+    csv_path, json_path = write(result, config.out_dir)
     click.echo(f"wrote {csv_path} and {json_path}")
 
 

@@ -192,23 +192,68 @@ def _rate(value):
     return f"{value:,.3g}" if value < 1000 else f"{value:.2e}"
 
 
+def _dtw_pass(config):
+    """The timed pass of a DTW record (records before the bwd pass hold a ``backward`` flag)."""
+    return config.get("pass") or ("fwd+bwd" if config.get("backward") else "fwd")
+
+
+def _dtw_groups(record):
+    """{(pairs, n, m): {implementation: row}}; older records hold one size and pairs in their config."""
+    cfg, groups = record["config"], {}
+    for row in record["rows"]:
+        key = (row.get("pairs", cfg["pairs"]), row.get("n", cfg.get("n")), row.get("m", cfg.get("m")))
+        groups.setdefault(key, {})[row["implementation"]] = row
+    return groups
+
+
+def _dtw_cell(name, row):
+    if not row.get("pairs_per_s"):
+        return "—"
+    # Records before issue #23 timed pysdtw's SoftDTW module (its wrapper); later ones its forward kernel alone.
+    wrapper = name == "pysdtw" and "kernel alone" not in row.get("note", "")
+    return _rate(row["pairs_per_s"]) + (" (its wrapper)" if wrapper else "")
+
+
+def _dtw_table(records):
+    if not records:
+        return []
+    names = list(dict.fromkeys(r["implementation"] for _, record in records for r in record["rows"]))
+    lines = ["**DTW** (`m3net bench-dtw`): pairs/s per implementation; the Triton rows' % of the bandwidth floor of "
+             "the timed pass (`m3net.bench.dtw.floor_bytes_per_pair`: 260 B per pair forward, 516 B backward, 776 B "
+             "forward + backward at 8×8 fp32) against the GPU's datasheet bandwidth", "",
+             "| mode | pass | pairs | T | " + " | ".join(names) + " | triton % of floor | source |",
+             "|---|---|---|---|" + "---|" * (len(names) + 2)]
+    for path, record in records:
+        cfg = record["config"]
+        for (pairs, n, m), rows in _dtw_groups(record).items():
+            cells = [_dtw_cell(name, rows.get(name, {})) for name in names]
+            floor = rows.get("triton", {}).get("pct_of_floor")
+            lines.append(f"| {cfg['mode']} | {_dtw_pass(cfg)} | {pairs} | {n}×{m} | " + " | ".join(cells)
+                         + f" | {f'{floor:.0f}%' if floor else '—'} | {_source(path, record)} |")
+    return lines + [""]
+
+
+def _matcher_table(records):
+    if not records:
+        return []
+    lines = ["**DTW matchers end to end** (`m3net bench-dtw --matchers`, forward): pairs/s and time over one plain "
+             "`dtw` forward of the same pairs", "", "| T | pairs | call | pairs/s | × plain fwd | source |",
+             "|---|---|---|---|---|---|"]
+    for path, record in records:
+        for row in record["rows"]:
+            rate = _rate(row["pairs_per_s"]) if row.get("pairs_per_s") else "—"
+            ratio = f"{row['x_plain_fwd']:.2f}" if row.get("x_plain_fwd") else "—"
+            lines.append(f"| {row['n']} | {row['pairs']} | {row['implementation']} | {rate} | {ratio} | "
+                         f"{_source(path, record)} |")
+    return lines + [""]
+
+
 def render_benchmarks(root):
     """Markdown tables of the committed CPU/GPU benchmark records under benchmarks/ (without markers)."""
     lines = []
     dtw = _records(root, "bench_dtw_*.json")
-    if dtw:
-        names = [r["implementation"] for r in dtw[0][1]["rows"]]
-        lines += ["**DTW** (`m3net bench-dtw`): pairs/s per implementation", "",
-                  "| mode | pass | pairs | T | " + " | ".join(names) + " | source |",
-                  "|---|---|---|---|" + "---|" * (len(names) + 1)]
-        for path, record in dtw:
-            cfg = record["config"]
-            rates = {r["implementation"]: r.get("pairs_per_s") for r in record["rows"]}
-            cells = [_rate(rates[name]) if rates.get(name) else "—" for name in names]
-            lines.append(f"| {cfg['mode']} | {'fwd+bwd' if cfg.get('backward') else 'fwd'} | "
-                         f"{max(r.get('pairs_timed') or 0 for r in record['rows'])} | {cfg['n']}×{cfg['m']} | "
-                         + " | ".join(cells) + f" | {_source(path, record)} |")
-        lines.append("")
+    lines += _dtw_table([(path, r) for path, r in dtw if r["benchmark"] == "dtw"])
+    lines += _matcher_table([(path, r) for path, r in dtw if r["benchmark"] == "dtw_matchers"])
     for pattern, title, columns in (
             ("bench_extract_*.json", "**Extraction** (`m3net bench-extract`)",
              (("stage", "stage", str), ("clips/s", "clips_per_s", "{:.2f}".format),
