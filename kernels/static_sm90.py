@@ -127,6 +127,7 @@ def _variants():
     import triton.language as tl
 
     dtw = importlib.import_module("m3net.kernels.dtw")
+    dtw_long = importlib.import_module("m3net.kernels.dtw_long")
     rows = []
     for n, m in SIZES:
         for mode in MODES:
@@ -136,7 +137,7 @@ def _variants():
                 cols = m + 2 if mode == "otam" else m
                 flags = {"OTAM": mode == "otam", "HARD": mode == "hard"}
                 # before: the long-path kernels, as _long_forward / _long_backward launch them
-                block_b, block_m = dtw._triton_block_sizes(cols)
+                block_b, block_m = dtw_long._triton_block_sizes(cols)
                 weights_bytes = 3 * n * cols * 4
                 common = {**flags, "ACC_DTYPE": tl.float32, "BLOCK_B": block_b, "BLOCK_M": block_m}
                 pointers = {"cost_ptr": "*" + dtype, "out_ptr": "*fp32", "w_ptr": "*fp32"}
