@@ -86,7 +86,14 @@ import warnings
 import torch
 
 from m3net.errors import ConfigError
-from m3net.kernels.dtw_grid import _accumulation_dtype, _grid_shape, _interpreting, triton
+from m3net.kernels.dtw_grid import (
+    _accumulation_dtype,
+    _grid_shape,
+    _interpreting,
+    _recording,
+    recorded_launches,
+    triton,
+)
 from m3net.kernels.dtw_long import _long_backward, _long_forward
 from m3net.kernels.dtw_reference import _reference_backward, _reference_forward
 from m3net.kernels.dtw_short import _divisor_magic, _short_backward, _short_forward  # noqa: F401 (_divisor_magic: tests)
@@ -101,6 +108,7 @@ MAX_KERNEL_WIDTH = 256  # grid columns held in one register tile row (long path)
 SHORT_MAX = 16  # N and M up to this run the register-resident short path
 SYMMETRIC_BWD_MAX = 8  # dtw_symmetric's backward runs both directions in one program up to N, M = this
 BACKEND_ENV = "M3NET_DTW_BACKEND"
+PASSES = ("fwd", "fwd (training)", "fwd+length", "fwd symmetric", "bwd", "bwd symmetric")
 
 __all__ = ["dtw", "dtw_reference", "dtw_path", "dtw_with_length", "dtw_symmetric", "dtw_similarity", "cosine_cost",
            "MODES", "MAX_KERNEL_WIDTH", "SHORT_MAX", "DTWFallbackWarning"]
@@ -147,7 +155,7 @@ def _backend_for(cost, mode, requested):
         if requested == "triton":
             raise ConfigError(f"dtw: {source}=triton but triton is not installed (pip install triton)")
         return "torch"
-    if not cost.is_cuda and not _interpreting():
+    if not cost.is_cuda and not _interpreting() and not _recording():  # a recorded call launches nothing
         raise ConfigError(
             f"dtw: {source}=triton on a {cost.device} tensor needs TRITON_INTERPRET=1 "
             "(set before m3net.kernels is imported) or a CUDA tensor"
@@ -355,3 +363,35 @@ def cosine_cost(x, y, eps=1e-8):
     x = torch.nn.functional.normalize(x, dim=-1, eps=eps)
     y = torch.nn.functional.normalize(y, dim=-1, eps=eps)
     return 1 - x @ y.transpose(1, 2)  # (B, N, M)
+
+
+def launch_configs(mode, n, m, pass_="fwd", dtype=torch.float32, similarity=False, device="cpu", batch=4096):
+    """The Triton launches (dtw_grid.KernelLaunch: kernel, grid, args, constexprs, num_warps) that one
+    call issues for ``batch`` pairs of N x M ``dtype`` inputs, recorded from the launchers themselves.
+
+    pass_ (PASSES): fwd = dtw / dtw_similarity without a gradient; fwd (training) = the same on an
+    input that requires one (the long path then stores its weights); fwd+length = dtw_with_length /
+    with_length=True; fwd symmetric = dtw_symmetric / symmetric=True; bwd / bwd symmetric = the
+    backward of fwd (training) / fwd symmetric. similarity: the (Q, S, N, M) view of a (Q·N, S·M) frame
+    matmul (S = 5) as the matchers pass it. Nothing runs: the static sm_90 table compiles these launches
+    and a GPU session can warm its compiles with ``launch.warmup()``.
+    """
+    if pass_ not in PASSES:
+        raise ValueError(f"launch_configs: pass_ must be one of {PASSES}, got {pass_!r}")
+    if similarity:
+        supports = 5
+        x = torch.zeros(batch // supports * n, supports * m, dtype=dtype, device=device)
+        x = x.view(-1, n, supports, m).transpose(1, 2)  # (Q, S, N, M)
+    else:
+        x = torch.zeros(batch, n, m, dtype=dtype, device=device)
+    x.requires_grad_(pass_ != "fwd")
+    flags = {"with_length": pass_ == "fwd+length", "symmetric": pass_.endswith("symmetric")}
+    with recorded_launches() as forward:
+        with torch.set_grad_enabled(x.requires_grad):
+            out = _run(x, mode, 0.1, "triton", similarity=similarity, **flags)
+    if not pass_.startswith("bwd"):
+        return forward
+    value = out[0] if flags["with_length"] else out
+    with recorded_launches() as backward:
+        torch.autograd.grad(value.sum(), x)
+    return backward

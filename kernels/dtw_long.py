@@ -6,7 +6,7 @@ The algorithm, limits and complexity are in the header of dtw.py.
 """
 import torch
 
-from m3net.kernels.dtw_grid import _accumulation_dtype, _device_guard, _grid_shape, tl, triton
+from m3net.kernels.dtw_grid import KernelLaunch, _accumulation_dtype, _device_guard, _grid_shape, _launch, tl, triton
 
 if triton is not None:
 
@@ -172,12 +172,12 @@ def _long_forward(cost, mode, gamma, store_weights):
     out = torch.empty(batch, dtype=acc, device=cost.device)
     weights = torch.empty(batch, rows, cols, 3, dtype=acc, device=cost.device) if store_weights else out
     block_b, block_m = _triton_block_sizes(cols)
+    meta = dict(OTAM=mode == "otam", HARD=mode == "hard", STORE_WEIGHTS=store_weights,
+                ACC_DTYPE=_triton_acc_dtype(cost.dtype), BLOCK_B=block_b, BLOCK_M=block_m)
     with _device_guard(cost):
-        _dtw_fwd_kernel[(triton.cdiv(batch, block_b),)](
-            cost, out, weights, batch, n, m, *cost.stride(), float(gamma),
-            OTAM=mode == "otam", HARD=mode == "hard", STORE_WEIGHTS=store_weights,
-            ACC_DTYPE=_triton_acc_dtype(cost.dtype), BLOCK_B=block_b, BLOCK_M=block_m,
-        )
+        _launch(KernelLaunch(_dtw_fwd_kernel, (triton.cdiv(batch, block_b),),
+                             (cost, out, weights, batch, n, m, *cost.stride(), float(gamma)), meta, 4, block_b,
+                             (rows, cols)))
     return out, (weights if store_weights else None)
 
 
@@ -186,9 +186,9 @@ def _long_backward(weights, grad_out, mode, n, m, dtype):
     _, cols = _grid_shape(mode, n, m)
     grad = torch.empty(batch, n, m, dtype=dtype, device=weights.device)
     block_b, block_m = _triton_block_sizes(cols)
+    meta = dict(OTAM=mode == "otam", ACC_DTYPE=_triton_acc_dtype(weights.dtype), BLOCK_B=block_b, BLOCK_M=block_m)
     with _device_guard(weights):
-        _dtw_bwd_kernel[(triton.cdiv(batch, block_b),)](
-            weights, grad_out.to(weights.dtype).contiguous(), grad, batch, n, m, *grad.stride(),
-            OTAM=mode == "otam", ACC_DTYPE=_triton_acc_dtype(weights.dtype), BLOCK_B=block_b, BLOCK_M=block_m,
-        )
+        _launch(KernelLaunch(_dtw_bwd_kernel, (triton.cdiv(batch, block_b),),
+                             (weights, grad_out.to(weights.dtype).contiguous(), grad, batch, n, m, *grad.stride()),
+                             meta, 4, block_b, (n, cols)))
     return grad

@@ -7,7 +7,16 @@ import math
 
 import torch
 
-from m3net.kernels.dtw_grid import _accumulation_dtype, _device_guard, _interpreting, libdevice, tl, triton
+from m3net.kernels.dtw_grid import (
+    KernelLaunch,
+    _accumulation_dtype,
+    _device_guard,
+    _interpreting,
+    _launch,
+    libdevice,
+    tl,
+    triton,
+)
 
 if triton is not None:
 
@@ -359,7 +368,7 @@ if triton is not None:
 
 
 def _short_launch_config(batch, n, m, mode, gamma, device, dtype):
-    """(grid, scale tensor, launch keywords) of the short-path kernels for ``batch`` pairs of n x m.
+    """(grid, scale tensor, constexprs, num_warps) of the short-path kernels for ``batch`` pairs of n x m.
 
     One pair per thread: BLOCK_B = 32 · num_warps, with fewer warps per program when the batch
     would otherwise launch fewer than two programs per SM (an episode is a few thousand pairs).
@@ -375,8 +384,8 @@ def _short_launch_config(batch, n, m, mode, gamma, device, dtype):
     mp, mp_t = (max(triton.next_power_of_2(width), 2) for width in (m, n))  # row tile widths of C and Cᵀ
     fast_math = acc == torch.float32 and not _interpreting()  # libdevice's lg2.approx exists only compiled
     meta = dict(N=n, M=m, OTAM=mode == "otam", HARD=mode == "hard", FAST_MATH=fast_math, BLOCK_B=block_b,
-                MP=mp, BITS=mp.bit_length() - 1, MP_T=mp_t, BITS_T=mp_t.bit_length() - 1, num_warps=num_warps)
-    return (triton.cdiv(batch, block_b),), scale, meta
+                MP=mp, BITS=mp.bit_length() - 1, MP_T=mp_t, BITS_T=mp_t.bit_length() - 1)
+    return (triton.cdiv(batch, block_b),), scale, meta, num_warps
 
 
 def _divisor_magic(d):
@@ -397,12 +406,13 @@ def _pair_layout(x, similarity):
 def _short_forward(cost, mode, gamma, with_length, symmetric=False, similarity=False):
     """(value (B,), length (B,) or None); ``cost`` is a similarity (Q, S, N, M) with ``similarity``."""
     layout = _pair_layout(cost, similarity)
-    grid, scale, meta = _short_launch_config(layout[0], *cost.shape[-2:], mode, gamma, cost.device, cost.dtype)
+    grid, scale, meta, warps = _short_launch_config(layout[0], *cost.shape[-2:], mode, gamma, cost.device, cost.dtype)
     out = torch.empty(layout[0], dtype=scale.dtype, device=cost.device)
     length = torch.empty_like(out) if with_length else out
+    meta = dict(meta, LENGTH=with_length, SYMMETRIC=symmetric, SIMILARITY=similarity)
     with _device_guard(cost):
-        _dtw_short_fwd_kernel[grid](cost, scale, out, length, *layout, LENGTH=with_length, SYMMETRIC=symmetric,
-                                    SIMILARITY=similarity, **meta)
+        _launch(KernelLaunch(_dtw_short_fwd_kernel, grid, (cost, scale, out, length, *layout), meta, warps,
+                             32 * warps))
     return out, (length if with_length else None)
 
 
@@ -411,10 +421,11 @@ def _short_backward(cost, grad_out, mode, gamma, symmetric=False, similarity=Fal
     like the similarity where it is dense (a permuted matmul output gets its gradient in the same
     layout, so the matmul's backward reads it without a copy)."""
     layout = _pair_layout(cost, similarity)
-    grid, scale, meta = _short_launch_config(layout[0], *cost.shape[-2:], mode, gamma, cost.device, cost.dtype)
+    grid, scale, meta, warps = _short_launch_config(layout[0], *cost.shape[-2:], mode, gamma, cost.device, cost.dtype)
     grad = torch.empty_like(cost) if similarity else torch.empty(cost.shape, dtype=cost.dtype, device=cost.device)
     g = (-grad_out if similarity else grad_out).to(scale.dtype).contiguous()
+    meta = dict(meta, SYMMETRIC=symmetric, SIMILARITY=similarity)
     with _device_guard(cost):
-        _dtw_short_bwd_kernel[grid](cost, scale, g, grad, *layout, *_pair_layout(grad, similarity)[4:],
-                                    SYMMETRIC=symmetric, SIMILARITY=similarity, **meta)
+        args = (cost, scale, g, grad, *layout, *_pair_layout(grad, similarity)[4:])
+        _launch(KernelLaunch(_dtw_short_bwd_kernel, grid, args, meta, warps, 32 * warps))
     return grad
