@@ -33,45 +33,74 @@ Algorithm
     value (soft mode runs the hard DP alongside for it). ``dtw_symmetric`` = dtw(C) + dtw(Cᵀ)
     (OTAM's score): on the short path both DPs run in the same program from one read of C.
 
+    The predecessor rules are written once (dtw_grid.py) and run as they are in the reference (on
+    tensors), the short kernels (constexpr, per unrolled cell) and the long kernels (per lane).
+    Infinite costs: a cell whose predecessors are all +inf is +inf and passes on no gradient, and
+    hard ties among +inf go to the first predecessor the cell has, on every backend: an inf cost
+    never turns a value, gradient or path length into NaN (OTAM's padding is built, not derived).
+
     Similarity input: ``dtw_similarity`` takes s (Q, S, N, M) with any strides (the matchers pass
     the permuted view of their (Q·T, S·T) frame matmul) and the cost C = 1 - s. The short kernels
     read s in place (pair b = q·S + s, two batch strides; q = b // S by multiply-high with a
     launcher-computed magic number), form 1 - s in registers in the accumulation dtype, and the
-    backward writes dsim = -dcost in s's layout. Elsewhere 1 - s is materialised (one copy).
+    backward writes dsim = -dcost in s's layout. Elsewhere 1 - s is materialised once, in the
+    accumulation dtype as the kernel forms it.
 
 Implementations (this file: validation, dispatch, custom ops, autograd and the public API)
-    dtw_grid.py            the grid of each mode (shape, padding, accumulation dtype), Triton handles.
+    dtw_grid.py            the grid of each mode (shape, padding, predecessor rules, accumulation
+                           dtype), the Triton handles, and the one launch function (recordable:
+                           launch_configs lists a pass's launches for compile warming and static_sm90).
     dtw_reference.py       pure torch, vectorised over the batch and over anti-diagonals; float64-safe.
     dtw_short.py           short path (N, M <= SHORT_MAX): one pair per thread, N and M compile-time,
                            the DP unrolled, every row a tuple of registers.
-      _dtw_short_fwd_kernel  each cost row is loaded as a coalesced (BLOCK_B, M) tile and moved
-                             into per-thread registers once through shared memory; costs are
-                             scaled by log2(e)/γ so the soft-min is exp2/log2 (two exp2 and one
-                             log2 per 3-predecessor cell: the minimum's term is exactly 1).
+      _dtw_short_fwd_kernel  each thread reads its own pair's rows: where the rows are contiguous
+                             and 16-byte aligned (the launcher's VEC) as 16-byte vector loads split
+                             in registers (an 8×8 fp32 tile: 16 loads), else one load per element;
+                             no shared memory, no barrier. Costs are scaled by log2(e)/γ so the
+                             soft-min is exp2/log2 (two exp2 and one log2 per 3-predecessor cell:
+                             the minimum's term is exactly 1).
       _dtw_short_bwd_kernel  recomputes R in registers from the cost, then runs the reverse
                              recursion in the same program; nothing per cell is stored between
-                             forward and backward (extra memory O(B)).
-    dtw_long.py            long path (wider / longer grids, up to MAX_KERNEL_WIDTH columns):
-      _dtw_fwd_kernel        BLOCK_B pairs per program; the previous DP row is a (BLOCK_B, BLOCK_M)
-                             register tile. With STORE_WEIGHTS (only when a gradient is needed)
-                             it writes the 3 predecessor weights W per cell.
-      _dtw_bwd_kernel        the reverse recursion from W; writes dcost once.
-    fp16 / bf16 inputs accumulate (and return values) in fp32; fp64 stays fp64, γ included.
+                             forward and backward (extra memory O(B)). dtw_symmetric's 16-bit
+                             gradient: both directions summed in fp32 (a scratch), rounded once.
+    dtw_long.py            long path (N or M > SHORT_MAX, up to MAX_KERNEL_WIDTH grid columns):
+                           anti-diagonal wavefronts after cuDTW++ (Schmidt & Hundt, Euro-Par 2020).
+      _dtw_long_fwd_kernel   L lanes per pair (one thread each, all in one warp), lane l holding
+                             K = 8 consecutive grid columns of its row in registers (L·K >= the grid
+                             width, L <= 32). At step t lane l computes row t - l of its columns, left
+                             to right: up and diag come from its own previous row, and the left
+                             neighbour of its first column is lane l-1's last value of the same row,
+                             computed one step earlier and passed across lanes (tl.gather along the
+                             lane axis: a warp shuffle). N + L - 1 steps; with STORE_WEIGHTS (only when
+                             a gradient is needed) it writes the 3 predecessor weights W per cell.
+      _dtw_long_bwd_kernel   the reverse recursion from W on the same tiling, mirrored: right to
+                             left, lane l+1 handing lane l the E·W_left (this row) and E·W_diag (the
+                             row below) of its first column; writes dcost once.
+    fp16 / bf16 inputs accumulate (and return values) in fp32; fp64 stays fp64, γ included (the
+    kernels take log2(e)/γ as an fp64 argument and convert it to the accumulation dtype).
 
 Limits and complexity
     Time O(B·N·M) cells. Short path: per pair, reads N·M costs and writes one value (and one
     length); the backward reads the cost again and writes N·M gradients. Registers grow with
-    N·M in the backward (all of R is kept): 8×8 fits, 16×16 spills 1.5-4 KB per thread to
-    local memory (benchmarks/dtw_static_sm90.md). Switch point SHORT_MAX = 16, set statically
-    (no GPU timing yet): at 16×16 the short forward executes 15-41× and the short backward
-    4-11× fewer SASS instructions per pair than the long path's, and no weights are moved.
-    dtw_symmetric's backward runs both directions in one program only up to SYMMETRIC_BWD_MAX
-    (8); beyond, one launch each. Long path: the forward with a gradient also writes
-    W = 3·B·N'·M' fp32 (N'×M' the grid, M' = M+2 for otam) which the backward reads once.
-    Grids wider than MAX_KERNEL_WIDTH columns run on the torch reference with a
+    N·M in the backward (all of R is kept): 8×8 fits, 16×16 spills (benchmarks/dtw_static_sm90.md).
+    dtw_symmetric's backward runs both directions in one program only up to SYMMETRIC_BWD_MAX (8,
+    dtw_short.py); beyond, one launch each. Long path: (N + L - 1)·L·K cell updates per pair (about
+    N·M, plus the wavefront's fill and drain: L - 1 idle steps per lane), one value exchanged between
+    neighbouring lanes per step (two in the backward); the forward with a gradient also writes
+    W = 3·B·N'·M' values (N'×M' the grid, M' = M+2 for otam) which the backward reads once. Switch
+    point SHORT_MAX = 16, set statically (no GPU timing yet; see benchmarks/dtw_static_sm90.md for
+    both paths at 16×16). Offsets are 64-bit everywhere (a batch-innermost layout may pass 2^31
+    elements). Grids wider than MAX_KERNEL_WIDTH columns run on the torch reference with a
     DTWFallbackWarning. B = 0 gives an empty result. The similarity input moves the same bytes per
     pair as a cost and saves the elementwise 1 - s pass (2·N·M elements read + written per pair) and
     its negation in the backward; it costs one add per cell and the pair offset arithmetic.
+
+    Compiles and launch overhead: every kernel runs in 1-warp programs (num_warps pinned; a small
+    batch spreads over more SMs), and the batch size, S and the strides are not specialised, so a
+    variant compiles once per (mode, pass, N, M, dtype) on the short path and per (mode, pass, dtype,
+    K, L) on the long path, whatever the batch. Nothing but the outputs is allocated per call: the
+    soft-min scale is a kernel argument, dvalue is read with its stride (autograd's expanded ones
+    need no copy) and negated in the kernel for dsim, the constexprs are cached per shape.
 
 Dispatch
     ``backend=`` auto | triton | torch; None reads M3NET_DTW_BACKEND (default auto): CUDA
@@ -96,17 +125,12 @@ from m3net.kernels.dtw_grid import (
 )
 from m3net.kernels.dtw_long import _long_backward, _long_forward
 from m3net.kernels.dtw_reference import _reference_backward, _reference_forward
-from m3net.kernels.dtw_short import _divisor_magic, _short_backward, _short_forward  # noqa: F401 (_divisor_magic: tests)
-
-if triton is not None:  # the kernels by their old address, for the sm_90 compile checks (static_sm90, tests)
-    from m3net.kernels.dtw_long import _dtw_bwd_kernel, _dtw_fwd_kernel  # noqa: F401
-    from m3net.kernels.dtw_short import _dtw_short_bwd_kernel, _dtw_short_fwd_kernel  # noqa: F401
+from m3net.kernels.dtw_short import _short_backward, _short_forward
 
 MODES = ("soft", "hard", "otam")
 BACKENDS = ("auto", "triton", "torch")
-MAX_KERNEL_WIDTH = 256  # grid columns held in one register tile row (long path)
+MAX_KERNEL_WIDTH = 256  # grid columns of the long path: 32 lanes of 8 columns, one warp per pair
 SHORT_MAX = 16  # N and M up to this run the register-resident short path
-SYMMETRIC_BWD_MAX = 8  # dtw_symmetric's backward runs both directions in one program up to N, M = this
 BACKEND_ENV = "M3NET_DTW_BACKEND"
 PASSES = ("fwd", "fwd (training)", "fwd+length", "fwd symmetric", "bwd", "bwd symmetric")
 
@@ -232,12 +256,6 @@ def _dtw_backward_op(saved: torch.Tensor, grad_out: torch.Tensor, mode: str, gam
     """d(Σ grad_out · value)/d input. ``saved``: the input itself on the short path (the backward
     recomputes R from it), else the forward's predecessor weights (grid (B, N, M') x 3)."""
     if _uses_short_path(backend, n, m):
-        # Both directions' R in one program spills past 8x8 (ptxas: 76 KB at 16x16, see
-        # benchmarks/dtw_static_sm90.md): larger grids take one launch per direction.
-        if symmetric and max(saved.shape[-2:]) > SYMMETRIC_BWD_MAX:
-            grad = _short_backward(saved, grad_out, mode, gamma, similarity=similarity)
-            transposed = _short_backward(saved.transpose(-1, -2), grad_out, mode, gamma, similarity=similarity)
-            return grad + transposed.transpose(-1, -2)
         return _short_backward(saved, grad_out, mode, gamma, symmetric, similarity)
     if backend == "triton":
         return _long_backward(saved, grad_out, mode, n, m, dtype)
@@ -271,12 +289,15 @@ def _run(cost, mode, gamma, backend, with_length=False, symmetric=False, similar
     _validate(cost, mode, gamma, similarity)
     backend = _backend_for(cost, mode, backend)
     if similarity and not _uses_short_path(backend, *cost.shape[-2:]):
-        # Only the short kernel folds 1 - s into its load; elsewhere the cost is materialised (one copy).
-        cost, similarity = (1 - cost).flatten(0, 1), False
+        # Only the short kernel folds 1 - s into its load; elsewhere the cost is materialised (one copy),
+        # in the accumulation dtype as the kernel forms it (a 16-bit 1 - s would round where it does not).
+        cost, similarity = (1 - cost.to(_accumulation_dtype(cost.dtype))).flatten(0, 1), False
     if cost.numel() == 0:
         value = cost.sum(dim=(-2, -1)).flatten().to(_accumulation_dtype(cost.dtype))  # (0,), still in cost's graph
         return (value, value.detach()) if with_length else value
     if symmetric and not _uses_short_path(backend, *cost.shape[-2:]):
+        # Two calls on one accumulation-dtype copy: their gradients add there, rounded to a 16-bit cost once.
+        cost = cost.to(_accumulation_dtype(cost.dtype))
         return _run(cost, mode, gamma, backend) + _run(cost.transpose(1, 2), mode, gamma, backend)
     store_weights = cost.requires_grad and torch.is_grad_enabled()
     value, length, _ = torch.ops.m3net.dtw_forward(cost, mode, float(gamma), backend, with_length, symmetric,
@@ -380,7 +401,7 @@ def launch_configs(mode, n, m, pass_="fwd", dtype=torch.float32, similarity=Fals
         raise ValueError(f"launch_configs: pass_ must be one of {PASSES}, got {pass_!r}")
     if similarity:
         supports = 5
-        x = torch.zeros(batch // supports * n, supports * m, dtype=dtype, device=device)
+        x = torch.zeros(-(-batch // supports) * n, supports * m, dtype=dtype, device=device)
         x = x.view(-1, n, supports, m).transpose(1, 2)  # (Q, S, N, M)
     else:
         x = torch.zeros(batch, n, m, dtype=dtype, device=device)

@@ -6,6 +6,7 @@ The algorithm, limits and complexity are in the header of dtw.py.
 """
 import contextlib
 import dataclasses
+import math
 import os
 
 import torch
@@ -24,6 +25,23 @@ def _grid_shape(mode, n, m):
     return (n, m + 2) if mode == "otam" else (n, m)
 
 
+# The predecessor rules: which of diag (i-1, j-1), up (i-1, j) and left (i, j-1) cell (i, j) of a grid
+# ``cols`` wide takes its minimum over. Written once, with & and | only, so the same functions run on
+# Python ints (the short kernels' unrolled cells, as Triton constexpr functions), on torch tensors (the
+# reference's masks) and on Triton tensors (the long kernels' lanes). A cell with none is a source.
+def _diag_rule(i, j, cols, otam):
+    return (i >= 1) & (j >= 1)
+
+
+def _up_rule(i, j, cols, otam):
+    # otam: up only in the padded grid's columns 1 and M + 1; row 0 is a cumulative sum along j.
+    return (i >= 1) & ((j == 1) | (j == cols - 1)) if otam else i >= 1
+
+
+def _left_rule(i, j, cols, otam):
+    return j >= 1
+
+
 def _pad_cost(cost, mode):
     """The grid's cost: the cost itself, or for otam one zero column before and after."""
     return torch.nn.functional.pad(cost, (1, 1)) if mode == "otam" else cost
@@ -33,8 +51,38 @@ def _accumulation_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _scale(mode, gamma):
+    """The kernels scale costs by log2(e)/γ so the soft-min is exp2/log2 (1 for hard). A Python float,
+    passed to an fp64-typed kernel argument and converted to the accumulation dtype in the kernel:
+    fp64 costs keep an fp64 γ, and no tensor is made per call."""
+    return 1.0 if mode == "hard" else math.log2(math.e) / gamma
+
+
+if triton is not None:
+    _has_diag, _has_up, _has_left = (triton.constexpr_function(rule) for rule in (_diag_rule, _up_rule, _left_rule))
+    _diag_lanes, _up_lanes, _left_lanes = (triton.jit(rule) for rule in (_diag_rule, _up_rule, _left_rule))
+
+    @triton.jit
+    def _log2(x, FAST_MATH: tl.constexpr):
+        # tl.log2 lowers to a ~15-instruction polynomial; lg2.approx (MUFU) is exact to 2^-22 relative.
+        if FAST_MATH:
+            return libdevice.fast_log2f(x)
+        else:
+            return tl.log2(x)
+
+
 def _interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+INTERPRETER_BLOCKING = 8
+
+
+def _threads_per_program(warps):
+    """Threads of a ``warps``-warp program: 32 each. Under TRITON_INTERPRET, INTERPRETER_BLOCKING times
+    more: the interpreter runs a program's operations with numpy over its whole block, so fewer, larger
+    programs run the same arithmetic faster (the kernels do not depend on the block size)."""
+    return 32 * warps * (INTERPRETER_BLOCKING if _interpreting() else 1)
 
 
 def _device_guard(tensor):

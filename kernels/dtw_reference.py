@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from m3net.kernels.dtw_grid import _accumulation_dtype, _pad_cost
+from m3net.kernels.dtw_grid import _accumulation_dtype, _diag_rule, _left_rule, _pad_cost, _up_rule
 
 
 @functools.lru_cache(maxsize=256)
@@ -14,14 +14,8 @@ def _predecessor_mask(mode, rows, cols):
     """(rows, cols, 3) bool: which of diag / up / left each cell takes its minimum over."""
     i = torch.arange(rows).view(-1, 1).expand(rows, cols)
     j = torch.arange(cols).view(1, -1).expand(rows, cols)
-    if mode == "otam":
-        diag = (i >= 1) & (j >= 1)
-        up = (i >= 1) & ((j == 1) | (j == cols - 1))
-    else:
-        diag = (i >= 1) & (j >= 1)
-        up = i >= 1
-    left = j >= 1
-    return torch.stack([diag, up, left], dim=-1)
+    rules = (_diag_rule, _up_rule, _left_rule)  # the kernels' rules, on tensors
+    return torch.stack([rule(i, j, cols, mode == "otam").expand(rows, cols) for rule in rules], dim=-1)
 
 
 @functools.lru_cache(maxsize=256)
@@ -60,15 +54,21 @@ def _reference_forward(cost, mode, gamma, store_weights=True):
         cells, preds = cells.to(cost.device), preds.to(cost.device)
         values = R[:, preds]  # (B, L, 3), at least one finite per cell
         if mode == "hard":
-            best = values.argmin(dim=-1, keepdim=True)  # first minimum: diag, up, left tie-break
+            # The first minimum among the cell's own predecessors (diag, up, left tie-break), also when
+            # all are +inf and tie with the INF cells standing in for missing ones.
+            ties = (values == values.amin(dim=-1, keepdim=True)) & (preds != rows * cols + 1)
+            best = ties.to(torch.uint8).argmax(dim=-1, keepdim=True)
             smin = values.gather(-1, best).squeeze(-1)
             weights = torch.zeros_like(values).scatter_(-1, best, 1.0) if store_weights else None
         else:
             shift = values.amin(dim=-1, keepdim=True)
+            # A cell whose predecessors are all +inf (behind inf costs) is +inf and passes on no gradient.
+            reachable = shift < float("inf")
+            shift = torch.where(reachable, shift, 0.0)
             scaled = (shift - values) / gamma  # <= 0: exp never overflows
             lse = torch.logsumexp(scaled, dim=-1, keepdim=True)
             smin = (shift - gamma * lse).squeeze(-1)
-            weights = torch.exp(scaled - lse) if store_weights else None
+            weights = torch.where(reachable, torch.exp(scaled - lse), 0.0) if store_weights else None
         R[:, cells] = flat_cost[:, cells] + smin
         if store_weights:
             W[:, cells] = weights

@@ -124,9 +124,10 @@ def dynamic_instructions(sass, trip_counts):
     return total
 
 
-def spill_instructions(sass):
-    """Local-memory loads and stores (LDL / STL) in the SASS: register spills in Triton's kernels."""
-    return sum(1 for _, text in _instruction_lines(sass)[0] if re.match(r"(@!?U?P\w+\s+)?(LDL|STL)\b", text))
+def count_instructions(sass, *opcodes):
+    """How many instructions of the SASS (statically, not executed) have one of these opcodes."""
+    pattern = re.compile(r"(@!?U?P\w+\s+)?(" + "|".join(opcodes) + r")\b")
+    return sum(1 for _, text in _instruction_lines(sass)[0] if pattern.match(text))
 
 
 def resource_usage(cubin_path):
@@ -148,8 +149,10 @@ def _measure_launch(launch, workdir):
     return {
         "kernel": launch.kernel.fn.__name__, "num_warps": launch.num_warps,
         "sass_per_pair": round(per_thread * 32 * launch.num_warps / launch.pairs_per_program),
-        "registers": usage["REG"], "spills": usage["STACK"], "spill_instructions": spill_instructions(sass),
+        "registers": usage["REG"], "spills": usage["STACK"],
+        "spill_instructions": count_instructions(sass, "LDL", "STL"),
         "local_bytes": usage["LOCAL"], "shared_bytes": int(compiled.metadata.shared) + usage["SHARED"],
+        "global_loads": count_instructions(sass, "LDG"), "barriers": count_instructions(sass, "BAR"),
     }
 
 
@@ -223,8 +226,14 @@ def measure(only=None, batch=4096):
     return out
 
 
-def _key(row):
-    return (row["path"], row["kernel"], row["mode"], row["pass"], row["n"], row["m"], row["dtype"])
+def _keyed(rows):
+    """{(path, mode, pass, N, M, dtype, k): row}, k counting a pass's launches (kernels may be renamed)."""
+    keyed, seen = {}, {}
+    for row in rows:
+        variant = (row["path"], row["mode"], row["pass"], row["n"], row["m"], row["dtype"])
+        seen[variant] = seen.get(variant, -1) + 1
+        keyed[variant + (seen[variant],)] = row
+    return keyed
 
 
 def markdown(result):
@@ -236,23 +245,25 @@ def markdown(result):
         "Each row is one launch of the pass, compiled as the launcher issues it (dtw.launch_configs, Triton's own",
         "argument specialisation). SASS/pair: instructions one thread executes (loop bodies x trip counts;",
         "branches counted as taken-through, so an upper bound) x threads per program / pairs per program.",
-        "regs, stack, local: from the cubin (`cuobjdump -res-usage`); LDL/STL: spill instructions in the SASS.",
+        "regs, stack: from the cubin (`cuobjdump -res-usage`); LDL/STL, LDG, BAR: local (spill), global load and",
+        "barrier instructions in the SASS (static count, not executed).",
         "shared: the launch's dynamic shared memory plus the cubin's static. bytes/pair: DRAM traffic of the",
         "pass by construction (every tensor it reads or writes, once). Timings need a GPU: `m3net bench-dtw`.",
         "",
-        "| path | kernel | mode | pass | N×M | dtype | warps | SASS/pair | regs | stack (B) | LDL/STL | shared (B) "
-        "| bytes/pair |",
-        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| path | kernel | mode | pass | N×M | dtype | warps | SASS/pair | regs | stack (B) | LDL/STL | LDG | BAR "
+        "| shared (B) | bytes/pair |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['path']} | `{r['kernel']}` | {r['mode']} | {r['pass']} | {r['n']}×{r['m']} | {r['dtype']} | "
             f"{r['num_warps']} | {r['sass_per_pair']:,} | {r['registers']} | {r['spills']:,} | "
-            f"{r['spill_instructions']} | {r['shared_bytes']:,} | {r['bytes_per_pair']:,} |"
+            f"{r['spill_instructions']} | {r.get('global_loads', '')} | {r.get('barriers', '')} | "
+            f"{r['shared_bytes']:,} | {r['bytes_per_pair']:,} |"
         )
     before = result.get("before")
     if before:
-        old = {_key(r): r for r in before["rows"]}
+        old = _keyed(before["rows"])
         lines += [
             "",
             f"## Before and after (before: the kernels at {before['git_sha']}, measured the same way on "
@@ -261,12 +272,13 @@ def markdown(result):
             "| path | kernel | mode | pass | N×M | dtype | SASS/pair | regs | stack (B) | bytes/pair |",
             "|---|---|---|---|---|---|---:|---:|---:|---:|",
         ]
-        for r in result["rows"]:
-            o = old.get(_key(r))
+        for key, r in _keyed(result["rows"]).items():
+            o = old.get(key)
             if o is None:
                 continue
+            kernel = r["kernel"] if o["kernel"] == r["kernel"] else f"{o['kernel']} → {r['kernel']}"
             lines.append(
-                f"| {r['path']} | `{r['kernel']}` | {r['mode']} | {r['pass']} | {r['n']}×{r['m']} | {r['dtype']} | "
+                f"| {r['path']} | `{kernel}` | {r['mode']} | {r['pass']} | {r['n']}×{r['m']} | {r['dtype']} | "
                 f"{o['sass_per_pair']:,} → {r['sass_per_pair']:,} | {o['registers']} → {r['registers']} | "
                 f"{o['spills']:,} → {r['spills']:,} | {o['bytes_per_pair']:,} → {r['bytes_per_pair']:,} |"
             )
@@ -277,14 +289,22 @@ def markdown(result):
 NOTES = [
     "- Target (DESIGN.md): soft forward 8×8 fp32 <= 1,500 SASS/pair without spills; backward traffic",
     "  <= 800 B/pair.",
-    "- short: the register-resident kernels (N, M <= SHORT_MAX), one pair per thread. similarity: the same",
-    "  kernels on dtw_similarity's strided (Q, S, N, M) view (1 - s formed in the load), the passes the I-M",
-    "  matcher (fwd+length, bwd) and the OTAM head (fwd / bwd symmetric) run. long: the long-path kernels,",
-    "  at 16×16 (where the dispatch takes the short path: the comparison behind SHORT_MAX) and at 32×32.",
-    "- fwd+length: value + hard path length (soft mode runs the hard DP alongside). fwd / bwd symmetric:",
-    "  dtw(C) + dtw(Cᵀ) from one read of C; past SYMMETRIC_BWD_MAX the backward is one launch per direction.",
-    "- fwd (training): the forward on an input that needs a gradient; the long path then stores its",
-    "  predecessor weights for the backward, the short backward recomputes R instead.",
+    "- short: the register-resident kernels (N, M <= SHORT_MAX), one pair per thread, each thread reading its",
+    "  pair's rows as 16-byte vectors where they are contiguous and aligned (LDG counts load instructions:",
+    "  16 for an 8×8 fp32 tile), no shared memory, no barrier. similarity: the same kernels on dtw_similarity's",
+    "  strided (Q, S, N, M) view of the (Q·N, S·M) frame matmul (S = 5), 1 - s formed in the load: the passes",
+    "  the I-M matcher (fwd+length, bwd) and the OTAM head (fwd / bwd symmetric) run. long: the anti-diagonal",
+    "  wavefront kernels (lanes of 8 columns), at 16×16 (where the dispatch takes the short path: the",
+    "  comparison behind SHORT_MAX), at 8×8 bf16 and at 32×32, where they run.",
+    "- fwd+length: value + hard path length (soft mode runs the hard DP alongside; on the long path a hard",
+    "  forward with weights and a backward follow). fwd / bwd symmetric: dtw(C) + dtw(Cᵀ) from one read of C;",
+    "  past SYMMETRIC_BWD_MAX the backward is one launch per direction. fwd (training): the forward on an",
+    "  input that needs a gradient; the long path then stores its predecessor weights for the backward.",
+    "- Every launch is a 1-warp program and the batch is not specialised: the rows hold for any batch.",
+    "- The before block (if any) was measured the same way (the launches recorded at 4,096 pairs, Triton's",
+    "  own specialisation, the cubin's resources) on the kernels as they were at its commit: there the short",
+    "  kernels ran 4 warps at large batches and moved each cost row through shared memory, and the long",
+    "  path was a row-tile kernel reducing a full row per cell.",
 ]
 
 
