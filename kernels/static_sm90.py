@@ -1,23 +1,27 @@
 """Static cost of the DTW kernels on Hopper (sm_90), measured without a GPU.
 
-Each kernel variant is compiled with ``triton.compile`` for ``GPUTarget("cuda", 90, 32)``; the cubin
-is disassembled with the ``nvdisasm`` bundled in Triton's NVIDIA backend and the PTX is re-assembled
-with its ``ptxas -v`` for registers and spills. SASS per pair = the instructions one thread
-executes (straight-line code once, every loop body times its trip count: the long-path kernels
-loop over rows, then columns) times the threads of a program, over the pairs of a program.
-Branches that skip code are counted as taken-through, so the number is an upper bound.
+Each row compiles the launches the launchers themselves issue for that pass (dtw.launch_configs, or the
+long-path launchers directly where the dispatch would pick the short path), with the specialisation
+Triton's runtime would give those arguments, for ``GPUTarget("cuda", 90, 32)``. Registers, stack,
+local and static shared memory come from the cubin (``cuobjdump -res-usage``, bundled with Triton's
+NVIDIA backend); SASS and its spill instructions (LDL / STL) from ``nvdisasm``. SASS per pair = the
+instructions one thread executes (straight-line code once, every loop body times its trip count)
+times the threads of a program, over the pairs of a program. Branches that skip code are counted as
+taken-through, so the number is an upper bound.
 
-bytes_per_pair is the DRAM traffic the pass moves by construction (every tensor it reads or writes
-once, per pair); the floor of a forward is the cost in and one value out.
+bytes_per_pair is the DRAM traffic the pass moves by construction: every distinct tensor argument
+of a launch read or written once, per pair.
 
 Run in a process without TRITON_INTERPRET (the kernels must be defined for the compiler):
 
     python -m m3net.kernels.static_sm90 --out benchmarks/dtw_static_sm90.json
     m3net bench-dtw --static
+
+``--before FILE`` stores FILE's rows as the "before" block of the new table (the kernels as they were
+at FILE's commit); a regeneration keeps the before block of the file it overwrites.
 """
 import argparse
 import datetime
-import importlib
 import json
 import os
 import re
@@ -25,13 +29,9 @@ import subprocess
 import sys
 import tempfile
 
-BEFORE = "before (v1: row tile, stored weights)"
-AFTER = "after (v2: register-resident, recomputing backward)"
-SIMILARITY = "similarity (v3: strided (Q, S, N, M) similarity, 1 - s formed in the load)"
-SIZES = ((8, 8), (16, 16))
+TARGET = "cuda sm_90 (GPUTarget('cuda', 90, 32))"
 MODES = ("soft", "hard", "otam")
-ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp64": 8}
-TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp64": "float64"}
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp64": "float64"}
 
 
 def _tool(name):
@@ -60,6 +60,25 @@ def compile_for_sm90(kernel, pointer_types, constexprs, num_warps=4):
             signature[name] = "fp32" if name == "gamma" else "i32"
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+
+def compile_launch(launch):
+    """A recorded launch (dtw_grid.KernelLaunch) compiled for sm_90 exactly as JITFunction.run would
+    compile it on a Hopper GPU: Triton's own binder specialises the arguments (pointer alignment,
+    integers equal to 1 or divisible by 16, annotated types) and packs signature, constexprs and attrs."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    kernel = launch.kernel
+    kwargs = {**launch.constexprs, "num_warps": launch.num_warps}
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound_args, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args, specialization, options)
+    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 
 def _instruction_lines(sass):
@@ -105,188 +124,223 @@ def dynamic_instructions(sass, trip_counts):
     return total
 
 
-def _resources(compiled, workdir, tag):
-    cubin = os.path.join(workdir, tag + ".cubin")
-    ptx = os.path.join(workdir, tag + ".ptx")
+def count_instructions(sass, *opcodes):
+    """How many instructions of the SASS (statically, not executed) have one of these opcodes."""
+    pattern = re.compile(r"(@!?U?P\w+\s+)?(" + "|".join(opcodes) + r")\b")
+    return sum(1 for _, text in _instruction_lines(sass)[0] if pattern.match(text))
+
+
+def resource_usage(cubin_path):
+    """{REG, STACK, SHARED, LOCAL} of the cubin's kernel, as ``cuobjdump -res-usage`` reports them."""
+    report = subprocess.run([_tool("cuobjdump"), "-res-usage", cubin_path], capture_output=True, text=True,
+                            check=True).stdout
+    line = next(text for text in report.splitlines() if "REG:" in text)
+    return {key: int(value) for key, value in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", line)}
+
+
+def _measure_launch(launch, workdir):
+    compiled = compile_launch(launch)
+    cubin = os.path.join(workdir, "kernel.cubin")
     with open(cubin, "wb") as fh:
         fh.write(compiled.asm["cubin"])
-    with open(ptx, "w") as fh:
-        fh.write(compiled.asm["ptx"])
     sass = subprocess.run([_tool("nvdisasm"), "-c", cubin], capture_output=True, text=True, check=True).stdout
-    # The bundled ptxas-blackwell reads Triton's PTX version; -v reports registers and spills.
-    report = subprocess.run([_tool("ptxas-blackwell"), "-arch=sm_90a", "-v", ptx, "-o", os.devnull],
-                            capture_output=True, text=True, check=True).stderr
-    registers = int(re.search(r"Used (\d+) registers", report).group(1))
-    spills = sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", report))
-    return sass, registers, spills, int(compiled.metadata.shared)
+    usage = resource_usage(cubin)
+    per_thread = dynamic_instructions(sass, launch.loop_trips)
+    return {
+        "kernel": launch.kernel.fn.__name__, "num_warps": launch.num_warps,
+        "sass_per_pair": round(per_thread * 32 * launch.num_warps / launch.pairs_per_program),
+        "registers": usage["REG"], "spills": usage["STACK"],
+        "spill_instructions": count_instructions(sass, "LDL", "STL"),
+        "local_bytes": usage["LOCAL"], "shared_bytes": int(compiled.metadata.shared) + usage["SHARED"],
+        "global_loads": count_instructions(sass, "LDG"), "barriers": count_instructions(sass, "BAR"),
+    }
 
 
-def _variants():
-    """(version, kernel name, mode, pass, n, m, dtype, kernel, pointers, constexprs, warps, pairs/program,
-    loop trip counts, bytes per pair)."""
-    import triton.language as tl
+def _bytes_per_pair(launch, batch):
+    """Every distinct tensor argument of the launch read or written once, per pair."""
+    import torch
 
-    dtw = importlib.import_module("m3net.kernels.dtw")
+    storages = {arg.data_ptr(): arg.untyped_storage().nbytes() for arg in launch.args if isinstance(arg, torch.Tensor)}
+    return round(sum(storages.values()) / batch)
+
+
+def _long_launches(mode, n, m, pass_, dtype, batch):
+    """The long path's launches for a pass (at sizes where the dispatch would take the short path)."""
+    import torch
+
+    from m3net.kernels import dtw_long
+    from m3net.kernels.dtw_grid import recorded_launches
+
+    cost = torch.zeros(batch, n, m, dtype=dtype)
+    with recorded_launches() as launches:
+        _, weights = dtw_long._long_forward(cost, mode, 0.1, store_weights=pass_ != "fwd")
+        if pass_ == "bwd":
+            launches.clear()
+            dtw_long._long_backward(weights, torch.ones(batch), mode, n, m, dtype)
+    return launches
+
+
+def variants():
+    """(path, mode, pass, n, m, dtype name, similarity) of every row of the table."""
     rows = []
-    for n, m in SIZES:
+    for n, m in ((8, 8), (16, 16)):
         for mode in MODES:
             for dtype in ("fp32", "bf16") if (n, m, mode) == (8, 8, "soft") else ("fp32",):
-                elem = ELEMENT_BYTES[dtype]
-                cost_bytes = n * m * elem
-                cols = m + 2 if mode == "otam" else m
-                flags = {"OTAM": mode == "otam", "HARD": mode == "hard"}
-                # before: the long-path kernels, as _long_forward / _long_backward launch them
-                block_b, block_m = dtw._triton_block_sizes(cols)
-                weights_bytes = 3 * n * cols * 4
-                common = {**flags, "ACC_DTYPE": tl.float32, "BLOCK_B": block_b, "BLOCK_M": block_m}
-                pointers = {"cost_ptr": "*" + dtype, "out_ptr": "*fp32", "w_ptr": "*fp32"}
-                for pass_, store in (("fwd", False), ("fwd (training)", True)):
-                    rows.append((BEFORE, "_dtw_fwd_kernel", mode, pass_, n, m, dtype, dtw._dtw_fwd_kernel, pointers,
-                                 {**common, "STORE_WEIGHTS": store}, 4, block_b, (n, cols),
-                                 cost_bytes + 4 + (weights_bytes if store else 0)))
-                bwd_common = {"OTAM": mode == "otam", "ACC_DTYPE": tl.float32, "BLOCK_B": block_b, "BLOCK_M": block_m}
-                rows.append((BEFORE, "_dtw_bwd_kernel", mode, "bwd", n, m, dtype, dtw._dtw_bwd_kernel,
-                             {"w_ptr": "*fp32", "grad_out_ptr": "*fp32", "grad_ptr": "*" + dtype}, bwd_common, 4,
-                             block_b, (n, cols), weights_bytes + 4 + cost_bytes))
-                # after: the short-path kernels at their large-batch launch (4 warps, one pair per thread)
-                mp = max(1 << (m - 1).bit_length(), 2)
-                mp_t = max(1 << (n - 1).bit_length(), 2)
-                short = {**flags, "FAST_MATH": True, "BLOCK_B": 128, "N": n, "M": m, "SYMMETRIC": False,
-                         "SIMILARITY": False, "MP": mp, "BITS": mp.bit_length() - 1, "MP_T": mp_t,
-                         "BITS_T": mp_t.bit_length() - 1}
-                pointers = {"cost_ptr": "*" + dtype, "scale_ptr": "*fp32", "out_ptr": "*fp32", "length_ptr": "*fp32"}
-                passes = [("fwd", False)] + ([("fwd+length", True)] if mode != "otam" else [])
-                for pass_, length in passes:
-                    rows.append((AFTER, "_dtw_short_fwd_kernel", mode, pass_, n, m, dtype, dtw._dtw_short_fwd_kernel,
-                                 pointers, {**short, "LENGTH": length}, 4, 128, (),
-                                 cost_bytes + 4 + (4 if length else 0)))
-                bwd_pointers = {"cost_ptr": "*" + dtype, "scale_ptr": "*fp32", "grad_out_ptr": "*fp32",
-                                "grad_ptr": "*" + dtype}
-                rows.append((AFTER, "_dtw_short_bwd_kernel", mode, "bwd", n, m, dtype, dtw._dtw_short_bwd_kernel,
-                             bwd_pointers, short, 4, 128, (), cost_bytes + 4 + cost_bytes))
-                if mode == "otam" and dtype == "fp32":  # OTAM's score dtw(C) + dtw(Cᵀ): both directions, one read
-                    symmetric = {**short, "SYMMETRIC": True}
-                    rows.append((AFTER, "_dtw_short_fwd_kernel", mode, "fwd symmetric", n, m, dtype,
-                                 dtw._dtw_short_fwd_kernel, pointers, {**symmetric, "LENGTH": False}, 4, 128, (),
-                                 cost_bytes + 4))
-                    rows.append((AFTER, "_dtw_short_bwd_kernel", mode, "bwd symmetric", n, m, dtype,
-                                 dtw._dtw_short_bwd_kernel, bwd_pointers, symmetric, 4, 128, (),
-                                 cost_bytes + 4 + cost_bytes))
-                # similarity: the matchers' passes (dtw_similarity) on the strided (Q, S, N, M) view of the
-                # frame matmul: s read in place, 1 - s in registers, dsim written in s's layout.
-                similarity = {**short, "SIMILARITY": True}
-                if mode == "otam":  # the OTAM head: both directions; one backward program only up to SYMMETRIC_BWD_MAX
-                    fused = max(n, m) <= dtw.SYMMETRIC_BWD_MAX
-                    passes = [("fwd symmetric", {**similarity, "SYMMETRIC": True, "LENGTH": False}),
-                              ("bwd symmetric" if fused else "bwd (per direction, 2 launches)",
-                               {**similarity, "SYMMETRIC": fused})]
-                else:  # the I-M matcher: value + hard path length, then its backward
-                    passes = [("fwd+length", {**similarity, "LENGTH": True}), ("bwd", similarity)]
-                for pass_, constexprs in passes:
-                    if pass_.startswith("fwd"):
-                        rows.append((SIMILARITY, "_dtw_short_fwd_kernel", mode, pass_, n, m, dtype,
-                                     dtw._dtw_short_fwd_kernel, pointers, constexprs, 4, 128, (),
-                                     cost_bytes + 4 + (4 if constexprs["LENGTH"] else 0)))
-                    else:
-                        rows.append((SIMILARITY, "_dtw_short_bwd_kernel", mode, pass_, n, m, dtype,
-                                     dtw._dtw_short_bwd_kernel, bwd_pointers, constexprs, 4, 128, (),
-                                     cost_bytes + 4 + cost_bytes))
+                passes = ["fwd"] + (["fwd+length"] if mode != "otam" else []) + ["bwd"]
+                passes += ["fwd symmetric", "bwd symmetric"] if mode == "otam" and dtype == "fp32" else []
+                rows += [("short", mode, p, n, m, dtype, False) for p in passes]
+                # dtw_similarity's passes: the I-M matcher (value + length, backward), the OTAM head (symmetric)
+                sim = ["fwd symmetric", "bwd symmetric"] if mode == "otam" else ["fwd+length", "bwd"]
+                rows += [("similarity", mode, p, n, m, dtype, True) for p in sim]
+                if (n, m) == (16, 16) or dtype == "bf16":  # the long path at the switch point, for SHORT_MAX
+                    rows += [("long", mode, p, n, m, dtype, False) for p in ("fwd", "fwd (training)", "bwd")]
+    for mode in MODES:  # the long path where it runs
+        rows += [("long", mode, p, 32, 32, "fp32", False) for p in ("fwd", "fwd (training)", "bwd")]
     return rows
 
 
-def measure(only=None):
-    """Compiles every variant; returns the table's rows (``only``: a predicate on a variant's version/name/mode)."""
+def measure(only=None, batch=4096):
+    """Compiles every variant; returns the table's rows (``only``: a predicate on a variant tuple)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("static_sm90 compiles the kernels: run it without TRITON_INTERPRET=1")
+    import torch
+
+    from m3net.kernels.dtw import launch_configs
+
     out = []
     with tempfile.TemporaryDirectory() as workdir:
-        for (version, name, mode, pass_, n, m, dtype, kernel, pointers, constexprs, warps, pairs, trips,
-             moved) in _variants():
-            if only is not None and not only(version, name, mode, pass_, n, m, dtype):
+        for variant in variants():
+            if only is not None and not only(*variant):
                 continue
-            compiled = compile_for_sm90(kernel, pointers, constexprs, warps)
-            sass, registers, spills, shared = _resources(compiled, workdir, f"{name}_{mode}_{n}x{m}_{dtype}")
-            per_thread = dynamic_instructions(sass, trips)
-            print(f"{name} {mode} {pass_} {n}x{m} {dtype}: {per_thread} SASS/thread, {registers} registers",
-                  file=sys.stderr, flush=True)
-            out.append({
-                "version": version, "kernel": name, "mode": mode, "pass": pass_, "n": n, "m": m,
-                "dtype": TORCH_DTYPES[dtype], "sass_per_pair": round(per_thread * 32 * warps / pairs),
-                "registers": registers, "spills": spills, "shared_bytes": shared, "bytes_per_pair": moved,
-            })
+            path, mode, pass_, n, m, dtype, similarity = variant
+            torch_dtype = getattr(torch, DTYPES[dtype])
+            if path == "long" and max(n, m) <= 16:
+                launches = _long_launches(mode, n, m, pass_, torch_dtype, batch)
+            else:
+                launches = launch_configs(mode, n, m, pass_, torch_dtype, similarity=similarity, batch=batch)
+            for launch in launches:
+                row = {"path": path, "mode": mode, "pass": pass_, "n": n, "m": m, "dtype": DTYPES[dtype],
+                       **_measure_launch(launch, workdir), "bytes_per_pair": _bytes_per_pair(launch, batch)}
+                print(" ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
+                out.append(row)
     return out
+
+
+def _keyed(rows):
+    """{(path, mode, pass, N, M, dtype, k): row}, k counting a pass's launches (kernels may be renamed)."""
+    keyed, seen = {}, {}
+    for row in rows:
+        variant = (row["path"], row["mode"], row["pass"], row["n"], row["m"], row["dtype"])
+        seen[variant] = seen.get(variant, -1) + 1
+        keyed[variant + (seen[variant],)] = row
+    return keyed
 
 
 def markdown(result):
     lines = [
         "# DTW kernels: static cost on sm_90 (no GPU)",
         "",
-        f"Generated by `{result['command']}` with triton {result['triton']} on {result['date']}.",
-        "SASS per pair: instructions one thread executes (loop bodies x trip counts; branches counted as",
-        "taken-through, so an upper bound) x threads per program / pairs per program. bytes/pair: DRAM",
-        "traffic of the pass by construction (cost, values, stored weights, gradient). spills: bytes of",
-        "spill stores + loads reported by ptxas -v. Timings need a GPU: `m3net bench-dtw`.",
+        f"Generated by `{result['command']}` with triton {result['triton']} at {result['git_sha']} on "
+        f"{result['date']}.",
+        "Each row is one launch of the pass, compiled as the launcher issues it (dtw.launch_configs, Triton's own",
+        "argument specialisation). SASS/pair: instructions one thread executes (loop bodies x trip counts;",
+        "branches counted as taken-through, so an upper bound) x threads per program / pairs per program.",
+        "regs, stack: from the cubin (`cuobjdump -res-usage`); LDL/STL, LDG, BAR: local (spill), global load and",
+        "barrier instructions in the SASS (static count, not executed).",
+        "shared: the launch's dynamic shared memory plus the cubin's static. bytes/pair: DRAM traffic of the",
+        "pass by construction (every tensor it reads or writes, once). Timings need a GPU: `m3net bench-dtw`.",
         "",
-        "| version | kernel | mode | pass | N×M | dtype | SASS/pair | regs | spills (B) | shared (B) | bytes/pair |",
-        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| path | kernel | mode | pass | N×M | dtype | warps | SASS/pair | regs | stack (B) | LDL/STL | LDG | BAR "
+        "| shared (B) | bytes/pair |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['version'].split(' ')[0]} | `{r['kernel']}` | {r['mode']} | {r['pass']} | {r['n']}×{r['m']} | "
-            f"{r['dtype']} | {r['sass_per_pair']:,} | {r['registers']} | {r['spills']} | {r['shared_bytes']:,} | "
-            f"{r['bytes_per_pair']:,} |"
+            f"| {r['path']} | `{r['kernel']}` | {r['mode']} | {r['pass']} | {r['n']}×{r['m']} | {r['dtype']} | "
+            f"{r['num_warps']} | {r['sass_per_pair']:,} | {r['registers']} | {r['spills']:,} | "
+            f"{r['spill_instructions']} | {r.get('global_loads', '')} | {r.get('barriers', '')} | "
+            f"{r['shared_bytes']:,} | {r['bytes_per_pair']:,} |"
         )
-    lines += [
-        "",
-        f"before = {BEFORE}: still the long path (N or M > 16). after = {AFTER}.",
-        f"similarity = {SIMILARITY}: the passes of dtw_similarity, which the I-M matcher and the OTAM head",
-        "use since issue #10.",
-        "",
-        "Notes",
-        "- Targets of issue #10: soft forward 8×8 fp32 <= 1,500 SASS/pair without spills; backward traffic",
-        "  <= 800 B/pair (before: the forward writes 768 B of weights per pair that the backward reads back).",
-        "- fwd+length is the I-M matcher's pass (value + hard path length; soft mode runs the hard DP too);",
-        "  before, the matcher ran dtw_path (hard fwd with weights + bwd) and a second DTW.",
-        "- fwd symmetric / bwd symmetric: OTAM's dtw(C) + dtw(Cᵀ) in one program from one read of C. The fused",
-        "  backward spills heavily past 8×8 (16×16 row), so dtw_symmetric's backward launches once per",
-        "  direction there (SYMMETRIC_BWD_MAX = 8).",
-        "- The short backward keeps all of R in registers: 16×16 spills 1.5-4 KB per thread to local memory;",
-        "  it still executes 4-11× fewer instructions than the long backward alone (15-41× for the forwards)",
-        "  and moves no weights, so the short path stays on up to N, M = 16 (SHORT_MAX) until GPU timings say.",
-        "- similarity rows: the kernel reads s from the strided (Q, S, N, M) view of the (Q·T, S·T) frame matmul",
-        "  (pair b = q·S + s, two batch strides; q by multiply-high, no division) and forms 1 - s in registers;",
-        "  their bytes/pair equal the cost rows' (s in, values out; dsim written in s's layout). What goes away",
-        "  is the elementwise 1 - s pass before the forward and the negation after the backward, each reading",
-        "  and writing N·M elements per pair (2·N·M·elem bytes: 512 B at 8×8 fp32, 2,048 B at 16×16), plus their",
-        "  launches. The price is one add per cell and the pair's offset arithmetic (compare with the after",
-        "  rows of the same pass). A permuted matmul view keeps loads coalesced: a warp's 32 pairs (same q,",
-        "  consecutive s) read one contiguous span of 32·M elements per row.",
-        "- regs / spills come from re-assembling Triton's PTX with the bundled ptxas -v, which can disagree with",
-        "  the cubin the SASS column counts: for similarity otam bwd 16×16 it reports 32 registers and 33.5 KB,",
-        "  while the cubin uses 253 registers with 683 STL / 723 LDL instructions (after otam bwd 16×16: 492 /",
-        "  519), checked with nvdisasm when the table was regenerated for issue #10.",
-    ]
+    before = result.get("before")
+    if before:
+        old = _keyed(before["rows"])
+        lines += [
+            "",
+            f"## Before and after (before: the kernels at {before['git_sha']}, measured the same way on "
+            f"{before['date']})",
+            "",
+            "| path | kernel | mode | pass | N×M | dtype | SASS/pair | regs | stack (B) | bytes/pair |",
+            "|---|---|---|---|---|---|---:|---:|---:|---:|",
+        ]
+        for key, r in _keyed(result["rows"]).items():
+            o = old.get(key)
+            if o is None:
+                continue
+            kernel = r["kernel"] if o["kernel"] == r["kernel"] else f"{o['kernel']} → {r['kernel']}"
+            lines.append(
+                f"| {r['path']} | `{kernel}` | {r['mode']} | {r['pass']} | {r['n']}×{r['m']} | {r['dtype']} | "
+                f"{o['sass_per_pair']:,} → {r['sass_per_pair']:,} | {o['registers']} → {r['registers']} | "
+                f"{o['spills']:,} → {r['spills']:,} | {o['bytes_per_pair']:,} → {r['bytes_per_pair']:,} |"
+            )
+    lines += ["", "Notes", *result.get("notes", [])]
     return "\n".join(lines) + "\n"
 
 
-def write(out_json, command):
+NOTES = [
+    "- Target (DESIGN.md): soft forward 8×8 fp32 <= 1,500 SASS/pair without spills; backward traffic",
+    "  <= 800 B/pair.",
+    "- short: the register-resident kernels (N, M <= SHORT_MAX), one pair per thread, each thread reading its",
+    "  pair's rows as 16-byte vectors where they are contiguous and aligned (LDG counts load instructions:",
+    "  16 for an 8×8 fp32 tile), no shared memory, no barrier. similarity: the same kernels on dtw_similarity's",
+    "  strided (Q, S, N, M) view of the (Q·N, S·M) frame matmul (S = 5), 1 - s formed in the load: the passes",
+    "  the I-M matcher (fwd+length, bwd) and the OTAM head (fwd / bwd symmetric) run. long: the anti-diagonal",
+    "  wavefront kernels (lanes of 8 columns), at 16×16 (where the dispatch takes the short path: the",
+    "  comparison behind SHORT_MAX), at 8×8 bf16 and at 32×32, where they run.",
+    "- fwd+length: value + hard path length (soft mode runs the hard DP alongside; on the long path a hard",
+    "  forward with weights and a backward follow). fwd / bwd symmetric: dtw(C) + dtw(Cᵀ) from one read of C;",
+    "  past SYMMETRIC_BWD_MAX the backward is one launch per direction. fwd (training): the forward on an",
+    "  input that needs a gradient; the long path then stores its predecessor weights for the backward.",
+    "- Every launch is a 1-warp program and the batch is not specialised: the rows hold for any batch.",
+    "- The before block (if any) was measured the same way (the launches recorded at 4,096 pairs, Triton's",
+    "  own specialisation, the cubin's resources) on the kernels as they were at its commit: there the short",
+    "  kernels ran 4 warps at large batches and moved each cost row through shared memory, and the long",
+    "  path was a row-tile kernel reducing a full row per cell.",
+]
+
+
+def write(out_json, command, before_json=None):
     import triton
 
+    from m3net.runtime import git_sha
+
+    before = None
+    source = before_json or (out_json if os.path.exists(out_json) else None)
+    if source:
+        with open(source) as fh:
+            previous = json.load(fh)
+        before = previous.get("before") if before_json is None else {
+            key: previous.get(key) for key in ("git_sha", "date", "triton", "rows")}
     result = {
-        "target": "cuda sm_90 (GPUTarget('cuda', 90, 32))", "triton": triton.__version__,
-        "date": datetime.date.today().isoformat(), "command": command, "rows": measure(),
+        "target": TARGET, "triton": triton.__version__, "git_sha": git_sha(),
+        "date": datetime.date.today().isoformat(), "command": command, "notes": NOTES, "rows": measure(),
     }
-    with open(out_json, "w") as fh:
+    if before:
+        result["before"] = before
+    tmp = out_json + ".tmp"
+    with open(tmp, "w") as fh:
         json.dump(result, fh, indent=1)
+    os.replace(tmp, out_json)
     md_path = os.path.splitext(out_json)[0] + ".md"
-    with open(md_path, "w") as fh:
+    with open(md_path + ".tmp", "w") as fh:
         fh.write(markdown(result))
+    os.replace(md_path + ".tmp", md_path)
     return out_json, md_path
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/dtw_static_sm90.json")
+    parser.add_argument("--before", help="A previous table whose rows become the before block.")
     parser.add_argument("--markdown-only", action="store_true", help="Rewrite the .md from the existing --out JSON.")
     args = parser.parse_args()
     if args.markdown_only:
@@ -297,7 +351,7 @@ def main():
             fh.write(markdown(result))
         print("wrote", md_path)
         return
-    for path in write(args.out, "python -m m3net.kernels.static_sm90 --out " + args.out):
+    for path in write(args.out, "python -m m3net.kernels.static_sm90 --out " + args.out, args.before):
         print("wrote", path)
 
 

@@ -11,7 +11,16 @@ import pytest
 import torch
 
 from m3net.errors import ConfigError
-from m3net.kernels import MAX_KERNEL_WIDTH, DTWFallbackWarning, cosine_cost, dtw, dtw_path, dtw_reference
+from m3net.kernels import (
+    MAX_KERNEL_WIDTH,
+    SHORT_MAX,
+    DTWFallbackWarning,
+    cosine_cost,
+    dtw,
+    dtw_path,
+    dtw_reference,
+    dtw_with_length,
+)
 from m3net.kernels.eager import eager_dtw
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -264,3 +273,74 @@ def test_cosine_cost():
     assert c.shape == (2, 3, 4)
     with pytest.raises(ValueError, match="expected x"):
         cosine_cost(x, torch.randn(2, 4, 6))
+
+
+def _with_inf(shape, seed=2):
+    """Costs with +inf cells no optimal path has to cross (one in the first column: next to OTAM's
+    zero padding), and the same costs with a whole row of +inf (every path crosses it)."""
+    gen = torch.Generator().manual_seed(seed)
+    cost = torch.rand(3, *shape, generator=gen, dtype=torch.float64) * 2
+    cost[:, 1, 0] = float("inf")
+    cost[0, 2, shape[1] - 2] = float("inf")
+    blocked = cost.clone()
+    blocked[:, 1, :] = float("inf")
+    return cost, blocked
+
+
+@pytest.mark.parametrize("backend, shape", [("torch", (4, 5)), ("triton", (4, 5)), ("triton", (SHORT_MAX + 1, 3))])
+def test_infinite_cost(backend, shape):
+    """An inf cost is a cell no path should take: values, gradients and path lengths stay what the
+    reference gives (finite where a path avoids it, inf where none can), never NaN. Short and long path."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    cost, blocked = _with_inf(shape)
+    long_path = max(shape) > SHORT_MAX  # slow interpreted: its hard DP is checked through the lengths below
+    for mode in ("soft", "otam") if long_path else ("soft", "hard", "otam"):
+        value, grad = _value_and_grad(lambda c, **kw: dtw(c, backend=backend, **kw), cost.to(DEVICE), mode)
+        ref_value, ref_grad = _value_and_grad(dtw_reference, cost, mode)
+        assert torch.isfinite(value).all() and torch.isfinite(grad).all(), mode
+        torch.testing.assert_close(value.cpu(), ref_value, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(grad.cpu(), ref_grad, rtol=1e-10, atol=1e-10)
+        assert (grad.cpu()[torch.isinf(cost)] == 0).all()
+    for c in (blocked,) if long_path else (cost, blocked):
+        # the long path's length is the hard DP's in both modes (one run); the short kernel's soft mode
+        # runs the hard DP alongside the soft one
+        for mode in ("hard",) if long_path else ("soft", "hard"):
+            _, length = dtw_with_length(c.to(DEVICE), mode=mode, backend=backend)
+            _, ref_length = dtw_with_length(c, mode=mode, backend="torch")
+            assert torch.isfinite(length).all()
+            torch.testing.assert_close(length.cpu(), ref_length)
+    hard = dtw(blocked.to(DEVICE), mode="hard", backend=backend)
+    assert torch.isinf(hard).all() and torch.isinf(dtw_reference(blocked, mode="hard")).all()
+    otam = dtw(blocked.to(DEVICE), mode="otam", backend=backend)  # OTAM can go around a row through its padding
+    torch.testing.assert_close(otam.cpu(), dtw_reference(blocked, mode="otam"), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("gamma", [1 / 3, 1e-3])
+def test_fp64_gamma_long_path(gamma, triton_backend):
+    """fp64 costs keep an fp64 γ on the long path (N > SHORT_MAX): values and gradients equal the
+    float64 reference to float64 precision (a γ rounded to fp32 is off by ~1e-8 relative).
+    test_dtw_short.test_launches_compile_once_with_fp64_scale checks the compiled argument's type."""
+    gen = torch.Generator().manual_seed(1)
+    cost = (torch.rand(2, SHORT_MAX + 1, 2, generator=gen, dtype=torch.float64) * 2).to(DEVICE)
+    for mode in ("soft", "otam"):
+        value, grad = _value_and_grad(dtw, cost, mode, gamma=gamma)
+        ref_value, ref_grad = _value_and_grad(dtw_reference, cost, mode, gamma=gamma)
+        torch.testing.assert_close(value, ref_value, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("n, m", [(8, 8), (SHORT_MAX + 1, 8)])
+def test_gpu_batch_innermost_past_2_31_elements(n, m):
+    """A batch-innermost layout ((N, M, B) storage viewed as (B, N, M)) of more than 2^31 elements: the
+    row offset i·stride_n of the last rows passes 2^31, so the kernels' offsets must be 64-bit.
+    The short path (8 x 8) and the long path; 8.6 GB of fp32 each."""
+    batch = 2**31 // (n * m) + 4096
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    cost = torch.rand(n, m, batch, generator=gen, device="cuda").permute(2, 0, 1)  # strides (1, m·B, B)
+    values = dtw(cost, mode="soft", backend="triton")
+    check = torch.cat([torch.arange(4, device="cuda"), torch.arange(batch - 4, batch, device="cuda")])
+    torch.testing.assert_close(values[check], dtw_reference(cost[check].contiguous().cpu(), mode="soft").cuda(),
+                               rtol=1e-5, atol=1e-5)

@@ -13,6 +13,7 @@ import torch
 from test_dtw import DEVICE, TOLERANCES
 
 from m3net.kernels import SHORT_MAX, dtw, dtw_similarity, dtw_symmetric, dtw_with_length
+from m3net.kernels.dtw_short import _divisor_magic
 from m3net.model.baselines import OTAM, otam_scores
 from m3net.model.episode_ops import cosine_cost_all_pairs, similarity_all_pairs
 from m3net.model.matchers import instance_matching
@@ -136,6 +137,33 @@ def test_triton_strided_16_bit(dtype, mode, flag):
     _check_against_cost_path(matmul_view(3, 5, 6, 7, dtype), mode, flag, "triton", tol=TOLERANCES[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_one_minus_s_in_fp32_on_every_path(dtype):
+    """1 - s of a 16-bit similarity is formed in fp32 (the accumulation dtype) on every path, as the
+    short kernel forms it in its load: the torch fallback equals dtw on (1 - s.float()) bit for bit,
+    and the Triton paths (short kernel, long path's materialised cost) agree with it to fp32 rounding
+    (a 16-bit 1 - s would differ by its rounding, ~1e-3 relative). Gradients: one rounding to 16 bits."""
+    for shape in [(3, 4, 5, 6), (1, 2, SHORT_MAX + 1, 3)]:
+        sim = matmul_view(*shape, dtype, device=DEVICE)
+        for flags in ({"with_length": True}, {"symmetric": True, "mode": "otam"}):
+            kwargs = {"mode": "soft", **flags}
+            fallback, fallback_grad = _value_and_grad(lambda x: dtw_similarity(x, backend="torch", **kwargs), sim)
+            cost_fn = FLAGS["with_length" if "with_length" in flags else "symmetric"][1]
+            oracle, oracle_grad = _value_and_grad(
+                lambda x: cost_fn((1 - x.float()).flatten(0, 1), kwargs["mode"], backend="torch"), sim)
+            for got, expected in zip(*[(o if isinstance(o, tuple) else (o,)) for o in (fallback, oracle)]):
+                assert torch.equal(got.flatten(), expected.flatten())
+            assert torch.equal(fallback_grad, oracle_grad)
+            if dtw_module.triton is None:
+                continue
+            kernel, kernel_grad = _value_and_grad(lambda x: dtw_similarity(x, backend="triton", **kwargs), sim)
+            kernel = kernel[0] if isinstance(kernel, tuple) else kernel
+            fallback = fallback[0] if isinstance(fallback, tuple) else fallback
+            torch.testing.assert_close(kernel, fallback, rtol=1e-5, atol=1e-5)
+            one_ulp = 2.0 ** -(10 if dtype == torch.float16 else 7)  # relative, at the bottom of a binade
+            torch.testing.assert_close(kernel_grad.float(), fallback_grad.float(), rtol=one_ulp, atol=1e-5)
+
+
 def test_long_sequences_materialise_the_cost():
     """N > SHORT_MAX: the short kernel does not apply and 1 - s is formed before the cost path."""
     pytest.importorskip("triton")
@@ -150,7 +178,7 @@ def test_divisor_magic_is_exact_division():
     divisors = [1, 2, 3, 5, 7, 25, 100, 641, 2**16 + 1, 2**30, 2**31 - 1]
     divisors += torch.randint(1, 2**31 - 1, (200,), generator=gen).tolist()
     for d in divisors:
-        magic, shift = dtw_module._divisor_magic(d)
+        magic, shift = _divisor_magic(d)
         assert 0 < magic < 2**32
         for n in [0, 1, d - 1, d, d + 1, 2**31 - 1, (2**31 - 1) // d * d, (2**31 - 1) // d * d - 1]:
             if 0 <= n < 2**31:
