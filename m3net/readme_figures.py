@@ -6,6 +6,8 @@
                        (``m3net demo --compare trx,strm,hyrsm,pal --seeds 0 --record ...``)
     benchmark-results  from the newest record of each benchmark under benchmarks/ (bench_*.json)
     settings           from the paper preset's table (m3net/train/presets.py)
+    extract-splits     the cache a Table 1 cell needs (test split) against every split's, from the shipped
+                       split lists (m3net/plan.py)
     paper-table1       from the paper's Table 1 as m3net/paper.py holds it
     paper-ablations    from the paper's Tables 2-4 as m3net/paper.py holds them (``reproduce --variant``)
 
@@ -309,6 +311,26 @@ def settings_table():
     return "\n".join(lines)
 
 
+def render_extract_splits():
+    """The extract-splits section: what `reproduce` saves by extracting the test split alone, per listed dataset."""
+    from m3net.data.datasets import LISTED_DATASETS, load_split_lists
+    from m3net.plan import cache_bytes, listed_cache_bytes
+
+    per_clip = cache_bytes(1, 8)
+    lines = [f"At the paper's 8 frames of 7×7×2048 float16 maps ({per_clip / 1e6:.1f} MB a clip), the cache of every "
+             "listed clip against the test split alone (what a Table 1 cell evaluates on, so what `reproduce` "
+             "extracts), for a complete copy of each dataset:", "",
+             "| dataset | clips listed | cache, every split | test split | cache, test split only | saved |",
+             "|---|---|---|---|---|---|"]
+    for dataset in LISTED_DATASETS:
+        sizes, clips = listed_cache_bytes(dataset), {s: len(e) for s, e in load_split_lists(dataset).items()}
+        total = sum(sizes.values())
+        lines.append(f"| {dataset} | {sum(clips.values()):,} | {total / 1e9:.0f} GB | {clips['test']:,} clips | "
+                     f"{sizes['test'] / 1e9:.0f} GB | {(total - sizes['test']) / 1e9:.0f} GB "
+                     f"({1 - sizes['test'] / total:.0%} of the extraction) |")
+    return "\n".join(lines)
+
+
 def expected_readme(root):
     """(current README text, README text with every generated section rebuilt from its source)."""
 
@@ -324,6 +346,7 @@ def expected_readme(root):
     expected = replace_section(expected, render_benchmarks(root), "benchmark-results")
     expected = replace_section(expected, render_paper_table1(), "paper-table1")
     expected = replace_section(expected, render_paper_ablations(), "paper-ablations")
+    expected = replace_section(expected, render_extract_splits(), "extract-splits")
     return current, replace_section(expected, settings_table(), "settings")
 
 
