@@ -311,7 +311,8 @@ def test_ctrl_c_closes_the_cache_and_a_rerun_finishes(tmp_path, monkeypatch):
         assert f["done"][()].tolist() == [True, False, False]
     monkeypatch.setattr(loop.Extractor, "__call__", forward)
     result = CliRunner().invoke(cli_main, args)
-    assert result.exit_code == 0 and "3/3 clips done (2 computed now" in result.output
+    assert result.exit_code == 0 and "3 of the 3 train/val/test clips present under --root done (2 computed now" \
+        in result.output
 
 
 @pytest.mark.slow
