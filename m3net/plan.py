@@ -9,13 +9,12 @@ Trains nothing and writes nothing. For the clips present under --root it gives
                 clips decoded at the run's frames and crop, one training step of an episode of the run's
                 size (random frames), one clip through the backbone, one evaluation episode through the head
 
-Counts are exact for the settings; disk and time are estimates. The functions that count (finetune_frames,
-extract_frames, cache_bytes, frame_folder_bytes) are the one place these sizes are computed: the README's
-figures come from them too.
+Counts are exact for the settings; disk and time are estimates. The counting functions are those of
+m3net.data.footprint (finetune_frames, extract_frames, cache_bytes, frame_folder_bytes), which the README's
+figures come from too.
 """
 import dataclasses
 import io
-import math
 import time
 import warnings
 
@@ -23,47 +22,15 @@ import numpy as np
 import torch
 
 from m3net.cache.schema import SPLITS
+from m3net.data.footprint import cache_bytes, extract_frames, finetune_frames, frame_folder_bytes
 from m3net.errors import DatasetError
 from m3net.extract.backbone import FEATURE_CHANNELS, RandomWeightsWarning
 
-FLOAT16_BYTES = 2
 CHECKPOINTS = ("last.pt", "best.pt")
 PROBE_CLIPS = 4
 JPEG = {"quality": 95, "subsampling": 0}  # how frame folders store frames (4:4:4, no chroma subsampling)
 # A validation episode runs the forward alone: about a third of a training step's forward + backward.
 FORWARD_SHARE = 1 / 3
-
-
-def finetune_frames(config):
-    """{"train", "validation"}: frames a finetune run with ``config`` decodes (over all ranks), and "validations"."""
-    train = config.episodes * config.way * (config.shot + config.queries) * config.frames
-    validations = math.ceil(config.episodes / config.val_every) if config.val_episodes else 0
-    validation = validations * config.val_episodes * config.way * (config.shot + config.val_queries) * config.frames
-    return {"train": train, "validation": validation, "validations": validations}
-
-
-def extract_frames(clips, frames, views=0):
-    """Frames an extraction of ``clips`` decodes: every view samples its own ``frames``."""
-    return clips * max(views, 1) * frames
-
-
-def cache_bytes(clips, frames, crop=224, views=0):
-    """Bytes of the cache's features for ``clips`` done rows: float16 (side x side x 2048) maps, side = crop / 32
-    rounded up (7 at 224), per frame and view (HDF5 allocates only the rows written)."""
-    side = -(-crop // 32)
-    return clips * max(views, 1) * frames * side * side * FEATURE_CHANNELS * FLOAT16_BYTES
-
-
-def frame_folder_bytes(clips, frames_per_clip, bytes_per_frame):
-    """Bytes of frame folders holding every frame of ``clips`` clips."""
-    return clips * frames_per_clip * bytes_per_frame
-
-
-def listed_cache_bytes(dataset, frames=8, crop=224):
-    """{split: bytes} of the cache of every clip the shipped lists name (the saving of extracting one split)."""
-    from m3net.data.datasets import load_split_lists
-
-    return {split: cache_bytes(len(entries), frames, crop) for split, entries in load_split_lists(dataset).items()}
 
 
 @dataclasses.dataclass

@@ -5,9 +5,11 @@
     table1-synthetic   from the newest benchmarks/table1_synthetic_cpu_<date>.json
                        (``m3net demo --compare trx,strm,hyrsm,pal --seeds 0 --record ...``)
     benchmark-results  from the newest record of each benchmark under benchmarks/ (bench_*.json)
+    frames-footprint   frames per finetune cell (the paper preset) and disk per dataset
+                       (m3net/data/footprint.py), at the newest bench_input record's JPEG bytes and rates
     settings           from the paper preset's table (m3net/train/presets.py)
     extract-splits     the cache a Table 1 cell needs (test split) against every split's, from the shipped
-                       split lists (m3net/plan.py)
+                       split lists (m3net/data/footprint.py)
     paper-table1       from the paper's Table 1 as m3net/paper.py holds it
     paper-ablations    from the paper's Tables 2-4 as m3net/paper.py holds them (``reproduce --variant``)
 
@@ -28,6 +30,7 @@ from m3net.errors import ConfigError
 BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
 RECORD_PATTERN = os.path.join("benchmarks", "demo_synthetic_cpu_*.json")
 TABLE1_PATTERN = os.path.join("benchmarks", "table1_synthetic_cpu_*.json")
+INPUT_PATTERN = os.path.join("benchmarks", "bench_input_*.json")
 HEAD_NAMES = {"protonet": "ProtoNet", "tsn-cosine": "TSN + cosine", "otam": "OTAM"}
 VIEW_NAMES = {"y1": "Y1 (I-M)", "y2": "Y2 (C-M)", "y3": "Y3 (T-M)", "y": "Y (fused)"}
 
@@ -191,23 +194,68 @@ def _rate(value):
     return f"{value:,.3g}" if value < 1000 else f"{value:.2e}"
 
 
+def _dtw_pass(config):
+    """The timed pass of a DTW record (records before the bwd pass hold a ``backward`` flag)."""
+    return config.get("pass") or ("fwd+bwd" if config.get("backward") else "fwd")
+
+
+def _dtw_groups(record):
+    """{(pairs, n, m): {implementation: row}}; older records hold one size and pairs in their config."""
+    cfg, groups = record["config"], {}
+    for row in record["rows"]:
+        key = (row.get("pairs", cfg["pairs"]), row.get("n", cfg.get("n")), row.get("m", cfg.get("m")))
+        groups.setdefault(key, {})[row["implementation"]] = row
+    return groups
+
+
+def _dtw_cell(name, row):
+    if not row.get("pairs_per_s"):
+        return "—"
+    # Records before issue #23 timed pysdtw's SoftDTW module (its wrapper); later ones its forward kernel alone.
+    wrapper = name == "pysdtw" and "kernel alone" not in row.get("note", "")
+    return _rate(row["pairs_per_s"]) + (" (its wrapper)" if wrapper else "")
+
+
+def _dtw_table(records):
+    if not records:
+        return []
+    names = list(dict.fromkeys(r["implementation"] for _, record in records for r in record["rows"]))
+    lines = ["**DTW** (`m3net bench-dtw`): pairs/s per implementation; the Triton rows' % of the bandwidth floor of "
+             "the timed pass (`m3net.bench.dtw.floor_bytes_per_pair`: 260 B per pair forward, 516 B backward, 776 B "
+             "forward + backward at 8×8 fp32) against the GPU's datasheet bandwidth", "",
+             "| mode | pass | pairs | T | " + " | ".join(names) + " | triton % of floor | source |",
+             "|---|---|---|---|" + "---|" * (len(names) + 2)]
+    for path, record in records:
+        cfg = record["config"]
+        for (pairs, n, m), rows in _dtw_groups(record).items():
+            cells = [_dtw_cell(name, rows.get(name, {})) for name in names]
+            floor = rows.get("triton", {}).get("pct_of_floor")
+            lines.append(f"| {cfg['mode']} | {_dtw_pass(cfg)} | {pairs} | {n}×{m} | " + " | ".join(cells)
+                         + f" | {f'{floor:.0f}%' if floor else '—'} | {_source(path, record)} |")
+    return lines + [""]
+
+
+def _matcher_table(records):
+    if not records:
+        return []
+    lines = ["**DTW matchers end to end** (`m3net bench-dtw --matchers`, forward): pairs/s and time over one plain "
+             "`dtw` forward of the same pairs", "", "| T | pairs | call | pairs/s | × plain fwd | source |",
+             "|---|---|---|---|---|---|"]
+    for path, record in records:
+        for row in record["rows"]:
+            rate = _rate(row["pairs_per_s"]) if row.get("pairs_per_s") else "—"
+            ratio = f"{row['x_plain_fwd']:.2f}" if row.get("x_plain_fwd") else "—"
+            lines.append(f"| {row['n']} | {row['pairs']} | {row['implementation']} | {rate} | {ratio} | "
+                         f"{_source(path, record)} |")
+    return lines + [""]
+
+
 def render_benchmarks(root):
     """Markdown tables of the committed CPU/GPU benchmark records under benchmarks/ (without markers)."""
     lines = []
     dtw = _records(root, "bench_dtw_*.json")
-    if dtw:
-        names = [r["implementation"] for r in dtw[0][1]["rows"]]
-        lines += ["**DTW** (`m3net bench-dtw`): pairs/s per implementation", "",
-                  "| mode | pass | pairs | T | " + " | ".join(names) + " | source |",
-                  "|---|---|---|---|" + "---|" * (len(names) + 1)]
-        for path, record in dtw:
-            cfg = record["config"]
-            rates = {r["implementation"]: r.get("pairs_per_s") for r in record["rows"]}
-            cells = [_rate(rates[name]) if rates.get(name) else "—" for name in names]
-            lines.append(f"| {cfg['mode']} | {'fwd+bwd' if cfg.get('backward') else 'fwd'} | "
-                         f"{max(r.get('pairs_timed') or 0 for r in record['rows'])} | {cfg['n']}×{cfg['m']} | "
-                         + " | ".join(cells) + f" | {_source(path, record)} |")
-        lines.append("")
+    lines += _dtw_table([(path, r) for path, r in dtw if r["benchmark"] == "dtw"])
+    lines += _matcher_table([(path, r) for path, r in dtw if r["benchmark"] == "dtw_matchers"])
     for pattern, title, columns in (
             ("bench_extract_*.json", "**Extraction** (`m3net bench-extract`)",
              (("stage", "stage", str), ("clips/s", "clips_per_s", "{:.2f}".format),
@@ -218,6 +266,17 @@ def render_benchmarks(root):
             ("bench_finetune_*.json", "**Finetune** (`m3net bench-finetune`, decoding excluded)",
              (("shot", "shot", str), ("checkpointing", "checkpointing", str), ("images", "images_per_episode", str),
               ("episodes/s", "episodes_per_s", "{:.3f}".format), ("peak GPU MiB", "peak_gpu_mib", str))),
+            ("bench_input_*.json", "**Finetune input path** (`m3net bench-input`, one core: finetune's episode "
+             "reader on the same episodes from mp4 clips and from `m3net frames` folders)",
+             (("source", "source", str), ("resolution", "resolution", str), ("frames/clip", "clip_frames", str),
+              ("mp4 frames/s", "mp4_frames_per_s", "{:.1f}".format),
+              ("frame folders frames/s", "frames_frames_per_s", "{:.1f}".format), ("×", "speedup", "{:.1f}".format),
+              ("`m3net frames` frames/s", "decode_once_frames_per_s", "{:.1f}".format),
+              ("KiB/frame", "jpeg_bytes_per_frame", lambda b: f"{b / 1024:.1f}"),
+              ("mean abs diff (grey levels)", "mean_abs_pixel_diff", "{:.2f}".format))),
+            ("bench_predict_*.json", "**Prediction** (`m3net bench-predict`: `m3net.FewShotClassifier`, what "
+             "`m3net predict` runs, with the support set fitted once)",
+             (("stage", "stage", str), ("clips", "clips", str), ("clips/s", "clips_per_s", "{:.2f}".format))),
             ("bench_residency_*.json", "**Feature residency** (`m3net bench-residency`)",
              (("features", "residency", str), ("cache GiB", "cache_gib", str),
               ("limit GiB", "memory_limit_gib", str), ("train ep/s", "train_episodes_per_s", "{:.2f}".format),
@@ -239,6 +298,69 @@ def render_benchmarks(root):
         lines.append("")
     return "\n".join(lines).rstrip()
 
+
+
+def _millions(n):
+    return f"{n / 1e6:.2f} M"
+
+
+def _range(values, fmt):
+    low, high = min(values), max(values)
+    return fmt(low) if fmt(low) == fmt(high) else f"{fmt(low)}–{fmt(high)}"
+
+
+def render_frames_footprint(root):
+    """The frames-footprint section: frames a finetune cell decodes (exact for --preset paper), the hours
+    that takes per core at the newest bench-input record's rates, and each listed dataset's disk estimate."""
+    from m3net.data.datasets import LISTED_DATASETS
+    from m3net.data.footprint import (
+        ASSUMED_FPS,
+        CACHE_BYTES_PER_FRAME,
+        disk_estimate,
+        finetune_frames,
+        paper_finetune_config,
+    )
+
+    found = sorted(glob.glob(os.path.join(root, INPUT_PATTERN)))
+    path = os.path.relpath(found[-1], root) if found else None
+    real = []
+    if path:
+        with open(os.path.join(root, path)) as fh:
+            real = [r for r in json.load(fh)["rows"] if r["kind"] == "real"]
+    config = paper_finetune_config(1)
+    lines = [f"Frames one finetune cell decodes with `--preset paper` ({config.episodes:,} training episodes, "
+             f"{config.way}-way, {config.queries} queries per class, {config.frames} frames per clip; every "
+             f"{config.val_every:,} of them {config.val_episodes} validation episodes with {config.val_queries} query "
+             "per class), the same for every dataset"
+             + (f", and what decoding them costs per core at the rates of `{path}` (real mp4 clips, "
+                f"{_range([int(r['resolution'].split('x')[1]) for r in real], str)}p):" if real else
+                " (no `m3net bench-input` record yet: run it for the hours):"), "",
+             "| cell | training frames | validation frames | core-hours from mp4 | core-hours from frame folders |",
+             "|---|---|---|---|---|"]
+    for shot in (1, 5):
+        frames = finetune_frames(paper_finetune_config(shot))
+        total = frames["train"] + frames["validation"]
+        hours = [_range([total / r[key] / 3600 for r in real], "{:,.0f}".format) if real else "—"
+                 for key in ("mp4_frames_per_s", "frames_frames_per_s")]
+        lines.append(f"| {shot}-shot | {_millions(frames['train'])} | {_millions(frames['validation'])} | "
+                     f"{hours[0]} | {hours[1]} |")
+    per_frame = sum(r["jpeg_bytes_per_frame"] for r in real) / len(real) if real else None
+    lines += ["", "| dataset | clips | seconds per clip | frames per clip | frames | frame folders | cache, all "
+              "splits | cache, test split |", "|---|---|---|---|---|---|---|---|"]
+    for dataset in LISTED_DATASETS:
+        e = disk_estimate(dataset, per_frame or 0)
+        folders = f"{e.frame_bytes / 1e9:.0f} GB" if per_frame else "—"
+        lines.append(f"| {dataset} | {e.clips:,} | {e.seconds_per_clip:.2f} ({e.seconds_source}) | "
+                     f"{e.frames_per_clip:.0f} | {_millions(e.frames)} | {folders} | {e.cache_bytes / 1e9:.0f} GB | "
+                     f"{e.test_cache_bytes / 1e9:.0f} GB |")
+    measured = (f"{per_frame / 1024:.1f} KiB per frame, the mean over the real clips of `{path}` "
+                f"({_range([r['jpeg_bytes_per_frame'] / 1024 for r in real], '{:.1f}'.format)} KiB across them: it "
+                "depends on the content)" if per_frame else "not measured yet (`m3net bench-input`)")
+    lines += ["", "Estimates, not measurements of the datasets: frames per clip = seconds per clip × "
+              f"{ASSUMED_FPS} fps (assumed: YouTube broadcasts run at 25–30 fps, some at 50–60); JPEG size "
+              f"{measured}; caches {CACHE_BYTES_PER_FRAME * 8 / 1e6:.1f} MB per clip (7×7×2048 float16 × 8 "
+              "frames). `m3net frames` prints the frames and KiB per frame it wrote."]
+    return "\n".join(lines)
 
 
 PAPER_NAMES = {"tsn-cosine": "TSN + cosine", "protonet": "ProtoNet", "otam": "OTAM", "pal": "PAL", "trx": "TRX",
@@ -313,21 +435,20 @@ def settings_table():
 
 def render_extract_splits():
     """The extract-splits section: what `reproduce` saves by extracting the test split alone, per listed dataset."""
-    from m3net.data.datasets import LISTED_DATASETS, load_split_lists
-    from m3net.plan import cache_bytes, listed_cache_bytes
+    from m3net.data.datasets import LISTED_DATASETS
+    from m3net.data.footprint import CACHE_BYTES_PER_FRAME, cache_bytes, clip_counts
 
-    per_clip = cache_bytes(1, 8)
-    lines = [f"At the paper's 8 frames of 7×7×2048 float16 maps ({per_clip / 1e6:.1f} MB a clip), the cache of every "
-             "listed clip against the test split alone (what a Table 1 cell evaluates on, so what `reproduce` "
-             "extracts), for a complete copy of each dataset:", "",
+    lines = [f"At the paper's 8 frames of 7×7×2048 float16 maps ({8 * CACHE_BYTES_PER_FRAME / 1e6:.1f} MB a clip), "
+             "the cache of every listed clip against the test split alone (what a Table 1 cell evaluates on, so what "
+             "`reproduce` extracts), for a complete copy of each dataset:", "",
              "| dataset | clips listed | cache, every split | test split | cache, test split only | saved |",
              "|---|---|---|---|---|---|"]
     for dataset in LISTED_DATASETS:
-        sizes, clips = listed_cache_bytes(dataset), {s: len(e) for s, e in load_split_lists(dataset).items()}
-        total = sum(sizes.values())
+        clips = clip_counts(dataset)
+        total, test = cache_bytes(sum(clips.values()), 8), cache_bytes(clips["test"], 8)
         lines.append(f"| {dataset} | {sum(clips.values()):,} | {total / 1e9:.0f} GB | {clips['test']:,} clips | "
-                     f"{sizes['test'] / 1e9:.0f} GB | {(total - sizes['test']) / 1e9:.0f} GB "
-                     f"({1 - sizes['test'] / total:.0%} of the extraction) |")
+                     f"{test / 1e9:.0f} GB | {(total - test) / 1e9:.0f} GB ({1 - test / total:.0%} of the "
+                     "extraction) |")
     return "\n".join(lines)
 
 
@@ -344,6 +465,7 @@ def expected_readme(root):
     with open(os.path.join(root, table1_path)) as fh:
         expected = replace_section(expected, render_table1_synthetic(json.load(fh), table1_path), "table1-synthetic")
     expected = replace_section(expected, render_benchmarks(root), "benchmark-results")
+    expected = replace_section(expected, render_frames_footprint(root), "frames-footprint")
     expected = replace_section(expected, render_paper_table1(), "paper-table1")
     expected = replace_section(expected, render_paper_ablations(), "paper-ablations")
     expected = replace_section(expected, render_extract_splits(), "extract-splits")

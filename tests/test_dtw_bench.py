@@ -21,12 +21,13 @@ def test_bench_dtw_writes_table_and_files(tmp_path):
     (csv_path,) = tmp_path.glob("bench_dtw_*.csv")
     data = json.loads(json_path.read_text())
     assert data["versions"]["torch"] and data["git_sha"] and data["device"]
-    assert data["config"]["backward"] is True and data["config"]["pairs"] == [64]
+    assert data["config"]["pass"] == "fwd+bwd" and data["config"]["pairs"] == [64]
     rows = {r["implementation"]: r for r in data["rows"]}
     assert rows["torch-reference"]["pairs_per_s"] > 0 and rows["eager-loop"]["pairs_per_s"] > 0
-    # 64 pairs of 5x7 float32: cost in + value out + gradient out.
+    # 64 pairs of 5x7 float32, a whole step: cost in + value out, then cost in + value gradient in + gradient out.
     assert rows["torch-reference"]["gb_per_s"] * rows["torch-reference"]["seconds"] * 1e9 == pytest.approx(
-        (64 * 35 * 4) * 2 + 64 * 4)
+        64 * (3 * 35 * 4 + 2 * 4))
+    assert rows["torch-reference"]["max_abs_err"] < 1e-5  # fp32 values against the float64 reference
     with open(csv_path) as fh:
         csv_rows = list(csv.DictReader(fh))
     assert {r["implementation"] for r in csv_rows} == set(rows)
@@ -50,11 +51,63 @@ def test_bench_dtw_sizes_same_pairs_and_skipped_pysdtw_dtype():
 
 
 def test_matcher_bench_times_im_and_otam_beside_a_plain_forward():
-    from m3net.bench.dtw import DTWBenchConfig, format_matcher_table, run_matcher_bench
+    from m3net.bench.dtw import MATCHER_CALLS, DTWBenchConfig, format_matcher_table, run_matcher_bench
 
-    result = run_matcher_bench(DTWBenchConfig(pairs=(50,), sizes=((4, 4),), repeats=1, warmup=0), dim=16)
+    config = DTWBenchConfig(pairs=(50,), sizes=((4, 4),), repeats=1, warmup=0)
+    result = run_matcher_bench(config, dim=16)
     rows = {r["implementation"]: r for r in result["rows"]}
-    assert set(rows) == {"dtw forward (plain)", "I-M matcher hard", "I-M matcher soft", "OTAM head",
-                         "I-M dtw, s in place", "I-M dtw, 1 - s copy"}
+    assert tuple(rows) == MATCHER_CALLS == ("dtw forward (plain)", "I-M matcher hard", "I-M matcher soft", "OTAM head",
+                                            "I-M dtw, s in place", "I-M dtw, 1 - s copy")
     assert rows["dtw forward (plain)"]["x_plain_fwd"] == 1.0 and rows["OTAM head"]["pairs"] == 50
     assert "x plain fwd" in format_matcher_table(result)
+    only = run_matcher_bench(config, dim=16, only=("OTAM head",))["rows"]
+    assert [r["implementation"] for r in only] == ["OTAM head"] and only[0]["x_plain_fwd"] is None
+    with pytest.raises(ValueError, match="only="):
+        run_matcher_bench(config, dim=16, only=("no such call",))
+
+
+def test_floors_per_pass_dtype_and_mode():
+    """The bandwidth floors of issue #23: a whole 8x8 fp32 step moves 776 B (the backward reads the cost again)."""
+    import torch
+
+    from m3net.bench.dtw import floor_bytes_per_pair
+
+    for mode in ("soft", "hard", "otam"):  # OTAM's padding is formed in registers: the same bytes
+        assert [floor_bytes_per_pair(8, 8, torch.float32, mode, p) for p in ("fwd", "bwd", "fwd+bwd")] == [
+            260, 516, 776]
+    # 16-bit costs return fp32 values (and take an fp32 value gradient); fp64 stays fp64
+    assert floor_bytes_per_pair(8, 8, torch.bfloat16, "soft", "fwd+bwd") == (128 + 4) + (128 + 4 + 128)
+    assert floor_bytes_per_pair(5, 7, torch.float64, "hard", "bwd") == 35 * 8 * 2 + 8
+    with pytest.raises(ValueError, match="pass"):
+        floor_bytes_per_pair(8, 8, torch.float32, "soft", "backward")
+
+
+def test_backward_alone_is_held_to_its_own_floor(tmp_path):
+    result = CliRunner().invoke(main, ["bench-dtw", "--pairs", "32", "--n", "4", "--m", "6", "--repeats", "1",
+                                       "--pass", "bwd", "--impl", "torch-reference", "--impl", "pysdtw",
+                                       "--out-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (json_path,) = tmp_path.glob("bench_dtw_soft_bwd_4x6_float32_*.json")
+    data = json.loads(json_path.read_text())
+    rows = {r["implementation"]: r for r in data["rows"]}
+    reference = rows["torch-reference"]
+    assert data["config"]["pass"] == "bwd" and reference["floor_bytes_per_pair"] == 24 * 4 * 2 + 4
+    assert reference["gb_per_s"] * reference["seconds"] * 1e9 == pytest.approx(32 * (24 * 4 * 2 + 4))
+    assert rows["pysdtw"]["seconds"] is None and rows["pysdtw"]["note"]  # forward kernel only, or not installed
+
+
+def test_new_records_render_in_the_readme_table(tmp_path):
+    """Records with several pairs and sizes, matcher records and the older one-size records render side by side."""
+    from m3net.bench.dtw import DTWBenchConfig, run_bench, run_matcher_bench, write_matcher_results, write_results
+    from m3net.readme_figures import render_benchmarks
+
+    out = tmp_path / "benchmarks"
+    config = DTWBenchConfig(pairs=(4, 6), sizes=((3, 3), (2, 5)), repeats=1, warmup=0, device="cpu",
+                            timed_pass="fwd+bwd", implementations=("torch-reference", "eager-loop"))
+    write_results(run_bench(config), out)
+    write_matcher_results(run_matcher_bench(DTWBenchConfig(pairs=(25,), sizes=((3, 3),), repeats=1, warmup=0),
+                                            dim=8), out)
+    text = render_benchmarks(tmp_path)
+    table = [line for line in text.splitlines() if line.startswith("| soft | fwd+bwd |")]
+    assert [line.split(" | ")[2:4] for line in table] == [["4", "3×3"], ["4", "2×5"], ["6", "3×3"], ["6", "2×5"]]
+    assert "DTW matchers end to end" in text and "| 3 | 25 | OTAM head |" in text

@@ -13,8 +13,8 @@ from m3net import report
 from m3net.cache import cache_info
 from m3net.cli import main
 from m3net.data.datasets import load_split_lists
+from m3net.data.footprint import cache_bytes, clip_counts, extract_frames, finetune_frames
 from m3net.data.synthetic import write_mp4
-from m3net.plan import cache_bytes, extract_frames, finetune_frames, listed_cache_bytes
 from m3net.report import draw_report
 from m3net.reproduce import ReproduceConfig, finetune_config
 
@@ -166,6 +166,7 @@ def test_the_counts_the_plan_and_the_readme_use():
     assert frames["validations"] == 60 and frames["validation"] == 60 * 300 * 5 * (1 + 1) * 8
     assert extract_frames(13260, 8) == 106_080 and extract_frames(10, 8, views=3) == 240
     assert cache_bytes(1, 8) == 8 * 7 * 7 * 2048 * 2 and cache_bytes(1, 2, crop=32) == 2 * 2048 * 2
-    listed = listed_cache_bytes("gym99")
-    assert listed["test"] == 13260 * 8 * 7 * 7 * 2048 * 2  # ~21 GB of the full ~56 GB
-    assert round(sum(listed.values()) / 1e9) == 56 and round(listed["test"] / 1e9) == 21
+    clips = clip_counts("gym99")
+    full, test = cache_bytes(sum(clips.values()), 8), cache_bytes(clips["test"], 8)
+    assert test == 13260 * 8 * 7 * 7 * 2048 * 2  # ~21 GB of the full ~56 GB
+    assert round(full / 1e9) == 56 and round(test / 1e9) == 21

@@ -1,20 +1,39 @@
 """``m3net bench-dtw``: the DTW implementations side by side, on the same costs, over a sweep of sizes.
 
 Implementations: the Triton kernels (``dtw(backend="triton")``), the vectorised torch reference,
-the eager per-cell loop that few-shot action code commonly uses (m3net.kernels.eager), and pysdtw
-(soft mode, fp32/fp64 only) where it is installed. Every implementation is timed at the same
-number of pairs B; on the CPU the eager loop and the Triton interpreter are capped (the
-row's note says at how many pairs), and on CUDA the eager loop, whose autograd graph keeps every
-cell, at most EAGER_CUDA_MAX_CELLS cells. Rates are per pair.
+the eager per-cell loop that few-shot action code commonly uses (m3net.kernels.eager), and
+pysdtw's soft-DTW forward kernel (soft mode, fp32/fp64) where pysdtw is installed. pysdtw is timed
+as its kernel alone (``compute_softdtw_cuda`` launched on prepared buffers; on the CPU its numba
+``compute_softdtw``), not through its ``SoftDTW`` wrapper, whose forward takes a B x B ``diag()``
+of the values and whose backward loops over every pair in Python: that would time the wrapper,
+not the kernel. Its backward is not timed for the same reason (its rows in ``bwd`` and ``fwd+bwd``
+say so). Every implementation is timed at the same number of pairs B; on the CPU the eager loop and
+the Triton interpreter are capped (the row's note says at how many pairs), and on CUDA the eager
+loop, whose autograd graph keeps every cell, at most EAGER_CUDA_MAX_CELLS cells. Rates are per
+pair; every row also checks its values on the first CHECKED_PAIRS pairs against the float64
+reference (``max_abs_err``).
+
+Passes: ``fwd`` (the value), ``bwd`` (the gradient alone, from a forward done before the timing)
+and ``fwd+bwd`` (a training step: forward then gradient).
 
 Timing: on CUDA ``triton.testing.do_bench`` (CUDA events, L2 flushed before every repeat, median);
-on the CPU the median wall time of ``repeats`` calls.
+on the CPU the median wall time of ``repeats`` calls. Costs are drawn on the device (seeded).
 
-Bandwidth floor (the one definition, used by ``floor_bytes``): the bytes any implementation must
-move per pair: the cost matrix in and one value out; with the backward also the gradient out
-(same dtype as the cost). ``% of floor`` = floor bytes / time / the device's peak DRAM bandwidth
-(known GPUs only). ``x pysdtw`` and ``x eager`` = the row's pairs/s over that competitor's at the
-same size.
+Bandwidth floor (the one definition: ``floor_bytes_per_pair``): the DRAM bytes one pair must move
+in the pass, whatever the implementation:
+
+    fwd      the cost read once (N·M elements) + the value written (one element of the
+             accumulation dtype: fp32 for 16-bit costs, fp64 for fp64)            260 B at 8×8 fp32
+    bwd      the cost read again (the gradient depends on all of it) + the incoming gradient of
+             the value read + the gradient written (N·M elements, the cost's dtype) 516 B
+    fwd+bwd  both, a whole training step                                         776 B
+
+The same for every mode: OTAM's zero padding and dtw_symmetric's transpose are formed in
+registers, never moved. ``% floor`` = floor bytes / time / the device's datasheet DRAM bandwidth
+(PEAK_BANDWIDTH, known GPUs only), always against the floor of the timed pass; ``% copy`` = the same
+against the device-to-device copy rate measured in the same process (bytes read + written), the
+ceiling a real kernel can reach. ``x pysdtw`` and ``x eager`` = the row's pairs/s over that
+competitor's at the same size.
 """
 import dataclasses
 import os
@@ -25,7 +44,7 @@ import torch
 
 from m3net.bench.record import RecordSettings, benchmark_record, write_benchmark
 from m3net.config import RunSettings, setting, settings
-from m3net.kernels.dtw import dtw, dtw_reference, dtw_similarity, dtw_with_length
+from m3net.kernels.dtw import MODES, dtw, dtw_reference, dtw_similarity, dtw_with_length
 from m3net.kernels.eager import eager_dtw
 from m3net.runtime import resolve_device, synchronize
 
@@ -44,10 +63,13 @@ PEAK_BANDWIDTH = [
     ("V100", 0.9e12),
 ]
 IMPLEMENTATIONS = ("triton", "torch-reference", "eager-loop", "pysdtw")
+PASSES = ("fwd", "bwd", "fwd+bwd")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 SWEEP_PAIRS = (4096, 32768, 1_000_000)  # an episode's pairs .. a large batch
 SWEEP_T = (8, 16, 32, 64)
 EAGER_CUDA_MAX_CELLS = 1 << 26  # the eager loop's autograd graph keeps every cell: 1M pairs of 8x8 fit, 64x64 not
+CHECKED_PAIRS = 256  # values compared with the float64 reference on this many pairs per row
+COPY_BYTES = 1 << 30  # the copy that measures the device's practical bandwidth ceiling
 
 
 @settings
@@ -57,13 +79,29 @@ class DTWBenchConfig(RecordSettings, RunSettings):
     dtype: str = setting("float32", "Cost dtype.", choices=("float32", "float16", "bfloat16", "float64"))
     mode: str = setting("soft", "DTW mode.", choices=("soft", "hard", "otam"))
     gamma: float = setting(0.1, "Soft-min smoothing (soft, otam).", minimum=0, exclusive=True)
-    backward: bool = False
+    timed_pass: str = "fwd"  # one of PASSES (the CLI's --pass)
     repeats: int = setting(10, "Timed calls per implementation on CPU (median).", minimum=1)
     warmup: int = 2
     eager_max_pairs: int = setting(4096, "CPU only: cap on pairs for the slow per-cell Python loop.", minimum=1)
     interpret_max_pairs: int = 256  # CPU only: the Triton interpreter, at most this many pairs
     implementations: tuple = IMPLEMENTATIONS
+    compile_only: bool = False  # one untimed call per implementation and size (warms the kernel caches)
     extra: dict = field(default_factory=dict)
+
+
+def _accumulation_bytes(dtype):
+    return 8 if dtype == torch.float64 else 4  # the kernels return fp32 values for 16-bit costs
+
+
+def floor_bytes_per_pair(n, m, dtype, mode, pass_):
+    """The bandwidth floor of one pair of an n x m cost of ``dtype`` in ``pass_`` (see the module docstring)."""
+    if mode not in MODES or pass_ not in PASSES:
+        raise ValueError(f"floor_bytes_per_pair: mode in {MODES} and pass in {PASSES}, got {mode!r}, {pass_!r}")
+    cost = n * m * torch.empty(0, dtype=dtype).element_size()
+    value = _accumulation_bytes(dtype)
+    forward = cost + value  # cost in, value out
+    backward = cost + value + cost  # cost in again, incoming gradient in, gradient out
+    return {"fwd": forward, "bwd": backward, "fwd+bwd": forward + backward}[pass_]
 
 
 def peak_bandwidth(device):
@@ -73,34 +111,77 @@ def peak_bandwidth(device):
     return next((bw for key, bw in PEAK_BANDWIDTH if key in name), None)
 
 
-def floor_bytes(pairs, n, m, dtype, backward):
-    """The bandwidth floor: cost in + one value out (+ the gradient out with the backward)."""
-    elem = torch.empty(0, dtype=dtype).element_size()
-    cost_bytes = pairs * n * m * elem
-    total = cost_bytes + pairs * elem  # cost in, one value out
-    if backward:
-        total += cost_bytes  # gradient out
-    return total
-
-
-def _pysdtw_fn(config, device):
-    try:
-        import pysdtw
-    except ImportError:
+def copy_bandwidth(device, nbytes=COPY_BYTES):
+    """Bytes read + written per second by a large device-to-device copy (CUDA only; None elsewhere)."""
+    if device.type != "cuda":
         return None
-    # pysdtw takes two sequences and a distance function: hand it the precomputed cost as X and
-    # ignore Y, a zero-stride placeholder with the lengths and feature size pysdtw checks.
-    sdtw = pysdtw.SoftDTW(gamma=config.gamma, dist_func=lambda x, _y: x, use_cuda=device.type == "cuda")
+    import triton.testing
 
-    def run(cost, mode, gamma):
-        batch, _, m = cost.shape
-        return sdtw(cost, cost.new_zeros(1, 1, 1).expand(batch, m, m))
+    def copy_ms():
+        src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+        dst = torch.empty_like(src)
+        with torch.cuda.device(device):
+            return triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=100, return_mode="median")
 
-    return run
+    ms = copy_ms()
+    torch.cuda.empty_cache()  # the two buffers went with copy_ms
+    return 2 * nbytes / (ms / 1e3)
+
+
+def random_costs(pairs, n, m, dtype, device, seed):
+    """(pairs, n, m) costs uniform in [0, 2), drawn on ``device`` (no host tensor of the whole batch)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return (torch.rand(pairs, n, m, generator=gen, device=device) * 2).to(dtype)
+
+
+@dataclasses.dataclass
+class Implementation:
+    """One column of the table: ``fn(cost, mode, gamma) -> value`` through autograd, or ``prepare(cost,
+    gamma) -> call`` for a forward kernel timed alone on buffers prepared outside the timing."""
+    fn: object = None
+    prepare: object = None
+    cap: object = None  # (n, m) -> max pairs timed, or None
+    skipped: str = None
+
+
+def _pysdtw_kernel(device):
+    """pysdtw's soft-DTW forward kernel alone: prepare(cost, gamma) -> call returning the values (B,)."""
+    import math
+
+    import numpy as np
+    from pysdtw import sdtw_cpu, sdtw_cuda
+
+    def prepare_cuda(cost, gamma):
+        from numba import cuda
+
+        batch, n, m = cost.shape
+        d = cost.detach().contiguous()
+        lengths = torch.tensor([n, m], device=cost.device).expand(batch, 2).contiguous()
+        r = torch.full((batch, n + 2, m + 2), math.inf, dtype=cost.dtype, device=cost.device)
+        r[:, 0, 0] = 0  # the wrapper's two fills, done here once: its kernel rewrites every inner cell
+        threads = min(max(n, m), sdtw_cuda.MAX_THREADS_PER_BLOCK)
+        passes = max(n, m) // sdtw_cuda.MAX_THREADS_PER_BLOCK + 1
+        stream = cuda.external_stream(torch.cuda.current_stream(cost.device).cuda_stream)
+        args = (cuda.as_cuda_array(d), float(gamma), 0.0, cuda.as_cuda_array(lengths), passes, n + m - 1,
+                cuda.as_cuda_array(r))
+
+        def call():  # one block per pair, one thread per anti-diagonal cell (pysdtw's launch)
+            sdtw_cuda.compute_softdtw_cuda[batch, threads, stream](*args)
+            return r[:, n, m]
+
+        return call
+
+    def prepare_cpu(cost, gamma):
+        batch, n, m = cost.shape
+        d = cost.detach().contiguous().numpy()
+        lengths = np.tile(np.array([n, m], dtype=np.int64), (batch, 1))
+        return lambda: torch.from_numpy(sdtw_cpu.compute_softdtw(d, lengths, float(gamma), 0.0)[:, n, m])
+
+    return prepare_cuda if device.type == "cuda" else prepare_cpu
 
 
 def _implementations(config, device):
-    """name -> (callable(cost, mode, gamma), max pairs for (n, m) or None, reason it is skipped or None)."""
+    """name -> Implementation."""
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     on_cpu = device.type != "cuda"
     impls = {}
@@ -112,84 +193,128 @@ def _implementations(config, device):
                 return dtw(cost, mode=mode, gamma=gamma, backend="triton")
 
             if not on_cpu:
-                impls["triton"] = (run_triton, None, None)
+                impls["triton"] = Implementation(run_triton)
             elif interpret:
-                impls["triton"] = (run_triton, lambda n, m: config.interpret_max_pairs, None)
+                impls["triton"] = Implementation(run_triton, cap=lambda n, m: config.interpret_max_pairs)
             else:
-                impls["triton"] = (None, None, "no CUDA device (set TRITON_INTERPRET=1 to time the interpreter)")
+                impls["triton"] = Implementation(skipped="no CUDA device (set TRITON_INTERPRET=1 to time the "
+                                                         "interpreter)")
         except ImportError:
-            impls["triton"] = (None, None, "triton not installed")
+            impls["triton"] = Implementation(skipped="triton not installed")
     if "torch-reference" in config.implementations:
-        impls["torch-reference"] = (dtw_reference, None, None)
+        impls["torch-reference"] = Implementation(dtw_reference)
     if "eager-loop" in config.implementations:
         if on_cpu:
-            impls["eager-loop"] = (eager_dtw, lambda n, m: config.eager_max_pairs, None)
+            impls["eager-loop"] = Implementation(eager_dtw, cap=lambda n, m: config.eager_max_pairs)
         else:
-            impls["eager-loop"] = (eager_dtw, lambda n, m: max(1, EAGER_CUDA_MAX_CELLS // (n * m)), None)
+            impls["eager-loop"] = Implementation(eager_dtw, cap=lambda n, m: max(1, EAGER_CUDA_MAX_CELLS // (n * m)))
     if "pysdtw" in config.implementations:
-        fn = _pysdtw_fn(config, device)
-        if config.mode != "soft":
-            impls["pysdtw"] = (None, None, "soft mode only")
-        elif DTYPES[config.dtype] in (torch.float16, torch.bfloat16):
-            impls["pysdtw"] = (None, None, f"pysdtw does not take {config.dtype}")
-        elif fn is None:
-            impls["pysdtw"] = (None, None, "pysdtw not installed (pip install pysdtw)")
-        else:
-            impls["pysdtw"] = (fn, None, None)
+        impls["pysdtw"] = _pysdtw_implementation(config, device)
     return impls
 
 
-def _time(fn, cost, config, device):
-    """Median seconds of one call (forward, or forward + backward)."""
+def _pysdtw_implementation(config, device):
+    if config.mode != "soft":
+        return Implementation(skipped="soft mode only")
+    if DTYPES[config.dtype] in (torch.float16, torch.bfloat16):
+        return Implementation(skipped=f"pysdtw does not take {config.dtype}")
+    if config.timed_pass != "fwd":
+        return Implementation(skipped="forward kernel only: pysdtw's backward loops over pairs in Python")
+    try:
+        return Implementation(prepare=_pysdtw_kernel(device))
+    except ImportError as err:
+        return Implementation(skipped=f"pysdtw not importable ({err})")
 
-    def once():
-        leaf = cost.detach().requires_grad_(config.backward)
-        value = fn(leaf, config.mode, config.gamma)
-        if config.backward:
-            value.sum().backward()
 
+def _timed_call(impl, cost, config):
+    """The zero-argument call that ``config.timed_pass`` times on ``cost``."""
+    if impl.prepare is not None:
+        return impl.prepare(cost, config.gamma)
+    if config.timed_pass == "fwd":
+        return lambda: impl.fn(cost, config.mode, config.gamma)
+    leaf = cost.detach().requires_grad_(True)
+    if config.timed_pass == "bwd":  # the forward once, outside the timing; its graph kept for every repeat
+        value = impl.fn(leaf, config.mode, config.gamma)
+        grad_out = torch.ones_like(value)
+        return lambda: torch.autograd.grad(value, leaf, grad_out, retain_graph=True)
+
+    def step():
+        value = impl.fn(leaf, config.mode, config.gamma)
+        return torch.autograd.grad(value, leaf, torch.ones_like(value))
+
+    return step
+
+
+def time_call(call, config, device):
+    """Median seconds of one ``call()``; with ``config.compile_only`` one untimed call (returns None)."""
+    if config.compile_only:
+        call()
+        synchronize(device)
+        return None
     if device.type == "cuda":
         import triton.testing
 
         with torch.cuda.device(device):
-            return triton.testing.do_bench(once, warmup=25, rep=100, return_mode="median") / 1e3
+            return triton.testing.do_bench(call, warmup=25, rep=100, return_mode="median") / 1e3
     for _ in range(config.warmup):
-        once()
+        call()
     times = []
     for _ in range(config.repeats):
         synchronize(device)
         start = time.perf_counter()
-        once()
+        call()
         synchronize(device)
         times.append(time.perf_counter() - start)
     times.sort()
     return times[len(times) // 2]
 
 
-def _bench_size(config, device, pairs, n, m):
+def _max_abs_error(impl, cost, config):
+    """Largest |value - float64 reference value| over the first CHECKED_PAIRS pairs."""
+    sample = cost[:CHECKED_PAIRS]
+    with torch.no_grad():
+        got = impl.prepare(sample, config.gamma)() if impl.prepare else impl.fn(sample, config.mode, config.gamma)
+        expected = dtw_reference(sample.double(), config.mode, config.gamma)
+    return (got.double().cpu() - expected.cpu()).abs().max().item()
+
+
+def _bench_size(config, device, pairs, n, m, ceilings):
     dtype = DTYPES[config.dtype]
-    peak = peak_bandwidth(device)
-    gen = torch.Generator().manual_seed(config.seed)
-    cost = (torch.rand(pairs, n, m, generator=gen) * 2).to(device=device, dtype=dtype)
+    peak, copy = ceilings
+    cost = random_costs(pairs, n, m, dtype, device, config.seed)
+    floor = floor_bytes_per_pair(n, m, dtype, config.mode, config.timed_pass)
     rows = []
-    for name, (fn, cap, skipped) in _implementations(config, device).items():
+    for name, impl in _implementations(config, device).items():
         row = {"implementation": name, "pairs": pairs, "n": n, "m": m, "pairs_timed": 0, "seconds": None,
-               "pairs_per_s": None, "gb_per_s": None, "pct_of_floor": None, "note": skipped or ""}
-        if fn is not None:
-            timed = min(pairs, cap(n, m)) if cap else pairs
+               "pairs_per_s": None, "floor_bytes_per_pair": floor, "gb_per_s": None, "pct_of_floor": None,
+               "pct_of_copy": None, "max_abs_err": None, "note": impl.skipped or ""}
+        if impl.skipped is None:
+            timed = min(pairs, impl.cap(n, m)) if impl.cap else pairs
             try:
-                seconds = _time(fn, cost[:timed], config, device)
+                seconds = time_call(_timed_call(impl, cost[:timed], config), config, device)
+                if not config.compile_only:
+                    row["max_abs_err"] = _max_abs_error(impl, cost, config)
             except torch.cuda.OutOfMemoryError:  # e.g. stored weights of 1M pairs of 64x64: a result, not a crash
                 row["note"] = f"out of GPU memory at {timed} pairs"
                 rows.append(row)
                 torch.cuda.empty_cache()
                 continue
-            moved = floor_bytes(timed, n, m, dtype, config.backward)
-            row.update(pairs_timed=timed, seconds=seconds, pairs_per_s=timed / seconds, gb_per_s=moved / seconds / 1e9)
-            if peak:
-                row["pct_of_floor"] = 100.0 * (moved / seconds) / peak
+            except Exception as err:  # pysdtw is third-party code on numba: its failure is its row's note
+                if impl.prepare is None:
+                    raise
+                row["note"] = f"failed: {type(err).__name__}: {err}"[:300]
+                rows.append(row)
+                continue
+            row["pairs_timed"] = timed
+            if seconds:
+                rate = floor * timed / seconds  # floor bytes per second
+                row.update(seconds=seconds, pairs_per_s=timed / seconds, gb_per_s=rate / 1e9,
+                           pct_of_floor=100.0 * rate / peak if peak else None,
+                           pct_of_copy=100.0 * rate / copy if copy else None)
             if timed < pairs:
                 row["note"] = f"timed on {timed} of {pairs} pairs (memory / CPU cap), rate per pair"
+            if impl.prepare is not None:
+                row["note"] = "forward kernel alone on prepared buffers (not its wrapper)"
         rows.append(row)
     rates = {r["implementation"]: r["pairs_per_s"] for r in rows}
     for row in rows:
@@ -199,25 +324,41 @@ def _bench_size(config, device, pairs, n, m):
     return rows
 
 
+def default_pairs(pairs, device):
+    return pairs or (1_000_000 if device.type == "cuda" else 4096)
+
+
 def run_bench(config):
     """Times every implementation at every (pairs, size); returns metadata and one row per implementation and size."""
+    if config.timed_pass not in PASSES:
+        raise ValueError(f"timed_pass must be one of {PASSES}, got {config.timed_pass!r}")
     device = resolve_device(config.device)
-    pairs_list = [p or (1_000_000 if device.type == "cuda" else 4096) for p in config.pairs]
-    rows = [row for pairs in pairs_list for n, m in config.sizes for row in _bench_size(config, device, pairs, n, m)]
-    config = {**dataclasses.asdict(config), "pairs": pairs_list, "sizes": [list(s) for s in config.sizes],
-              "implementations": list(config.implementations), "floor": "cost in + one value out (+ gradient out)"}
-    return benchmark_record("dtw", device, config, rows, peak_bandwidth_bytes_per_s=peak_bandwidth(device))
+    pairs_list = [default_pairs(p, device) for p in config.pairs]
+    ceilings = (peak_bandwidth(device), None if config.compile_only else copy_bandwidth(device))
+    rows = [row for pairs in pairs_list for n, m in config.sizes
+            for row in _bench_size(config, device, pairs, n, m, ceilings)]
+    config = {**dataclasses.asdict(config), "pass": config.timed_pass, "pairs": pairs_list,
+              "sizes": [list(s) for s in config.sizes], "implementations": list(config.implementations),
+              "floor": "fwd: cost in + value out; bwd: cost in + value gradient in + gradient out; fwd+bwd: both "
+                       "(m3net.bench.dtw.floor_bytes_per_pair)"}
+    return benchmark_record("dtw", device, config, rows, peak_bandwidth_bytes_per_s=ceilings[0],
+                            copy_bandwidth_bytes_per_s=ceilings[1])
 
 
-def run_matcher_bench(config, shots=5, ways=5, dim=2048):
+MATCHER_CALLS = ("dtw forward (plain)", "I-M matcher hard", "I-M matcher soft", "OTAM head", "I-M dtw, s in place",
+                 "I-M dtw, 1 - s copy")
+
+
+def run_matcher_bench(config, shots=5, ways=5, dim=2048, only=None):
     """End to end, per T in ``config.sizes`` (N = M = T) at ``config.pairs[0]`` pairs: the I-M matcher
     (frame similarity matmul + dtw_similarity's fused value/path length on its strided view + class
     means) and the OTAM head (spatial mean + similarity + dtw_similarity, both directions) beside one
     plain dtw forward on precomputed costs of the same pairs. Two more rows isolate the I-M DTW pass
     on a precomputed similarity: read in place (dtw_similarity) vs the cost 1 - s materialised first
-    (dtw_with_length, the matchers' path before issue #10).
+    (dtw_with_length, the matchers' path before issue #10). Forward passes only.
 
     ``x plain fwd`` = the row's time over that plain forward's (the issue's target for I-M: <= 2).
+    ``only``: the names (MATCHER_CALLS) of the calls to run, all by default.
     """
     from m3net.model.baselines import OTAM
     from m3net.model.episode_ops import similarity_all_pairs
@@ -226,15 +367,14 @@ def run_matcher_bench(config, shots=5, ways=5, dim=2048):
     device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
     supports = shots * ways
-    pairs = config.pairs[0] or (1_000_000 if device.type == "cuda" else 4096)
-    queries = max(1, pairs // supports)
+    queries = max(1, default_pairs(config.pairs[0], device) // supports)
     labels = torch.arange(ways, device=device).repeat_interleave(shots)
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
     rows = []
     for t, _ in config.sizes:
-        query = torch.randn(queries, t, dim, generator=gen).to(device, dtype)
-        support = torch.randn(1, supports, t, dim, generator=gen).to(device, dtype)
-        cost = (torch.rand(queries * supports, t, t, generator=gen) * 2).to(device, dtype)
+        query = torch.randn(queries, t, dim, generator=gen, device=device).to(dtype)
+        support = torch.randn(1, supports, t, dim, generator=gen, device=device).to(dtype)
+        cost = random_costs(queries * supports, t, t, dtype, device, config.seed)
         otam = OTAM(OTAM.Config(feature_dim=dim, num_frames=t, gamma=config.gamma)).to(device)
         maps = support[0, :, :, None, None, :], query[:, :, None, None, :]  # (S, T, 1, 1, d), (Q, T, 1, 1, d)
         sim = similarity_all_pairs(query, support)  # (Q, S, T, T), a view of the (Q·T, S·T) matmul
@@ -247,44 +387,51 @@ def run_matcher_bench(config, shots=5, ways=5, dim=2048):
             "I-M dtw, s in place": lambda: dtw_similarity(sim, mode="soft", gamma=config.gamma, with_length=True),
             "I-M dtw, 1 - s copy": lambda: dtw_with_length((1 - sim).flatten(0, 1), mode="soft", gamma=config.gamma),
         }
+        if set(only or ()) - set(calls):
+            raise ValueError(f"run_matcher_bench: only= takes names among {tuple(calls)}, got {only}")
         plain = None
-        for name, call in calls.items():  # _time hands each call the cost; these ignore it
-            seconds = _time(lambda *_: call(), cost, dataclasses.replace(config, backward=False), device)
-            plain = plain or seconds
+        for name, call in calls.items():
+            if only is not None and name not in only:
+                continue
+            seconds = time_call(call, config, device)
+            plain = seconds if name == "dtw forward (plain)" else plain
             rows.append({"implementation": name, "pairs": queries * supports, "n": t, "m": t, "seconds": seconds,
-                         "pairs_per_s": queries * supports / seconds, "x_plain_fwd": seconds / plain})
+                         "pairs_per_s": queries * supports / seconds if seconds else None,
+                         "x_plain_fwd": seconds / plain if seconds and plain else None})
     config = {**dataclasses.asdict(config), "pairs": [queries * supports], "sizes": [list(s) for s in config.sizes],
               "implementations": list(config.implementations), "shots": shots, "ways": ways, "dim": dim}
     return benchmark_record("dtw_matchers", device, config, rows)
+
+
+def _fmt(value, spec):
+    return format(value, spec) if value is not None else "-"
 
 
 def format_matcher_table(result):
     lines = [f"DTW matchers end to end ({result['config']['dtype']}) on {result['device']}",
              f"{'pairs':>8} {'T':>3} {'call':<22} {'s/call':>10} {'pairs/s':>10} {'x plain fwd':>11}"]
     for r in result["rows"]:
-        lines.append(f"{r['pairs']:>8} {r['n']:>3} {r['implementation']:<22} {r['seconds']:>10.4g} "
-                     f"{r['pairs_per_s']:>10.4g} {r['x_plain_fwd']:>11.2f}")
+        lines.append(f"{r['pairs']:>8} {r['n']:>3} {r['implementation']:<22} {_fmt(r['seconds'], '>10.4g')} "
+                     f"{_fmt(r['pairs_per_s'], '>10.4g')} {_fmt(r['x_plain_fwd'], '>11.2f')}")
     return "\n".join(lines)
 
 
 def format_table(result):
     cfg = result["config"]
-    kind = "forward+backward" if cfg["backward"] else "forward"
-    lines = [f"DTW {cfg['mode']} {kind}, {cfg['dtype']}, on {result['device']}"]
+    lines = [f"DTW {cfg['mode']} {cfg['pass']}, {cfg['dtype']}, on {result['device']} "
+             f"(% floor, % copy: against the {cfg['pass']} floor, 'floor B' per pair)"]
     if result["cpu_numbers"]:
         lines.append("(CPU numbers: no GPU here, no bandwidth floor percentage)")
     header = (f"{'pairs':>8} {'NxM':>6} {'implementation':<16} {'pairs timed':>11} {'s/call':>10} {'pairs/s':>10} "
-              f"{'GB/s':>7} {'% floor':>7} {'x pysdtw':>8} {'x eager':>8}  note")
+              f"{'floor B':>7} {'GB/s':>7} {'% floor':>7} {'% copy':>6} {'x pysdtw':>8} {'x eager':>8} "
+              f"{'max|err|':>8}  note")
     lines += [header, "-" * len(header)]
-
-    def fmt(value, spec):
-        return format(value, spec) if value is not None else "-"
-
     for r in result["rows"]:
         lines.append(
             f"{r['pairs']:>8} {str(r['n']) + 'x' + str(r['m']):>6} {r['implementation']:<16} {r['pairs_timed']:>11} "
-            f"{fmt(r['seconds'], '.4g'):>10} {fmt(r['pairs_per_s'], '.4g'):>10} {fmt(r['gb_per_s'], '.3g'):>7} "
-            f"{fmt(r['pct_of_floor'], '.1f'):>7} {fmt(r['x_pysdtw'], '.1f'):>8} {fmt(r['x_eager'], '.1f'):>8}  "
+            f"{_fmt(r['seconds'], '.4g'):>10} {_fmt(r['pairs_per_s'], '.4g'):>10} {r['floor_bytes_per_pair']:>7} "
+            f"{_fmt(r['gb_per_s'], '.3g'):>7} {_fmt(r['pct_of_floor'], '.1f'):>7} {_fmt(r['pct_of_copy'], '.1f'):>6} "
+            f"{_fmt(r['x_pysdtw'], '.1f'):>8} {_fmt(r['x_eager'], '.1f'):>8} {_fmt(r['max_abs_err'], '.1e'):>8}  "
             f"{r['note']}"
         )
     return "\n".join(lines)
@@ -293,8 +440,15 @@ def format_table(result):
 def write_results(result, out_dir):
     """CSV + JSON named after mode, pass, sizes, dtype, device and date; returns the two paths."""
     cfg = result["config"]
-    kind = "fwdbwd" if cfg["backward"] else "fwd"
+    kind = cfg["pass"].replace("+", "")  # fwd, bwd, fwdbwd
     sizes = "-".join(f"{n}x{m}" for n, m in cfg["sizes"])
     sweep = "sweep_" if len(cfg["pairs"]) > 1 or len(cfg["sizes"]) > 1 else ""
-    columns = {"mode": cfg["mode"], "pass": kind, "dtype": cfg["dtype"]}
+    columns = {"mode": cfg["mode"], "pass": cfg["pass"], "dtype": cfg["dtype"]}
     return write_benchmark(result, out_dir, f"dtw_{sweep}{cfg['mode']}_{kind}_{sizes}_{cfg['dtype']}", columns)
+
+
+def write_matcher_results(result, out_dir):
+    """CSV + JSON of a ``run_matcher_bench`` result; returns the two paths."""
+    cfg = result["config"]
+    sizes = "-".join(str(t) for t, _ in cfg["sizes"])
+    return write_benchmark(result, out_dir, f"dtw_matchers_t{sizes}_{cfg['dtype']}", {"dtype": cfg["dtype"]})

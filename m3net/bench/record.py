@@ -8,6 +8,14 @@ import os
 from m3net.config import Settings, setting, settings
 from m3net.runtime import device_name, git_sha, versions
 
+# A copy of the tree sent to a device machine has no .git: the session that sends it names the commit.
+GIT_SHA_ENV = "M3NET_GIT_SHA"
+
+
+def provenance_sha():
+    """The commit the benchmark ran on: M3NET_GIT_SHA when set, else the checkout's (runtime.git_sha)."""
+    return os.environ.get(GIT_SHA_ENV) or git_sha()
+
 
 @settings
 class RecordSettings(Settings):
@@ -22,7 +30,7 @@ def benchmark_record(name, device, config, rows, **extra):
         "benchmark": name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device_name(device), "device_type": device.type, "cpu_numbers": device.type != "cuda",
-        "git_sha": git_sha(), "versions": versions(),
+        "git_sha": provenance_sha(), "versions": versions(),
         # Other work on the machine slows every column alike; recorded so readers can judge.
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         **extra, "config": config, "rows": rows,

@@ -1,0 +1,469 @@
+"""The steps of a GPU session (``benchmarks/gpu_session.sh`` runs each one as its own process).
+
+    python -m m3net.bench.session STEP --jsonl OUT/bench.jsonl   # run STEP, append its one JSON line
+    python -m m3net.bench.session summary OUT/*.jsonl             # the short table printed last
+    python -m m3net.bench.session unpack OUT/bench.jsonl          # GPU records -> benchmarks/bench_*.{json,csv}
+
+Every step appends exactly one line, as soon as it ends: ``{"step", "stage", "status": "ok" | "error",
+"seconds", "quick", "result", "records": [benchmark records], "error"}``, written in one ``write`` and
+fsynced, so whatever finished is on disk when the session is killed. A step that raises is an
+``error`` line (its traceback goes to the log) and the next step still runs: each step is its own
+process, so a CUDA fault or a timeout ends only that step (the shell script writes a ``failed``
+line for a step that died without writing one).
+
+QUICK=1 shrinks every size so the whole session rehearses on a CPU (Triton interpreted); those
+numbers mean nothing, and ``unpack`` refuses them. M3NET_SESSION_FAIL=step[,step] makes those steps
+raise at their start (the test that a failing step does not stop the next one);
+M3NET_SESSION_PYTEST_K=EXPR narrows the tests steps to ``-k EXPR``.
+
+Decoders: no step imports PyAV or decord (the device image has neither); bench-train and
+bench-finetune use generated features and random frames, and each step's result lists the decoder
+modules it found imported (a step that imported one is an error).
+"""
+import argparse
+import dataclasses
+import datetime
+import glob
+import json
+import os
+import sys
+import time
+import traceback
+
+DECODERS = ("av", "decord")
+FAIL_ENV = "M3NET_SESSION_FAIL"
+PYTEST_K_ENV = "M3NET_SESSION_PYTEST_K"
+
+
+def quick():
+    return os.environ.get("QUICK", "0") == "1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """Every size the session uses; ``QUICK`` shrinks them (the T values only where the same code paths still run)."""
+    floor_pairs: int = 1_000_000
+    competitor_pairs: tuple = (4096, 32768)
+    matcher_pairs: int = 32768
+    matcher_dim: int = 2048
+    long_pairs: int = 1_000_000
+    long_sizes: tuple = ((16, 16), (17, 17), (32, 32))  # the last short size, then the long path
+    train: dict = dataclasses.field(default_factory=dict)  # TrainBenchConfig overrides
+    finetune: dict = dataclasses.field(default_factory=dict)  # FinetuneBenchConfig overrides
+    timing: dict = dataclasses.field(default_factory=dict)  # DTWBenchConfig overrides (CPU repeats)
+    smoke_pairs: int = 1000
+    episode_queries: int = 40  # the GPU test's episode: 40 queries x 25 supports
+
+
+FULL = Sizes()
+QUICK_SIZES = Sizes(
+    floor_pairs=256, competitor_pairs=(64, 128), matcher_pairs=50, matcher_dim=32, long_pairs=8,
+    long_sizes=((16, 16), (17, 17)),  # interpreted, the long kernel's cost grows with N·M loop steps
+    train={"channels": 64, "train_episodes": 2, "eval_episodes": 3, "warmup": 1},
+    finetune={"shots": (1,), "queries": 1, "frames": 2, "crop": 32, "steps": 1, "warmup": 1},
+    timing={"repeats": 1, "warmup": 0}, smoke_pairs=64, episode_queries=4)
+
+
+def sizes():
+    return QUICK_SIZES if quick() else FULL
+
+
+# --------------------------------------------------------------------------------------------
+# DTW plans: the configs each DTW step times (the warm step compiles what they launch)
+# --------------------------------------------------------------------------------------------
+def dtw_plans(s):
+    """step -> [(kind "table" | "matchers", DTWBenchConfig, matcher dim)]."""
+    from m3net.bench.dtw import PASSES, DTWBenchConfig
+    from m3net.kernels import MODES
+
+    def config(**kw):
+        return DTWBenchConfig(**{"sizes": ((8, 8),), "dtype": "float32", **s.timing, **kw})
+
+    all_impls = ("triton", "torch-reference", "eager-loop")
+    return {
+        # % of the bandwidth floor: 1M pairs of 8x8, every mode, forward / backward alone / whole step.
+        "dtw-floor": [("table", config(pairs=(s.floor_pairs,), mode=mode, timed_pass=p, implementations=("triton",)),
+                       None) for mode in MODES for p in PASSES],
+        # x eager and x pysdtw's forward kernel at an episode batch's sizes.
+        "dtw-competitors": [("table", config(pairs=s.competitor_pairs, mode=mode, timed_pass=p), None)
+                            for mode in MODES for p in ("fwd", "fwd+bwd")],
+        "dtw-matchers": [("matchers", config(pairs=(s.matcher_pairs,), sizes=((8, 8), (16, 16))), s.matcher_dim)],
+        # The long path (T > SHORT_MAX = 16) beside the last short size: forwards at 16, 17, 32; steps at 17, 32
+        # (a 16x16 short backward compiles for minutes: the GPU test covers it).
+        "dtw-long": [("table", config(pairs=(s.long_pairs,), sizes=s.long_sizes, mode="soft", timed_pass="fwd",
+                                      implementations=all_impls), None),
+                     ("table", config(pairs=(s.long_pairs,), sizes=tuple(t for t in s.long_sizes if t[0] > 16),
+                                      mode="soft", timed_pass="fwd+bwd", implementations=all_impls), None)],
+    }
+
+
+def _run_plan(plan):
+    from m3net.bench import dtw as bench
+
+    records = []
+    for kind, config, dim in plan:
+        if kind == "matchers":
+            record = bench.run_matcher_bench(config, dim=dim)
+            print(bench.format_matcher_table(record), flush=True)
+        else:
+            record = bench.run_bench(config)
+            print(bench.format_table(record), flush=True)
+        records.append(record)
+    return {}, records
+
+
+def _dtw_step(name):
+    return lambda s: _run_plan(dtw_plans(s)[name])
+
+
+# --------------------------------------------------------------------------------------------
+# smoke and warm
+# --------------------------------------------------------------------------------------------
+def smoke(s):
+    """Versions, one compile (timed), one forward and backward against the float64 reference."""
+    import torch
+
+    from m3net.bench.dtw import copy_bandwidth, peak_bandwidth, random_costs
+    from m3net.bench.record import provenance_sha
+    from m3net.kernels.dtw import dtw, dtw_reference
+    from m3net.runtime import device_name, resolve_device, synchronize, versions
+
+    device = resolve_device("auto")
+    result = {"device": device_name(device), "versions": versions(), "git_sha": provenance_sha(),
+              "interpreted": os.environ.get("TRITON_INTERPRET") == "1", "cpus": os.cpu_count(),
+              "pysdtw": _importable("pysdtw"), "numba": _importable("numba"), "xdist": _importable("xdist")}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        result.update(sms=props.multi_processor_count, memory_gib=props.total_memory / 2**30,
+                      peak_bandwidth=peak_bandwidth(device), copy_bandwidth=copy_bandwidth(device))
+    cost = random_costs(s.smoke_pairs, 8, 8, torch.float32, device, seed=0).requires_grad_()
+    start = time.perf_counter()
+    value = dtw(cost, mode="soft", gamma=0.1, backend="triton")
+    (grad,) = torch.autograd.grad(value.sum(), cost)
+    synchronize(device)
+    result["first_call_s"] = time.perf_counter() - start  # compile(s) + launch on a fresh cache
+    leaf = cost.detach().double().requires_grad_()
+    expected = dtw_reference(leaf, mode="soft", gamma=0.1)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), leaf)
+    result["value_max_abs_err"] = (value.double() - expected).abs().max().item()
+    result["grad_max_abs_err"] = (grad.double() - expected_grad).abs().max().item()
+    print(json.dumps(result, indent=1), flush=True)
+    if not (result["value_max_abs_err"] < 1e-4 and result["grad_max_abs_err"] < 1e-4):
+        raise AssertionError(f"Triton soft 8x8 disagrees with the float64 reference: {result}")
+    return result, []
+
+
+def _importable(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmUnit:
+    """One process's share of a warm-up: ``kind`` "table" / "matchers" (a DTWBenchConfig run with
+    compile_only), "train" / "finetune" (one episode of the heads' steps) or "episode" (the GPU test's pass)."""
+    label: str
+    kind: str
+    config: object = None  # DTWBenchConfig of a table or matchers unit
+    args: tuple = ()  # matchers: (dim, call name); episode: _episode_pass's arguments
+    weight: int = 0  # units that compile longest start first
+
+
+def _warm_units(s):
+    """Units whose one untimed run launches every kernel variant the timed steps use, split finely
+    (one matcher call, one size) so that no unit chains many long compiles."""
+    from m3net.bench.dtw import MATCHER_CALLS
+
+    units = []
+    for step, plan in dtw_plans(s).items():
+        for kind, config, dim in plan:
+            for pairs in config.pairs:
+                for size in config.sizes:
+                    one = dataclasses.replace(config, pairs=(pairs,), sizes=(size,), implementations=("triton",),
+                                              compile_only=True)
+                    # 16x16 short kernels compile for 30-50 s, 8x8 in seconds, the long path's row tiles in 2-3 s
+                    weight = max(size) if max(size) <= 16 else 1
+                    if kind == "table":
+                        units.append(WarmUnit(f"{step} {one.mode} {one.timed_pass} {pairs}x{size[0]}x{size[1]}",
+                                              kind, one, weight=weight))
+                    else:
+                        units += [WarmUnit(f"{step} T={size[0]} {call}", kind, one, (dim, call), weight)
+                                  for call in MATCHER_CALLS]
+    units += [WarmUnit("bench-train", "train", weight=8), WarmUnit("bench-finetune", "finetune", weight=8)]
+    return sorted(units, key=lambda unit: unit.weight, reverse=True)
+
+
+def _warm_one(unit):
+    """Runs one warm unit in a pool worker; (label, seconds, error or None)."""
+    start = time.perf_counter()
+    try:
+        if unit.kind == "matchers":
+            from m3net.bench.dtw import run_matcher_bench
+
+            dim, call = unit.args
+            run_matcher_bench(unit.config, dim=dim, only=(call,))
+        elif unit.kind == "table":
+            from m3net.bench.dtw import run_bench
+
+            run_bench(unit.config)
+        elif unit.kind in ("train", "finetune"):
+            _head_records(sizes(), unit.kind, warm=True)
+        else:
+            _episode_pass(*unit.args)
+        return unit.label, time.perf_counter() - start, None
+    except Exception as err:  # reported in the warm step's result; the timed step will show it too
+        return unit.label, time.perf_counter() - start, f"{type(err).__name__}: {err}"
+
+
+def _run_pool(units):
+    """Runs ``units`` in spawned worker processes (one per CPU core up to 16): parallel compiles."""
+    import concurrent.futures
+    import multiprocessing
+
+    workers = max(1, min(16, os.cpu_count() or 1, len(units)))
+    rows = []
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        for label, seconds, error in pool.map(_warm_one, units):
+            rows.append({"unit": label, "seconds": round(seconds, 2), "error": error})
+            print(f"warm {label}: {seconds:.1f} s" + (f" ERROR {error}" if error else ""), flush=True)
+    return {"workers": workers, "units": rows}
+
+
+def warm(s):
+    """Compiles every kernel variant of the timed steps once, in parallel processes (Triton's disk
+    cache then serves the timed steps). Each unit's time is its compiles plus one run."""
+    return _run_pool(_warm_units(s)), []
+
+
+# --------------------------------------------------------------------------------------------
+# bench-train and bench-finetune (generated features / random frames: no decoder)
+# --------------------------------------------------------------------------------------------
+TRAIN_HEADS = (("m3net", {}), ("m3net", {"proj_dim": 128}), ("trx", {}))
+
+
+def _head_records(s, kind, warm=False):
+    """bench-train's records (three heads) or bench-finetune's; ``warm``: one episode of each setting
+    the timed step compiles for, untimed."""
+    if kind == "train":
+        from m3net.bench.train import TrainBenchConfig, run_bench
+
+        short = {"train_episodes": 1, "eval_episodes": 1, "warmup": 0} if warm else {}
+        return [run_bench(TrainBenchConfig(head=head, head_options=options, **{**s.train, **short}))
+                for head, options in (TRAIN_HEADS[:1] if warm else TRAIN_HEADS)]
+    from m3net.bench.finetune import FinetuneBenchConfig, run_bench
+
+    short = {"steps": 1, "warmup": 0, "checkpointing": (False,)} if warm else {}
+    return [run_bench(FinetuneBenchConfig(**{**s.finetune, **short}), progress=None)]
+
+
+def _head_step(kind):
+    """The bench-train / bench-finetune step: its tables printed, and no decoder imported on the way."""
+    def step(s):
+        from m3net.bench import finetune, train
+
+        records = _head_records(s, kind)
+        for record in records:
+            print((train if kind == "train" else finetune).format_table(record), flush=True)
+        imported = [m for m in DECODERS if m in sys.modules]
+        if imported:
+            raise AssertionError(f"{kind} imported the decoder(s) {imported}: it must run on generated inputs")
+        return {"decoders_imported": imported}, records
+
+    return step
+
+
+# --------------------------------------------------------------------------------------------
+# tests: the GPU-marked tests and the kernel tests, collected without any decoder
+# --------------------------------------------------------------------------------------------
+KERNEL_TESTS = "tests/test_dtw*.py"
+
+
+def _gpu_test_files():
+    """Test files holding a ``pytest.mark.gpu`` test (read as text: collecting every file would
+    import the ones that need a decoder)."""
+    return sorted(path for path in glob.glob("tests/test_*.py") if "mark.gpu" in open(path).read())
+
+
+def _long_compile(item):
+    """GPU tests at T > 8: their 16x16 short backward variants compile for minutes each."""
+    callspec = getattr(item, "callspec", None)
+    return bool(callspec) and callspec.params.get("t", 0) > 8
+
+
+def _pytest(args, select=None, workers=0):
+    from m3net.bench.session_pytest import run_pytest
+
+    if os.environ.get(PYTEST_K_ENV):  # a narrower selection (tests/test_gpu_session.py's rehearsal)
+        args = [*args, "-k", os.environ[PYTEST_K_ENV]]
+    return run_pytest(args, select, workers if _importable("xdist") else 0, DECODERS), []
+
+
+def tests_kernel(s):  # ~350 small kernel variants to compile: every core
+    return _pytest(["-m", "not slow and not gpu", *sorted(glob.glob(KERNEL_TESTS))], workers=os.cpu_count())
+
+
+def tests_gpu(s):
+    return _pytest(["-m", "gpu", *_gpu_test_files()], select=lambda item: not _long_compile(item), workers=4)
+
+
+def tests_gpu_long(s):
+    return _pytest(["-m", "gpu", *_gpu_test_files()], select=_long_compile, workers=2)
+
+
+def _episode_pass(dtype_name, t, mode, transposed):
+    """The GPU test's dtw_similarity pass (40 x 25 pairs of its matmul view), forward and backward."""
+    import torch
+
+    from m3net.kernels.dtw import dtw_similarity
+
+    q, supports = sizes().episode_queries, 25
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    flat = torch.rand(q * t, supports * t, dtype=torch.float64).to(device, getattr(torch, dtype_name))
+    sim = flat.view(q, t, supports, t).transpose(1, 2)  # (Q, S, T, T), as the test builds it
+    if transposed:  # OTAM's second direction past SYMMETRIC_BWD_MAX: its own backward launch
+        sim, flags = sim.transpose(2, 3), {}
+    else:
+        flags = {"symmetric": True} if mode == "otam" else {"with_length": True}
+    leaf = sim.detach().clone().requires_grad_()
+    out = dtw_similarity(leaf, mode, 0.1, backend="triton", **flags)
+    value = out[0] if isinstance(out, tuple) else out
+    torch.autograd.grad(value.sum(), leaf)
+
+
+def tests_warm_long(s):
+    """Compiles the long GPU tests' 16x16 variants in parallel, one process per variant chain (about
+    4 minutes of CPU each); tests-gpu-long then reads them from Triton's cache."""
+    from m3net.kernels import MODES
+
+    units = [WarmUnit(f"T=16 {dtype} {mode}" + (" transposed" if transposed else ""), "episode",
+                      args=(dtype, 16, mode, transposed))
+             for dtype in ("float32", "bfloat16") for mode in MODES
+             for transposed in ((False, True) if mode == "otam" else (False,))]
+    return _run_pool(units), []
+
+
+# --------------------------------------------------------------------------------------------
+# runner
+# --------------------------------------------------------------------------------------------
+STEPS = {  # name -> (stage, function of Sizes -> (result, records))
+    "smoke": ("bench", smoke),
+    "warm": ("bench", warm),
+    "dtw-floor": ("bench", _dtw_step("dtw-floor")),
+    "dtw-competitors": ("bench", _dtw_step("dtw-competitors")),
+    "dtw-matchers": ("bench", _dtw_step("dtw-matchers")),
+    "dtw-long": ("bench", _dtw_step("dtw-long")),
+    "bench-train": ("bench", _head_step("train")),
+    "bench-finetune": ("bench", _head_step("finetune")),
+    "tests-warm-long": ("tests", tests_warm_long),
+    "tests-kernel": ("tests", tests_kernel),
+    "tests-gpu": ("tests", tests_gpu),
+    "tests-gpu-long": ("tests", tests_gpu_long),
+}
+
+
+def append_line(path, line):
+    """One JSON line, written in one call and fsynced (a kill leaves whole lines behind)."""
+    data = (json.dumps(line, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def run_step(name, jsonl):
+    stage, function = STEPS[name]
+    line = {"step": name, "stage": stage, "quick": quick(),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    start = time.perf_counter()
+    try:
+        if name in os.environ.get(FAIL_ENV, "").split(","):
+            raise RuntimeError(f"failed on purpose ({FAIL_ENV}={os.environ[FAIL_ENV]})")
+        result, records = function(sizes())
+        line.update(status="ok", result=result, records=records)
+    except Exception as err:
+        traceback.print_exc()
+        line.update(status="error", error=f"{type(err).__name__}: {err}"[:4000])
+    line["seconds"] = round(time.perf_counter() - start, 2)
+    append_line(jsonl, line)
+    print(f"== {name}: {line['status']} in {line['seconds']:.1f} s", flush=True)
+    return 0 if line["status"] == "ok" else 1
+
+
+def read_lines(paths):
+    """Every whole JSON line of ``paths`` (a line cut by a kill is skipped)."""
+    lines = []
+    for path in paths:
+        with open(path) as fh:
+            for text in fh:
+                try:
+                    lines.append(json.loads(text))
+                except json.JSONDecodeError:
+                    pass
+    return lines
+
+
+def _headline(line):
+    """The figures that matter from a step's records, in a few words."""
+    parts = []
+    for record in line.get("records") or []:
+        cfg = record["config"]
+        for row in record["rows"]:
+            if record["benchmark"] == "dtw" and row["implementation"] == "triton" and row.get("pct_of_floor"):
+                parts.append(f"{cfg['mode']} {cfg['pass']} {row['pairs']}x{row['n']}: {row['pct_of_floor']:.0f}% floor")
+            elif record["benchmark"] == "dtw" and row["implementation"] == "triton" and row.get("x_pysdtw"):
+                parts.append(f"{row['pairs']}x{row['n']}: {row['x_pysdtw']:.1f}x pysdtw")
+    counts = (line.get("result") or {}).get("counts")
+    if counts:
+        parts.append(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    return "; ".join(parts)
+
+
+def summary(paths):
+    lines = read_lines(paths)
+    print(f"{'step':<18} {'status':<7} {'seconds':>8}  headline")
+    for line in lines:
+        detail = line.get("error") or _headline(line)
+        print(f"{line['step']:<18} {line['status']:<7} {line.get('seconds') or 0:>8.1f}  {detail[:200]}")
+    return 0
+
+
+def unpack(paths, out_dir):
+    """Writes every record of the ok lines as benchmarks/bench_*.{json,csv}; refuses QUICK lines."""
+    from m3net.bench import dtw, finetune, train
+    from m3net.errors import ConfigError
+
+    writers = {"dtw": dtw.write_results, "dtw_matchers": dtw.write_matcher_results,
+               "train-head": train.write_results, "finetune": finetune.write_results}
+    written = []
+    for line in read_lines(paths):
+        if line.get("quick"):
+            raise ConfigError(f"unpack: step {line['step']} ran with QUICK=1: rehearsal numbers are not results")
+        for record in line.get("records") or [] if line["status"] == "ok" else []:
+            written += writers[record["benchmark"]](record, out_dir)
+    for path in written:
+        print("wrote", path)
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=[*STEPS, "summary", "unpack"])
+    parser.add_argument("files", nargs="*", help="summary / unpack: the JSON-lines files")
+    parser.add_argument("--jsonl", help="the step's JSON-lines file (appended)")
+    parser.add_argument("--out-dir", default="benchmarks", help="unpack: where the records go")
+    args = parser.parse_args(argv)
+    if args.step == "summary":
+        return summary(args.files)
+    if args.step == "unpack":
+        return unpack(args.files, args.out_dir)
+    if not args.jsonl:
+        parser.error("--jsonl is required for a step")
+    return run_step(args.step, args.jsonl)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

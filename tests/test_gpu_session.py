@@ -1,0 +1,152 @@
+"""benchmarks/gpu_session.sh and its steps (m3net.bench.session): one JSON line per step, written as
+the step ends; a failing step does not stop the next; at most 8 files come back; results survive a
+kill; records unpack into benchmarks/ files, and rehearsal (QUICK) lines are refused."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from m3net.bench import session
+from m3net.bench.dtw import MATCHER_CALLS
+from m3net.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_session.sh")
+BENCH_STEPS = ["smoke", "warm", "dtw-floor", "dtw-competitors", "dtw-matchers", "dtw-long", "bench-train",
+               "bench-finetune"]
+TESTS_STEPS = ["tests-gpu", "tests-kernel", "tests-warm-long", "tests-gpu-long"]  # `all`, then `tests-long`
+
+
+def _lines(path):
+    with open(path) as fh:
+        return [json.loads(line) for line in fh]
+
+
+def test_a_step_made_to_fail_writes_its_error_line(tmp_path, monkeypatch):
+    monkeypatch.setenv(session.FAIL_ENV, "dtw-floor,smoke")
+    jsonl = tmp_path / "bench.jsonl"
+    assert session.main(["smoke", "--jsonl", str(jsonl)]) == 1
+    assert session.main(["dtw-floor", "--jsonl", str(jsonl)]) == 1
+    lines = _lines(jsonl)
+    assert [(line["step"], line["status"], line["stage"]) for line in lines] == [
+        ("smoke", "error", "bench"), ("dtw-floor", "error", "bench")]
+    assert all("on purpose" in line["error"] and line["seconds"] >= 0 for line in lines)
+
+
+def test_summary_reads_whole_lines_only(tmp_path, capsys):
+    jsonl = tmp_path / "bench.jsonl"
+    session.append_line(jsonl, {"step": "smoke", "status": "ok", "seconds": 1.5, "result": {}})
+    with open(jsonl, "a") as fh:
+        fh.write('{"step": "warm", "stat')  # a line cut by a kill
+    assert [line["step"] for line in session.read_lines([jsonl])] == ["smoke"]
+    session.summary([jsonl])
+    assert "smoke" in capsys.readouterr().out
+
+
+def test_unpack_writes_records_and_refuses_rehearsal_lines(tmp_path):
+    record = {"benchmark": "dtw", "created": "2026-12-01T00:00:00+00:00", "device": "NVIDIA H200",
+              "git_sha": "abc", "versions": {"torch": "2.11.0", "triton": "3.6.0"},
+              "config": {"mode": "soft", "pass": "fwd", "dtype": "float32", "pairs": [4], "sizes": [[3, 3]]},
+              "rows": [{"implementation": "triton", "pairs": 4, "n": 3, "m": 3, "pairs_per_s": 1e9}]}
+    jsonl = tmp_path / "bench.jsonl"
+    session.append_line(jsonl, {"step": "dtw-floor", "status": "ok", "quick": False, "records": [record]})
+    session.append_line(jsonl, {"step": "dtw-long", "status": "error", "quick": False, "error": "x"})
+    session.unpack([jsonl], tmp_path / "out")
+    (written,) = (tmp_path / "out").glob("bench_dtw_soft_fwd_3x3_float32_nvidia-h200_2026-12-01.json")
+    assert json.loads(written.read_text()) == record
+    session.append_line(jsonl, {"step": "smoke", "status": "ok", "quick": True, "records": []})
+    with pytest.raises(ConfigError, match="QUICK"):
+        session.unpack([jsonl], tmp_path / "out")
+
+
+def test_warm_units_cover_every_timed_dtw_config_once():
+    units = session._warm_units(session.QUICK_SIZES)
+    assert len({unit.label for unit in units}) == len(units)
+    plans = session.dtw_plans(session.QUICK_SIZES)
+    # one unit per (pairs, size) of a table, per (size, call) of the matchers
+    expected = sum(len(c.pairs) * len(c.sizes) * (len(MATCHER_CALLS) if kind == "matchers" else 1)
+                   for plan in plans.values() for kind, c, _ in plan)
+    dtw_units = [unit for unit in units if unit.kind in ("table", "matchers")]
+    assert len(dtw_units) == expected
+    assert all(unit.config.compile_only and unit.config.implementations == ("triton",) for unit in dtw_units)
+    assert max(units[0].config.sizes[0]) == 16  # the longest compiles (16x16 short kernels) start first
+    assert {unit.kind for unit in units} >= {"train", "finetune"}
+    for sizes in (session.QUICK_SIZES, session.FULL):  # no two units run the same thing
+        keys = [repr((unit.kind, unit.config, unit.args)) for unit in session._warm_units(sizes)]
+        assert len(set(keys)) == len(keys)
+
+
+@pytest.mark.slow
+def test_kernel_and_gpu_test_files_import_no_decoder():
+    """What the tests steps collect, collected in a fresh interpreter: neither PyAV nor decord gets imported."""
+    files = sorted({*session._gpu_test_files(), *__import__("glob").glob(session.KERNEL_TESTS)})
+    assert "tests/test_synthetic.py" not in files and "tests/test_dtw_similarity.py" in files
+    code = ("import sys, pytest; s = pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', *sys.argv[1:]]);"
+            "print('DECODERS', [m for m in ('av', 'decord') if m in sys.modules]); sys.exit(s)")
+    proc = subprocess.run([sys.executable, "-c", code, *files], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "DECODERS []" in proc.stdout
+
+
+def test_a_step_that_dies_without_its_line_gets_a_failed_line(tmp_path):
+    """The shell writes the line of a step whose process died first (here: an interpreter that exits 1)."""
+    out = tmp_path / "out"
+    subprocess.run(["bash", SCRIPT, "steps", "smoke", "tests-gpu"], cwd=ROOT, capture_output=True, timeout=60,
+                   env={**os.environ, "OUT": str(out), "PYTHON": "false"})
+    for stage, step in (("bench", "smoke"), ("tests", "tests-gpu")):
+        (line,) = _lines(out / f"{stage}.jsonl")
+        assert (line["step"], line["status"], line["rc"]) == (step, "failed", 1)
+        assert "without a result line" in line["error"]
+
+
+def _rehearsal_env(out, **extra):
+    # The tests steps run the kernel tests: CI runs them itself, so the rehearsal keeps a few ("bench").
+    return {**os.environ, "QUICK": "1", "OUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+            session.PYTEST_K_ENV: "bench or matchers", **extra}
+
+
+@pytest.mark.slow
+def test_rehearsal_runs_every_step_and_a_failing_step_does_not_stop_the_next(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", SCRIPT, "all"], cwd=ROOT, capture_output=True, text=True, timeout=3000,
+                          env=_rehearsal_env(out, M3NET_SESSION_FAIL="dtw-floor"))
+    subprocess.run(["bash", SCRIPT, "tests-long"], cwd=ROOT, capture_output=True, timeout=3000,
+                   env=_rehearsal_env(out))  # the second call: its lines join the first's files
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8 and {p.name for p in files} == {"session.log", "bench.jsonl", "tests.jsonl"}, files
+    bench = _lines(out / "bench.jsonl")
+    assert [line["step"] for line in bench] == BENCH_STEPS, proc.stdout[-3000:]
+    status = {line["step"]: line["status"] for line in bench}
+    assert status["dtw-floor"] == "error" and "on purpose" in bench[2]["error"]
+    assert status == {**{step: "ok" for step in BENCH_STEPS}, "dtw-floor": "error"}, proc.stdout[-3000:]
+    assert all(line["quick"] for line in bench)
+    records = {r["benchmark"] for line in bench for r in line.get("records") or []}
+    assert records == {"dtw", "dtw_matchers", "train-head", "finetune"}
+    tests = _lines(out / "tests.jsonl")
+    assert [line["step"] for line in tests] == TESTS_STEPS
+    assert all(line["status"] == "ok" for line in tests), [line.get("error") for line in tests]
+    kernel = next(line for line in tests if line["step"] == "tests-kernel")["result"]
+    assert kernel["counts"].get("passed", 0) > 0 and not kernel["counts"].get("failed")
+    assert kernel["forbidden_imported_at_collection"] == []
+    log = (out / "session.log").read_text()
+    assert "[dtw-competitors]" in log and "[tests-kernel]" in log and "headline" in log  # summary last
+
+
+@pytest.mark.slow
+def test_killed_session_leaves_the_finished_steps_in_out(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(["bash", SCRIPT, "bench"], cwd=ROOT, env=_rehearsal_env(out), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log, deadline = out / "session.log", time.time() + 900
+    while time.time() < deadline and not (log.exists() and "== warm" in log.read_text()):
+        time.sleep(0.5)  # until the warm step is under way
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole session: the script, the running step, its workers
+    proc.wait(timeout=60)
+    lines = _lines(out / "bench.jsonl")
+    assert [line["step"] for line in lines] == ["smoke"]
+    assert lines[0]["status"] == "ok" and lines[0]["result"]["value_max_abs_err"] < 1e-4
