@@ -243,13 +243,13 @@ def _ranks_note():
             "--episodes, shared out); evaluate runs in one process")
 
 
-def plan_finetune(config, dataset=None):
+def plan_finetune(config):
     """The plan of ``m3net finetune``: (text, Probe)."""
     from m3net.data.datasets import coverage
     from m3net.runtime import resolve_device
     from m3net.train.finetune import checked_dataset
 
-    dataset = dataset or checked_dataset(config)
+    dataset = checked_dataset(config)
     covered = coverage(dataset, config.way, config.shot, config.episode_queries())
     device = resolve_device(config.device)
     clips = dataset.present(config.episode_splits())
