@@ -17,6 +17,7 @@ from m3net.bench.predict import PredictBenchConfig
 from m3net.bench.residency import ResidencyBenchConfig
 from m3net.bench.train import TrainBenchConfig
 from m3net.config import click_options
+from m3net.data.episodes import EpisodeSettings
 from m3net.data.synthetic import SyntheticConfig
 from m3net.demo import DemoBenchmarkSettings, DemoConfig
 from m3net.extract.frames import FramesConfig
@@ -52,6 +53,13 @@ def preset_options(stage, options):
     ctx = click.get_current_context()
     explicit = {k for k in options if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     return with_preset(stage, options, explicit)
+
+
+def plan_option(command):
+    return click.option("--plan", is_flag=True,
+                        help="Train and write nothing: print the clips present per split, the frames to decode, the "
+                        "disk for frame folders, cache and checkpoints, and a wall time estimated from a short probe "
+                        "on this machine (what it timed is printed too).")(command)
 
 
 def resumable(work, config, kept):
@@ -96,7 +104,8 @@ def log_to_stderr(level):
 
 @main.command("extract")
 @click_options(ExtractConfig)
-def extract_cmd(**options):
+@plan_option
+def extract_cmd(plan, **options):
     """Run the backbone over a dataset's clips and write the HDF5 feature cache.
 
     Exit status 0 when every clip is done, 3 when some clips failed (reasons in the cache's
@@ -106,7 +115,13 @@ def extract_cmd(**options):
     """
     from m3net.extract.loop import extract_dataset, format_summary
 
-    summary = resumable(extract_dataset, ExtractConfig(**options), "finished rows are saved in")
+    config = ExtractConfig(**options)
+    if plan:
+        from m3net.plan import plan_extract
+
+        click.echo(plan_extract(config)[0])
+        return
+    summary = resumable(extract_dataset, config, "finished rows are saved in")
     click.echo(format_summary(summary))
     if summary["not_done"]:
         sys.exit(3)
@@ -147,7 +162,7 @@ def train_head_cmd(head_opt, **options):
     config = TrainConfig(head_options=parse_head_options(options["head"], head_opt), **options)
     summary = train_head(config)
     best = f"; best val accuracy {summary['best_val_acc']:.2f}% -> {summary['best']}" if summary["best"] else ""
-    click.echo(f"trained {config.head} for {summary['step']} episodes: {summary['last']}{best}")
+    click.echo(f"trained {config.head} for {summary['episodes']} episodes: {summary['last']}{best}")
 
 
 @main.command("evaluate")
@@ -220,7 +235,8 @@ def heads_cmd(name):
 @main.command("finetune")
 @click_options(FinetuneConfig)
 @head_opt_option
-def finetune_cmd(head_opt, **options):
+@plan_option
+def finetune_cmd(head_opt, plan, **options):
     """Train backbone and head end to end on decoded frames.
 
     Several GPUs or nodes: `torchrun --nproc-per-node G -m m3net finetune ...` (DistributedDataParallel;
@@ -232,15 +248,22 @@ def finetune_cmd(head_opt, **options):
 
     options = preset_options("finetune", options)
     config = FinetuneConfig(head_options=parse_head_options(options["head"], head_opt), **options)
+    if plan:
+        from m3net.plan import plan_finetune
+
+        click.echo(plan_finetune(config)[0])
+        return
     result = finetune(config)
     if result["rank"] == 0:  # under torchrun, one summary line, not one per rank
         best = f"; best val accuracy {result['best_val_acc']:.2f}% -> {result['best']}" if result["best"] else ""
-        click.echo(f"finetuned {config.head} for {result['step']} episodes: {result['last']}{best}")
+        click.echo(f"finetuned {config.head} for {result['episodes']} episodes ({result['optimizer_steps']} optimizer "
+                   f"steps): {result['last']}{best}")
 
 
 @main.command("reproduce")
 @click_options(ReproduceConfig)
-def reproduce_cmd(**options):
+@plan_option
+def reproduce_cmd(plan, **options):
     """One cell of the paper's Table 1 (or a Table 2 ablation): finetune --preset paper, extract with the
     tuned backbone, evaluate 6 000 episodes; the row goes beside the paper's number in OUT/table.csv.
 
@@ -248,7 +271,13 @@ def reproduce_cmd(**options):
     """
     from m3net.reproduce import format_row, reproduce
 
-    click.echo(format_row(reproduce(ReproduceConfig(**options))))
+    config = ReproduceConfig(**options)
+    if plan:
+        from m3net.plan import plan_reproduce
+
+        click.echo(plan_reproduce(config)[0])
+        return
+    click.echo(format_row(reproduce(config)))
 
 
 @main.command("predict")
@@ -347,13 +376,15 @@ def report_cmd(results_dir, run_dir, clips_root):
 @click.option("--folder-split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
               help="Split of a flat <root>/<class>/<clip> folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def dataset_info_cmd(dataset, root, folder_split, as_json):
-    """Classes and clips per split of a dataset; with --root, which clips are found."""
+@click_options(EpisodeSettings)
+def dataset_info_cmd(dataset, root, folder_split, as_json, **episode):
+    """Classes and clips per split of a dataset; with --root, the coverage: clips and classes present out of
+    those listed, and the classes that can fill a --way/--shot/--queries episode."""
     import json
 
     from m3net.data.datasets import format_summary, load_dataset
 
-    summary = load_dataset(dataset, root, folder_split).summary()
+    summary = load_dataset(dataset, root, folder_split).summary(**vars(EpisodeSettings(**episode)))
     click.echo(json.dumps(summary, indent=1) if as_json else format_summary(summary))
 
 

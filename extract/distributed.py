@@ -92,7 +92,7 @@ def extract_sharded(config):
 
         def run_shard():
             with prepared.open_writer(shard_path(config.out, rank, world)) as writer:
-                rows = [r for r in writer.pending() if r % world == rank and not main_done[r]]
+                rows = [r for r in prepared.wanted(writer.pending()) if r % world == rank and not main_done[r]]
                 return (len(rows), *compute_rows(config, prepared, writer, rows))
 
         result, status = _guarded(run_shard)
@@ -103,7 +103,7 @@ def extract_sharded(config):
                                                       [shard_path(config.out, r, world) for r in range(world)]))
         _agree(*status)
         with h5py.File(config.out, "r", locking=False) as f:
-            done = int(f["done"][()].sum())
+            done = f["done"][()]
         summary = summarise(config, prepared, pending, computed, failed, done, time.perf_counter() - started)
         summary.update(rank=rank, world_size=world)
         dist.barrier()  # no rank exits (and makes torchrun stop the others) before all have summarised

@@ -31,7 +31,7 @@ import torch
 from m3net.cache import CacheWriter
 from m3net.cache.schema import SPLITS
 from m3net.config import RunSettings, setting, settings
-from m3net.data.datasets import DatasetError, DatasetSettings, load_dataset
+from m3net.data.datasets import DatasetSettings, load_dataset
 from m3net.errors import ConfigError
 from m3net.extract.backbone import FEATURE_CHANNELS, build_backbone
 from m3net.extract.sampling import sample_indices
@@ -59,6 +59,9 @@ class ExtractConfig(DatasetSettings, RunSettings):
                          "crop+flip training views.", minimum=0)
     precision: str = setting("auto", "Autocast dtype; auto = fp16 on CUDA, fp32 on CPU.",
                              choices=("auto", *PRECISIONS))
+    splits: tuple = setting(SPLITS, "Splits whose clips to extract, comma-separated (evaluation reads test alone: "
+                            "`reproduce` extracts only it). The cache lists every clip; the others stay not done "
+                            "and a later run with other --splits fills them in.", choices=SPLITS)
     folder_split: str = setting("test", "Split given to every clip of a <root>/<class>/<clip> folder without "
                                 "train/val/test subfolders.", choices=SPLITS)
     # Compute at most this many pending clips (0: all); for benchmarks and smoke runs.
@@ -253,6 +256,13 @@ class Prepared:
     device: torch.device
     precision: str
     attrs: dict
+    splits: tuple  # the splits whose clips this run extracts
+
+    def wanted(self, rows):
+        """The ``rows`` this run computes: clips of its splits that are present under --root (a missing clip is
+        coverage, shown by `m3net dataset-info`, not a failure)."""
+        clips = self.dataset.clips
+        return [row for row in rows if clips[row].split in self.splits and clips[row].path is not None]
 
     def open_writer(self, path):
         clips = self.dataset.clips
@@ -261,21 +271,24 @@ class Prepared:
                            [c.split for c in clips], self.attrs, feature_shape=(side, side, FEATURE_CHANNELS))
 
 
-def prepare(config, device=None):
+def checked_dataset(config):
+    """The dataset, refused (before any file is written) when no listed clip of --splits is under --root."""
     if config.views == 1:
         raise ConfigError("--views 1 would store the test view alone; use --views 0 (test view) "
                          "or --views K >= 2 (test view + K-1 random crop+flip training views)")
-    model, provenance = build_backbone(config.weights, seed=config.seed)  # first: a weights problem fails fast
     dataset = load_dataset(config.dataset, config.root, config.folder_split)
-    if len(dataset.missing) == len(dataset.clips):
-        example = dataset.clips[0].clip_id
-        raise DatasetError(f"--root {config.root}: none of the {len(dataset.clips)} {config.dataset} clips is there; "
-                           f"expected video files named like {example}.mp4 (flat or in class folders) "
-                           f"or frame folders {example}/img_00001.jpg")
+    dataset.require_present(config.splits)
+    return dataset
+
+
+def prepare(config, device=None):
+    """Weights (first: a weights problem fails fast), dataset and device; writes nothing."""
+    model, provenance = build_backbone(config.weights, seed=config.seed)
+    dataset = checked_dataset(config)
     device = device or resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     return Prepared(dataset, model, provenance, device, precision,
-                    cache_attrs(config, provenance, precision, view_transform(config.crop)))
+                    cache_attrs(config, provenance, precision, view_transform(config.crop)), tuple(config.splits))
 
 
 def compute_rows(config, prepared, writer, rows):
@@ -291,11 +304,7 @@ def compute_rows(config, prepared, writer, rows):
             background.submit(writer.add_failure, clips[row].clip_id, reason)
 
     try:
-        for row in rows:
-            if clips[row].path is None:
-                fail(row, f"missing: no video file or frame folder named {clips[row].clip_id} "
-                          f"under {prepared.dataset.root}")
-        items = [(row, clips[row].clip_id, clips[row].path) for row in rows if clips[row].path is not None]
+        items = [(row, clips[row].clip_id, clips[row].path) for row in rows]
         loader = make_loader(items[:config.limit] if config.limit else items, config, device)
         extractor = Extractor(prepared.model, device, prepared.precision, config.batch_size,
                               view_transform(config.crop))
@@ -319,14 +328,18 @@ def compute_rows(config, prepared, writer, rows):
     return computed, failed
 
 
-def summarise(config, prepared, pending, computed, failed, done, seconds):
+def summarise(config, prepared, pending, computed, failed, done_rows, seconds):
+    """done_rows: (V,) bool, the cache's /done after the run."""
     clips, views = prepared.dataset.clips, max(config.views, 1)
+    in_splits = [row for row, clip in enumerate(clips) if clip.split in prepared.splits]
+    present = prepared.wanted(in_splits)
     return {
         "out": config.out, "config": asdict(config), "device": str(prepared.device), "precision": prepared.precision,
-        "weights": prepared.provenance["weights"], "clips": len(clips), "pending_before": pending,
-        "computed": computed, "failed": len(failed), "failures": failed, "missing": len(prepared.dataset.missing),
-        "done": done, "not_done": len(clips) - done, "seconds": seconds,
-        "clips_per_s": computed / seconds if seconds else 0.0,
+        "weights": prepared.provenance["weights"], "clips": len(clips), "splits": list(prepared.splits),
+        "listed": len(in_splits), "present": len(present), "missing": len(in_splits) - len(present),
+        "pending_before": pending, "computed": computed, "failed": len(failed), "failures": failed,
+        "done": int(np.count_nonzero(done_rows[in_splits])), "not_done": int(np.count_nonzero(~done_rows[present])),
+        "seconds": seconds, "clips_per_s": computed / seconds if seconds else 0.0,
         "frames_per_s": computed * views * config.frames / seconds if seconds else 0.0,
     }
 
@@ -342,27 +355,29 @@ def extract_dataset(config):
         from m3net.extract.distributed import extract_sharded
 
         return extract_sharded(config)
+    prepared = prepare(config)  # before the lock file or the cache is created
     os.makedirs(os.path.dirname(os.path.abspath(config.out)), exist_ok=True)
     with exclusive_lock(cache_lock_path(config.out), config.out):
-        prepared = prepare(config)
         started = time.perf_counter()
         with prepared.open_writer(config.out) as writer:
-            pending = writer.pending()
+            pending = prepared.wanted(writer.pending())
             computed, failed = compute_rows(config, prepared, writer, pending)
-            done = int(np.count_nonzero(writer.done[()]))
+            done = writer.done[()]
     return summarise(config, prepared, len(pending), computed, failed, done, time.perf_counter() - started)
 
 
 def format_summary(summary, max_failures=10):
     lines = [
-        f"{summary['out']}: {summary['done']}/{summary['clips']} clips done "
-        f"({summary['computed']} computed now in {summary['seconds']:.1f} s: "
+        f"{summary['out']}: {summary['done']:,} of the {summary['present']:,} {'/'.join(summary['splits'])} clips "
+        f"present under --root done ({summary['computed']} computed now in {summary['seconds']:.1f} s: "
         f"{summary['clips_per_s']:.2f} clips/s, {summary['frames_per_s']:.1f} frames/s on {summary['device']}, "
         f"{summary['precision']})",
     ]
+    if summary["missing"]:
+        lines.append(f"{summary['missing']:,} of the {summary['listed']:,} listed clips are not under --root and were "
+                     "left out (`m3net dataset-info` shows the coverage per split)")
     if summary["failed"]:
-        lines.append(f"{summary['failed']} clips failed ({summary['missing']} missing under --root); "
-                     f"their reasons are in /failures (m3net cache-info):")
+        lines.append(f"{summary['failed']} clips failed to decode; their reasons are in /failures (m3net cache-info):")
         lines += [f"  {clip_id}: {reason}" for clip_id, reason in summary["failures"][:max_failures]]
         if summary["failed"] > max_failures:
             lines.append(f"  ... and {summary['failed'] - max_failures} more")

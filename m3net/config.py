@@ -212,6 +212,13 @@ def _click_option(f):
             names = [f"{option_name(f.name)}/--no-{f.name.replace('_', '-')}"]
         elif "/" not in meta["flag"]:
             kwargs["is_flag"], kwargs["show_default"] = True, False
+    elif kind is tuple:  # comma-separated on the command line; the config checks each element
+        kwargs.update(type=str, metavar="A,B,...", callback=lambda ctx, param, text: tuple(
+            item.strip() for item in text.split(",") if item.strip()) if isinstance(text, str) else text)
+        if "default" in kwargs:
+            kwargs["default"] = ",".join(map(str, kwargs["default"]))
+        if meta.get("choices"):
+            kwargs["help"] = f"{kwargs['help'] or ''} Any of: {', '.join(map(str, meta['choices']))}.".strip()
     elif meta.get("choices"):
         kwargs["type"] = click.Choice([str(c) for c in meta["choices"]])
     elif meta.get("path"):

@@ -151,7 +151,7 @@ def run_demo(config):
 def train_or_reuse(config, cache, head, head_options, step):
     """Trains ``head`` on the demo's cache into <out>/runs/<head> with the demo's protocol, or reuses
     the finished run there (a run of other settings is refused); returns the run folder."""
-    from m3net.train.checkpoint import load_checkpoint
+    from m3net.train.checkpoint import load_checkpoint, trained_episodes
     from m3net.train.loop import check_resumed_config
     from m3net.train.train_head import TrainConfig, train_head
 
@@ -171,7 +171,7 @@ def train_or_reuse(config, cache, head, head_options, step):
         except ConfigError as err:
             raise ConfigError(f"{run} holds a head trained with other settings; remove it or choose another "
                               f"--out ({err})") from None
-    if saved is not None and saved["step"] >= config.train_episodes:
+    if saved is not None and trained_episodes(saved) >= config.train_episodes:
         click.echo(f"[demo] reusing the finished run in {run}")
     else:
         train_head(train_config)

@@ -8,6 +8,8 @@
     frames-footprint   frames per finetune cell (the paper preset) and disk per dataset
                        (m3net/data/footprint.py), at the newest bench_input record's JPEG bytes and rates
     settings           from the paper preset's table (m3net/train/presets.py)
+    extract-splits     the cache a Table 1 cell needs (test split) against every split's, from the shipped
+                       split lists (m3net/data/footprint.py)
     paper-table1       from the paper's Table 1 as m3net/paper.py holds it
     paper-ablations    from the paper's Tables 2-4 as m3net/paper.py holds them (``reproduce --variant``)
 
@@ -431,6 +433,25 @@ def settings_table():
     return "\n".join(lines)
 
 
+def render_extract_splits():
+    """The extract-splits section: what `reproduce` saves by extracting the test split alone, per listed dataset."""
+    from m3net.data.datasets import LISTED_DATASETS
+    from m3net.data.footprint import CACHE_BYTES_PER_FRAME, cache_bytes, clip_counts
+
+    lines = [f"At the paper's 8 frames of 7×7×2048 float16 maps ({8 * CACHE_BYTES_PER_FRAME / 1e6:.1f} MB a clip), "
+             "the cache of every listed clip against the test split alone (what a Table 1 cell evaluates on, so what "
+             "`reproduce` extracts), for a complete copy of each dataset:", "",
+             "| dataset | clips listed | cache, every split | test split | cache, test split only | saved |",
+             "|---|---|---|---|---|---|"]
+    for dataset in LISTED_DATASETS:
+        clips = clip_counts(dataset)
+        total, test = cache_bytes(sum(clips.values()), 8), cache_bytes(clips["test"], 8)
+        lines.append(f"| {dataset} | {sum(clips.values()):,} | {total / 1e9:.0f} GB | {clips['test']:,} clips | "
+                     f"{test / 1e9:.0f} GB | {(total - test) / 1e9:.0f} GB ({1 - test / total:.0%} of the "
+                     "extraction) |")
+    return "\n".join(lines)
+
+
 def expected_readme(root):
     """(current README text, README text with every generated section rebuilt from its source)."""
 
@@ -447,6 +468,7 @@ def expected_readme(root):
     expected = replace_section(expected, render_frames_footprint(root), "frames-footprint")
     expected = replace_section(expected, render_paper_table1(), "paper-table1")
     expected = replace_section(expected, render_paper_ablations(), "paper-ablations")
+    expected = replace_section(expected, render_extract_splits(), "extract-splits")
     return current, replace_section(expected, settings_table(), "settings")
 
 

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 VIEW_NAMES = {"y1": "Y1 (I-M)", "y2": "Y2 (C-M)", "y3": "Y3 (T-M)", "y": "Y (fused)"}
+READ_AHEAD = 2  # episodes the report reads ahead while it searches them (each held in memory)
 
 
 def plot_accuracy(summary, path):
@@ -101,12 +102,17 @@ def _read_csv(path):
         return list(csv.DictReader(fh))
 
 
+def _episodes(row):
+    """A log row's episode count (logs written before the episodes column have "step")."""
+    return int(row["episodes"] if "episodes" in row else row["step"])
+
+
 def plot_training(run_dir, path):
     train = _read_csv(os.path.join(run_dir, "train_log.csv"))
     val_path = os.path.join(run_dir, "val_log.csv")
     val = _read_csv(val_path) if os.path.exists(val_path) else []
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(9, 3.5))
-    steps = [int(r["step"]) for r in train]
+    steps = [_episodes(r) for r in train]
     ax_loss.plot(steps, [float(r["loss"]) for r in train], label="total")
     per_view = {}
     for r in train:
@@ -121,7 +127,7 @@ def plot_training(run_dir, path):
     ax_loss.legend(fontsize=7)
     ax_loss.set_title("training loss", fontsize=9)
     if val:
-        ax_val.errorbar([int(r["step"]) for r in val], [float(r["val_acc"]) for r in val],
+        ax_val.errorbar([_episodes(r) for r in val], [float(r["val_acc"]) for r in val],
                         yerr=[float(r["val_ci"]) for r in val], marker="o", capsize=3)
     ax_val.set_xlabel("episode")
     ax_val.set_ylabel("val accuracy (%)")
@@ -161,21 +167,23 @@ def plot_alignment(panels, title, path):
     plt.close(fig)
 
 
-def best_support_panel(cached, query_row, support_rows):
-    """[(title, cost)] for the support whose hard-DTW cost to the query (pooled cached frames) is lowest."""
+def best_support_panel(cached, bank, episode, query_index=0):
+    """[(title, cost)] for the support whose hard-DTW cost to the episode's query (pooled cached frames) is lowest."""
     from m3net.kernels import cosine_cost, dtw
 
-    q = _pooled(cached.features[query_row])
-    costs = torch.stack([cosine_cost(q[None], _pooled(cached.features[r])[None])[0] for r in support_rows])
+    support, _, query, _ = bank.episode(episode)
+    q = _pooled(query[query_index])
+    costs = torch.stack([cosine_cost(q[None], _pooled(clip)[None])[0] for clip in support])
     best = int(dtw(costs, mode="hard").argmin())
-    return [(f"query {cached.video_ids[query_row]} vs its best support {cached.video_ids[support_rows[best]]}",
-             costs[best])]
+    ids = (cached.video_ids[int(episode.query_rows[query_index])], cached.video_ids[int(episode.support_rows[best])])
+    return [(f"query {ids[0]} vs its best support {ids[1]}", costs[best])]
 
 
 @torch.no_grad()
 def contrast_query(head, baseline, bank, sampler, max_episodes=300):
     """The first query of the sampler's episodes that ``head``'s Y classifies right and ``baseline``
     wrong: (episode, query index, baseline's class label), or None within ``max_episodes``."""
+    bank.prefetch(sampler, 0, max_episodes)
     for index in range(max_episodes):
         episode = sampler.episode(index)
         support, support_labels, query, query_labels = bank.episode(episode)
@@ -345,29 +353,29 @@ def plot_stage_activations(frames, maps, title, path):
     plt.close(fig)
 
 
-def _query_frames(clips_root, clip_id, count):
-    """The ``count`` test-view frames (T, 224, 224, 3) uint8 the backbone saw of ``clip_id`` under the
-    folder dataset ``clips_root``, or None when the clip is not there."""
-    from m3net.data.datasets import load_dataset
+def _query_frames(clips_root, attrs, clip_id):
+    """The test-view frames (T, crop, crop, 3) uint8 the backbone saw of ``clip_id``, found under ``clips_root`` as
+    the cache's dataset lays clips out (a listed dataset's --root: gym99, gym288, diving48; a generated benchmark;
+    else a folder dataset), or None when the clip is not there."""
+    from m3net.data.datasets import FOLDER_DATASETS, LISTED_DATASETS, load_dataset
     from m3net.extract.sampling import sample_indices
     from m3net.extract.transforms import TransformConfig, test_view
     from m3net.extract.video import decode_frames, num_frames
 
-    paths = {c.clip_id: c.path for c in load_dataset("folder", clips_root).clips}
-    video = paths.get(clip_id)
+    name = attrs.get("dataset")
+    dataset = load_dataset(name if name in LISTED_DATASETS or name in FOLDER_DATASETS[1:] else "folder", clips_root)
+    video = next((c.path for c in dataset.clips if c.clip_id == clip_id), None)
     if not video:
         return None
-    frames = decode_frames(video, sample_indices(num_frames(video), count))  # (T, H, W, 3) uint8
-    return test_view(frames, TransformConfig()).permute(0, 2, 3, 1).numpy()  # what the backbone saw
+    frames = decode_frames(video, sample_indices(num_frames(video), int(attrs["num_frames"])))  # (T, H, W, 3) uint8
+    transform = TransformConfig(resize=tuple(attrs["resize"]), crop=int(attrs["crop"]))
+    return test_view(frames, transform).permute(0, 2, 3, 1).numpy()  # what the backbone saw
 
 
 def draw_report(results_dir, run_dir=None, clips_root=None):
     """Draws every picture whose inputs exist; returns the list of written PNG paths."""
-    import click
-
-    from m3net.cache import load_cache
+    from m3net.cache import RowReader, load_cache
     from m3net.data.episodes import EpisodeSampler
-    from m3net.model.m3net_head import M3Net
     from m3net.train.features import FeatureBank
 
     with open(os.path.join(results_dir, "results.json")) as fh:
@@ -393,11 +401,26 @@ def draw_report(results_dir, run_dir=None, clips_root=None):
     if run_dir and os.path.exists(os.path.join(run_dir, "train_log.csv")):
         plot_training(run_dir, out("training.png"))
     cfg = summary["config"]
-    cached = load_cache(cfg["cache"], splits=(cfg["split"],))
+    # The split's labels and ids only; the features of the episodes drawn are read from the file as they are drawn,
+    # so memory is bounded by those episodes, not by the split (a Gym99 test split holds ~21 GB).
+    cached = load_cache(cfg["cache"], splits=(cfg["split"],), features=False)
     sampler = EpisodeSampler(cached.labels, cached.split, cfg["split"], cfg["way"], cfg["shot"], cfg["queries"],
                              seed=cfg["seed"])
+    bank = FeatureBank(cached, "cpu", reader=RowReader(cfg["cache"]), prefetch=READ_AHEAD)
+    try:
+        _draw_episode_pictures(cached, bank, sampler, run_dir, clips_root, out)
+    finally:
+        bank.close()
+    return written
+
+
+def _draw_episode_pictures(cached, bank, sampler, run_dir, clips_root, out):
+    """alignment.png and activations.png from the evaluation's seeded episodes."""
+    import click
+
+    from m3net.model.m3net_head import M3Net
+
     episode, query_index = sampler.episode(0), 0
-    bank = FeatureBank(cached, "cpu")
     found = head = None
     checkpoint = os.path.join(run_dir, "best.pt") if run_dir else ""
     if os.path.exists(checkpoint):
@@ -415,11 +438,11 @@ def draw_report(results_dir, run_dir=None, clips_root=None):
                        f"{query_id}: M3Net right, OTAM wrong (drawn: hard-DTW paths; OTAM scores soft paths)",
                        out("alignment.png"))
     else:
-        plot_alignment(best_support_panel(cached, int(episode.query_rows[0]), [int(r) for r in episode.support_rows]),
-                       "cosine cost between pooled cached frames", out("alignment.png"))
+        plot_alignment(best_support_panel(cached, bank, episode), "cosine cost between pooled cached frames",
+                       out("alignment.png"))
     support, _, query, _ = bank.episode(episode)
-    frames = _query_frames(clips_root, query_id, query.shape[1]) if clips_root else None
-    where = f"{query_id}, a query of the evaluation's seeded {cfg['split']} episodes"
+    frames = _query_frames(clips_root, cached.attrs, query_id) if clips_root else None
+    where = f"{query_id}, a query of the evaluation's seeded {sampler.split_name} episodes"
     if isinstance(head, M3Net):
         maps = stage_activation_maps(head, support, query, query_index)
         title = f"{where}\ngradient x activation of each stage's frame features per patch (row-scaled)"
@@ -431,4 +454,3 @@ def draw_report(results_dir, run_dir=None, clips_root=None):
         if run_dir:
             click.echo(f"activations.png: {why}; drawing the backbone's map only", err=True)
     plot_stage_activations(frames, maps, title, out("activations.png"))
-    return written

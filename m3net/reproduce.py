@@ -2,10 +2,16 @@
 
     OUT/<dataset>-<head>-<variant>-<shot>shot/
         finetune/    m3net finetune --preset paper (backbone + head end to end from ImageNet weights)
-        cache.h5     m3net extract --weights finetune/best.pt (test view of the tuned backbone)
+        cache.h5     m3net extract --splits test --weights finetune/best.pt (test view of the tuned backbone)
         results/     m3net evaluate --preset paper (6 000 episodes, 5 queries per class, every view)
-        row.json     the cell beside the paper's number (and each view beside the paper's where it gives them)
+        row.json     the cell beside the paper's number (and each view beside the paper's where it gives them),
+                     with the coverage it ran on: clips and classes used per split out of those listed
     OUT/table.csv    every cell under OUT, regenerated after each run
+
+Partial copies of a dataset are the normal case: every step uses the clips present under --root, and
+before anything is trained (or any folder made) every split the cell uses must give one episode
+(train and val for the finetune, test for the evaluation), else one error names what is missing. A
+cell on partial data is not the paper's number: row.json says how partial it was.
 
 Every step resumes: re-running the same command continues an interrupted finetune, fills the rows
 of the cache still missing, and re-scores (evaluation is seeded, so the same numbers come back).
@@ -19,9 +25,9 @@ import json
 import os
 import warnings
 
-from m3net.cache import cache_info
+from m3net.cache import SPLITS, cache_info, load_cache
 from m3net.config import RunSettings, from_group, setting, settings
-from m3net.data.datasets import DatasetSettings
+from m3net.data.datasets import DatasetSettings, coverage, load_dataset
 from m3net.data.episodes import EpisodeSettings
 from m3net.errors import ConfigError
 from m3net.extract.backbone import file_sha256
@@ -29,7 +35,7 @@ from m3net.extract.loop import ExtractConfig, extract_dataset
 from m3net.locking import cache_lock_path, exclusive_lock
 from m3net.model.registry import HeadSettings
 from m3net.paper import ABLATIONS, ablation_cell, table1_cell
-from m3net.train.checkpoint import load_checkpoint
+from m3net.train.checkpoint import load_checkpoint, optimizer_steps, trained_episodes
 from m3net.train.evaluate import EvalConfig, evaluate, write_summary
 from m3net.train.finetune import FinetuneConfig, finetune
 from m3net.train.presets import with_preset
@@ -64,8 +70,10 @@ def cell_folder(config):
     return os.path.join(config.out, f"{config.dataset}-{config.head}-{config.variant}-{config.shot}shot")
 
 
-def _finetune_config(config, run):
-    given = {"dataset": config.dataset, "root": config.root, "out": run, "weights": config.weights,
+def finetune_config(config):
+    """The cell's finetune: --preset paper with the cell's options."""
+    given = {"dataset": config.dataset, "root": config.root, "out": os.path.join(cell_folder(config), "finetune"),
+             "weights": config.weights,
              "head": config.head, "shot": config.shot, "workers": config.workers, "device": config.device,
              "val_episodes": config.val_episodes, "preset": "paper",
              "head_options": ABLATIONS[config.variant].options if config.variant != "full" else {}}
@@ -77,11 +85,48 @@ def _finetune_config(config, run):
     return FinetuneConfig(**with_preset("finetune", given, explicit=set(given)))
 
 
+def scoring_config(config, checkpoint):
+    """The cell's evaluation of ``checkpoint`` on its cache: --preset paper."""
+    cell = cell_folder(config)
+    scoring = {"checkpoints": (checkpoint,), "cache": os.path.join(cell, "cache.h5"), "shot": config.shot,
+               "device": config.device, "preset": "paper", "out": os.path.join(cell, "results")}
+    if config.eval_episodes:
+        scoring["episodes"] = config.eval_episodes
+    return EvalConfig(**with_preset("evaluate", scoring, explicit=set(scoring)))
+
+
+def extract_config(config, checkpoint, progress=True):
+    """Only the test split: evaluation reads nothing else (the saving: `m3net.plan.cache_bytes`)."""
+    return ExtractConfig(dataset=config.dataset, root=config.root, out=os.path.join(cell_folder(config), "cache.h5"),
+                         weights=checkpoint, splits=("test",), workers=config.workers, device=config.device,
+                         progress=progress)
+
+
+def checked_coverage(dataset, tuning, scoring, exclude=()):
+    """The Coverage of the cell's dataset at the episodes each step draws, refused (before anything is trained or
+    written) when a split it uses cannot give one episode: train and val for the finetune, test for the
+    evaluation. ``exclude``: clip ids that failed to decode (absent from then on)."""
+    dataset.require_present()
+    queries = {**tuning.episode_queries(), "test": scoring.queries}
+    covered = coverage(dataset, tuning.way, tuning.shot, queries, exclude=exclude)
+    covered.require_episodes(tuning.episode_splits() + ("test",), "reproduce")
+    return covered
+
+
+def _failed_clips(run):
+    """Clip ids the finetune in ``run`` could not decode (failures.csv, failures-rank<r>.csv)."""
+    failed = set()
+    for path in glob.glob(os.path.join(run, "failures*.csv")):
+        with open(path, newline="") as fh:
+            failed |= {row["clip_id"] for row in csv.DictReader(fh)}
+    return failed
+
+
 def _finetuned(tuning, progress):
     """Runs (or continues) the finetune step; returns the checkpoint whose backbone the cache uses."""
     last, best = os.path.join(tuning.out, "last.pt"), os.path.join(tuning.out, "best.pt")
-    step = load_checkpoint(last)["step"] if os.path.exists(last) else 0
-    if step < tuning.episodes:
+    trained = trained_episodes(load_checkpoint(last)) if os.path.exists(last) else 0
+    if trained < tuning.episodes:
         finetune(dataclasses.replace(tuning, resume=os.path.exists(last)), progress=progress)
     return best if os.path.exists(best) else last
 
@@ -102,27 +147,31 @@ def _drop_stale_cache(cache, checkpoint):
 def reproduce(config, progress=True):
     """Runs the cell's three steps (each resuming) and returns its row (also in row.json and table.csv)."""
     cell = cell_folder(config)
+    tuning, run = finetune_config(config), os.path.join(cell, "finetune")
+    dataset = load_dataset(config.dataset, config.root)
+    checked_coverage(dataset, tuning, scoring_config(config, ""))  # before any folder is made
     os.makedirs(cell, exist_ok=True)
-    checkpoint = _finetuned(_finetune_config(config, os.path.join(cell, "finetune")), progress)
-    cache = os.path.join(cell, "cache.h5")
+    checkpoint = _finetuned(tuning, progress)
+    extracting = extract_config(config, checkpoint, progress)
+    cache = extracting.out
     _drop_stale_cache(cache, checkpoint)
-    extracted = extract_dataset(ExtractConfig(dataset=config.dataset, root=config.root, out=cache, weights=checkpoint,
-                                              workers=config.workers, device=config.device, progress=progress))
-    if extracted["not_done"]:
-        raise ConfigError(f"{cache}: {extracted['not_done']} clips could not be extracted (`m3net cache-info "
-                          f"{cache}` lists why); fix or remove them from --root and re-run")
-    scoring = {"checkpoints": (checkpoint,), "cache": cache, "shot": config.shot, "device": config.device,
-               "preset": "paper", "out": os.path.join(cell, "results")}
-    if config.eval_episodes:
-        scoring["episodes"] = config.eval_episodes
-    summary = evaluate(EvalConfig(**with_preset("evaluate", scoring, explicit=set(scoring))), progress=progress)
-    write_summary(summary, scoring["out"])
+    extract_dataset(extracting)
+    scoring = scoring_config(config, checkpoint)
+    # Clips that failed to decode (in the finetune, or in the extraction: present but not done) are left out.
+    extracted = set(load_cache(cache, splits=("test",), features=False).video_ids)
+    undecoded = {c.clip_id for c in dataset.present(("test",))} - extracted
+    covered = checked_coverage(dataset, tuning, scoring, exclude=_failed_clips(run) | undecoded)
+    summary = evaluate(scoring, progress=progress)
+    write_summary(summary, scoring.out)
+    last, best = load_checkpoint(os.path.join(run, "last.pt")), load_checkpoint(checkpoint)
     row = {"dataset": config.dataset, "shot": config.shot, "head": config.head, "variant": config.variant,
-           **beside_paper(config, summary["results"]),
-           "finetune_episodes": load_checkpoint(os.path.join(cell, "finetune", "last.pt"))["step"],
-           "checkpoint_step": load_checkpoint(checkpoint)["step"], "checkpoint": os.path.abspath(checkpoint)}
-    with open(os.path.join(cell, "row.json"), "w") as fh:
+           **beside_paper(config, summary["results"]), **covered.as_row(),
+           "finetune_episodes": trained_episodes(last), "finetune_optimizer_steps": optimizer_steps(last),
+           "checkpoint_episodes": trained_episodes(best), "checkpoint": os.path.abspath(checkpoint)}
+    tmp = os.path.join(cell, "row.json.tmp")
+    with open(tmp, "w") as fh:
         json.dump(row, fh, indent=2)
+    os.replace(tmp, os.path.join(cell, "row.json"))
     write_table(config.out)
     return row
 
@@ -165,5 +214,10 @@ def format_row(row):
     per_view = "".join(f"; {view} {accuracy:.2f}" + (f" (paper {row[f'paper_accuracy_{view}']:.2f})"
                                                      if f"paper_accuracy_{view}" in row else "")
                        for view, accuracy in views)
+    splits = [s for s in SPLITS if f"{s}_clips" in row]
+    partial = "" if row.get("complete", True) else (
+        "\non partial data, so not the paper's setting: " + ", ".join(
+            f"{s} {row[f'{s}_clips']:,} of {row[f'{s}_listed_clips']:,} clips ({row[f'{s}_classes']} of "
+            f"{row[f'{s}_listed_classes']} classes)" for s in splits))
     return (f"{row['dataset']} {row['shot']}-shot {row['head']} ({row['variant']}): {row['accuracy']:.2f} ± "
-            f"{row['ci95']:.2f} over {row['scored_queries']} queries; {paper}{per_view}")
+            f"{row['ci95']:.2f} over {row['scored_queries']} queries; {paper}{per_view}{partial}")

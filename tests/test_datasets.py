@@ -6,7 +6,16 @@ import pytest
 from click.testing import CliRunner
 
 from m3net.cli import main as cli_main
-from m3net.data.datasets import DatasetError, frame_files, load_dataset, load_split_lists, parse_clip_id, scan_root
+from m3net.data.datasets import (
+    DatasetError,
+    coverage,
+    frame_files,
+    load_dataset,
+    load_split_lists,
+    parse_clip_id,
+    scan_root,
+)
+from m3net.data.episodes import EpisodeSampler
 
 # Classes and clips per split (train, val, test) of the published M3Net lists (m3net/splits/README.md).
 EXPECTED = {
@@ -128,9 +137,65 @@ def test_dataset_info_cli(tmp_path):
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["splits"]["test"] == {"classes": 26, "clips": 13260, "found": 1, "missing": 13259,
-                                      "missing_examples": [c for _, c in lists["test"][1:6]]}
+                                      "missing_examples": [c for _, c in lists["test"][1:6]], "classes_found": 1,
+                                      "episode_classes": 0, "forms_episodes": False}
+    assert info["episode"] == {"way": 5, "shot": 1, "queries": 5}
     text = CliRunner().invoke(cli_main, ["dataset-info", "--dataset", "gym288"]).output
     assert "128 classes" in text and "19176 clips" in text
+    bad = CliRunner().invoke(cli_main, ["dataset-info", "--dataset", "gym99", "--root", str(tmp_path), "--way", "1"])
+    assert bad.exit_code == 2 and "--way 1: expected >= 2" in bad.output
+
+
+def _partial_gym99(root, clips_per_class):
+    """Touch the first n listed clips of each class: {split: {class index in the split's order: n}}."""
+    lists = load_split_lists("gym99")
+    for split, counts in clips_per_class.items():
+        classes = list(dict.fromkeys(label for label, _ in lists[split]))
+        for k, n in counts.items():
+            ids = [clip_id for label, clip_id in lists[split] if label == classes[k]][:n]
+            for clip_id in ids:
+                _touch(root / classes[k] / f"{clip_id}.mp4")
+    return load_dataset("gym99", str(root))
+
+
+@pytest.mark.filterwarnings("ignore:split .train.. classes with fewer:UserWarning")
+def test_coverage_counts_what_is_present_and_which_classes_fill_an_episode(tmp_path):
+    train = {k: 6 for k in range(5)} | {5: 2}
+    dataset = _partial_gym99(tmp_path, {"train": train, "test": {k: 2 for k in range(5)}})
+    covered = coverage(dataset, way=5, shot=1, queries={"train": 5, "val": 1, "test": 1})
+    c = covered.splits
+    train_split = c["train"]
+    assert (train_split.clips, train_split.listed_clips, train_split.classes,
+            train_split.listed_classes) == (32, 17171, 6, 61)
+    assert (c["train"].episode_classes, c["train"].need, c["train"].forms_episodes) == (5, 6, True)
+    assert (c["val"].clips, c["val"].episode_classes, c["val"].forms_episodes) == (0, 0, False)
+    assert (c["test"].clips, c["test"].episode_classes, c["test"].forms_episodes) == (10, 5, True)
+    # The sampler draws from the same classes the coverage counts.
+    present = dataset.present()
+    sampler = EpisodeSampler([p.label for p in present], [p.split for p in present], "train", 5, 1, 5)
+    assert len(sampler.classes) == c["train"].episode_classes
+    covered.require_episodes(("train", "test"), "a test")
+    with pytest.raises(DatasetError) as refused:
+        covered.require_episodes(("train", "val", "test"), "reproduce")
+    message = str(refused.value)
+    assert "\n" not in message and "reproduce needs episodes" in message and str(tmp_path) in message
+    assert "val has 0 classes with the 2 clips an episode takes" in message and "train has" not in message
+    assert "test has" not in message and "--way 5 --shot 1" in message
+    # A clip that failed to decode counts as absent: class 0 falls below 6 clips.
+    failed = [p.clip_id for p in present if p.split == "train" and dataset.classes[p.label] == dataset.classes[0]][:1]
+    assert coverage(dataset, 5, 1, 5, exclude=failed).splits["train"].episode_classes == 4
+    row = covered.as_row(("train", "test"))
+    assert row == {"train_clips": 32, "train_listed_clips": 17171, "train_classes": 6, "train_listed_classes": 61,
+                   "test_clips": 10, "test_listed_clips": 13260, "test_classes": 5, "test_listed_classes": 26,
+                   "complete": False}
+
+
+def test_a_root_with_no_listed_clip_is_named(tmp_path):
+    _touch(tmp_path / "other.mp4")
+    dataset = load_dataset("gym99", str(tmp_path))
+    with pytest.raises(DatasetError, match=r"none of the 13,260 gym99 clips listed for test is there; expected video "
+                                           r"files named like \S+\.mp4"):
+        dataset.require_present(("test",))
 
 
 def test_synthetic_dataset_follows_its_manifest(tmp_path):

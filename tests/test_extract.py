@@ -200,19 +200,43 @@ def test_bad_and_missing_clips_recorded_while_the_rest_finish(tmp_path, monkeypa
     out = tmp_path / "gym.h5"
     summary = extract_dataset(ExtractConfig(dataset="gym99", root=str(root), out=str(out), weights="random", frames=2,
                                             batch_size=2, workers=0, progress=False))
-    assert summary["computed"] == 2 and summary["failed"] == 4 and summary["missing"] == 1
+    assert summary["computed"] == 2 and summary["failed"] == 3 and summary["missing"] == 1
+    assert (summary["present"], summary["done"], summary["not_done"]) == (5, 2, 3)
     with h5py.File(out, "r") as f:
         assert f["done"][()].tolist() == [True, False, False, False, False, True]
         failures = {r["video_id"].decode(): r["error"].decode() for r in f["failures"][()]}
-    assert set(failures) == {ids[1], ids[2], ids[3], ids[4]}
-    assert "empty file" in failures[ids[1]] and failures[ids[2]].startswith("missing")
+    assert set(failures) == {ids[1], ids[3], ids[4]}  # the missing clip (ids[2]) is coverage, not a failure
+    assert "empty file" in failures[ids[1]]
     assert "not a readable video" in failures[ids[3]] and "not a readable video" in failures[ids[4]]
     # A re-run retries the failed rows but does not record the same failure twice.
     again = extract_dataset(ExtractConfig(dataset="gym99", root=str(root), out=str(out), weights="random", frames=2,
                                           batch_size=2, workers=0, progress=False))
-    assert again["computed"] == 0 and again["failed"] == 4 and again["not_done"] == 4
+    assert again["computed"] == 0 and again["failed"] == 3 and again["not_done"] == 3
     with h5py.File(out, "r") as f:
-        assert f["failures"].shape == (4,)
+        assert f["failures"].shape == (3,)
+
+
+@pytest.mark.filterwarnings("ignore:--weights random")
+def test_splits_extract_only_their_clips_and_a_later_run_fills_in_the_rest(tmp_path, monkeypatch):
+    ids = [f"abcdefghij{k}_E_000001_000002_A_000{k}_0009" for k in range(4)]
+    lists = {"train": [("7", ids[0])], "val": [("8", ids[1])], "test": [("9", ids[2]), ("9", ids[3])]}
+    monkeypatch.setattr("m3net.data.datasets.load_split_lists", lambda name: lists)
+    root = tmp_path / "gym"
+    _folder(root, {f"{label}/{clip_id}.mp4": SMALL for split in lists for label, clip_id in lists[split][:1]})
+    out = str(tmp_path / "gym.h5")
+    config = dict(dataset="gym99", root=str(root), out=out, weights="random", frames=2, crop=32, batch_size=2,
+                  workers=0, progress=False)
+    test = extract_dataset(ExtractConfig(**config, splits=("test",)))
+    assert (test["listed"], test["present"], test["missing"], test["computed"], test["not_done"]) == (2, 1, 1, 1, 0)
+    with h5py.File(out, "r") as f:
+        assert f["done"][()].tolist() == [False, False, True, False] and f["failures"].shape == (0,)
+    rest = extract_dataset(ExtractConfig(**config, splits=("train", "val")))
+    assert rest["computed"] == 2 and rest["done"] == 2
+    with h5py.File(out, "r") as f:
+        assert f["done"][()].tolist() == [True, True, True, False]
+    result = CliRunner().invoke(cli_main, ["extract", "--dataset", "gym99", "--root", str(root), "--out", out,
+                                       "--splits", "test,nope"])
+    assert result.exit_code == 2 and "--splits ('test', 'nope'): expected one of train, val, test" in result.output
 
 
 KILL_SCRIPT = textwrap.dedent("""
@@ -287,7 +311,8 @@ def test_ctrl_c_closes_the_cache_and_a_rerun_finishes(tmp_path, monkeypatch):
         assert f["done"][()].tolist() == [True, False, False]
     monkeypatch.setattr(loop.Extractor, "__call__", forward)
     result = CliRunner().invoke(cli_main, args)
-    assert result.exit_code == 0 and "3/3 clips done (2 computed now" in result.output
+    assert result.exit_code == 0 and "3 of the 3 train/val/test clips present under --root done (2 computed now" \
+        in result.output
 
 
 @pytest.mark.slow

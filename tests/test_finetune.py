@@ -37,7 +37,7 @@ def test_updates_backbone_and_head(bench, tmp_path):
     config = tiny(bench, tmp_path)
     run(config)
     state = load_checkpoint(os.path.join(tmp_path, "last.pt"))
-    assert state["step"] == 2
+    assert state["episodes"] == state["optimizer_steps"] == 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         initial_backbone = build_backbone("random", seed=config.seed)[0].state_dict()
@@ -48,7 +48,8 @@ def test_updates_backbone_and_head(bench, tmp_path):
     assert any(not torch.equal(initial_head[k], v) for k, v in state["model"].items())
     with open(os.path.join(tmp_path, "train_log.csv")) as fh:
         rows = list(csv.DictReader(fh))
-    assert [int(r["step"]) for r in rows] == [1, 2] and all(float(r["loss"]) > 0 for r in rows)
+    assert [int(r["episodes"]) for r in rows] == [int(r["optimizer_steps"]) for r in rows] == [1, 2]
+    assert all(float(r["loss"]) > 0 for r in rows)
 
 
 @pytest.mark.slow
@@ -86,8 +87,24 @@ def test_checkpointing_and_accumulation(bench, tmp_path):
         assert torch.allclose(value, ckpt["backbone"][key], atol=1e-6), key
     run(tiny(bench, tmp_path / "acc", episodes=2, accumulate=2, checkpoint_every=2))
     state = load_checkpoint(str(tmp_path / "acc" / "last.pt"))
-    assert state["scheduler"]["last_epoch"] == 1  # one optimizer step for two episodes
+    assert (state["episodes"], state["optimizer_steps"]) == (2, 1)  # one optimizer step for two episodes
     assert not torch.equal(state["backbone"]["conv1.weight"], plain["backbone"]["conv1.weight"])
+
+
+@pytest.mark.slow
+def test_the_lr_schedule_and_checkpoints_count_episodes_with_accumulation(bench, tmp_path):
+    # 2 episodes per optimizer step, lr x0.5 every 3 episodes: the first step (episode 2) keeps the lr, the
+    # second (episode 4) halves it once, the third (episode 6) twice; checkpoints every 3 episodes fall on the
+    # first step boundary at or after 3 and 6.
+    run(tiny(bench, tmp_path, episodes=6, accumulate=2, lr_step=3, log_every=1, checkpoint_every=3,
+             val_episodes=0))
+    with open(tmp_path / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["episodes"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [int(r["optimizer_steps"]) for r in rows] == [0, 1, 1, 2, 2, 3]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.05, 0.025])
+    state = load_checkpoint(str(tmp_path / "last.pt"))
+    assert (state["episodes"], state["optimizer_steps"], state["scheduler"]["last_epoch"]) == (6, 3, 6)
 
 
 @pytest.mark.slow
@@ -113,7 +130,7 @@ def test_unreadable_clip_is_skipped_and_reported(bench, tmp_path):
     with open(tmp_path / "out" / "failures.csv") as fh:
         failures = list(csv.DictReader(fh))
     assert failures and all(f["path"] == str(victim) for f in failures)
-    assert load_checkpoint(str(tmp_path / "out" / "last.pt"))["step"] == 4
+    assert load_checkpoint(str(tmp_path / "out" / "last.pt"))["episodes"] == 4
 
 
 @pytest.mark.slow
@@ -133,23 +150,41 @@ def test_cli_and_extract_reads_the_finetuned_backbone(bench, tmp_path):
     assert provenance["weights"] == os.path.abspath(checkpoint)
 
 
-@pytest.mark.slow
-def test_torchrun_two_gloo_ranks_match_one_process_accumulating(bench, tmp_path):
+# One rank of a torchrun finetune that also saves its own model (only rank 0 writes checkpoints).
+RANK_SCRIPT = """
+import os, warnings, torch
+warnings.simplefilter("ignore")
+torch.set_num_threads(1)
+import m3net.train.finetune as module
+from tests.test_finetune import tiny
+built = []
+build = module.build_training
+module.build_training = lambda *args: built.append(build(*args)) or built[-1]
+result = module.finetune(tiny({root!r}, {out!r}, **{changes!r}), progress=False)
+torch.save({{"model": built[0].model.state_dict(), "result": result}}, {out!r} + "-rank" + os.environ["RANK"] + ".pt")
+"""
+
+
+def _torchrun(tmp_path, root, out, **changes):
+    """`torchrun --nproc-per-node 2` of a tiny finetune into ``out``; each rank also saves OUT-rank<r>.pt."""
     import subprocess
     import sys
-    script = tmp_path / "ddp.py"
-    script.write_text(
-        "import warnings, dataclasses, sys, torch\n"
-        "warnings.simplefilter('ignore')\n"
-        "torch.set_num_threads(1)\n"
-        "from tests.test_finetune import tiny\n"
-        "from m3net.train.finetune import finetune\n"
-        f"finetune(tiny({bench!r}, {str(tmp_path / 'ddp')!r}, episodes=1, freeze_bn=True, device='cpu', "
-        "val_episodes=3), progress=False)\n")
+
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT.format(root=root, out=out, changes=changes))
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(script)], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=600)
+
+
+def _rank_states(out):
+    return [torch.load(f"{out}-rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_ranks_match_one_process_accumulating(bench, tmp_path):
+    done = _torchrun(tmp_path, bench, str(tmp_path / "ddp"), episodes=2, freeze_bn=True, device="cpu", val_episodes=3)
     assert done.returncode == 0, done.stderr[-3000:]
     run(tiny(bench, tmp_path / "single", episodes=2, accumulate=2, checkpoint_every=2, freeze_bn=True, device="cpu",
              val_episodes=3))
@@ -168,14 +203,52 @@ def test_torchrun_two_gloo_ranks_match_one_process_accumulating(bench, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("accumulate, steps", [(1, 4), (2, 2)])
+def test_torchrun_episodes_count_over_all_ranks_and_ranks_stay_equal(bench, tmp_path, accumulate, steps):
+    # --episodes 8 on 2 ranks: 8 episodes in 4 optimizer steps (2 with --accumulate 2); temperatures set from
+    # data on each rank's first episode are rank 0's on both, so the ranks' parameters stay equal. (BN frozen:
+    # in training mode each rank's running statistics follow its own last batch; a small lr: the random trunk
+    # with frozen BN diverges at tiny()'s 0.1.)
+    out = str(tmp_path / "ddp")
+    done = _torchrun(tmp_path, bench, out, episodes=8, accumulate=accumulate, freeze_bn=True, device="cpu",
+                     lr=1e-4, backbone_lr=1e-4, val_episodes=2, val_every=4, checkpoint_every=4, log_every=2,
+                     head_options={"proj_dim": 8, "temperature_init": "data"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = _rank_states(out)
+    state = load_checkpoint(os.path.join(out, "last.pt"))
+    assert (state["episodes"], state["optimizer_steps"]) == (8, steps)
+    assert [(r["result"]["episodes"], r["result"]["optimizer_steps"]) for r in ranks] == [(8, steps)] * 2
+    for key, value in ranks[0]["model"].items():
+        assert torch.equal(value, ranks[1]["model"][key]), key
+    for key, value in state["model"].items():
+        assert torch.equal(value, ranks[0]["model"][f"head.{key}"]), key
+    assert not torch.allclose(state["model"]["log_temperature"], torch.tensor(10.0).log())  # set from data
+    with open(os.path.join(out, "train_log.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["episodes"]) for r in rows] == [2, 4, 6, 8]
+    assert [int(r["optimizer_steps"]) for r in rows] == ([1, 2, 3, 4] if accumulate == 1 else [0, 1, 1, 2])
+    with open(os.path.join(out, "val_log.csv")) as fh:
+        assert [int(r["episodes"]) for r in csv.DictReader(fh)] == [4, 8]
+
+
+@pytest.mark.slow
+def test_torchrun_refuses_episodes_the_ranks_cannot_share(bench, tmp_path):
+    out = tmp_path / "odd"
+    done = _torchrun(tmp_path, bench, str(out), episodes=3, device="cpu")
+    assert done.returncode != 0
+    assert "--episodes 3: under torchrun every rank trains one episode per round" in done.stderr
+    assert not out.exists()  # refused before the run folder is made
+
+
+@pytest.mark.slow
 def test_validation_keeps_the_best_checkpoint(bench, tmp_path):
     run(tiny(bench, tmp_path, episodes=3, val_every=1, val_episodes=2, val_queries=2))
     with open(tmp_path / "val_log.csv") as fh:
         rows = list(csv.DictReader(fh))
     accs = [float(r["val_acc"]) for r in rows]
-    assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(0 <= a <= 100 for a in accs)
+    assert [int(r["episodes"]) for r in rows] == [1, 2, 3] and all(0 <= a <= 100 for a in accs)
     best = load_checkpoint(str(tmp_path / "best.pt"))
-    assert best["step"] == accs.index(max(accs)) + 1 and best["best_val_acc"] == max(accs)
+    assert best["episodes"] == accs.index(max(accs)) + 1 and best["best_val_acc"] == max(accs)
     assert float(rows[-1]["best_val_acc"]) == max(accs)
 
 
@@ -195,7 +268,7 @@ def test_interrupt_saves_a_checkpoint_that_resumes_exactly(bench, tmp_path, monk
     with pytest.raises(Interrupted, match="--resume"):
         run(tiny(bench, tmp_path / "split", episodes=2, checkpoint_every=100))
     monkeypatch.setattr(module.Finetuner, "forward", forward)
-    assert load_checkpoint(str(tmp_path / "split" / "last.pt"))["step"] == 1
+    assert load_checkpoint(str(tmp_path / "split" / "last.pt"))["episodes"] == 1
     run(tiny(bench, tmp_path / "split", episodes=2, checkpoint_every=100, resume=True))
     whole, split = (load_checkpoint(str(tmp_path / d / "last.pt")) for d in ("whole", "split"))
     for part in ("model", "backbone"):
@@ -268,15 +341,15 @@ def test_missing_clips_are_left_out_of_episodes(bench, tmp_path):
     shutil.copytree(bench, root)
     gone = sorted((root / "train").rglob("*.mp4"))[0]
     gone.unlink()
-    with pytest.warns(UserWarning, match="1 of the 27 synthetic clips are missing"):
-        finetune(tiny(str(root), tmp_path / "out", episodes=3), progress=False)
+    run(tiny(str(root), tmp_path / "out", episodes=3))
     assert not (tmp_path / "out" / "failures.csv").exists()
     empty = tmp_path / "empty"
     shutil.copytree(bench, empty)
     for clip in empty.rglob("*.mp4"):
         clip.unlink()
-    with pytest.raises(DatasetError, match="none of the 27 synthetic clips is there"):
+    with pytest.raises(DatasetError, match="none of the 18 synthetic clips listed for train, val is there"):
         run(tiny(str(empty), tmp_path / "none"))
+    assert not (tmp_path / "none").exists()  # refused before the run folder is made
 
 
 @pytest.mark.slow

@@ -285,8 +285,8 @@ def test_synthetic_root_stays_a_synthetic_root(tmp_path):
 def test_frames_per_finetune_cell_and_disk_estimate():
     one, five = (finetune_frames(paper_finetune_config(shot)) for shot in (1, 5))
     # The paper's 60 000 episodes, 5-way, 5 queries, 8 frames; validation every 1 000 on 300 episodes of 1 query.
-    assert one == {"train": 60_000 * 5 * (1 + 5) * 8, "validation": 60 * 300 * 5 * (1 + 1) * 8}
-    assert five == {"train": 60_000 * 5 * (5 + 5) * 8, "validation": 60 * 300 * 5 * (5 + 1) * 8}
+    assert one == {"train": 60_000 * 5 * (1 + 5) * 8, "validation": 60 * 300 * 5 * (1 + 1) * 8, "validations": 60}
+    assert five == {"train": 60_000 * 5 * (5 + 5) * 8, "validation": 60 * 300 * 5 * (5 + 1) * 8, "validations": 60}
     assert one["train"] == 14_400_000 and five["train"] == 24_000_000
     assert clip_counts("gym99") == {"train": 17171, "val": 4410, "test": 13260}
     gym = disk_estimate("gym99", bytes_per_frame=30_000)
@@ -411,7 +411,7 @@ def test_predict_and_finetune_take_frame_folders(tmp_path):
     finetune(FinetuneConfig(dataset="synthetic", root=str(frames), out=str(tmp_path / "ft"), weights="random",
                             head="m3net", head_options={"proj_dim": 8}, way=2, shot=1, queries=1, frames=2, crop=32,
                             episodes=1, val_episodes=1, workers=0), progress=False)
-    assert load_checkpoint(str(tmp_path / "ft" / "last.pt"))["step"] == 1
+    assert load_checkpoint(str(tmp_path / "ft" / "last.pt"))["episodes"] == 1
     assert not os.path.exists(tmp_path / "ft" / "failures.csv")
 
 

@@ -200,3 +200,25 @@ def test_report_of_another_head_draws_the_backbone_only(cache, tmp_path, capsys)
     written = draw_report(results, run)
     assert os.path.join(results, "activations.png") in written
     assert "head 'test-aligned' has no context encoders; drawing the backbone's map only" in capsys.readouterr().err
+
+
+def test_report_reads_only_the_rows_of_the_episodes_it_draws(cache, tmp_path, monkeypatch):
+    """The test split is never loaded whole: the features read are those of the episode drawn (a Gym99 test split
+    holds ~21 GB)."""
+    from m3net.cache import RowReader, load_cache
+    from m3net.data.episodes import EpisodeSampler
+
+    options = {"proj_dim": 8, "patch_grid": 2, "use_im": False}  # no I-M: no search, episode 0 is drawn
+    run, results = _trained(cache, tmp_path, "m3net", options)
+    read = []
+    monkeypatch.setattr(RowReader, "read", lambda self, rows, read_rows=RowReader.read: read.append(list(rows))
+                        or read_rows(self, rows))
+    monkeypatch.setattr(report, "plot_stage_activations", lambda *args: open(args[-1], "wb").close())
+    draw_report(results, run)
+    with open(os.path.join(results, "results.json")) as fh:
+        cfg = json.load(fh)["config"]
+    meta = load_cache(cache, splits=(cfg["split"],), features=False)
+    first = EpisodeSampler(meta.labels, meta.split, cfg["split"], cfg["way"], cfg["shot"], cfg["queries"],
+                           seed=cfg["seed"]).episode(0)
+    drawn = set(meta.rows[np.concatenate([first.support_rows, first.query_rows])].tolist())
+    assert read and all(set(rows) == drawn for rows in read) and len(drawn) < len(meta.rows)

@@ -159,7 +159,7 @@ def test_a_resumed_streamed_run_with_prefetch_equals_an_uninterrupted_resident_o
     _train(cache, tmp_path / "streamed", resident="disk", prefetch=2, episodes=5)
     _train(cache, tmp_path / "streamed", resident="disk", prefetch=3, resume=True)  # prefetch may change
     a, b = (load_checkpoint(str(tmp_path / run / "last.pt")) for run in ("memory", "streamed"))
-    assert a["step"] == b["step"] == 8 and a["best_val_acc"] == b["best_val_acc"]
+    assert a["episodes"] == b["episodes"] == 8 and a["best_val_acc"] == b["best_val_acc"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert _prefetch_threads() == []
 
@@ -180,7 +180,7 @@ def test_a_bad_row_read_ahead_stops_training_at_the_episode_that_needs_it(cache,
     out = tmp_path / "run"
     with pytest.raises(CacheError, match=rf"{path}: the features of row {meta.rows[bad_row]} hold NaN or inf"):
         _train(path, out, resident="disk", prefetch=4, episodes=first_bad + 10, checkpoint_every=1, val_episodes=0)
-    assert load_checkpoint(str(out / "last.pt"))["step"] == first_bad  # every episode before it trained
+    assert load_checkpoint(str(out / "last.pt"))["episodes"] == first_bad  # every episode before it trained
     assert _prefetch_threads() == []
 
 

@@ -16,9 +16,9 @@ from m3net.train.train_head import TrainConfig, train_head
 pytestmark = pytest.mark.usefixtures("aligned_head")
 
 
-def _steps(path):
+def _episodes(path):
     with open(path, newline="") as fh:
-        return [int(row["step"]) for row in csv.DictReader(fh)]
+        return [int(row["episodes"]) for row in csv.DictReader(fh)]
 
 
 def _config(cache, out, **overrides):
@@ -33,7 +33,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cache, tmp_pat
         train_head(_config(cache, out, lr=1e30, episodes=50, checkpoint_every=1), progress=False)
     state = load_checkpoint(str(out / "last.pt"))
     assert all(torch.isfinite(v).all() for v in state["model"].values())
-    assert 0 < state["step"] < 50
+    assert 0 < state["episodes"] == state["optimizer_steps"] < 50
 
 
 def test_a_run_folder_has_one_writer_and_a_dead_writer_leaves_no_stale_lock(cache, tmp_path):
@@ -51,15 +51,45 @@ def test_a_run_folder_has_one_writer_and_a_dead_writer_leaves_no_stale_lock(cach
     assert result.exit_code == 2 and "already holds a run" in result.output and "--resume" in result.output
 
 
-def test_resume_after_a_crash_logs_every_step_once(cache, tmp_path):
+def test_resume_after_a_crash_logs_every_episode_once(cache, tmp_path):
     out = tmp_path / "run"
     train_head(_config(cache, out, episodes=6, checkpoint_every=3), progress=False)
-    # A crash after the checkpoint at step 6 had logged steps 7 and 8 already.
+    # A crash after the checkpoint at episode 6 had logged episodes 7 and 8 already.
     with open(out / "train_log.csv", "a", newline="") as fh:
-        fh.write("7,1.0,,1.0,0,0.05\n8,1.0,,1.0,0,0.05\n")
+        fh.write("7,7,1.0,,1.0,0,0.05\n8,8,1.0,,1.0,0,0.05\n")
     train_head(_config(cache, out, episodes=9, resume=True), progress=False)
-    assert _steps(out / "train_log.csv") == list(range(1, 10))
-    assert os.path.exists(out / "last.pt") and load_checkpoint(str(out / "last.pt"))["step"] == 9
+    assert _episodes(out / "train_log.csv") == list(range(1, 10))
+    assert os.path.exists(out / "last.pt") and load_checkpoint(str(out / "last.pt"))["episodes"] == 9
+
+
+def test_a_run_saved_before_the_episodes_keys_resumes_exactly(cache, tmp_path):
+    """Checkpoints with "step" (no "episodes", "optimizer_steps") and logs keyed by "step" still resume: the
+    result equals an uninterrupted run and the logs get the current header."""
+    train_head(_config(cache, tmp_path / "whole", episodes=9), progress=False)
+    out = tmp_path / "old"
+    train_head(_config(cache, out, episodes=6), progress=False)
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(out / name, weights_only=True)
+        state["step"] = state.pop("episodes")
+        del state["optimizer_steps"]
+        torch.save(state, out / name)
+    for name in ("train_log.csv", "val_log.csv"):
+        with open(out / name, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        with open(out / name, "w", newline="") as fh:
+            fields = ["step"] + [k for k in rows[0] if k not in ("episodes", "optimizer_steps")]
+            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows([{**r, "step": r["episodes"]} for r in rows])
+    assert load_checkpoint(str(out / "last.pt"))["step"] == 6
+    train_head(_config(cache, out, episodes=9, resume=True), progress=False)
+    whole, resumed = (load_checkpoint(str(d / "last.pt")) for d in (tmp_path / "whole", out))
+    assert resumed["episodes"] == resumed["optimizer_steps"] == 9
+    assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
+    with open(out / "train_log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["episodes"]) for r in rows] == list(range(1, 10))
+    assert [r["optimizer_steps"] for r in rows] == [""] * 6 + ["7", "8", "9"]
 
 
 @pytest.mark.parametrize("content", [b"not a torch file at all", None])
@@ -115,8 +145,9 @@ def test_a_log_window_after_resume_averages_only_the_episodes_it_ran():
     from m3net.train.loop import Window
 
     window = Window().reset()
-    for loss in (1.0, 3.0):  # two episodes since the resume, though the cadence is every 4
-        window.add({"loss": loss, "views": {"y": loss}})
-    window.add(None)  # a skipped episode
-    row = window.row(step=8)
-    assert row["loss"] == 2.0 and row["views_loss"] == "y=2.0000" and row["skipped_episodes"] == 1
+    for loss in (1.0, 3.0):  # two steps of 2 episodes since the resume, though the cadence is every 8
+        window.add({"loss": loss, "views": {"y": loss}}, episodes=2)
+    window.add(None, episodes=2)  # a skipped step
+    row = window.row()
+    assert row["loss"] == 2.0 and row["views_loss"] == "y=2.0000" and row["skipped_episodes"] == 2
+    assert window.trained == 4

@@ -48,7 +48,7 @@ def test_training_learns_and_resume_is_exact(cache, tmp_path):
     full = train_head(_config(cache, tmp_path / "full"), progress=False)
     first = train_head(_config(cache, tmp_path / "split", episodes=20), progress=False)
     resumed = train_head(_config(cache, tmp_path / "split", resume=True), progress=False)
-    assert first["step"] == 20 and resumed["step"] == full["step"] == 40
+    assert first["episodes"] == 20 and resumed["episodes"] == full["episodes"] == 40
     a = load_checkpoint(full["last"])["model"]
     b = load_checkpoint(resumed["last"])["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -72,7 +72,7 @@ def _measure(config, shot, checkpointing, device):
                 start = time.perf_counter()
             outputs = forward_episode(training.model, support, support_labels, query, amp_dtype)
             training.scaler.scale(training.head.loss(outputs, query_labels)).backward()
-            training.step(finetune_config)
+            training.step(finetune_config, step + 1)  # one episode per step
         synchronize(device)
         seconds = time.perf_counter() - start
         row.update(status="ok", episodes_per_s=config.steps / seconds, seconds_per_episode=seconds / config.steps,

@@ -10,6 +10,7 @@ same rows with maps pooled on load (compared with the pooled in-memory row). Pag
 for streaming: the script tries to drop the page cache before each streamed run (needs root) and
 records whether it could. Writes benchmarks/bench_residency_<device>_<date>.{json,csv}.
 """
+import csv
 import dataclasses
 import os
 import time
@@ -20,7 +21,7 @@ from m3net.bench.record import RecordSettings, benchmark_record, write_benchmark
 from m3net.cache import write_cache_arrays
 from m3net.config import RunSettings, setting, settings
 from m3net.runtime import resolve_device
-from m3net.train.checkpoint import load_checkpoint
+from m3net.train.checkpoint import load_checkpoint, trained_episodes
 from m3net.train.evaluate import EvalConfig, evaluate
 from m3net.train.train_head import TrainConfig, train_head
 
@@ -76,9 +77,9 @@ def timed_runs(args, cache, device, out, limit, prefetch, pool_on_load):
                            checkpoint_every=args.train_episodes, device=str(device), memory_limit=limit,
                            prefetch=prefetch, pool_on_load=pool_on_load), progress=False)
     train_seconds = time.perf_counter() - started
-    with open(os.path.join(out, "train_log.csv")) as fh:
-        train_rate = float(fh.read().splitlines()[-1].split(",")[3])  # episodes_per_s of the one window
-    assert load_checkpoint(os.path.join(out, "last.pt"))["step"] == args.train_episodes
+    with open(os.path.join(out, "train_log.csv"), newline="") as fh:
+        train_rate = float(list(csv.DictReader(fh))[-1]["episodes_per_s"])  # of the one window
+    assert trained_episodes(load_checkpoint(os.path.join(out, "last.pt"))) == args.train_episodes
     started = time.perf_counter()
     evaluate(EvalConfig(cache=cache, checkpoints=(os.path.join(out, "last.pt"),), episodes=args.eval_episodes,
                         device=str(device), memory_limit=limit, prefetch=prefetch, pool_on_load=pool_on_load),

@@ -14,6 +14,11 @@ A clip on disk is a video file (mp4, webm, mkv, avi) named ``<clip_id>.<ext>`` o
 root (flat or in class folders). Clips of a list that are not found are listed as missing. Hidden
 entries (names starting with ".") are never clips or classes: `m3net frames` writes a clip under a
 hidden name until it is complete, and macOS leaves ``._<clip>.mp4`` files beside copied videos.
+
+A partial copy is the normal case (YouTube videos vanish): every command works on the clips that are
+present. ``coverage`` is the one place that says what a root offers per split (clips and classes
+present out of those listed, and the classes that can fill an episode); ``Coverage.require_episodes``
+refuses, before any work, a split that cannot give one episode.
 """
 import os
 import re
@@ -22,6 +27,7 @@ from importlib import resources
 
 from m3net.cache.schema import SPLITS
 from m3net.config import Settings, setting, settings
+from m3net.data.episodes import episode_classes
 from m3net.errors import DatasetError  # noqa: F401 (re-exported)
 
 SPLIT_FOLDERS = {"gym99": "Gym99", "gym288": "Gym288", "diving48": "Diving48"}
@@ -71,18 +77,124 @@ class Dataset:
     def missing(self):
         return [c.clip_id for c in self.clips if c.path is None]
 
-    def summary(self, max_missing=5):
-        """Per split: classes, clips, found and missing (first ``max_missing`` named)."""
+    def present(self, splits=SPLITS, exclude=()):
+        """The clips of ``splits`` found under the root, less the ids in ``exclude`` (e.g. clips that failed to
+        decode): what every command reads."""
+        exclude = set(exclude)
+        return [c for c in self.clips if c.path is not None and c.split in splits and c.clip_id not in exclude]
+
+    def require_present(self, splits=SPLITS):
+        """DatasetError unless at least one listed clip of ``splits`` is under the root."""
+        if self.present(splits):
+            return
+        listed = [c for c in self.clips if c.split in splits]
+        example = (listed or self.clips)[0].clip_id
+        raise DatasetError(f"--root {self.root}: none of the {len(listed):,} {self.name} clips listed for "
+                           f"{', '.join(splits)} is there; expected video files named like {example}.mp4 (flat or in "
+                           f"class folders) or frame folders {example}/img_00001.jpg")
+
+    def summary(self, way=5, shot=1, queries=5, max_missing=5):
+        """Per split: classes and clips listed; with a root, the coverage at ``way``/``shot``/``queries`` and the
+        missing clips (first ``max_missing`` named)."""
         out = {"dataset": self.name, "root": self.root, "splits": {}}
+        if self.root:
+            out["episode"] = {"way": way, "shot": shot, "queries": queries}
+            covered = coverage(self, way, shot, queries).splits
         for split in SPLITS:
             clips = [c for c in self.clips if c.split == split]
-            missing = [c.clip_id for c in clips if c.path is None]
             entry = {"classes": len({c.label for c in clips}), "clips": len(clips)}
             if self.root:
+                missing = [c.clip_id for c in clips if c.path is None]
+                split_coverage = covered[split]
                 entry.update(found=len(clips) - len(missing), missing=len(missing),
-                             missing_examples=missing[:max_missing])
+                             missing_examples=missing[:max_missing], classes_found=split_coverage.classes,
+                             episode_classes=split_coverage.episode_classes,
+                             forms_episodes=split_coverage.forms_episodes)
             out["splits"][split] = entry
         return out
+
+
+@dataclass(frozen=True)
+class SplitCoverage:
+    """What one split offers under the root: clips and classes present out of those listed, and the classes
+    with the ``need`` = shot + queries clips an episode takes of each of its ``way`` classes."""
+
+    split: str
+    clips: int  # present: found under the root and not excluded (e.g. failed to decode)
+    listed_clips: int
+    classes: int  # classes with at least one present clip
+    listed_classes: int
+    episode_classes: int  # classes with at least ``need`` present clips
+    need: int
+    way: int
+
+    @property
+    def forms_episodes(self):
+        return self.episode_classes >= self.way
+
+    def shortfall(self):
+        """Why this split cannot give one episode (one clause), or None when it can."""
+        if self.forms_episodes:
+            return None
+        return (f"{self.split} has {self.episode_classes} classes with the {self.need} clips an episode takes of a "
+                f"class, --way {self.way} needs {self.way} ({self.clips:,} of {self.listed_clips:,} clips present, "
+                f"from {self.classes} of {self.listed_classes} classes)")
+
+    def describe(self):
+        return (f"{self.split} {self.clips:,}/{self.listed_clips:,} clips, {self.classes}/{self.listed_classes} "
+                f"classes ({self.episode_classes} with >= {self.need} clips)")
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """``coverage()`` of every split of a dataset under its root."""
+
+    dataset: str
+    root: str
+    way: int
+    shot: int
+    splits: dict  # {split: SplitCoverage}
+
+    def require_episodes(self, splits, what):
+        """DatasetError naming every split of ``splits`` that cannot give one episode (``what``: who needs them)."""
+        short = [self.splits[s].shortfall() for s in splits if not self.splits[s].forms_episodes]
+        if short:
+            raise DatasetError(
+                f"--root {self.root}: {what} needs episodes the {self.dataset} clips there cannot give: "
+                + "; ".join(short) + f" (`m3net dataset-info --dataset {self.dataset} --root {self.root} --way "
+                f"{self.way} --shot {self.shot}` shows every split)")
+
+    def as_row(self, splits=SPLITS):
+        """Flat columns for a results row: ``<split>_clips``, ``<split>_listed_clips``, ``<split>_classes``,
+        ``<split>_listed_classes``, and ``complete`` (every listed clip of ``splits`` was used)."""
+        row = {}
+        for split in splits:
+            c = self.splits[split]
+            row.update({f"{split}_clips": c.clips, f"{split}_listed_clips": c.listed_clips,
+                        f"{split}_classes": c.classes, f"{split}_listed_classes": c.listed_classes})
+        row["complete"] = all(self.splits[s].clips == self.splits[s].listed_clips for s in splits)
+        return row
+
+    def describe(self, splits=SPLITS):
+        return "; ".join(self.splits[s].describe() for s in splits)
+
+
+def coverage(dataset, way, shot, queries, exclude=()):
+    """The Coverage of ``dataset`` for ``way``-way ``shot``-shot episodes with ``queries`` per class (an int, or
+    {split: queries} where splits differ, e.g. training 5 and validation 1), leaving out the clip ids in
+    ``exclude`` (clips that failed to decode count as absent)."""
+    present = {c.clip_id for c in dataset.present(exclude=exclude)}
+    splits = {}
+    for split in SPLITS:
+        listed = [c for c in dataset.clips if c.split == split]
+        here = [c for c in listed if c.clip_id in present]
+        per_class = {}
+        for clip in here:
+            per_class[clip.label] = per_class.get(clip.label, 0) + 1
+        need = shot + (queries[split] if isinstance(queries, dict) else queries)
+        splits[split] = SplitCoverage(split, len(here), len(listed), len(per_class), len({c.label for c in listed}),
+                                      len(episode_classes(per_class, need)), need, way)
+    return Coverage(dataset.name, dataset.root, way, shot, splits)
 
 
 def parse_clip_id(dataset, clip_id):
@@ -255,13 +367,26 @@ def load_dataset(name, root=None, folder_split="test"):
 
 
 def format_summary(summary):
+    """Text for `m3net dataset-info`: listed clips and classes per split; with a root, what is present and
+    whether each split can give an episode, and the first missing clips."""
     lines = [f"{summary['dataset']}" + (f" under {summary['root']}" if summary["root"] else "")]
-    for split, entry in summary["splits"].items():
-        line = f"  {split:<5} {entry['classes']:>4} classes {entry['clips']:>6} clips"
-        if "found" in entry:
-            line += f"  found {entry['found']:>6}  missing {entry['missing']:>6}"
-            if entry["missing_examples"]:
-                more = entry["missing"] - len(entry["missing_examples"])
-                line += "  e.g. " + ", ".join(entry["missing_examples"]) + (f" (+{more} more)" if more else "")
-        lines.append(line)
+    episode = summary.get("episode")
+    if not episode:
+        lines += [f"  {split:<5} {e['classes']:>4} classes {e['clips']:>6} clips"
+                  for split, e in summary["splits"].items()]
+        return "\n".join(lines)
+    need = episode["shot"] + episode["queries"]
+    queries = f"{episode['queries']} quer{'y' if episode['queries'] == 1 else 'ies'}"
+    lines[0] += (f": a {episode['way']}-way {episode['shot']}-shot episode with {queries} per class takes {need} "
+                 f"clips of each of {episode['way']} classes")
+    lines.append(f"  {'split':<5} {'clips present':>21} {'classes present':>16} {f'classes with {need}+':>16}"
+                 "  episodes")
+    for split, e in summary["splits"].items():
+        lines.append(f"  {split:<5} {e['found']:>9,} of {e['clips']:>8,} {e['classes_found']:>8} of "
+                     f"{e['classes']:>4} {e['episode_classes']:>16}  {'yes' if e['forms_episodes'] else 'no'}")
+    for split, e in summary["splits"].items():
+        if e["missing_examples"]:
+            more = e["missing"] - len(e["missing_examples"])
+            lines.append(f"  missing in {split}: " + ", ".join(e["missing_examples"])
+                         + (f" (+{more:,} more)" if more else ""))
     return "\n".join(lines)

@@ -36,6 +36,13 @@ class Episode:
 VIEW_STREAM = 1
 
 
+def episode_classes(clips_per_class, need):
+    """The classes of ``clips_per_class`` ({class: clips}) that can fill an episode's slots for one class:
+    ``need`` = shot + queries distinct clips. The one rule that both the sampler and a dataset's coverage
+    (m3net.data.datasets.coverage) apply."""
+    return sorted(c for c, n in clips_per_class.items() if n >= need)
+
+
 class EpisodeSampler:
     def __init__(self, labels, split, split_name, way, shot, queries, seed=0, class_names=None):
         if way < 2 or shot < 1 or queries < 1:
@@ -45,8 +52,8 @@ class EpisodeSampler:
         by_class = {int(c): rows[labels[rows] == c] for c in np.unique(labels[rows])}
         need = shot + queries
         name = (lambda c: class_names[c]) if class_names is not None else str
-        short = {c: len(r) for c, r in by_class.items() if len(r) < need}
-        eligible = sorted(c for c in by_class if c not in short)
+        eligible = episode_classes({c: len(r) for c, r in by_class.items()}, need)
+        short = {c: len(r) for c, r in by_class.items() if c not in eligible}
         if len(by_class) < way:
             raise EpisodeError(f"split {split_name!r} has {len(by_class)} classes, fewer than --way {way}")
         if len(eligible) < way:

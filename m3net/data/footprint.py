@@ -4,6 +4,8 @@ from here, so the numbers follow the settings and the split lists instead of dri
 
 Frames per finetune cell are exact for the settings (`--preset paper`): every training episode
 decodes way x (shot + queries) clips x frames, every validation the same for its val episodes.
+The counting functions (finetune_frames, extract_frames, cache_bytes, frame_folder_bytes) are the one place
+these sizes are computed: `--plan` (m3net/plan.py) applies them to the clips present under a --root.
 Disk is an estimate, and says what it assumes:
     clips            the shipped split lists (all three splits)
     frames per clip  FineGym ids carry the element's window in whole seconds (…_A_<start>_<end>):
@@ -15,11 +17,31 @@ import math
 from functools import lru_cache
 
 from m3net.data.datasets import LISTED_DATASETS, load_split_lists, parse_clip_id
+from m3net.extract.backbone import FEATURE_CHANNELS
 
 ASSUMED_FPS = 30  # the source videos' frame rate: YouTube broadcasts run at 25-30 (some at 50-60)
 # Diving48's lists give no clip length. One dive from the approach to the entry: an assumption, not a measurement.
 ASSUMED_SECONDS = {"diving48": 4.0}
-CACHE_BYTES_PER_FRAME = 7 * 7 * 2048 * 2  # one float16 7x7x2048 map (m3net extract at crop 224)
+
+
+def cache_bytes(clips, frames, crop=224, views=0):
+    """Bytes of the cache's features for ``clips`` done rows: float16 (side x side x 2048) maps, side = crop / 32
+    rounded up (7 at 224), per frame and view (HDF5 allocates only the rows written)."""
+    side = -(-crop // 32)
+    return clips * max(views, 1) * frames * side * side * FEATURE_CHANNELS * 2
+
+
+CACHE_BYTES_PER_FRAME = cache_bytes(1, 1)  # one float16 7x7x2048 map (m3net extract at crop 224)
+
+
+def extract_frames(clips, frames, views=0):
+    """Frames an extraction of ``clips`` decodes: every view samples its own ``frames``."""
+    return clips * max(views, 1) * frames
+
+
+def frame_folder_bytes(clips, frames_per_clip, bytes_per_frame):
+    """Bytes of frame folders holding every frame of ``clips`` clips."""
+    return clips * frames_per_clip * bytes_per_frame
 
 
 @lru_cache(maxsize=None)
@@ -49,11 +71,12 @@ def paper_finetune_config(shot):
 
 
 def finetune_frames(config):
-    """{"train", "validation"}: frames a finetune run with ``config`` decodes (whatever the dataset)."""
+    """{"train", "validation"}: frames a finetune run with ``config`` decodes (whatever the dataset; --episodes
+    counts all torchrun ranks), and "validations", how many times it validates."""
     train = config.episodes * config.way * (config.shot + config.queries) * config.frames
     validations = math.ceil(config.episodes / config.val_every) if config.val_episodes else 0
     validation = validations * config.val_episodes * config.way * (config.shot + config.val_queries) * config.frames
-    return {"train": train, "validation": validation}
+    return {"train": train, "validation": validation, "validations": validations}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +99,6 @@ def disk_estimate(dataset, bytes_per_frame, cache_frames=8):
     clips = sum(counts.values())
     seconds, source = clip_seconds(dataset)
     frames_per_clip = seconds * ASSUMED_FPS
-    per_clip_cache = cache_frames * CACHE_BYTES_PER_FRAME
     return DiskEstimate(dataset, clips, counts["test"], seconds, source, frames_per_clip, clips * frames_per_clip,
-                        clips * frames_per_clip * bytes_per_frame, clips * per_clip_cache,
-                        counts["test"] * per_clip_cache)
+                        frame_folder_bytes(clips, frames_per_clip, bytes_per_frame), cache_bytes(clips, cache_frames),
+                        cache_bytes(counts["test"], cache_frames))

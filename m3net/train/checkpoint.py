@@ -1,7 +1,9 @@
-"""Head checkpoints: model, optimizer, scheduler, RNG, step, full config and cache provenance.
+"""Head checkpoints: model, optimizer, scheduler, RNG, episodes trained, full config and cache provenance.
 
 Everything is stored as tensors and plain Python values so ``torch.load(weights_only=True)``
-reads it back (no pickled classes).
+reads it back (no pickled classes). ``episodes`` counts training episodes over all processes and
+``optimizer_steps`` the optimizer steps they made; checkpoints written before those keys hold ``step``
+instead (episodes of one process), which ``trained_episodes`` reads the same way.
 """
 import os
 
@@ -30,8 +32,21 @@ def save_checkpoint(path, **state):
         raise
 
 
-# What every head checkpoint holds (finetune checkpoints add backbone, init_backbone and scaler).
-REQUIRED_KEYS = ("head", "head_config", "model", "train_config", "provenance", "step")
+# What every head checkpoint holds (finetune checkpoints add backbone, init_backbone and scaler), besides
+# "episodes" (or "step", before it was called that).
+REQUIRED_KEYS = ("head", "head_config", "model", "train_config", "provenance")
+
+
+def trained_episodes(state):
+    """The training episodes (all processes) a checkpoint holds; an older checkpoint's ``step`` (one process: a step
+    was an episode; under torchrun it counted each rank's episodes)."""
+    return int(state["episodes"] if "episodes" in state else state["step"])
+
+
+def optimizer_steps(state):
+    """The optimizer steps a checkpoint holds: ``optimizer_steps``, or for an older checkpoint its scheduler's
+    count (one scheduler step per optimizer step then)."""
+    return int(state["optimizer_steps"] if "optimizer_steps" in state else state["scheduler"]["last_epoch"])
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -42,6 +57,8 @@ def load_checkpoint(path, map_location="cpu"):
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not an m3net head checkpoint (format {found!r}, expected {FORMAT!r})")
     missing = [key for key in REQUIRED_KEYS if key not in state]
+    if "episodes" not in state and "step" not in state:
+        missing.append("episodes")
     if missing:
         raise CheckpointError(f"{path}: an incomplete m3net checkpoint (missing {', '.join(missing)})")
     return state

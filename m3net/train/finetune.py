@@ -1,30 +1,36 @@
 """``m3net finetune``: backbone (ResNet-50 trunk) and head trained end to end on decoded frames.
 
-Episodes come from the same EpisodeSampler as ``train-head``; episode ``i`` and every random crop,
-flip and frame choice in it are pure functions of (seed, i, clip), and checkpoints carry both
-models, optimizer, scheduler, RNG state and step, so ``--resume`` continues exactly.
-A clip that cannot be decoded is replaced by another clip of its class (or the episode is
-skipped) and written to failures.csv; the run never stops for one bad file.
+Episodes come from the same EpisodeSampler as ``train-head``, over the clips present under --root
+(a partial copy is the normal case; a split that cannot give one episode is refused before the run
+folder is made); episode ``i`` and every random crop, flip and frame choice in it are pure functions
+of (seed, i, clip), and checkpoints carry both models, optimizer, scheduler, RNG state and the
+episodes trained, so ``--resume`` continues exactly. A clip that cannot be decoded is replaced by
+another clip of its class (or the episode is skipped) and written to failures.csv; the run never
+stops for one bad file.
 
-Under torchrun (WORLD_SIZE > 1) backbone and head are wrapped in DistributedDataParallel; rank r
-trains episode step·world + r, so one step averages the gradients of ``world`` episodes; rank 0
-writes checkpoints and logs, each rank its own failures-rank<r>.csv. Validation (test view, the
-val episodes train-head uses) is shared out across the ranks and pooled; best.pt keeps the best.
+Under torchrun (WORLD_SIZE > 1) backbone and head are wrapped in DistributedDataParallel. --episodes
+counts episodes over all ranks: each round trains one episode per rank (rank r: episode e + r after e
+episodes), so one optimizer step averages the gradients of world x --accumulate episodes, an effective
+batch of that many episodes (the paper trains one per step). The lr schedule, validation and
+checkpoints count episodes too. Rank 0 writes checkpoints and logs, each rank its own
+failures-rank<r>.csv. Validation (test view, the val episodes train-head uses) is shared out across
+the ranks and pooled; best.pt keeps the best. ``temperature_init=data`` sets the temperatures from
+rank 0's first episode on every rank.
 
 A finetune checkpoint is also a head checkpoint: `m3net extract --weights best.pt` builds the
 cache of its tuned backbone, and `m3net evaluate --checkpoint best.pt --cache that.h5` scores it.
 """
 import contextlib
 import dataclasses
+import logging
 import os
-import warnings
 
 import numpy as np
 import torch
 
 from m3net.cache.schema import PROVENANCE_KEYS
 from m3net.config import RunSettings, from_group, setting, settings
-from m3net.data.datasets import DatasetError, DatasetSettings, load_dataset
+from m3net.data.datasets import DatasetSettings, coverage, load_dataset
 from m3net.data.episodes import EpisodeSampler, EpisodeSettings
 from m3net.errors import ConfigError
 from m3net.extract.backbone import build_backbone
@@ -35,7 +41,14 @@ from m3net.extract.video import Clip
 from m3net.model import build_head
 from m3net.model.registry import HeadSettings
 from m3net.runtime import resolve_device
-from m3net.train.checkpoint import load_checkpoint, load_module_state, restore_rng, rng_state
+from m3net.train.checkpoint import (
+    load_checkpoint,
+    load_module_state,
+    optimizer_steps,
+    restore_rng,
+    rng_state,
+    trained_episodes,
+)
 from m3net.train.loop import (
     RESUMABLE_CHANGES,
     OptimizerSettings,
@@ -51,6 +64,8 @@ from m3net.train.loop import (
 from m3net.train.metrics import episode_accuracies, mean_and_ci
 from m3net.train.presets import PresetSettings
 
+logger = logging.getLogger(__name__)
+
 
 @settings
 class FinetuneConfig(DatasetSettings, HeadSettings, EpisodeSettings, OptimizerSettings, ScheduleSettings,
@@ -62,7 +77,8 @@ class FinetuneConfig(DatasetSettings, HeadSettings, EpisodeSettings, OptimizerSe
     frames: int = setting(8, "Frames per clip (TSN segments).", minimum=1)
     crop: int = setting(224, "Crop size (frames resized to crop*8/7 first, as the extraction transform).", minimum=32)
     episodes: int = from_group(ScheduleSettings, "episodes", 10_000)
-    accumulate: int = setting(1, "Episodes whose gradients are summed (averaged) per optimizer step.", minimum=1)
+    accumulate: int = setting(1, "Rounds of episodes (one per torchrun rank) whose gradients are averaged per "
+                              "optimizer step: a step trains ranks x this many episodes.", minimum=1)
     backbone_lr: float = setting(1e-5, "Learning rate of the backbone.", minimum=0)
     freeze_stages: int = setting(0, "The first N trunk stages (stem, layer1, ...) keep their weights.",
                                  minimum=0, maximum=5)
@@ -79,16 +95,16 @@ class FinetuneConfig(DatasetSettings, HeadSettings, EpisodeSettings, OptimizerSe
     checkpoint_every: int = from_group(ScheduleSettings, "checkpoint_every", 100)
     log_every: int = from_group(ScheduleSettings, "log_every", 10)
 
-    def __post_init__(self):
-        super().__post_init__()
-        saved_every = [self.checkpoint_every] + ([self.val_every] if self.val_episodes > 0 else [])
-        if any(n % self.accumulate for n in saved_every):
-            raise ConfigError(f"--accumulate {self.accumulate}: expected a divisor of --checkpoint-every "
-                              f"{self.checkpoint_every} and --val-every {self.val_every} "
-                              "(checkpoints fall between optimizer steps)")
+    def episode_queries(self):
+        """Queries per class of the episodes each split gives this run (test: none; given for coverage)."""
+        return {"train": self.queries, "val": self.val_queries, "test": self.queries}
+
+    def episode_splits(self):
+        return ("train", "val") if self.val_episodes > 0 else ("train",)
 
 
-FAILURE_FIELDS = ("step", "phase", "clip_id", "path", "error")
+# "episodes": the episodes trained when the failure was met (training: at the end of its round).
+FAILURE_FIELDS = ("episodes", "phase", "clip_id", "path", "error")
 
 
 class EpisodeFrames(torch.utils.data.Dataset):
@@ -210,9 +226,22 @@ def _initial_head(config):
     return head
 
 
+class EpisodeStepLR(torch.optim.lr_scheduler.StepLR):
+    """StepLR counted in training episodes: ``advance(episodes)`` after an optimizer step sets each group's lr to its
+    base x gamma^(episodes // step_size), however many episodes a step trained (torchrun ranks x --accumulate).
+    Its state is StepLR's with ``last_epoch`` = episodes, so a checkpoint of either loads into it (an older
+    finetune's StepLR counted optimizer steps: one per episode in one process without --accumulate)."""
+
+    def advance(self, episodes):
+        self.last_epoch = episodes
+        self._last_lr = [base * self.gamma ** (episodes // self.step_size) for base in self.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr
+
+
 @dataclasses.dataclass
 class Training:
-    """Backbone + head and what updates them; ``step()`` is one optimizer step."""
+    """Backbone + head and what updates them; ``step(config, episodes)`` is one optimizer step."""
 
     backbone: torch.nn.Module
     head: torch.nn.Module
@@ -223,13 +252,14 @@ class Training:
     init_provenance: dict
     lr_names: tuple  # the option whose lr each optimizer group has ("lr": head, "backbone_lr"), in order
 
-    def step(self, config):
+    def step(self, config, episodes):
+        """One optimizer step; ``episodes``: the episodes trained once it is done (sets the lr that follows)."""
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the loss-scaled ones
         clip_gradients(self.optimizer, config)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        self.scheduler.advance(episodes)
 
 
 def build_training(config, device, amp_dtype):
@@ -251,7 +281,7 @@ def build_training(config, device, amp_dtype):
                           "freezes the whole backbone: nothing to train; freeze fewer stages")
     optimizer = make_optimizer([{"params": params, "lr": getattr(config, name)} for name, params in groups.items()],
                                config)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    scheduler = EpisodeStepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     # Only fp16 needs loss scaling; bf16 has fp32's exponent range.
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     return Training(backbone, head, model, optimizer, scheduler, scaler, init_provenance, tuple(groups))
@@ -272,18 +302,16 @@ def _features_provenance(config, transform):
     return {k: attrs[k] for k in PROVENANCE_KEYS if k in attrs}
 
 
-def _found_clips(dataset, config):
-    """The clips present under --root: episodes are drawn from these alone, so a partial download
-    trains on what is there instead of filling failures.csv with missing files."""
-    clips = [c for c in dataset.clips if c.path is not None]
-    hint = f"`m3net dataset-info --dataset {config.dataset} --root {config.root}` lists them"
-    if not clips:
-        raise DatasetError(f"--root {config.root}: none of the {len(dataset.clips)} {config.dataset} clips "
-                           f"is there; {hint}")
-    if len(clips) < len(dataset.clips):
-        warnings.warn(f"--root {config.root}: {len(dataset.clips) - len(clips)} of the {len(dataset.clips)} "
-                      f"{config.dataset} clips are missing; episodes use the {len(clips)} found ({hint})")
-    return clips
+def checked_dataset(config):
+    """The dataset under --root, refused when no listed train/val clip is there or when a split the run draws
+    episodes from (train; val when validating) cannot give one: before any model, run folder or log exists.
+    Episodes are drawn from the present clips alone: a partial copy trains on what is there."""
+    dataset = load_dataset(config.dataset, config.root)
+    dataset.require_present(config.episode_splits())
+    covered = coverage(dataset, config.way, config.shot, config.episode_queries())
+    covered.require_episodes(config.episode_splits(), "finetune")
+    logger.info(f"{config.dataset} under {config.root}: {covered.describe(config.episode_splits())}")
+    return dataset
 
 
 def _distributed_setup(config):
@@ -314,9 +342,23 @@ class _Run:
         return torch.utils.data.DataLoader(frames, batch_size=None, num_workers=self.config.workers,
                                            collate_fn=_as_is, pin_memory=self.device.type == "cuda")
 
-    def report(self, failures, step, phase):
+    def report(self, failures, episodes, phase):
         for failure in failures:
-            append_csv(self.failures_path, FAILURE_FIELDS, {"step": step, "phase": phase, **failure})
+            append_csv(self.failures_path, FAILURE_FIELDS, {"episodes": episodes, "phase": phase, **failure})
+
+    def mean_over_ranks(self, value):
+        """The mean of a float over the ranks (every rank gets it)."""
+        if self.world == 1:
+            return value
+        total = torch.tensor(value, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(total)
+        return total.item() / self.world
+
+    def share_data_temperatures(self, head, pending):
+        """temperature_init=data set each rank's τ from its own first episode (in the forward just run, when
+        ``pending`` was true before it): rank 0's values now hold on every rank, so DDP's ranks stay equal."""
+        if self.world > 1 and pending and not bool(head.temperature_pending):
+            torch.distributed.broadcast(head.log_temperature.data, src=0)
 
     def all_agree(self, usable):
         """True on every rank only when ``usable`` is true on every rank (ranks skip together, or
@@ -332,14 +374,14 @@ class _Run:
         return forward_episode(model, support, support_labels, query, self.amp_dtype), query_labels
 
     @torch.no_grad()
-    def validate(self, model, sampler, step):
+    def validate(self, model, sampler, episodes):
         """Accuracy (%) and 95% CI of view y over the first --val-episodes val episodes (test view);
         rank r scores episodes r, r + world, ... and the ranks pool their accuracies."""
         model.eval()
         accs = []
         indices = range(self.rank, self.config.val_episodes, self.world)
         for _, loaded, failures in self.episodes(sampler, indices, train=False):
-            self.report(failures, step, "val")
+            self.report(failures, episodes, "val")
             if loaded is not None:
                 outputs, query_labels = self.forward(model, loaded)
                 accs.append(episode_accuracies(outputs, query_labels)["y"])
@@ -354,23 +396,35 @@ class _Run:
 def finetune(config, progress=True):
     """Trains backbone + head; writes last.pt, best.pt, train_log.csv, val_log.csv, failures.csv
     (and tensorboard/ when tensorboard is installed) into config.out."""
+    dataset = checked_dataset(config)
     world, rank, device = _distributed_setup(config)
+    if not config.resume:
+        _rounds(config, 0, world)  # refused before the run folder is made (a resumed run checks from its episode)
     with RunFolder(config.out, config.resume, writer=rank == 0) as folder:
-        step, best = _finetune_in(folder, config, world, rank, device, progress)
+        episodes, steps, best = _finetune_in(folder, config, dataset, world, rank, device, progress)
     if world > 1:
         torch.distributed.barrier()  # rank 0's last checkpoint is written before anyone returns
         torch.distributed.destroy_process_group()
-    return {"out": config.out, "step": step, "best_val_acc": best,
+    return {"out": config.out, "episodes": episodes, "optimizer_steps": steps, "best_val_acc": best,
             "best": folder.best_path if best >= 0 else "", "last": folder.last_path, "rank": rank}
 
 
-def _finetune_in(folder, config, world, rank, device, progress):
+def _rounds(config, start, world):
+    """Rounds of ``world`` episodes (one per rank) from episode ``start`` to --episodes."""
+    if start < config.episodes and (config.episodes - start) % world:
+        fits = start + (config.episodes - start) // world * world
+        raise ConfigError(f"--episodes {config.episodes}: under torchrun every rank trains one episode per round, so "
+                          f"the {config.episodes - start} episodes left to train must be a multiple of the {world} "
+                          f"ranks; use --episodes {fits + world}" + (f" or {fits}" if fits > start else ""))
+    return max(config.episodes - start, 0) // world
+
+
+def _finetune_in(folder, config, dataset, world, rank, device, progress):
     state = None
     if config.resume:
         state = folder.load_last()
         check_resumed_config(state["train_config"], config, folder.last_path, RESUMABLE_CHANGES | {"workers", "root"})
-    dataset = load_dataset(config.dataset, config.root)
-    clips = _found_clips(dataset, config)
+    clips = dataset.present()
     labels = np.array([c.label for c in clips])
     split = np.array([c.split for c in clips])
     sampler = EpisodeSampler(labels, split, "train", config.way, config.shot, config.queries,
@@ -388,7 +442,7 @@ def _finetune_in(folder, config, world, rank, device, progress):
     optimizer, scheduler, scaler = built.optimizer, built.scheduler, built.scaler
     # Frozen BN and frozen stages leave parameters without gradients; DDP must not wait for them.
     wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
-    step, best = 0, -1.0
+    start, steps, best = 0, 0, -1.0
     if state is not None:
         load_module_state(head, state["model"], folder.last_path)
         load_module_state(backbone, state["backbone"], folder.last_path, "backbone")
@@ -396,35 +450,42 @@ def _finetune_in(folder, config, world, rank, device, progress):
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"])
-        step, best = state["step"], state["best_val_acc"]
-        folder.trim_logs(step, own=(failures_name,))
+        start, steps, best = trained_episodes(state), optimizer_steps(state), state["best_val_acc"]
+        folder.trim_logs(start, own=(failures_name,))
     provenance = _features_provenance(config, transform)
 
-    def snapshot(step, best):
+    def snapshot(best):
         return dict(head=config.head, head_config=head.config_dict(), train_config=dataclasses.asdict(config),
                     provenance=provenance, init_backbone=built.init_provenance, model=head.state_dict(),
                     backbone=backbone.state_dict(), optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_state(), step=step,
-                    best_val_acc=best)
+                    scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_state(), best_val_acc=best)
 
-    # Rank r trains episode step·world + r: one optimizer step averages ``world`` episodes.
-    stream = iter(run.episodes(sampler, [s * world + rank for s in range(step, config.episodes)], train=True))
+    # Round k trains episodes start + k·world ... + world - 1, rank r the r-th of them.
+    rounds = _rounds(config, start, world)
+    stream = iter(run.episodes(sampler, [start + k * world + rank for k in range(rounds)], train=True))
+    micro = 0  # rounds whose gradients wait for the next optimizer step
 
-    def train_step(index):
+    def train_step(episodes):
+        nonlocal micro, steps
         _, loaded, failures = next(stream)
-        run.report(failures, index, "train")
-        done = index + 1
-        last_micro = done % config.accumulate == 0 or done == config.episodes
+        done = episodes + world
+        run.report(failures, done, "train")
+        last_micro = micro + 1 == config.accumulate or done == config.episodes
         result = None
         if run.all_agree(loaded is not None):
             sync = wrapped.no_sync() if world > 1 and not last_micro else contextlib.nullcontext()
             with sync:
+                pending = bool(getattr(head, "temperature_pending", False))
                 outputs, query_labels = run.forward(wrapped, loaded)
+                run.share_data_temperatures(head, pending)
                 loss = head.loss(outputs, query_labels)
                 scaler.scale(loss / config.accumulate).backward()
-            result = {"loss": loss.item()}
+            result = {"loss": run.mean_over_ranks(loss.item())}
         if last_micro:
-            built.step(config)
+            built.step(config, done)
+            micro, steps = 0, steps + 1
+        else:
+            micro += 1  # only now: a round interrupted before this point leaves the state as whole as it was
         return result
 
     def extra_columns():
@@ -433,9 +494,10 @@ def _finetune_in(folder, config, world, rank, device, progress):
         return {**lrs, "peak_gpu_mib": peak}
 
     schedule = Schedule(config.episodes, config.log_every, config.val_every, config.checkpoint_every,
-                        validating=val_sampler is not None)
+                        validating=val_sampler is not None, stride=world)
     set_train_mode(model, config)
-    return run_episodes(folder, schedule, step, best, train_step,
-                        validate=lambda step: run.validate(model, val_sampler, step), snapshot=snapshot,
-                        extra_columns=extra_columns, whole=lambda step: step % config.accumulate == 0,
-                        agree=run.all_agree, progress=progress, desc=f"finetune {config.head}")
+    episodes, best = run_episodes(
+        folder, schedule, start, best, train_step, validate=lambda episodes: run.validate(model, val_sampler, episodes),
+        snapshot=snapshot, optimizer_steps=lambda: steps, extra_columns=extra_columns, whole=lambda: micro == 0,
+        agree=run.all_agree, progress=progress, desc=f"finetune {config.head}")
+    return episodes, steps, best

@@ -5,8 +5,15 @@ non-finite loss and saves on Ctrl-C. A fix to any of these lands once, for both.
 A run folder holds ``last.pt`` (every --checkpoint-every episodes and after each validation),
 ``best.pt`` (best validation accuracy), ``train_log.csv``, ``val_log.csv``, ``failures*.csv`` and,
 with tensorboard installed, ``tensorboard/``. One process writes it (``.lock``); ``--resume``
-continues from ``last.pt`` and first drops log rows past its step, so a run killed between two
-checkpoints logs each step once.
+continues from ``last.pt`` and first drops log rows past its episode count, so a run killed between
+two checkpoints logs each episode once.
+
+Every count is in training episodes, over all processes: --episodes, --lr-step, --val-every,
+--checkpoint-every and --log-every, the logs' ``episodes`` column and the checkpoints' ``episodes``.
+An optimizer step may train several (finetune: one per torchrun rank, times --accumulate); the logs and
+checkpoints also hold ``optimizer_steps``. Validation and checkpoints fall on the first optimizer-step
+boundary at or after each multiple of their interval (between steps the state is whole, so --resume is
+exact).
 """
 import contextlib
 import csv
@@ -21,7 +28,7 @@ from m3net.locking import exclusive_lock
 from m3net.progress import progress_bar
 from m3net.train.checkpoint import load_checkpoint, save_checkpoint
 
-VAL_FIELDS = ("step", "val_acc", "val_ci", "best_val_acc")
+VAL_FIELDS = ("episodes", "optimizer_steps", "val_acc", "val_ci", "best_val_acc")
 RUN_FILES = ("last.pt", "best.pt", "train_log.csv", "val_log.csv")
 
 
@@ -40,11 +47,19 @@ def append_csv(path, fields, row):
         writer.writerow(row)
 
 
-def trim_csv(path, step):
-    """Drop the rows of a step-keyed CSV log past ``step`` (written after the checkpoint resumed from)."""
+def trim_csv(path, episodes, added=()):
+    """Drop the rows of an episode-keyed CSV log past ``episodes`` (written after the checkpoint resumed from).
+    A log keyed by ``step`` (written before the episodes column; a step was an episode of one process) gets the
+    current header: ``step`` becomes ``episodes``, followed by the columns ``added`` (left blank in old rows)."""
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
-        fields, rows = reader.fieldnames, [r for r in reader if r.get("step") and int(r["step"]) <= step]
+        fields, rows = list(reader.fieldnames or ()), list(reader)
+    if "step" in fields and "episodes" not in fields:
+        at = fields.index("step")
+        fields[at:at + 1] = ["episodes", *added]
+        rows = [{**{k: v for k, v in r.items() if k != "step"}, "episodes": r["step"], **dict.fromkeys(added, "")}
+                for r in rows]
+    rows = [r for r in rows if r.get("episodes") and int(r["episodes"]) <= episodes]
     tmp = f"{path}.tmp"
     with open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
@@ -77,8 +92,8 @@ class OptimizerSettings(Settings):
     weight_decay: float = setting(5e-4, "Weight decay (L2).", minimum=0)
     clip_grad: float = setting(0.0, "Clip the gradients' global norm to this before every optimizer step (0: off). "
                                "Heads with unnormalised distance logits (STRM) can diverge without it.", minimum=0)
-    lr_step: int = setting(2_000, "Multiply the learning rate(s) by --lr-gamma every this many training episodes.",
-                           minimum=1)
+    lr_step: int = setting(2_000, "Multiply the learning rate(s) by --lr-gamma every this many training episodes "
+                           "(over all torchrun ranks).", minimum=1)
     lr_gamma: float = setting(0.5, "Learning-rate decay factor.", minimum=0, exclusive=True)
 
 
@@ -86,7 +101,7 @@ class OptimizerSettings(Settings):
 class ScheduleSettings(Settings):
     """How long a training run lasts and how often it logs, validates and saves, in episodes."""
 
-    episodes: int = setting(60_000, "Training episodes (paper: 60 000).", minimum=1)
+    episodes: int = setting(60_000, "Training episodes (paper: 60 000), over all torchrun ranks.", minimum=1)
     val_every: int = setting(1_000, "Validate on --val-episodes val episodes, save last.pt and update best.pt every "
                              "this many training episodes.", minimum=1)
     val_episodes: int = setting(300, "Validation episodes (0: no validation, no best.pt).", minimum=0)
@@ -173,14 +188,14 @@ class RunFolder:
     def load_last(self):
         return load_checkpoint(self.last_path)
 
-    def trim_logs(self, step, own=()):
-        """Logs agree with the checkpoint at ``step``: rows written after it are dropped. The writer
+    def trim_logs(self, episodes, own=()):
+        """Logs agree with the checkpoint at ``episodes``: rows written after it are dropped. The writer
         trims the shared logs; each rank trims the logs it writes itself (``own``: file names)."""
         shared = ("train_log.csv", "val_log.csv") if self.writer else ()
         for name in (*shared, *own):
             path = os.path.join(self.out, name)
             if os.path.exists(path):
-                trim_csv(path, step)
+                trim_csv(path, episodes, added=("optimizer_steps",) if name in shared else ())
 
     def append(self, name, fields, row):
         if self.writer:
@@ -206,91 +221,111 @@ class Schedule:
     val_every: int
     checkpoint_every: int
     validating: bool  # False: no validation, no best.pt
+    stride: int = 1  # episodes one train_step call trains (finetune under torchrun: one per rank)
 
 
 @dataclass
 class Window:
     """Training episodes since the last log line (only those run in this process: after a resume
-    the first window counts from the resumed step, not from the previous log line)."""
+    the first window counts from the resumed episode, not from the previous log line)."""
 
     loss: float = 0.0
     views: dict = field(default_factory=dict)
-    trained: int = 0
-    skipped: int = 0
+    calls: int = 0  # train_step calls that trained (their losses are averaged)
+    trained: int = 0  # episodes
+    skipped: int = 0  # episodes
     start: float = 0.0
 
     def reset(self):
-        self.loss, self.views, self.trained, self.skipped, self.start = 0.0, {}, 0, 0, time.perf_counter()
+        self.loss, self.views, self.calls, self.trained, self.skipped = 0.0, {}, 0, 0, 0
+        self.start = time.perf_counter()
         return self
 
-    def add(self, result):
+    def add(self, result, episodes):
         if result is None:
-            self.skipped += 1
+            self.skipped += episodes
             return
-        self.trained += 1
+        self.calls += 1
+        self.trained += episodes
         self.loss += result["loss"]
         for view, value in result.get("views", {}).items():
             self.views[view] = self.views.get(view, 0.0) + value
 
-    def row(self, step):
-        count = max(self.trained, 1)
-        return {"step": step, "loss": self.loss / count,
+    def row(self):
+        count = max(self.calls, 1)
+        return {"loss": self.loss / count,
                 "views_loss": " ".join(f"{v}={loss / count:.4f}" for v, loss in self.views.items()),
                 "episodes_per_s": self.trained / max(time.perf_counter() - self.start, 1e-9),
                 "skipped_episodes": self.skipped}
 
 
-TRAIN_FIELDS = ("step", "loss", "views_loss", "episodes_per_s", "skipped_episodes")
+TRAIN_FIELDS = ("episodes", "optimizer_steps", "loss", "views_loss", "episodes_per_s", "skipped_episodes")
 
 
-def run_episodes(run, schedule, step, best, train_step, validate, snapshot, extra_columns=dict,
-                 whole=lambda step: True, agree=lambda flag: flag, progress=True, desc="train"):
-    """Trains episodes ``step``..``schedule.episodes - 1``; returns (step, best validation accuracy).
+def _crossed(before, after, every):
+    """A multiple of ``every`` lies in (before, after]."""
+    return after // every > before // every
 
-    train_step(step) -> {"loss": float, "views": {view: loss}} or None for a skipped episode;
-    validate(step) -> (accuracy %, ci), run on every rank; snapshot(step, best) -> checkpoint state;
-    extra_columns() -> more log columns (lr, ...); whole(step): the state is between optimizer steps
-    (saved on Ctrl-C only then); agree(flag): the flag AND-ed over ranks.
+
+def run_episodes(run, schedule, episodes, best, train_step, validate, snapshot, optimizer_steps, extra_columns=dict,
+                 whole=lambda: True, agree=lambda flag: flag, progress=True, desc="train"):
+    """Trains from episode ``episodes`` to ``schedule.episodes``; returns (episodes, best validation accuracy).
+
+    train_step(episodes) trains the next ``schedule.stride`` episodes (over all ranks) and returns
+    {"loss": float, "views": {view: loss}}, or None when they were skipped; validate(episodes) -> (accuracy
+    %, ci), run on every rank; snapshot(best) -> the checkpoint state (``episodes`` and ``optimizer_steps``
+    are added here); optimizer_steps() -> optimizer steps so far; extra_columns() -> more log columns (lr,
+    ...); whole(): the state is between optimizer steps (validated, saved, and saved on Ctrl-C only then);
+    agree(flag): the flag AND-ed over ranks.
     """
     window = Window().reset()
     fields = TRAIN_FIELDS + tuple(extra_columns())
-    saved_step = step
-    bar = progress_bar(total=schedule.episodes, initial=step, enabled=progress and run.writer, desc=desc, unit="ep")
+    saved = episodes
+    due_validation = due_save = False
+    bar = progress_bar(total=schedule.episodes, initial=episodes, enabled=progress and run.writer, desc=desc,
+                       unit="ep")
+
+    def save(path):
+        run.save(path, {**snapshot(best), "episodes": episodes, "optimizer_steps": optimizer_steps()})
+
     try:
-        while step < schedule.episodes:
-            result = train_step(step)
+        while episodes < schedule.episodes:
+            result = train_step(episodes)
+            before, episodes = episodes, min(episodes + schedule.stride, schedule.episodes)
             if not agree(result is None or math.isfinite(result["loss"])):
                 raise NonFiniteError(
-                    f"episode {step + 1}: the training loss is not finite ({result and result['loss']}); stopped. "
-                    f"{run.last_path} keeps episode {saved_step}, the last saved finite state. Lower --lr, or "
+                    f"episodes {before + 1}-{episodes}: the training loss is not finite ({result and result['loss']}); "
+                    f"stopped. {run.last_path} keeps episode {saved}, the last saved finite state. Lower --lr, or "
                     "check the cache for NaN/inf features (`m3net cache-info`).")
-            step += 1
-            window.add(result)
-            bar.update(1)
-            if step % schedule.log_every == 0 or step == schedule.episodes:
-                row = {**window.row(step), **extra_columns()}
+            window.add(result, episodes - before)
+            bar.update(episodes - before)
+            final = episodes == schedule.episodes
+            if _crossed(before, episodes, schedule.log_every) or final:
+                row = {"episodes": episodes, "optimizer_steps": optimizer_steps(), **window.row(), **extra_columns()}
                 run.append("train_log.csv", fields, row)
-                run.scalars("train", {k: v for k, v in row.items() if k != "step"}, step)
+                run.scalars("train", {k: v for k, v in row.items() if k != "episodes"}, episodes)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", eps=f"{row['episodes_per_s']:.2f}/s")
                 window.reset()
-            validating = schedule.validating and (step % schedule.val_every == 0 or step == schedule.episodes)
-            if validating:
-                acc, ci = validate(step)
+            due_validation |= schedule.validating and (_crossed(before, episodes, schedule.val_every) or final)
+            due_save |= _crossed(before, episodes, schedule.checkpoint_every) or final
+            if not (due_validation or due_save) or not whole():
+                continue
+            if due_validation:
+                acc, ci = validate(episodes)
                 if acc > best:
                     best = acc
-                    run.save(run.best_path, snapshot(step, best))
-                run.append("val_log.csv", VAL_FIELDS,
-                           {"step": step, "val_acc": acc, "val_ci": ci, "best_val_acc": best})
-                run.scalars("val", {"acc": acc}, step)
-            if validating or step % schedule.checkpoint_every == 0 or step == schedule.episodes:
-                run.save(run.last_path, snapshot(step, best))
-                saved_step = step
+                    save(run.best_path)
+                run.append("val_log.csv", VAL_FIELDS, {"episodes": episodes, "optimizer_steps": optimizer_steps(),
+                                                       "val_acc": acc, "val_ci": ci, "best_val_acc": best})
+                run.scalars("val", {"acc": acc}, episodes)
+            save(run.last_path)
+            saved, due_validation, due_save = episodes, False, False
     except KeyboardInterrupt:
-        if whole(step):  # between optimizer steps the state is whole: save it, so --resume loses nothing
-            run.save(run.last_path, snapshot(step, best))
-            saved_step = step
-        raise Interrupted(f"interrupted: {run.last_path} holds episode {saved_step}; "
+        if whole():  # between optimizer steps the state is whole: save it, so --resume loses nothing
+            save(run.last_path)
+            saved = episodes
+        raise Interrupted(f"interrupted: {run.last_path} holds episode {saved}; "
                           "continue with the same command and --resume") from None
     finally:
         bar.close()
-    return step, best
+    return episodes, best

@@ -2,7 +2,8 @@
 
 The cache's train and val splits are loaded once into (GPU or host) memory; episode ``i`` is a
 pure function of (seed, i), and checkpoints carry the model, optimizer, scheduler, RNG state and
-step, so ``--resume`` continues to exactly the result of an uninterrupted run.
+the episodes trained (one optimizer step each), so ``--resume`` continues to exactly the result of
+an uninterrupted run.
 """
 import dataclasses
 import logging
@@ -17,7 +18,7 @@ from m3net.errors import ConfigError
 from m3net.model import build_head
 from m3net.model.registry import HeadSettings
 from m3net.runtime import resolve_device
-from m3net.train.checkpoint import load_module_state, restore_rng, rng_state
+from m3net.train.checkpoint import load_module_state, restore_rng, rng_state, trained_episodes
 from m3net.train.features import ResidencySettings, open_bank
 from m3net.train.loop import (
     RESUMABLE_CHANGES,
@@ -99,7 +100,7 @@ def train_head(config, progress=True):
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             restore_rng(state["rng"])
-            step, best = state["step"], state["best_val_acc"]
+            step, best = trained_episodes(state), state["best_val_acc"]
             run.trim_logs(step)
         bank.prefetch(train_sampler, step, config.episodes)
 
@@ -117,10 +118,10 @@ def train_head(config, progress=True):
                      for view in head.train_views if view in outputs}
             return {"loss": loss.item(), "views": views}
 
-        def snapshot(step, best):
+        def snapshot(best):
             return dict(head=config.head, head_config=head.config_dict(), train_config=dataclasses.asdict(config),
                         provenance=provenance, model=head.state_dict(), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), rng=rng_state(), step=step, best_val_acc=best)
+                        scheduler=scheduler.state_dict(), rng=rng_state(), best_val_acc=best)
 
         schedule = Schedule(config.episodes, config.log_every, config.val_every, config.checkpoint_every,
                             validating=config.val_episodes > 0)
@@ -128,7 +129,7 @@ def train_head(config, progress=True):
         step, best = run_episodes(
             run, schedule, step, best, train_step,
             validate=lambda step: validation_accuracy(head, bank, val_sampler, config.val_episodes),
-            snapshot=snapshot, extra_columns=lambda: {"lr": scheduler.get_last_lr()[0]},
-            progress=progress, desc=f"train {config.head}")
-    return {"out": config.out, "step": step, "best_val_acc": best,
+            snapshot=snapshot, optimizer_steps=lambda: scheduler.last_epoch,  # one scheduler step per optimizer step
+            extra_columns=lambda: {"lr": scheduler.get_last_lr()[0]}, progress=progress, desc=f"train {config.head}")
+    return {"out": config.out, "episodes": step, "best_val_acc": best,
             "best": run.best_path if best >= 0 else "", "last": run.last_path}
