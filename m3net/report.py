@@ -361,6 +361,19 @@ def _query_frames(clips_root, clip_id, count):
     return test_view(frames, TransformConfig()).permute(0, 2, 3, 1).numpy()  # what the backbone saw
 
 
+def evaluated_input_norm(summary):
+    """The InputNorm the evaluation of ``summary`` read the cache through (None: none), as evaluate chose it:
+    its checkpoints' own, else the cache's statistics."""
+    from m3net.train.checkpoint import load_checkpoint
+    from m3net.train.features import input_norm_for
+
+    kind = summary.get("input_norm", {}).get("input_norm", "none")
+    if kind == "none":
+        return None
+    cfg = summary["config"]
+    return input_norm_for(kind, [(path, load_checkpoint(path)) for path in cfg["checkpoints"]], cfg["cache"])
+
+
 def draw_report(results_dir, run_dir=None, clips_root=None):
     """Draws every picture whose inputs exist; returns the list of written PNG paths."""
     import click
@@ -393,7 +406,7 @@ def draw_report(results_dir, run_dir=None, clips_root=None):
     if run_dir and os.path.exists(os.path.join(run_dir, "train_log.csv")):
         plot_training(run_dir, out("training.png"))
     cfg = summary["config"]
-    cached = load_cache(cfg["cache"], splits=(cfg["split"],))
+    cached = load_cache(cfg["cache"], splits=(cfg["split"],), normalise=evaluated_input_norm(summary))
     sampler = EpisodeSampler(cached.labels, cached.split, cfg["split"], cfg["way"], cfg["shot"], cfg["queries"],
                              seed=cfg["seed"])
     episode, query_index = sampler.episode(0), 0

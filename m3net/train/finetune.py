@@ -36,6 +36,7 @@ from m3net.model import build_head
 from m3net.model.registry import HeadSettings
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import load_checkpoint, load_module_state, restore_rng, rng_state
+from m3net.train.features import InputNorm, InputNormSettings, input_norm_for, refuse_double_normalisation
 from m3net.train.loop import (
     RESUMABLE_CHANGES,
     OptimizerSettings,
@@ -47,6 +48,7 @@ from m3net.train.loop import (
     clip_gradients,
     make_optimizer,
     run_episodes,
+    step_schedule,
 )
 from m3net.train.metrics import episode_accuracies, mean_and_ci
 from m3net.train.presets import PresetSettings
@@ -54,7 +56,7 @@ from m3net.train.presets import PresetSettings
 
 @settings
 class FinetuneConfig(DatasetSettings, HeadSettings, EpisodeSettings, OptimizerSettings, ScheduleSettings,
-                     PresetSettings, RunSettings):
+                     InputNormSettings, PresetSettings, RunSettings):
     out: str = setting("runs/finetune", "Run folder: best.pt, last.pt, train_log.csv, val_log.csv, "
                        "failures.csv, tensorboard/.", path="dir")
     weights: str = setting("imagenet", "imagenet | imagenet-v2 | random | PATH of a ResNet-50 state dict.")
@@ -62,7 +64,9 @@ class FinetuneConfig(DatasetSettings, HeadSettings, EpisodeSettings, OptimizerSe
     frames: int = setting(8, "Frames per clip (TSN segments).", minimum=1)
     crop: int = setting(224, "Crop size (frames resized to crop*8/7 first, as the extraction transform).", minimum=32)
     episodes: int = from_group(ScheduleSettings, "episodes", 10_000)
-    accumulate: int = setting(1, "Episodes whose gradients are summed (averaged) per optimizer step.", minimum=1)
+    stats_cache: str = setting("", "With --input-norm center|standardize (and no --init-head trained with it): a cache "
+                               "extracted with these --weights, --frames and --crop whose training statistics "
+                               "(`m3net cache-stats`) normalise the backbone's maps for the whole run.", path="file")
     backbone_lr: float = setting(1e-5, "Learning rate of the backbone.", minimum=0)
     freeze_stages: int = setting(0, "The first N trunk stages (stem, layer1, ...) keep their weights.",
                                  minimum=0, maximum=5)
@@ -78,14 +82,6 @@ class FinetuneConfig(DatasetSettings, HeadSettings, EpisodeSettings, OptimizerSe
     workers: int = setting(2, "DataLoader processes decoding the next episodes (0: main process).", minimum=0)
     checkpoint_every: int = from_group(ScheduleSettings, "checkpoint_every", 100)
     log_every: int = from_group(ScheduleSettings, "log_every", 10)
-
-    def __post_init__(self):
-        super().__post_init__()
-        saved_every = [self.checkpoint_every] + ([self.val_every] if self.val_episodes > 0 else [])
-        if any(n % self.accumulate for n in saved_every):
-            raise ConfigError(f"--accumulate {self.accumulate}: expected a divisor of --checkpoint-every "
-                              f"{self.checkpoint_every} and --val-every {self.val_every} "
-                              "(checkpoints fall between optimizer steps)")
 
 
 FAILURE_FIELDS = ("step", "phase", "clip_id", "path", "error")
@@ -145,11 +141,12 @@ def _as_is(item):
 
 
 class Finetuner(torch.nn.Module):
-    """Backbone + head: clips (B, T, 3, H, W) -> feature maps (B, T, h, w, C) -> head outputs."""
+    """Backbone + head: clips (B, T, 3, H, W) -> feature maps (B, T, h, w, C) -> input norm -> head outputs."""
 
-    def __init__(self, backbone, head, checkpointing):
+    def __init__(self, backbone, head, checkpointing, norm=None):
         super().__init__()
         self.backbone, self.head, self.checkpointing = backbone, head, checkpointing
+        self.norm = norm or InputNorm()  # fixed statistics, not parameters: the backbone moves, they do not
 
     def features(self, clips):
         b, t = clips.shape[:2]
@@ -163,8 +160,8 @@ class Finetuner(torch.nn.Module):
 
     def forward(self, support, support_labels, query):
         s = support.shape[0]
-        maps = self.features(torch.cat([support, query]))
-        return self.head(maps[:s].float(), support_labels, maps[s:].float())
+        maps = self.norm(self.features(torch.cat([support, query])).float())
+        return self.head(maps[:s], support_labels, maps[s:])
 
 
 def amp_dtype_for(config, device):
@@ -229,11 +226,11 @@ class Training:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
 
 
-def build_training(config, device, amp_dtype):
-    """The models (seeded), their two-group optimizer (head lr, backbone lr), StepLR and grad scaler."""
+def build_training(config, device, amp_dtype, norm=None):
+    """The models (seeded), their two-group optimizer (head lr, backbone lr), StepLR and grad scaler; ``norm``:
+    the InputNorm between backbone and head."""
     backbone, init_provenance = build_backbone(config.weights, seed=config.seed)
     _freeze(backbone, config)
     torch.manual_seed(config.seed)  # head init
@@ -241,7 +238,7 @@ def build_training(config, device, amp_dtype):
         head = _initial_head(config)
     else:
         head = build_head(config.head, feature_dim=2048, num_frames=config.frames, **config.head_options)
-    model = Finetuner(backbone, head, config.checkpointing).to(device)
+    model = Finetuner(backbone, head, config.checkpointing, norm).to(device)
     # A parameter-free head (protonet, otam, tsn-cosine) has no group: only the backbone trains through it.
     groups = {name: [p for p in module.parameters() if p.requires_grad]
               for name, module in (("lr", head), ("backbone_lr", backbone))}
@@ -284,6 +281,48 @@ def _found_clips(dataset, config):
         warnings.warn(f"--root {config.root}: {len(dataset.clips) - len(clips)} of the {len(dataset.clips)} "
                       f"{config.dataset} clips are missing; episodes use the {len(clips)} found ({hint})")
     return clips
+
+
+def finetune_input_norm(config, state, path):
+    """The InputNorm between backbone and head, fixed for the whole run (the trunk moves, the statistics do
+    not; checkpoints carry them, so evaluate and predict normalise a tuned backbone's maps the same way):
+    a resumed run's own; --init-head's when that head was trained with one (it expects those inputs); else
+    --input-norm ("auto": none) with the training statistics of --stats-cache. Checked before any frame is
+    decoded; the cache's backbone is checked against --weights by ``check_stats_cache``."""
+    if state is not None:
+        return input_norm_for(config.input_norm, [(path, state)])
+    if config.init_head:
+        norm = input_norm_for(config.input_norm, [(config.init_head, load_checkpoint(config.init_head))])
+        if norm.active and config.stats_cache:
+            raise ConfigError(f"--stats-cache {config.stats_cache}: --init-head {config.init_head} carries the "
+                              "statistics its head was trained with; drop --stats-cache")
+        if norm.active:
+            return norm
+    kind = "none" if config.input_norm == "auto" else config.input_norm
+    if kind == "none":
+        if config.stats_cache:
+            raise ConfigError(f"--stats-cache {config.stats_cache}: only read with --input-norm center or standardize")
+        return InputNorm()
+    if not config.stats_cache:
+        raise ConfigError(f"--input-norm {kind}: finetune decodes frames and reads no cache, so the channel statistics "
+                          f"come from --stats-cache CACHE (extracted with --weights {config.weights}, --frames "
+                          f"{config.frames}, --crop {config.crop}; then `m3net cache-stats CACHE`) or from an "
+                          f"--init-head trained with --input-norm {kind}")
+    return input_norm_for(kind, (), config.stats_cache)
+
+
+def check_stats_cache(config, init_provenance):
+    """--stats-cache holds maps of this run's initial backbone at its frames and crop, else a ProvenanceError."""
+    from m3net.cache import ProvenanceError, cache_info
+
+    attrs = cache_info(config.stats_cache)["attrs"]
+    expected = {"weights_sha256": init_provenance["weights_sha256"], "num_frames": config.frames, "crop": config.crop}
+    differ = [f"{key}: cache has {attrs.get(key)!r}, this run {value!r}" for key, value in expected.items()
+              if attrs.get(key) != value]
+    if differ:
+        raise ProvenanceError(f"--stats-cache {config.stats_cache}: not a cache of --weights {config.weights} at these "
+                              f"frames and crop ({'; '.join(differ)}); its statistics would not describe this "
+                              "run's maps")
 
 
 def _distributed_setup(config):
@@ -369,6 +408,8 @@ def _finetune_in(folder, config, world, rank, device, progress):
     if config.resume:
         state = folder.load_last()
         check_resumed_config(state["train_config"], config, folder.last_path, RESUMABLE_CHANGES | {"workers", "root"})
+    norm = finetune_input_norm(config, state, folder.last_path)
+    refuse_double_normalisation(norm, config.head_options)
     dataset = load_dataset(config.dataset, config.root)
     clips = _found_clips(dataset, config)
     labels = np.array([c.label for c in clips])
@@ -383,12 +424,14 @@ def _finetune_in(folder, config, world, rank, device, progress):
     failures_name = f"failures-rank{rank}.csv" if world > 1 else "failures.csv"
     run = _Run(config, world, rank, device, clips, transform, os.path.join(config.out, failures_name))
 
-    built = build_training(config, device, run.amp_dtype)
+    built = build_training(config, device, run.amp_dtype, norm)
+    if state is None and config.stats_cache and norm.active:
+        check_stats_cache(config, built.init_provenance)
     backbone, head, model = built.backbone, built.head, built.model
     optimizer, scheduler, scaler = built.optimizer, built.scheduler, built.scaler
     # Frozen BN and frozen stages leave parameters without gradients; DDP must not wait for them.
     wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
-    step, best = 0, -1.0
+    step, best, stale = 0, -1.0, 0
     if state is not None:
         load_module_state(head, state["model"], folder.last_path)
         load_module_state(backbone, state["backbone"], folder.last_path, "backbone")
@@ -396,16 +439,16 @@ def _finetune_in(folder, config, world, rank, device, progress):
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"])
-        step, best = state["step"], state["best_val_acc"]
+        step, best, stale = state["step"], state["best_val_acc"], state.get("stale_validations", 0)
         folder.trim_logs(step, own=(failures_name,))
     provenance = _features_provenance(config, transform)
 
-    def snapshot(step, best):
+    def snapshot(step, best, stale):
         return dict(head=config.head, head_config=head.config_dict(), train_config=dataclasses.asdict(config),
                     provenance=provenance, init_backbone=built.init_provenance, model=head.state_dict(),
                     backbone=backbone.state_dict(), optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_state(), step=step,
-                    best_val_acc=best)
+                    best_val_acc=best, stale_validations=stale, **norm.checkpoint_entries())
 
     # Rank r trains episode step·world + r: one optimizer step averages ``world`` episodes.
     stream = iter(run.episodes(sampler, [s * world + rank for s in range(step, config.episodes)], train=True))
@@ -425,6 +468,7 @@ def _finetune_in(folder, config, world, rank, device, progress):
             result = {"loss": loss.item()}
         if last_micro:
             built.step(config)
+        step_schedule(scheduler)  # --lr-step counts episodes, as in train-head
         return result
 
     def extra_columns():
@@ -433,9 +477,10 @@ def _finetune_in(folder, config, world, rank, device, progress):
         return {**lrs, "peak_gpu_mib": peak}
 
     schedule = Schedule(config.episodes, config.log_every, config.val_every, config.checkpoint_every,
-                        validating=val_sampler is not None)
+                        validating=val_sampler is not None, patience=config.patience)
     set_train_mode(model, config)
-    return run_episodes(folder, schedule, step, best, train_step,
-                        validate=lambda step: run.validate(model, val_sampler, step), snapshot=snapshot,
-                        extra_columns=extra_columns, whole=lambda step: step % config.accumulate == 0,
-                        agree=run.all_agree, progress=progress, desc=f"finetune {config.head}")
+    step, best, _ = run_episodes(folder, schedule, step, best, train_step,
+                                 validate=lambda step: run.validate(model, val_sampler, step), snapshot=snapshot,
+                                 extra_columns=extra_columns, whole=lambda step: step % config.accumulate == 0,
+                                 agree=run.all_agree, progress=progress, desc=f"finetune {config.head}", stale=stale)
+    return step, best

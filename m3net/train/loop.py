@@ -10,6 +10,7 @@ checkpoints logs each step once.
 """
 import contextlib
 import csv
+import logging
 import math
 import os
 import time
@@ -20,6 +21,8 @@ from m3net.errors import ConfigError, M3NetError, NonFiniteError
 from m3net.locking import exclusive_lock
 from m3net.progress import progress_bar
 from m3net.train.checkpoint import load_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
 
 VAL_FIELDS = ("step", "val_acc", "val_ci", "best_val_acc")
 RUN_FILES = ("last.pt", "best.pt", "train_log.csv", "val_log.csv")
@@ -80,6 +83,8 @@ class OptimizerSettings(Settings):
     lr_step: int = setting(2_000, "Multiply the learning rate(s) by --lr-gamma every this many training episodes.",
                            minimum=1)
     lr_gamma: float = setting(0.5, "Learning-rate decay factor.", minimum=0, exclusive=True)
+    accumulate: int = setting(1, "Episodes whose gradients are averaged into one optimizer step (TRX's, STRM's and "
+                              "HyRSM's reference code: 16).", minimum=1)
 
 
 @settings
@@ -93,6 +98,8 @@ class ScheduleSettings(Settings):
     val_queries: int = setting(1, "Queries per class in validation episodes.", minimum=1)
     checkpoint_every: int = setting(500, "Save last.pt every this many episodes.", minimum=1)
     log_every: int = setting(50, "Write a train_log.csv row every this many episodes.", minimum=1)
+    patience: int = setting(0, "Stop early once this many validations in a row have not beaten the best validation "
+                            "accuracy (0: train all --episodes, the cap); best.pt keeps the best.", minimum=0)
     resume: bool = setting(False, "Continue the run in --out from its last.pt, exactly.", flag="--resume")
 
 
@@ -105,6 +112,17 @@ def make_optimizer(groups, config):
     return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
+def step_schedule(scheduler):
+    """One episode of the learning-rate schedule (--lr-step counts episodes). With --accumulate the optimizer
+    steps every few episodes only; torch's warning about a schedule stepped before the optimizer is expected
+    then (StepLR reads its episode count, no value is skipped)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+        scheduler.step()
+
+
 def clip_gradients(optimizer, config):
     """Clips the global gradient norm of the optimizer's parameters to config.clip_grad (if > 0)."""
     import torch
@@ -115,8 +133,8 @@ def clip_gradients(optimizer, config):
 
 
 # The length of a run, its logging cadence and where files live may change on resume.
-RESUMABLE_CHANGES = frozenset({"episodes", "resume", "device", "log_every", "val_every", "checkpoint_every", "out",
-                               "resident", "memory_limit", "pool_on_load", "prefetch"})
+RESUMABLE_CHANGES = frozenset({"episodes", "patience", "resume", "device", "log_every", "val_every", "checkpoint_every",
+                               "out", "resident", "memory_limit", "pool_on_load", "prefetch"})
 
 
 def check_resumed_config(saved, config, path, free=RESUMABLE_CHANGES):
@@ -206,6 +224,11 @@ class Schedule:
     val_every: int
     checkpoint_every: int
     validating: bool  # False: no validation, no best.pt
+    patience: int = 0  # stop once this many validations in a row did not beat the best (0: never)
+
+    def exhausted(self, stale):
+        """True when ``stale`` validations in a row without a new best end the run early."""
+        return self.validating and self.patience > 0 and stale >= self.patience
 
 
 @dataclass
@@ -244,20 +267,23 @@ TRAIN_FIELDS = ("step", "loss", "views_loss", "episodes_per_s", "skipped_episode
 
 
 def run_episodes(run, schedule, step, best, train_step, validate, snapshot, extra_columns=dict,
-                 whole=lambda step: True, agree=lambda flag: flag, progress=True, desc="train"):
-    """Trains episodes ``step``..``schedule.episodes - 1``; returns (step, best validation accuracy).
+                 whole=lambda step: True, agree=lambda flag: flag, progress=True, desc="train", stale=0):
+    """Trains episodes ``step``..``schedule.episodes - 1``, or until ``schedule.patience`` validations in a row
+    have not beaten the best; returns (step, best validation accuracy, validations since the best).
 
     train_step(step) -> {"loss": float, "views": {view: loss}} or None for a skipped episode;
-    validate(step) -> (accuracy %, ci), run on every rank; snapshot(step, best) -> checkpoint state;
-    extra_columns() -> more log columns (lr, ...); whole(step): the state is between optimizer steps
-    (saved on Ctrl-C only then); agree(flag): the flag AND-ed over ranks.
+    validate(step) -> (accuracy %, ci), run on every rank; snapshot(step, best, stale) -> checkpoint state
+    (``stale``: validations since the best, so --resume keeps counting); extra_columns() -> more log columns
+    (lr, ...); whole(step): the state is between optimizer steps (validations and checkpoints due at other
+    steps wait for the next such step; Ctrl-C saves only then); agree(flag): the flag AND-ed over ranks.
     """
     window = Window().reset()
     fields = TRAIN_FIELDS + tuple(extra_columns())
     saved_step = step
+    validation_due = saving_due = False
     bar = progress_bar(total=schedule.episodes, initial=step, enabled=progress and run.writer, desc=desc, unit="ep")
     try:
-        while step < schedule.episodes:
+        while step < schedule.episodes and not schedule.exhausted(stale):
             result = train_step(step)
             if not agree(result is None or math.isfinite(result["loss"])):
                 raise NonFiniteError(
@@ -273,24 +299,33 @@ def run_episodes(run, schedule, step, best, train_step, validate, snapshot, extr
                 run.scalars("train", {k: v for k, v in row.items() if k != "step"}, step)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", eps=f"{row['episodes_per_s']:.2f}/s")
                 window.reset()
-            validating = schedule.validating and (step % schedule.val_every == 0 or step == schedule.episodes)
-            if validating:
+            last = step == schedule.episodes
+            validation_due |= schedule.validating and (step % schedule.val_every == 0 or last)
+            saving_due |= step % schedule.checkpoint_every == 0 or last
+            if not (whole(step) or last):
+                continue  # validations and checkpoints wait for the optimizer step (--accumulate)
+            if validation_due:
                 acc, ci = validate(step)
+                stale = 0 if acc > best else stale + 1
                 if acc > best:
                     best = acc
-                    run.save(run.best_path, snapshot(step, best))
+                    run.save(run.best_path, snapshot(step, best, stale))
                 run.append("val_log.csv", VAL_FIELDS,
                            {"step": step, "val_acc": acc, "val_ci": ci, "best_val_acc": best})
                 run.scalars("val", {"acc": acc}, step)
-            if validating or step % schedule.checkpoint_every == 0 or step == schedule.episodes:
-                run.save(run.last_path, snapshot(step, best))
+            if validation_due or saving_due:
+                run.save(run.last_path, snapshot(step, best, stale))
                 saved_step = step
+            validation_due = saving_due = False
     except KeyboardInterrupt:
         if whole(step):  # between optimizer steps the state is whole: save it, so --resume loses nothing
-            run.save(run.last_path, snapshot(step, best))
+            run.save(run.last_path, snapshot(step, best, stale))
             saved_step = step
         raise Interrupted(f"interrupted: {run.last_path} holds episode {saved_step}; "
                           "continue with the same command and --resume") from None
     finally:
         bar.close()
-    return step, best
+    if step < schedule.episodes and schedule.exhausted(stale):
+        logger.info(f"{desc}: stopped early at episode {step}: {stale} validations in a row without beating the "
+                    f"best validation accuracy {best:.2f}% (--patience {schedule.patience}); best.pt keeps it")
+    return step, best, stale

@@ -16,10 +16,11 @@ from m3net.extract.loop import ClipViews, Extractor, resolve_precision
 from m3net.extract.transforms import TransformConfig
 from m3net.runtime import resolve_device
 from m3net.train.evaluate import load_trained_head
+from m3net.train.features import InputNormSettings, checkpoint_features, input_norm_for
 
 
 @settings
-class PredictConfig(RunSettings):
+class PredictConfig(InputNormSettings, RunSettings):
     checkpoint: str = setting(help="Trained head (best.pt of `m3net train-head` or `m3net finetune`).", path="file")
     support: str = setting(help="Folder of <class>/<clip>: the same number (1-5) of labelled clips per class.",
                            path="dir")
@@ -67,6 +68,7 @@ def predict(config):
         raise PredictError(f"--support {config.support}: no such folder (expected <class>/<clip> inside)")
     device = resolve_device(config.device)
     head, state = load_trained_head(config.checkpoint, device)
+    input_norm_for(config.input_norm, [(config.checkpoint, state)])  # a mismatch is refused before any decoding
     provenance = state["provenance"]
     support_set = load_dataset("folder", config.support)
     found = [c for c in support_set.clips if c.path]
@@ -80,8 +82,11 @@ def predict(config):
     transform = TransformConfig(resize=tuple(provenance["resize"]), crop=int(provenance["crop"]),
                                 mean=tuple(provenance["mean"]), std=tuple(provenance["std"]))
     frames = int(provenance["num_frames"])
-    support = _features(extractor, [(c.clip_id, c.path) for c in found], frames, transform)
-    query = _features(extractor, [(os.path.basename(q), q) for q in config.queries], frames, transform)
+    # the maps as the head saw them in training: the checkpoint's --input-norm with its statistics
+    support = checkpoint_features(_features(extractor, [(c.clip_id, c.path) for c in found], frames, transform),
+                                  state, config.input_norm, config.checkpoint)
+    query = checkpoint_features(_features(extractor, [(os.path.basename(q), q) for q in config.queries], frames,
+                                          transform), state, config.input_norm, config.checkpoint)
     support_labels = torch.as_tensor([c.label for c in found], device=device)
     with torch.no_grad():
         outputs = head(torch.as_tensor(support, device=device), support_labels, torch.as_tensor(query, device=device))
