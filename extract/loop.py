@@ -36,7 +36,7 @@ from m3net.errors import ConfigError
 from m3net.extract.backbone import FEATURE_CHANNELS, build_backbone
 from m3net.extract.sampling import sample_indices
 from m3net.extract.transforms import TransformConfig, normalise, test_view, train_view
-from m3net.extract.video import Clip
+from m3net.extract.video import open_clip
 from m3net.locking import cache_lock_path, exclusive_lock
 from m3net.progress import progress_bar
 from m3net.runtime import git_sha, resolve_device
@@ -80,14 +80,14 @@ class ClipViews(torch.utils.data.Dataset):
     """Item i: (row, uint8 (V, T, 3, crop, crop) views or None, failure reason or None)."""
 
     def __init__(self, items, frames, views, seed, transform=TransformConfig()):
-        self.items = items  # [(row, clip id, path)]
+        self.items = items  # [(row, clip id, path or uint8 (T, H, W, 3) frames)]
         self.frames, self.views, self.seed, self.transform = frames, views, seed, transform
 
     def __len__(self):
         return len(self.items)
 
-    def views_of(self, row, path):
-        clip = Clip(path)
+    def views_of(self, row, source):
+        clip = open_clip(source)
         total = len(clip)
         plans = [(sample_indices(total, self.frames), None)]
         for view in range(1, self.views):
@@ -103,12 +103,13 @@ class ClipViews(torch.utils.data.Dataset):
         return torch.stack(out)  # (V, T, 3, crop, crop)
 
     def __getitem__(self, i):
-        row, clip_id, path = self.items[i]
+        row, clip_id, source = self.items[i]
         try:
-            return row, self.views_of(row, path), None
+            return row, self.views_of(row, source), None
         except Exception as err:  # any reason a clip cannot be read is recorded, never fatal
             reason = str(err) or type(err).__name__
-            return row, None, reason if path and path in reason else f"{reason} ({path})"
+            where = clip_id if isinstance(source, np.ndarray) else str(source)  # frames have no path: their id
+            return row, None, reason if where and where in reason else f"{reason} ({where})"
 
 
 def collate(items):
@@ -119,13 +120,18 @@ def collate(items):
     return [row for row, _ in good], frames, failed
 
 
-def make_loader(items, config, device):
-    """DataLoader over [(row, clip id, path)] yielding collate()'s batches of ``config.batch_size`` clips."""
+def clip_loader(clip_views, batch_size, workers, device):
+    """DataLoader over a ClipViews yielding collate()'s batches of ``batch_size`` clips."""
     return torch.utils.data.DataLoader(
-        ClipViews(items, config.frames, max(config.views, 1), config.seed, view_transform(config.crop)),
-        batch_size=config.batch_size, shuffle=False, num_workers=config.workers, collate_fn=collate,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if config.workers else None,
+        clip_views, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
     )
+
+
+def make_loader(items, config, device):
+    """clip_loader over [(row, clip id, path)] with the extraction's frames, views and transform."""
+    clip_views = ClipViews(items, config.frames, max(config.views, 1), config.seed, view_transform(config.crop))
+    return clip_loader(clip_views, config.batch_size, config.workers, device)
 
 
 class BackgroundWriter:
@@ -183,6 +189,11 @@ class Extractor:
             y = self.model(x)  # (B*V*T, C, 7, 7)
         y = y[: n * views * t].permute(0, 2, 3, 1).to(torch.float16)  # (n*V*T, 7, 7, C)
         return y.reshape(n, views, t, *y.shape[1:]).cpu().numpy()  # (n, V, T, 7, 7, C)
+
+
+def map_side(crop):
+    """H = W of the trunk's feature maps for ``crop`` pixels (stride 32): 7 for 224, 2 for 64."""
+    return -(-crop // 32)
 
 
 def view_transform(crop):
@@ -245,7 +256,7 @@ class Prepared:
 
     def open_writer(self, path):
         clips = self.dataset.clips
-        side = -(-int(self.attrs["crop"]) // 32)  # the trunk's stride: 7 for 224, 2 for 64
+        side = map_side(int(self.attrs["crop"]))
         return CacheWriter(path, [c.clip_id for c in clips], [c.label for c in clips], self.dataset.classes,
                            [c.split for c in clips], self.attrs, feature_shape=(side, side, FEATURE_CHANNELS))
 

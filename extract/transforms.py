@@ -30,11 +30,12 @@ def resize_frames(frames, size):
 
     One frame at a time: only one frame is ever in float32 at full size (8 frames of 4000x4000
     at once would take 1.5 GB, 3 GB with interpolate's temporaries); per-frame interpolation gives
-    the same values as the batched one.
+    the same values as the batched one. Frames already at ``size`` (frame folders of `m3net frames`)
+    come back as a view: the crop copies them once.
     """
     frames = torch.as_tensor(frames)
     if tuple(frames.shape[1:3]) == tuple(size):
-        return frames.permute(0, 3, 1, 2).contiguous()
+        return frames.permute(0, 3, 1, 2)
     out = torch.empty((frames.shape[0], 3, *size), dtype=torch.uint8)
     for t, frame in enumerate(frames):
         x = frame.permute(2, 0, 1)[None].float()  # (1, 3, H, W)

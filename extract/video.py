@@ -2,7 +2,9 @@
 
 decord seeks straight to the wanted frames; PyAV is the fallback for what decord cannot open or
 index (AV1, some webm, broken indices) and decodes sequentially up to the last wanted frame.
-Frame folders (``<clip_id>/img_00001.jpg`` ...) are read with PIL. Every failure is a ClipError
+Frame folders (``<clip_id>/img_00001.jpg`` ...) are read with PIL; their frame numbers must run
+without a gap (a missing image would shift every later frame onto another frame index). Frames already
+decoded into a uint8 (T, H, W, 3) array (the Python API) are an ArrayClip. Every failure is a ClipError
 whose message is the reason stored in the cache's /failures.
 """
 import os
@@ -11,6 +13,9 @@ import numpy as np
 
 from m3net.data.datasets import frame_files
 from m3net.errors import ClipError  # noqa: F401 (re-exported)
+
+# mmaction2 / TSN rawframes keep optical flow (flow_x_00001.jpg, ...) beside the RGB frames.
+RGB_PREFIX = "img_"
 
 
 def _check_file(path):
@@ -43,6 +48,24 @@ class _PyAVReader:
             # Container frame counts are absent (webm) or wrong often enough: count packets.
             self.count = sum(1 for p in container.demux(stream) if p.size > 0)
 
+    def frames(self):
+        """Every frame in order, one decoding pass; as ``read``, the last decoded frame stands in for
+        packets that decode to nothing."""
+        import av
+
+        last, position = None, 0
+        with av.open(self.path) as container:
+            for frame in container.decode(video=0):
+                if position == self.count:
+                    break
+                last = frame.to_ndarray(format="rgb24")
+                position += 1
+                yield last
+        if last is None:
+            raise ClipError(f"no frames: PyAV decoded nothing from {self.path}")
+        for _ in range(position, self.count):
+            yield last
+
     def read(self, indices):
         import av
 
@@ -62,23 +85,45 @@ class _PyAVReader:
         return np.stack([got.get(i, last) for i in indices])
 
 
+def numbered_frames(folder):
+    """The file names of a frame folder's images in frame order; a ClipError naming the folder when a
+    frame number is missing (img_00003.jpg absent while img_00004.jpg exists) or given twice."""
+    named = frame_files(folder)  # [(number, prefix, name)]
+    prefixes = {prefix for _, prefix, _ in named}
+    if len(prefixes) > 1 and RGB_PREFIX in prefixes:
+        named = [entry for entry in named if entry[1] == RGB_PREFIX]
+    for k, (number, prefix, name) in enumerate(named):
+        expected = named[k - 1][0] + 1 if k else min(number, 1)  # numbering starts at 0 or 1
+        if number == expected:
+            continue
+        if number == expected - 1:
+            raise ClipError(f"frame folder {folder}: two images for frame {number} ({named[k - 1][2]}, {name}); "
+                            "keep one per frame")
+        stem, ext = os.path.splitext(name)
+        absent = f"{prefix}{expected:0{len(stem) - len(prefix)}d}{ext}"
+        raise ClipError(f"frame folder {folder}: frame {expected} is missing ({absent} absent while {name} exists); "
+                        "every later frame would shift, so the folder is not read: write it again (m3net frames)")
+    return [name for _, _, name in named]
+
+
 class _FrameFolderReader:
     def __init__(self, path):
-        self.files = frame_files(path)
-        self.count = len(self.files)
+        self.folder, self.names = path, numbered_frames(path)
+        self.count = len(self.names)
 
     def read(self, indices):
         from PIL import Image
 
         frames = []
         for i in indices:
+            path = os.path.join(self.folder, self.names[i])
             try:
-                with Image.open(self.files[i]) as image:
-                    frames.append(np.asarray(image.convert("RGB")))
+                with Image.open(path) as image:
+                    frames.append(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
             except OSError as err:
-                raise ClipError(f"unreadable frame {self.files[i]}: {err}") from err
+                raise ClipError(f"unreadable frame {path}: {err}") from err
         if len({f.shape for f in frames}) > 1:
-            raise ClipError(f"frames of different sizes in {os.path.dirname(self.files[0])}")
+            raise ClipError(f"frames of different sizes in {self.folder}")
         return np.stack(frames)
 
 
@@ -125,6 +170,51 @@ class Clip:
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] != len(indices):
             raise ClipError(f"decoded frames of shape {frames.shape} from {self.path}, expected (T, H, W, 3)")
         return np.ascontiguousarray(frames, dtype=np.uint8)  # (T, H, W, 3)
+
+    def chunks(self, size):
+        """Every frame of the clip in order, as uint8 (n <= size, H, W, 3) arrays: ``len(self)`` frames in
+        all, frame i exactly what ``read([i])`` gives (so a frame folder written from them maps every
+        frame index as the video does)."""
+        if self.backend == "pyav":  # one decoding pass, not one per chunk
+            frames = []
+            for frame in self._reader.frames():
+                frames.append(frame)
+                if len(frames) == size:
+                    yield np.stack(frames)
+                    frames = []
+            if frames:
+                yield np.stack(frames)
+            return
+        # The count the clip opened with, as sample_indices saw it, even if decord fails half-way and
+        # read() continues with PyAV (whose count may differ; read() clamps to it).
+        total = len(self)
+        for start in range(0, total, size):
+            yield self.read(range(start, min(start + size, total)))
+
+
+class ArrayClip:
+    """A clip already decoded into uint8 (T, H, W, 3) RGB frames, read like ``Clip``: a path and its
+    frames decoded into an array give the same sampled frames."""
+
+    def __init__(self, frames):
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not frames.shape[0]:
+            raise ClipError(f"expected uint8 frames of shape (T, H, W, 3) with T >= 1, got {frames.dtype} "
+                            f"{frames.shape}")
+        self.backend, self.frames = "array", frames
+
+    def __len__(self):
+        return len(self.frames)
+
+    def read(self, indices):
+        return np.ascontiguousarray(self.frames[[int(i) for i in indices]])  # (T, H, W, 3)
+
+
+def open_clip(source):
+    """A ``Clip`` for a path (video file or frame folder), an ``ArrayClip`` for decoded frames."""
+    if isinstance(source, np.ndarray):
+        return ArrayClip(source)
+    return Clip(None if source is None else os.fspath(source))
 
 
 def num_frames(path, backend="auto"):

@@ -4,6 +4,8 @@
                        (``m3net demo --seeds 0,1,2 --record ...``)
     table1-synthetic   from the newest benchmarks/table1_synthetic_cpu_<date>.json (TABLE1_COMMAND)
     benchmark-results  from the newest record of each benchmark under benchmarks/ (bench_*.json)
+    frames-footprint   frames per finetune cell (the paper preset) and disk per dataset
+                       (m3net/data/footprint.py), at the newest bench_input record's JPEG bytes and rates
     settings           from the paper preset's table (m3net/train/presets.py SETTINGS)
     reference-recipes  from each head's reference recipe (m3net/train/presets.py RECIPES)
     paper-table1       from the paper's Table 1 as m3net/paper.py holds it
@@ -30,6 +32,7 @@ TABLE1_PATTERN = os.path.join("benchmarks", "table1_synthetic_cpu_*.json")
 TABLE1_COMMAND = ("OMP_NUM_THREADS=1 m3net demo --seeds 0,1,2 --preset reference --compare trx,strm,hyrsm,pal "
                   "--compare-once m3net:proj_dim=0 --train-episodes 960 --val-every 160 --patience 3 "
                   "--out m3net-table1 --record benchmarks/table1_synthetic_cpu_$(date +%F).json")
+INPUT_PATTERN = os.path.join("benchmarks", "bench_input_*.json")
 HEAD_NAMES = {"protonet": "ProtoNet", "tsn-cosine": "TSN + cosine", "otam": "OTAM"}
 VIEW_NAMES = {"y1": "Y1 (I-M)", "y2": "Y2 (C-M)", "y3": "Y3 (T-M)", "y": "Y (fused)"}
 
@@ -265,6 +268,17 @@ def render_benchmarks(root):
             ("bench_finetune_*.json", "**Finetune** (`m3net bench-finetune`, decoding excluded)",
              (("shot", "shot", str), ("checkpointing", "checkpointing", str), ("images", "images_per_episode", str),
               ("episodes/s", "episodes_per_s", "{:.3f}".format), ("peak GPU MiB", "peak_gpu_mib", str))),
+            ("bench_input_*.json", "**Finetune input path** (`m3net bench-input`, one core: finetune's episode "
+             "reader on the same episodes from mp4 clips and from `m3net frames` folders)",
+             (("source", "source", str), ("resolution", "resolution", str), ("frames/clip", "clip_frames", str),
+              ("mp4 frames/s", "mp4_frames_per_s", "{:.1f}".format),
+              ("frame folders frames/s", "frames_frames_per_s", "{:.1f}".format), ("×", "speedup", "{:.1f}".format),
+              ("`m3net frames` frames/s", "decode_once_frames_per_s", "{:.1f}".format),
+              ("KiB/frame", "jpeg_bytes_per_frame", lambda b: f"{b / 1024:.1f}"),
+              ("mean abs diff (grey levels)", "mean_abs_pixel_diff", "{:.2f}".format))),
+            ("bench_predict_*.json", "**Prediction** (`m3net bench-predict`: `m3net.FewShotClassifier`, what "
+             "`m3net predict` runs, with the support set fitted once)",
+             (("stage", "stage", str), ("clips", "clips", str), ("clips/s", "clips_per_s", "{:.2f}".format))),
             ("bench_residency_*.json", "**Feature residency** (`m3net bench-residency`)",
              (("features", "residency", str), ("cache GiB", "cache_gib", str),
               ("limit GiB", "memory_limit_gib", str), ("train ep/s", "train_episodes_per_s", "{:.2f}".format),
@@ -286,6 +300,69 @@ def render_benchmarks(root):
         lines.append("")
     return "\n".join(lines).rstrip()
 
+
+
+def _millions(n):
+    return f"{n / 1e6:.2f} M"
+
+
+def _range(values, fmt):
+    low, high = min(values), max(values)
+    return fmt(low) if fmt(low) == fmt(high) else f"{fmt(low)}–{fmt(high)}"
+
+
+def render_frames_footprint(root):
+    """The frames-footprint section: frames a finetune cell decodes (exact for --preset paper), the hours
+    that takes per core at the newest bench-input record's rates, and each listed dataset's disk estimate."""
+    from m3net.data.datasets import LISTED_DATASETS
+    from m3net.data.footprint import (
+        ASSUMED_FPS,
+        CACHE_BYTES_PER_FRAME,
+        disk_estimate,
+        finetune_frames,
+        paper_finetune_config,
+    )
+
+    found = sorted(glob.glob(os.path.join(root, INPUT_PATTERN)))
+    path = os.path.relpath(found[-1], root) if found else None
+    real = []
+    if path:
+        with open(os.path.join(root, path)) as fh:
+            real = [r for r in json.load(fh)["rows"] if r["kind"] == "real"]
+    config = paper_finetune_config(1)
+    lines = [f"Frames one finetune cell decodes with `--preset paper` ({config.episodes:,} training episodes, "
+             f"{config.way}-way, {config.queries} queries per class, {config.frames} frames per clip; every "
+             f"{config.val_every:,} of them {config.val_episodes} validation episodes with {config.val_queries} query "
+             "per class), the same for every dataset"
+             + (f", and what decoding them costs per core at the rates of `{path}` (real mp4 clips, "
+                f"{_range([int(r['resolution'].split('x')[1]) for r in real], str)}p):" if real else
+                " (no `m3net bench-input` record yet: run it for the hours):"), "",
+             "| cell | training frames | validation frames | core-hours from mp4 | core-hours from frame folders |",
+             "|---|---|---|---|---|"]
+    for shot in (1, 5):
+        frames = finetune_frames(paper_finetune_config(shot))
+        total = frames["train"] + frames["validation"]
+        hours = [_range([total / r[key] / 3600 for r in real], "{:,.0f}".format) if real else "—"
+                 for key in ("mp4_frames_per_s", "frames_frames_per_s")]
+        lines.append(f"| {shot}-shot | {_millions(frames['train'])} | {_millions(frames['validation'])} | "
+                     f"{hours[0]} | {hours[1]} |")
+    per_frame = sum(r["jpeg_bytes_per_frame"] for r in real) / len(real) if real else None
+    lines += ["", "| dataset | clips | seconds per clip | frames per clip | frames | frame folders | cache, all "
+              "splits | cache, test split |", "|---|---|---|---|---|---|---|---|"]
+    for dataset in LISTED_DATASETS:
+        e = disk_estimate(dataset, per_frame or 0)
+        folders = f"{e.frame_bytes / 1e9:.0f} GB" if per_frame else "—"
+        lines.append(f"| {dataset} | {e.clips:,} | {e.seconds_per_clip:.2f} ({e.seconds_source}) | "
+                     f"{e.frames_per_clip:.0f} | {_millions(e.frames)} | {folders} | {e.cache_bytes / 1e9:.0f} GB | "
+                     f"{e.test_cache_bytes / 1e9:.0f} GB |")
+    measured = (f"{per_frame / 1024:.1f} KiB per frame, the mean over the real clips of `{path}` "
+                f"({_range([r['jpeg_bytes_per_frame'] / 1024 for r in real], '{:.1f}'.format)} KiB across them: it "
+                "depends on the content)" if per_frame else "not measured yet (`m3net bench-input`)")
+    lines += ["", "Estimates, not measurements of the datasets: frames per clip = seconds per clip × "
+              f"{ASSUMED_FPS} fps (assumed: YouTube broadcasts run at 25–30 fps, some at 50–60); JPEG size "
+              f"{measured}; caches {CACHE_BYTES_PER_FRAME * 8 / 1e6:.1f} MB per clip (7×7×2048 float16 × 8 "
+              "frames). `m3net frames` prints the frames and KiB per frame it wrote."]
+    return "\n".join(lines)
 
 
 PAPER_NAMES = {"tsn-cosine": "TSN + cosine", "protonet": "ProtoNet", "otam": "OTAM", "pal": "PAL", "trx": "TRX",
@@ -398,6 +475,7 @@ def expected_readme(root):
                   "writes it (hours on a 2-core CPU), then `python -m m3net.readme_figures`.")
     expected = replace_section(expected, table1, "table1-synthetic")
     expected = replace_section(expected, render_benchmarks(root), "benchmark-results")
+    expected = replace_section(expected, render_frames_footprint(root), "frames-footprint")
     expected = replace_section(expected, render_paper_table1(), "paper-table1")
     expected = replace_section(expected, render_paper_ablations(), "paper-ablations")
     expected = replace_section(expected, reference_table(), "reference-recipes")

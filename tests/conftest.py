@@ -41,3 +41,23 @@ def aligned_head():
 
     with aligned_head_registered() as head:
         yield head
+
+
+@pytest.fixture(scope="session")
+def predictor_run(tmp_path_factory, bench):
+    """The bench fixture extracted with a random-weight backbone at 4 frames and 64-pixel crops (a ResNet-50
+    at 64 pixels is cheap on a CPU) and an m3net head (proj_dim=16) trained on it for 2 episodes, shared
+    read-only by the tests that predict clips: SimpleNamespace(root, cache, checkpoint)."""
+    import types
+
+    from m3net.extract.loop import ExtractConfig, extract_dataset
+    from m3net.train.train_head import TrainConfig, train_head
+
+    base = tmp_path_factory.mktemp("predictor")
+    cache = str(base / "cache.h5")
+    extract_dataset(ExtractConfig(dataset="folder", root=bench, out=cache, weights="random", frames=4, crop=64,
+                                  batch_size=4, workers=0, device="cpu", progress=False))
+    run = train_head(TrainConfig(cache=cache, out=str(base / "run"), head="m3net", head_options={"proj_dim": 16},
+                                 way=3, shot=1, queries=1, episodes=2, val_every=2, val_episodes=1, device="cpu"),
+                     progress=False)
+    return types.SimpleNamespace(root=bench, cache=cache, checkpoint=run["best"])

@@ -71,8 +71,8 @@ def test_scan_root_finds_videos_and_frame_folders(tmp_path):
     found = scan_root(str(tmp_path))
     assert set(found) == {"flat_a", "in_class", "other", "old", "framed", "frames2"}
     assert found["framed"] == str(tmp_path / "cls" / "framed")
-    assert [os.path.basename(f) for f in frame_files(found["framed"])] == [
-        "frame_0001.png", "frame_0002.png", "frame_0010.png"]
+    assert frame_files(found["framed"]) == [
+        (1, "frame_", "frame_0001.png"), (2, "frame_", "frame_0002.png"), (10, "frame_", "frame_0010.png")]
     with pytest.raises(DatasetError, match="not a directory"):
         scan_root(str(tmp_path / "nope"))
 

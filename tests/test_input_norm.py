@@ -16,7 +16,7 @@ from m3net.errors import ConfigError
 from m3net.model import build_head
 from m3net.train.checkpoint import load_checkpoint, save_checkpoint
 from m3net.train.evaluate import EvalConfig, evaluate
-from m3net.train.features import VARIANCE_EPS, InputNorm, checkpoint_features, open_bank
+from m3net.train.features import VARIANCE_EPS, InputNorm, input_norm_for, open_bank
 from m3net.train.train_head import TrainConfig, train_head
 
 pytestmark = pytest.mark.usefixtures("aligned_head")
@@ -130,15 +130,19 @@ def test_parameter_free_heads_take_the_command_line_choice(cache, stats_cache):
         evaluate(EvalConfig(cache=cache, input_norm="center", **config), progress=False)
 
 
-def test_checkpoint_features_normalise_as_the_bank_does(stats_cache, tmp_path):
-    """What predict (and the Python API) calls between the backbone and a trained head."""
-    state = load_checkpoint(_train(stats_cache, tmp_path / "run", input_norm="center")["last"])
+def test_a_checkpoints_normalisation_applies_outside_the_bank_as_inside(stats_cache, tmp_path):
+    """What predict and the Python API (FewShotClassifier._head_input) apply between backbone and head."""
+    from m3net.api import FewShotClassifier
+
+    path = _train(stats_cache, tmp_path / "run", input_norm="center")["last"]
+    state = load_checkpoint(path)
     raw = load_cache(stats_cache, splits=("val",))
     _, bank, _ = open_bank(stats_cache, ("val",), CPU, "device", norm=InputNorm("center", channel_statistics(
         stats_cache, "test")))
-    assert np.array_equal(checkpoint_features(raw.features, state), bank.features.numpy())
+    norm = input_norm_for("auto", [(path, state)])
+    assert np.array_equal(norm.normalise_cached(raw.features), bank.features.numpy())
     with pytest.raises(ConfigError, match="trained with --input-norm center"):
-        checkpoint_features(raw.features, state, requested="standardize")
+        FewShotClassifier.from_checkpoint(path, input_norm="standardize", device="cpu")
 
 
 def test_head_level_and_run_level_normalisation_are_not_combined(stats_cache, tmp_path):

@@ -7,22 +7,11 @@ import pytest
 from click.testing import CliRunner
 
 from m3net.cli import main
-from m3net.extract.loop import ExtractConfig, extract_dataset
-from m3net.train.train_head import TrainConfig, train_head
-
-pytestmark = pytest.mark.usefixtures("aligned_head")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, bench):
-    base = tmp_path_factory.mktemp("predict")
-    clips = pathlib.Path(bench)
-    cache = str(base / "cache.h5")
-    extract_dataset(ExtractConfig(dataset="folder", root=str(clips), out=cache, weights="random", frames=2,
-                                  batch_size=4, workers=0, device="cpu", progress=False))
-    run = train_head(TrainConfig(cache=cache, out=str(base / "run"), head="test-aligned", way=3, shot=1, queries=1,
-                                 episodes=4, val_every=2, val_episodes=2, device="cpu"), progress=False)
-    return base, clips, run["best"]
+def trained(predictor_run, tmp_path_factory):
+    return tmp_path_factory.mktemp("predict"), pathlib.Path(predictor_run.root), predictor_run.checkpoint
 
 
 @pytest.mark.slow

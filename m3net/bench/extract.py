@@ -63,9 +63,9 @@ def run_bench(config):
     dataset = load_dataset("folder", config.root)
     clips = dataset.clips[: config.clips] if config.clips else dataset.clips
     items = [(row, c.clip_id, c.path) for row, c in enumerate(clips)]
-    extract_config = ExtractConfig("folder", config.root, "", weights=config.weights, frames=config.frames,
-                                   batch_size=config.batch_size, workers=config.workers, device=config.device,
-                                   precision=config.precision, limit=len(items), progress=False)
+    extract_config = ExtractConfig(dataset="folder", root=config.root, out="", weights=config.weights,
+                                   frames=config.frames, batch_size=config.batch_size, workers=config.workers,
+                                   device=config.device, precision=config.precision, limit=len(items), progress=False)
     model, _ = build_backbone(config.weights)
     batches = config.backbone_batches or max(3, -(-len(items) // config.batch_size))
     frames_done, backbone_s = _backbone_only(model, extract_config, device, precision, batches)

@@ -11,7 +11,9 @@
 
 A clip on disk is a video file (mp4, webm, mkv, avi) named ``<clip_id>.<ext>`` or a frame folder
 ``<clip_id>/`` of zero-padded images (``img_00001.jpg``, ``00001.png``, ...), anywhere under the
-root (flat or in class folders). Clips of a list that are not found are listed as missing.
+root (flat or in class folders). Clips of a list that are not found are listed as missing. Hidden
+entries (names starting with ".") are never clips or classes: `m3net frames` writes a clip under a
+hidden name until it is complete, and macOS leaves ``._<clip>.mp4`` files beside copied videos.
 """
 import os
 import re
@@ -118,8 +120,12 @@ def load_split_lists(name):
     return lists
 
 
+def _hidden(name):
+    return name.startswith(".")
+
+
 def _is_frame_folder(files):
-    return any(FRAME_FILE.match(f) for f in files)
+    return any(FRAME_FILE.match(f) and not _hidden(f) for f in files)
 
 
 def scan_root(root):
@@ -128,12 +134,12 @@ def scan_root(root):
         raise DatasetError(f"--root {root}: not a directory")
     found = {}
     for folder, dirs, files in os.walk(root):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not _hidden(d))
         if folder != root and _is_frame_folder(files):
             found.setdefault(os.path.basename(folder), folder)
             dirs[:] = []  # a frame folder holds frames, not clips
             continue
-        for name in sorted(files):
+        for name in sorted(f for f in files if not _hidden(f)):
             stem, ext = os.path.splitext(name)
             if ext.lower() in VIDEO_EXTENSIONS:
                 found.setdefault(stem, os.path.join(folder, name))
@@ -141,13 +147,14 @@ def scan_root(root):
 
 
 def frame_files(folder):
-    """The frame images of a frame folder, ordered by their frame number."""
+    """[(frame number, prefix, file name)] of the frame images of a frame folder, by frame number
+    (``img_00012.jpg`` -> (12, "img_", "img_00012.jpg"))."""
     numbered = []
     for name in os.listdir(folder):
         match = FRAME_FILE.match(name)
-        if match:
-            numbered.append((int(match.group("number")), name))
-    return [os.path.join(folder, name) for _, name in sorted(numbered)]
+        if match and not _hidden(name):
+            numbered.append((int(match["number"]), match["prefix"], name))
+    return sorted(numbered)
 
 
 def _listed_dataset(name, root):
@@ -163,10 +170,10 @@ def _listed_dataset(name, root):
     return Dataset(name, root or "", classes, clips)
 
 
-def _class_clips(class_dir):
+def class_clips(class_dir):
     """[(stem, path)] of the clips (video files, frame folders) directly inside a class folder."""
     out = []
-    for name in sorted(os.listdir(class_dir)):
+    for name in sorted(n for n in os.listdir(class_dir) if not _hidden(n)):
         path = os.path.join(class_dir, name)
         stem, ext = os.path.splitext(name)
         if os.path.isfile(path) and ext.lower() in VIDEO_EXTENSIONS:
@@ -181,7 +188,7 @@ def _folder_dataset(name, root, folder_split):
         raise DatasetError(f"--dataset {name} needs --root DIR with <class>/<clip> folders; got {root!r}")
     if folder_split not in SPLITS:
         raise DatasetError(f"--folder-split {folder_split}: expected one of {SPLITS}")
-    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not _hidden(d))
     if any(d in SPLITS for d in subdirs):
         # A class that happens to be named train/val/test beside other classes would switch the
         # reader to the split layout and drop its siblings without a word: refuse the mix.
@@ -197,8 +204,9 @@ def _folder_dataset(name, root, folder_split):
         split_roots = [(folder_split, root)]
     classes, index, entries = [], {}, []
     for split, split_root in split_roots:
-        for label in sorted(d for d in os.listdir(split_root) if os.path.isdir(os.path.join(split_root, d))):
-            for stem, path in _class_clips(os.path.join(split_root, label)):
+        for label in sorted(d for d in os.listdir(split_root)
+                            if os.path.isdir(os.path.join(split_root, d)) and not _hidden(d)):
+            for stem, path in class_clips(os.path.join(split_root, label)):
                 if label not in index:
                     index[label] = len(classes)
                     classes.append(label)

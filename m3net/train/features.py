@@ -165,14 +165,6 @@ def refuse_double_normalisation(norm, head_options):
                           "twice; use --input-norm alone (the head option is kept for older checkpoints)")
 
 
-def checkpoint_features(features, state, requested="auto", path="checkpoint"):
-    """float16 maps (..., C) of the checkpoint's backbone (a cache's rows, or what predict extracts) as the
-    checkpoint's head was trained to see them: its --input-norm applied with its own statistics, exactly as
-    the FeatureBank applies it (``requested`` other than auto must be the checkpoint's choice). The one call
-    a caller of a trained head needs between the backbone and the head."""
-    return input_norm_for(requested, [(path, state)]).normalise_cached(features)
-
-
 def episode_rows(episode):
     """The rows of an episode's clips, supports then queries: (S + Q,)."""
     return np.concatenate([episode.support_rows, episode.query_rows])
