@@ -220,3 +220,13 @@ def test_finetune_takes_its_statistics_from_a_cache_of_its_backbone_or_fails_ear
                                                          channel_statistics(stats_cache, "t").mean)
     with pytest.raises(ProvenanceError, match="weights_sha256: cache has '', this run 'random-seed-0'"):
         check_stats_cache(given, {"weights_sha256": "random-seed-0"})
+
+
+def test_resume_keeps_the_runs_statistics(stats_cache, tmp_path):
+    full = _train(stats_cache, tmp_path / "full", input_norm="standardize")
+    _train(stats_cache, tmp_path / "split", input_norm="standardize", episodes=4)
+    resumed = _train(stats_cache, tmp_path / "split", input_norm="standardize", resume=True)
+    a, b = load_checkpoint(full["last"])["model"], load_checkpoint(resumed["last"])["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="input_norm='standardize' \\(now 'none'\\)"):
+        _train(stats_cache, tmp_path / "split", input_norm="none", episodes=12, resume=True)
