@@ -16,7 +16,6 @@ RESIDENCIES = ("auto", "device", "host", "disk")
 # activations and everything else on the machine).
 HEADROOM = 0.8
 
-
 INPUT_NORMS = ("none", "center", "standardize")
 # Added to each channel's variance before standardising, so a channel that barely varies over the training
 # rows (a dead ReLU channel of random weights) is centred and scaled by at most 1/sqrt(eps), not blown up.
@@ -181,7 +180,8 @@ class FeatureBank:
     Streamed with ``prefetch`` > 0, a background thread reads the episodes the loops announce with
     ``prefetch(sampler, start, stop)`` up to ``prefetch`` episodes ahead (episodes are a pure function of
     the sampler's seed and index); an episode asked for out of that order is read on demand. Either way
-    ``episode()`` returns the same tensors.
+    ``episode()`` returns the same tensors. Its maps are read through the run's InputNorm (``open_bank``'s
+    ``norm``), in every residency alike.
     """
 
     def __init__(self, cached, device, storage=None, reader=None, prefetch=0):
