@@ -86,7 +86,7 @@ def test_checkpointing_and_accumulation(bench, tmp_path):
         assert torch.allclose(value, ckpt["backbone"][key], atol=1e-6), key
     run(tiny(bench, tmp_path / "acc", episodes=2, accumulate=2, checkpoint_every=2))
     state = load_checkpoint(str(tmp_path / "acc" / "last.pt"))
-    assert state["scheduler"]["last_epoch"] == 1  # one optimizer step for two episodes
+    assert state["scheduler"]["last_epoch"] == 2  # --lr-step counts episodes, also when two make one step
     assert not torch.equal(state["backbone"]["conv1.weight"], plain["backbone"]["conv1.weight"])
 
 
