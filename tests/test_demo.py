@@ -95,13 +95,17 @@ def test_demo_cli_refuses_bad_compare(tmp_path, compare, message):
 
 
 @pytest.mark.slow
-def test_reference_comparison_record_renders_with_every_head_on_the_same_input(demo, tmp_path):
+def test_reference_comparison_record_renders_with_every_head_on_the_same_input(demo, tmp_path, monkeypatch):
     """demo --preset reference on the fixture's clips and cache: every trained head with its own recipe and the
     same standardised input, a head of --compare-once on the first seed only, and the README section from it."""
     import shutil
 
     from m3net.demo import seeded, seeds_record
     from m3net.readme_figures import render_table1_synthetic
+    from m3net.train import presets
+
+    # the fixture's classes have 5 clips: the recipes' 4-7 training queries per class, less
+    monkeypatch.setattr(presets, "RECIPES", tuple(replace(r, queries=2) for r in presets.RECIPES))
 
     config, _ = demo
     reference = replace(config, out=str(tmp_path), preset="reference", head_options={"proj_dim": 16},
