@@ -308,16 +308,24 @@ def predict_cmd(queries, as_json, **options):
                    "with its own benchmark, then M3Net's mean ± sd over the seeds.")
 @click.option("--record", type=click.Path(dir_okay=False),
               help="With --seeds: write every seed's tables and the mean ± sd to this JSON "
-                   "(benchmarks/demo_synthetic_cpu_<date>.json feeds the README: python -m m3net.readme_figures).")
+                   "(benchmarks/demo_synthetic_cpu_<date>.json, and table1_synthetic_cpu_<date>.json for --compare "
+                   "with --preset reference, feed the README: python -m m3net.readme_figures).")
 @click.option("--compare", default="",
-              help="Also train these heads (e.g. trx,strm,hyrsm,pal: the rest of the paper's Table 1) on the same "
-                   "cache with the same protocol at their own defaults, and score them on the same episodes.")
-def demo_cmd(seeds, record, compare, **options):
+              help="Also train these heads (e.g. trx,strm,hyrsm,pal: the rest of the paper's Table 1; a head's options "
+                   "after ':', e.g. m3net:proj_dim=0) on the same cache with the same input, and score them on the "
+                   "same episodes; with --preset reference each with its own recipe.")
+@click.option("--compare-once", default="",
+              help="Like --compare, on the first of --seeds only (e.g. m3net:proj_dim=0, the paper's width, too slow "
+                   "on a CPU for every seed).")
+def demo_cmd(seeds, record, compare, compare_once, **options):
     """Whole pipeline offline on the generated benchmark: clips -> cache -> M3Net head -> table.
 
     Generates fine-grained clips whose classes differ in the order and details of sub-actions,
     extracts ResNet-50 maps, trains the M3Net head briefly and scores it against ProtoNet,
-    TSN-cosine and OTAM on the same seeded test episodes (about 6 minutes on an idle 2-core CPU).
+    TSN-cosine and OTAM on the same seeded test episodes, every head on the same standardised
+    maps (--input-norm; about 6 minutes on an idle 2-core CPU). `--compare trx,strm,hyrsm,pal
+    --preset reference --patience 5` trains the rest of the paper's Table 1, each head with its
+    own reference recipe (README: reference recipes).
     """
     import dataclasses
     import json
@@ -328,7 +336,10 @@ def demo_cmd(seeds, record, compare, **options):
 
     size = {f.name: options.pop(f.name) for f in dataclasses.fields(DemoBenchmarkSettings)}
     synthetic = SyntheticConfig(seed=options["seed"], **size)
-    config = DemoConfig(synthetic=synthetic, compare=parse_compare(compare), **options)
+    config = DemoConfig(synthetic=synthetic, compare=parse_compare(compare),
+                        compare_once=parse_compare(compare_once), **options)
+    if len({*config.compare, *config.compare_once}) < len(config.compare) + len(config.compare_once):
+        raise click.BadParameter("a head is in both --compare and --compare-once", param_hint="--compare-once")
     if seeds is None:
         if record:
             raise click.BadParameter("--record needs --seeds", param_hint="--record")
@@ -399,6 +410,20 @@ def cache_info_cmd(path, as_json):
 
     info = cache_info(path)
     click.echo(json.dumps(info, indent=1) if as_json else format_cache_info(info))
+
+
+@main.command("cache-stats")
+@click.argument("path", type=click.Path(dir_okay=False))
+def cache_stats_cmd(path):
+    """Compute the per-channel mean and standard deviation of the cache's training rows (every frame,
+    position and view) and store them in the cache (/channel_stats, with the rows they cover), for
+    --input-norm center|standardize. Run it again after extract has finished more rows."""
+    from m3net.cache import write_channel_statistics
+
+    stats = write_channel_statistics(path)
+    click.echo(f"{path}: channel statistics of {len(stats.rows)} {stats.split} rows ({stats.values_per_channel} "
+               f"values per channel, {len(stats.mean)} channels): mean of the channel means {stats.mean.mean():.4g}, "
+               f"of their standard deviations {stats.std.mean():.4g}")
 
 
 @main.command("bench-extract")

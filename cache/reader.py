@@ -88,15 +88,21 @@ def pooled_shape(shape, pool):
     return shape if not pool else (*shape[:-3], pool, pool, shape[-1])
 
 
-def pool_maps(maps, pool):
-    """Adaptive average pooling of float16 maps (..., H, W, C) to (..., pool, pool, C), in float32."""
+def convert_maps(maps, pool=None, normalise=None):
+    """float16 maps (..., H, W, C) adaptively average-pooled to (..., pool, pool, C) when ``pool``, then
+    normalised by ``normalise`` (a callable on float32 (..., C) tensors) when given: in float32, rounded
+    to float16 once at the end. Pooling is a weighted mean of positions and the normalisation is affine
+    per channel, so both orders agree up to float32 rounding."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(maps))
-    lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
-    x = x.reshape(-1, h, w, c).permute(0, 3, 1, 2).float()  # (B, C, H, W)
-    x = torch.nn.functional.adaptive_avg_pool2d(x, pool).permute(0, 2, 3, 1)
-    return x.reshape(*lead, pool, pool, c).to(torch.float16).numpy()
+    x = torch.from_numpy(np.ascontiguousarray(maps)).float()
+    if pool:
+        lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
+        x = x.reshape(-1, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W)
+        x = torch.nn.functional.adaptive_avg_pool2d(x, pool).permute(0, 2, 3, 1).reshape(*lead, pool, pool, c)
+    if normalise is not None:
+        x = normalise(x)
+    return x.to(torch.float16).numpy()
 
 
 def _direct_chunks(dataset):
@@ -131,22 +137,28 @@ def _finite(values):
     return bool(np.isfinite(values).all())
 
 
-def _finite_rows(dataset, rows, path, block=64, pool=None):
-    """dataset[rows] read block by block (pooled to pool x pool when ``pool``), refusing NaN/inf values
-    (they would train or score silently)."""
+def _finite_rows(dataset, rows, path, block=64, pool=None, normalise=None):
+    """dataset[rows] read block by block (pooled to pool x pool when ``pool``, normalised by ``normalise``:
+    ``convert_maps``), refusing NaN/inf values (they would train or score silently)."""
     out = np.empty((len(rows), *pooled_shape(dataset.shape[1:], pool)), dtype=dataset.dtype)
     direct = _direct_chunks(dataset)
-    staging = np.empty((min(block, len(rows)), *dataset.shape[1:]), dtype=dataset.dtype) if pool else None
+    converting = bool(pool) or normalise is not None
+    staging = np.empty((min(block, len(rows)), *dataset.shape[1:]), dtype=dataset.dtype) if converting else None
     for start in range(0, len(rows), block):
         part_rows = rows[start:start + block]
-        part = (staging if pool else out[start:])[:len(part_rows)]
+        part = (staging if converting else out[start:])[:len(part_rows)]
         _read_rows(dataset, part_rows, part, path, direct)
         if not _finite(part):
             bad = start + next(k for k in range(len(part)) if not _finite(part[k]))
             raise CacheError(f"{path}: the features of row {rows[bad]} hold NaN or inf values; re-extract that "
                              "clip (delete the cache or build a new one) before training or evaluating on it")
-        if pool:
-            out[start:start + len(part)] = pool_maps(part, pool)
+        if converting:
+            converted = out[start:start + len(part)]
+            converted[...] = convert_maps(part, pool, normalise)
+            if not _finite(converted):
+                raise CacheError(f"{path}: normalised with the training rows' channel statistics, the features "
+                                 f"of rows {part_rows.tolist()} exceed float16's range (a channel that barely "
+                                 "varies in the training rows varies here); use --input-norm center or none")
     return out
 
 
@@ -162,12 +174,14 @@ def _failures(f):
     return [(_text(r["video_id"]), _text(r["error"])) for r in f["failures"][()]] if "failures" in f else []
 
 
-def load_cache(path, splits=None, expect=None, features=True, pool=None):
+def load_cache(path, splits=None, expect=None, features=True, pool=None, normalise=None):
     """The done rows of ``path`` (restricted to ``splits`` if given), checked against ``expect``.
 
     features=False reads everything but the features (``features`` is None; RowReader reads them on
     demand): for caches larger than memory. pool=n stores each map adaptively average-pooled to n x n
-    (read block by block: the unpooled split is never in memory at once).
+    (read block by block: the unpooled split is never in memory at once); normalise (a callable on float32
+    (..., C) tensors, m3net.train.features.InputNorm) is applied to every map before it is stored
+    (``convert_maps``).
     """
     with _open(path) as f:
         attrs = {k: normalise_attr(v) for k, v in f.attrs.items()}
@@ -181,7 +195,7 @@ def load_cache(path, splits=None, expect=None, features=True, pool=None):
                 raise CacheError(f"{path}: unknown split(s) {unknown}; expected some of {SPLITS}")
             keep &= np.isin(split, list(splits))
         rows = np.flatnonzero(keep)
-        data = _finite_rows(f["features"], rows, path, pool=pool) if features else None
+        data = _finite_rows(f["features"], rows, path, pool=pool, normalise=normalise) if features else None
         video_ids = _strings(f["video_ids"])
         return CachedFeatures(
             features=data,
@@ -198,16 +212,17 @@ def load_cache(path, splits=None, expect=None, features=True, pool=None):
 
 
 class RowReader:
-    """Reads rows of a cache's /features on demand (for caches larger than memory); NaN/inf refused."""
+    """Reads rows of a cache's /features on demand (for caches larger than memory); NaN/inf refused. Each
+    row is pooled and normalised as ``load_cache`` does it (``convert_maps``), so both give the same bits."""
 
-    def __init__(self, path, pool=None):
-        self.path, self.pool = path, pool
+    def __init__(self, path, pool=None, normalise=None):
+        self.path, self.pool, self.normalise = path, pool, normalise
         self.file = _open(path)
         self.features = self.file["features"]
 
     def read(self, rows):
         """features[rows] for any row order and repeats, read in file order."""
-        return _finite_rows(self.features, np.asarray(rows), self.path, pool=self.pool)
+        return _finite_rows(self.features, np.asarray(rows), self.path, pool=self.pool, normalise=self.normalise)
 
     def close(self):
         self.file.close()
@@ -337,7 +352,12 @@ class PrefetchingReader:
 
 
 def cache_info(path):
-    """Provenance, per-split totals / done counts and the failures of a cache, without features."""
+    """Provenance, per-split totals / done counts, the failures and the channel statistics (what they cover,
+    whether stale; cache.stats) of a cache, without features."""
+    from m3net.cache.stats import read_channel_statistics
+
+    stats, stale = read_channel_statistics(path)
+    channel_stats = {**stats.provenance(), "stale": stale} if stats is not None else None
     with _open(path) as f:
         split = np.asarray(_strings(f["split"]))
         done = f["done"][()]
@@ -355,6 +375,7 @@ def cache_info(path):
             "done": int(done.sum()),
             "total": int(len(done)),
             "failures": _failures(f),
+            "channel_stats": channel_stats,
         }
 
 
@@ -364,6 +385,10 @@ def format_cache_info(info, max_failures=10):
     lines += [f"  {key:<15} {value}" for key, value in sorted(info["attrs"].items())]
     for split, entry in info["splits"].items():
         lines.append(f"  {split:<5} {entry['classes']:>4} classes  {entry['done']:>6}/{entry['clips']:<6} clips done")
+    stats = info.get("channel_stats")
+    lines.append(f"  channel statistics: over {stats['rows']} {stats['split']} rows, {stats['created']}"
+                 + (" (STALE: rows were extracted since; run `m3net cache-stats`)" if stats["stale"] else "")
+                 if stats else "  channel statistics: none (`m3net cache-stats` computes them for --input-norm)")
     failures = info["failures"]
     lines.append(f"  failures: {len(failures)}")
     lines += [f"    {clip_id}: {reason}" for clip_id, reason in failures[:max_failures]]

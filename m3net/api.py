@@ -47,6 +47,7 @@ from m3net.model.registry import FewShotHead, build_head
 from m3net.progress import progress_bar
 from m3net.runtime import resolve_device
 from m3net.train.evaluate import load_trained_head
+from m3net.train.features import InputNorm, input_norm_for
 
 # A clip: a video file or a frame folder (path), or frames already decoded into uint8 (T, H, W, 3).
 ClipSource = Union[str, os.PathLike, np.ndarray]
@@ -150,6 +151,7 @@ class FewShotClassifier:
         # (T, H, W, C) of one clip's features, as `m3net extract` writes them
         self.feature_shape = (head.config.num_frames, map_side(crop), map_side(crop), width)
         self.provenance: dict = {}  # from_checkpoint: the provenance of the cache the checkpoint's head expects
+        self.input_norm = InputNorm()  # from_checkpoint: the checkpoint's --input-norm with its statistics
         self.classes: list[str] = []
         self._support: torch.Tensor | None = None  # (S, T, H, W, C) on the device
         self._support_labels: torch.Tensor | None = None  # (S,) index into classes
@@ -157,13 +159,15 @@ class FewShotClassifier:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, weights: str | None = None,
                         device: str | torch.device = "auto", precision: str = "auto", batch_size: int | None = None,
-                        workers: int = 0, progress: bool = False) -> FewShotClassifier:
+                        workers: int = 0, progress: bool = False, input_norm: str = "auto") -> FewShotClassifier:
         """The head of a `m3net train-head` or `m3net finetune` checkpoint with the backbone, frames, transform,
-        batch size and (where the device runs it) precision its cache was extracted with. ``weights``: the
-        backbone file when it is no longer where the cache found it (checked by sha256)."""
+        batch size and (where the device runs it) precision its cache was extracted with, and the input
+        normalisation it was trained with (``input_norm``: "auto", or that very choice; another is refused).
+        ``weights``: the backbone file when it is no longer where the cache found it (checked by sha256)."""
         path = os.fspath(path)
         device = resolve_device(device)
         head, state = load_trained_head(path, device)
+        norm = input_norm_for(input_norm, [(path, state)])  # refused before any backbone is built
         provenance = state["provenance"]
         crop = int(provenance["crop"])
         transform = TransformConfig(resize=tuple(provenance["resize"]), crop=crop, mean=tuple(provenance["mean"]),
@@ -176,7 +180,7 @@ class FewShotClassifier:
         classifier = cls(head, checkpoint_backbone(path, provenance, weights), crop=crop, device=device,
                          precision=precision, batch_size=batch_size or provenance.get("batch_size"),
                          workers=workers, progress=progress)
-        classifier.provenance = provenance
+        classifier.provenance, classifier.input_norm = provenance, norm
         return classifier
 
     def __repr__(self) -> str:
@@ -241,8 +245,8 @@ class FewShotClassifier:
     def _head_input(self, features: np.ndarray) -> torch.Tensor:
         """Features (n, T, H, W, C) as the cache stores them -> the head's input on the device. Every feature
         the head sees passes here (support in fit, queries in predict): the one place where a checkpoint's
-        own normalisation of its input features applies."""
-        return torch.as_tensor(features, device=self.device)
+        own normalisation of its input features applies (``input_norm``, as the FeatureBank applies it)."""
+        return torch.as_tensor(self.input_norm.normalise_cached(features), device=self.device)
 
     def _check_features(self, features: np.ndarray, what: str) -> None:
         if features.ndim != 5 or tuple(features.shape[1:]) != self.feature_shape:

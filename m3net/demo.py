@@ -1,15 +1,20 @@
 """``m3net demo``: the whole pipeline, offline, on the generated fine-grained benchmark.
 
-generate clips -> extract ResNet-50 maps into the cache -> train the M3Net head briefly ->
-evaluate M3Net and the baselines on the same seeded test episodes -> table + report folder.
-Every step reuses what an earlier run finished (the clips, the cache rows, the training run),
-so re-running after an interruption continues instead of starting over.
+generate clips -> extract ResNet-50 maps into the cache (and its training channel statistics) -> train the
+M3Net head briefly -> evaluate M3Net and the baselines on the same seeded test episodes -> table + report
+folder. Every head sees the same input: the cache's maps through one --input-norm (standardize by default).
+Every step reuses what an earlier run finished (the clips, the cache rows, the training runs), so re-running
+after an interruption continues instead of starting over.
+
+``--compare`` trains more heads on the same cache (e.g. the rest of the paper's Table 1); with ``--preset
+reference`` every trained head, M3Net included, follows its own reference recipe (m3net.train.presets.RECIPES)
+up to the cap --train-episodes, stopping earlier after --patience validations without a better one.
 """
 import json
 import os
 import time
 import warnings
-from dataclasses import asdict, field, replace
+from dataclasses import asdict, replace
 
 import click
 import numpy as np
@@ -18,7 +23,19 @@ from m3net.config import RunSettings, Settings, from_group, setting, settings
 from m3net.data.synthetic import SyntheticConfig, generate_synthetic
 from m3net.errors import ConfigError
 from m3net.extract.backbone import IMAGENET_FILES, RandomWeightsWarning, WeightsError, resolve_weights_file
-from m3net.train.loop import OptimizerSettings
+from m3net.train.features import InputNormSettings
+from m3net.train.loop import OptimizerSettings, ScheduleSettings
+from m3net.train.presets import PresetSettings
+
+# Options of the M3Net head the default demo turns on, which real runs leave at the paper's defaults:
+# proj_dim=128: d = 128 instead of 2048 (a learned projection of the cached maps), so the head trains in
+#   minutes on a 2-core CPU.
+# temperature_init="data": each view's τ starts at 1 / the spread of its distances (unit-spread logits),
+#   instead of τ = 10.
+DEMO_HEAD_OPTIONS = {"proj_dim": 128, "temperature_init": "data"}
+# With --preset reference M3Net keeps the paper's head but for its width (the CPU's; --compare
+# m3net:proj_dim=0 adds the paper's d = 2048).
+REFERENCE_HEAD_OPTIONS = {"proj_dim": 128}
 
 
 @settings
@@ -42,32 +59,38 @@ class DemoConfig(RunSettings):
     way: int = 5
     shot: int = 1
     extra_shots: tuple = (5,)  # also evaluated (report/shot-K/), for the accuracy-vs-shot picture
-    train_queries: int = 2
+    train_queries: int = 2  # the demo's protocol; --preset reference: each head's own
     # ~50 s on 2 cores once the cache exists (extraction dominates the demo); at 300 the slowest view
     # (C-M) was still far behind on some seeds and dragged the fused Y below the best single view
-    train_episodes: int = setting(900, "M3Net head training episodes.", minimum=1)
-    val_every: int = 100
-    val_episodes: int = 50
+    train_episodes: int = setting(900, "Training episodes of each trained head (with --preset reference: the cap; "
+                                  "--patience stops earlier).", minimum=1)
+    val_every: int = setting(100, "Validate (best.pt) every this many training episodes (--preset reference: "
+                             "rounded up to a multiple of each head's --accumulate).", minimum=1)
+    val_episodes: int = setting(50, "Validation episodes (one query per class).", minimum=1)
+    patience: int = from_group(ScheduleSettings, "patience")
     eval_episodes: int = setting(600, "Seeded 5-way test episodes per shot.", minimum=1)
-    lr: float = 1e-3  # the paper's 1e-4 is for 60 000 episodes; the demo trains a few hundred
+    lr: float = 1e-3  # the demo's protocol (the paper's 1e-4 is for 60 000 episodes); --preset reference: each head's
     head: str = "m3net"
-    # Options of the M3Net head that real runs leave at the paper's defaults:
-    # proj_dim=128: d = 128 instead of 2048 (a learned projection of the cached maps), so the head
-    #   trains in minutes on a 2-core CPU.
-    # input_norm="standardize": random-weight ResNet maps are nearly collinear (cosine costs ~1e-3);
-    #   standardising the channels with training-split statistics spreads them, and every view learns.
-    # temperature_init="data": each view's τ starts at 1 / the spread of its distances (unit-spread
-    #   logits), instead of τ = 10, which leaves a view with distances 1e-3 apart flat.
-    head_options: dict = field(default_factory=lambda: {"proj_dim": 128, "input_norm": "standardize",
-                                                        "temperature_init": "data"})
+    head_options: dict = None  # DEMO_HEAD_OPTIONS (REFERENCE_HEAD_OPTIONS with --preset reference)
+    input_norm: str = from_group(InputNormSettings, "input_norm", "standardize")
+    preset: str = from_group(PresetSettings, "preset")
     baselines: tuple = ("protonet", "tsn-cosine", "otam")
-    # Trained heads from the registry (e.g. the rest of the paper's Table 1: trx, strm, hyrsm, pal) trained
-    # on the same cache with the same protocol as M3Net, at each head's own defaults, and scored on the
-    # same episodes (--compare; empty in the default demo: they add tens of minutes on a CPU).
+    # Trained heads from the registry (e.g. the rest of the paper's Table 1: trx, strm, hyrsm, pal), each
+    # "name" or "name:KEY=VALUE:..." with head options (e.g. m3net:proj_dim=0), trained on the same cache and
+    # scored on the same episodes (--compare; empty in the default demo: they add tens of minutes on a CPU).
     compare: tuple = ()
-    clip_grad: float = from_group(OptimizerSettings, "clip_grad")  # the --compare heads trx, strm diverge without
+    compare_once: tuple = ()  # like compare, on the first of --seeds only (a head too slow for every seed)
+    clip_grad: float = from_group(OptimizerSettings, "clip_grad")  # the demo's protocol (--compare trx, strm need it)
     batch_size: int = 16
     workers: int = 2
+
+    def __post_init__(self):
+        if self.head_options is None:
+            self.head_options = dict(REFERENCE_HEAD_OPTIONS if self.preset == "reference" else DEMO_HEAD_OPTIONS)
+        super().__post_init__()
+        if self.preset == "paper":
+            raise ConfigError("--preset paper: the demo takes none (its own short protocol for every trained head) or "
+                              "reference (each head's own recipe; M3Net's is the paper's)")
 
 
 def choose_weights(requested):
@@ -112,27 +135,33 @@ def run_demo(config):
                                       weights=weights, batch_size=config.batch_size, workers=config.workers,
                                       device=config.device, seed=config.seed))
 
+    if config.input_norm not in ("auto", "none"):
+        ensure_channel_statistics(cache)
+
+    specs = [(config.head, config.head_options, config.head)] + [head_spec(text)
+                                                                  for text in config.compare + config.compare_once]
     runs = {}
-    for number, head in enumerate((config.head, *config.compare), start=1):
-        options = config.head_options if head == config.head else {}
-        step = f"3/4 ({number}/{1 + len(config.compare)})" if config.compare else "3/4"
-        runs[head] = train_or_reuse(config, cache, head, options, step)
+    for number, (head, options, folder) in enumerate(specs, start=1):
+        step = f"3/4 ({number}/{len(specs)})" if len(specs) > 1 else "3/4"
+        runs[folder] = train_or_reuse(config, cache, head, options, folder, step)
     run = runs[config.head]
 
     _step(f"4/4 evaluate on {config.eval_episodes} seeded test episodes -> {report}")
 
     def score(shot):
         return evaluate(EvalConfig(cache=cache, checkpoints=tuple(os.path.join(r, "best.pt") for r in runs.values()),
-                                   heads=config.baselines,
+                                   heads=config.baselines, input_norm=config.input_norm,
                                    way=config.way, shot=shot, queries=1, episodes=config.eval_episodes,
                                    seed=config.seed, device=config.device))
 
     summary = score(config.shot)
-    summary["demo"] = {**asdict(config), "weights_used": weights}
+    summary["demo"] = {**asdict(config), "weights_used": weights,
+                       "trained": {f"{head} ({folder})": run_record(runs[folder])
+                                   for head, _, folder in specs}}
     write_summary(summary, report)
     summaries = {config.shot: summary}
     for shot in config.extra_shots:
-        click.echo(f"[demo] and {config.way}-way {shot}-shot (same head, same seed)")
+        click.echo(f"[demo] and {config.way}-way {shot}-shot (same heads, same seed)")
         summaries[shot] = score(shot)
         write_summary(summaries[shot], os.path.join(report, f"shot-{shot}"))
     # this run's time: a re-run that reuses the clips, cache and head is much shorter than a fresh one
@@ -148,22 +177,56 @@ def run_demo(config):
     return summaries
 
 
-def train_or_reuse(config, cache, head, head_options, step):
-    """Trains ``head`` on the demo's cache into <out>/runs/<head> with the demo's protocol, or reuses
-    the finished run there (a run of other settings is refused); returns the run folder."""
-    from m3net.train.checkpoint import load_checkpoint, trained_episodes
-    from m3net.train.loop import check_resumed_config
-    from m3net.train.train_head import TrainConfig, train_head
+def ensure_channel_statistics(cache):
+    """The cache's training channel statistics, computed and stored once (the demo owns its cache)."""
+    from m3net.cache import read_channel_statistics, write_channel_statistics
 
-    run = os.path.join(config.out, "runs", head)
-    _step(f"{step} train the {head} head ({config.train_episodes} episodes) -> {run}")
+    stats, stale = read_channel_statistics(cache)
+    if stats is None or stale:
+        stats = write_channel_statistics(cache)
+        click.echo(f"[demo] channel statistics of the {len(stats.rows)} training clips -> {cache}")
+
+
+def head_train_config(config, cache, head, head_options, run):
+    """The TrainConfig of one demo head: the demo's protocol (lr, queries, gradient clipping, lr x0.5 at a third
+    and two thirds of --train-episodes), or with --preset reference the head's own recipe capped at
+    --train-episodes; either way the demo's input normalisation, episodes, validation and --patience."""
+    from m3net.train.presets import preset_values
+    from m3net.train.train_head import TrainConfig
+
+    common = dict(cache=cache, out=run, head=head, head_options=head_options, way=config.way, shot=config.shot,
+                  episodes=config.train_episodes, val_episodes=config.val_episodes, patience=config.patience,
+                  input_norm=config.input_norm, log_every=10, seed=config.seed, device=config.device)
+    if config.preset == "reference":
+        recipe = preset_values("train-head", "reference", head)
+        every = -(-config.val_every // recipe["accumulate"]) * recipe["accumulate"]  # whole optimizer steps
+        return TrainConfig(**common, **recipe, preset="reference", val_every=every, checkpoint_every=every)
+    return TrainConfig(**common, queries=config.train_queries, lr=config.lr, clip_grad=config.clip_grad,
+                       lr_step=max(config.train_episodes // 3, 1), val_every=config.val_every,
+                       checkpoint_every=config.val_every)
+
+
+def finished(saved, train_config):
+    """A saved run has reached its cap, or stopped early after --patience validations without a better one."""
+    from m3net.train.checkpoint import trained_episodes
+
+    patience = train_config.patience
+    stopped = patience > 0 and saved.get("stale_validations", 0) >= patience
+    return trained_episodes(saved) >= train_config.episodes or stopped
+
+
+def train_or_reuse(config, cache, head, head_options, folder, step):
+    """Trains ``head`` on the demo's cache into <out>/runs/<folder> (``head_train_config``), or reuses the
+    finished run there (a run of other settings is refused); returns the run folder."""
+    from m3net.train.checkpoint import load_checkpoint
+    from m3net.train.loop import check_resumed_config
+    from m3net.train.train_head import train_head
+
+    run = os.path.join(config.out, "runs", folder)
     last = os.path.join(run, "last.pt")
-    train_config = TrainConfig(cache=cache, out=run, head=head, head_options=head_options, way=config.way,
-                               shot=config.shot, queries=config.train_queries, episodes=config.train_episodes,
-                               lr=config.lr, clip_grad=config.clip_grad, lr_step=max(config.train_episodes // 3, 1),
-                               val_every=config.val_every, val_episodes=config.val_episodes,
-                               checkpoint_every=config.val_every, log_every=10, seed=config.seed,
-                               device=config.device, resume=os.path.exists(last))
+    train_config = replace(head_train_config(config, cache, head, head_options, run), resume=os.path.exists(last))
+    cap = "up to " if config.preset == "reference" or config.patience else ""
+    _step(f"{step} train the {folder} head ({cap}{config.train_episodes} episodes) -> {run}")
     saved = load_checkpoint(last) if os.path.exists(last) else None
     if saved is not None:
         try:  # a run of another demo version (other head options, lr, ...) is not this demo's result
@@ -171,29 +234,63 @@ def train_or_reuse(config, cache, head, head_options, step):
         except ConfigError as err:
             raise ConfigError(f"{run} holds a head trained with other settings; remove it or choose another "
                               f"--out ({err})") from None
-    if saved is not None and trained_episodes(saved) >= config.train_episodes:
+    if saved is not None and finished(saved, train_config):
         click.echo(f"[demo] reusing the finished run in {run}")
     else:
         train_head(train_config)
     return run
 
 
-def parse_compare(text):
-    """"trx,strm" -> ("trx", "strm"): trainable registry heads other than the demo's own."""
+def run_record(run):
+    """What a comparison states of a trained head beside its accuracy: its options, widths and parameters, the
+    recipe it was trained with, the episodes it trained and the one best.pt (the one scored) comes from."""
+    from m3net.model import build_head
+    from m3net.train.checkpoint import load_checkpoint, trained_episodes
+    from m3net.train.presets import RECIPE_OPTIONS
+
+    last, best = (load_checkpoint(os.path.join(run, name)) for name in ("last.pt", "best.pt"))
+    trained = last["train_config"]
+    head = build_head(last["head"], **last["head_config"])
+    return {"head": last["head"], "head_options": trained["head_options"], "widths": head.widths(),
+            "parameters": sum(p.numel() for p in head.parameters()), "preset": trained.get("preset", "none"),
+            "recipe": {key: trained[key] for key in (*RECIPE_OPTIONS, "clip_grad") if key in trained},
+            "cap": trained["episodes"], "patience": trained.get("patience", 0),
+            "episodes_trained": trained_episodes(last), "stopped_early": trained_episodes(last) < trained["episodes"],
+            "best_episodes": trained_episodes(best),
+            "best_val_acc": best["best_val_acc"], "input_norm": last.get("input_norm", "none")}
+
+
+def head_spec(text):
+    """"trx" or "m3net:proj_dim=0:cm_dim=64" -> (head, typed head options, run folder name)."""
+    from m3net.model.registry import parse_head_options
+
+    name, *pairs = text.split(":")
+    options = parse_head_options(name, pairs)
+    folder = "-".join([name, *(f"{key}-{value}" for key, value in options.items())])
+    return name, options, "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in folder)
+
+
+def parse_compare(text, demo_head="m3net"):
+    """"trx,strm,m3net:proj_dim=0" -> ("trx", "strm", "m3net:proj_dim=0"): trainable registry heads, each
+    optionally with head options after ":" (KEY=VALUE, several joined by ":"); the demo's own head only with
+    options (another variant of it)."""
     from m3net.model import list_heads
     from m3net.model.registry import head_class
 
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    for name in names:
+    specs = tuple(part.strip() for part in text.split(",") if part.strip())
+    for spec in specs:
+        name = spec.split(":")[0]
         if name not in list_heads():
             raise ConfigError(f"--compare {name}: not a registered head (see `m3net heads`)")
-        if name == "m3net":
-            raise ConfigError("--compare m3net: the demo trains M3Net already")
+        if spec == demo_head:
+            raise ConfigError(f"--compare {demo_head}: the demo trains M3Net already (a variant takes options, e.g. "
+                              f"{demo_head}:proj_dim=0)")
         if not head_class(name).trainable:
             raise ConfigError(f"--compare {name}: a parameter-free head; the demo scores it as a baseline already")
-    if len(set(names)) != len(names):
+        head_spec(spec)  # options checked before any work
+    if len({head_spec(spec)[2] for spec in specs}) != len(specs):
         raise ConfigError(f"--compare {text}: a head is named twice")
-    return names
+    return specs
 
 
 def parse_seeds(text):
@@ -207,31 +304,37 @@ def parse_seeds(text):
     return seeds
 
 
-def seeded(config, seed):
-    """The demo of one seed (its own benchmark, head initialisation and episodes) in <out>/seed-<seed>."""
+def seeded(config, seed, first=True):
+    """The demo of one seed (its own benchmark, head initialisation and episodes) in <out>/seed-<seed>; the
+    heads of compare_once only on the ``first`` seed."""
     return replace(config, seed=seed, out=os.path.join(config.out, f"seed-{seed}"),
-                   synthetic=replace(config.synthetic, seed=seed))
+                   synthetic=replace(config.synthetic, seed=seed), compare_once=config.compare_once if first else ())
 
 
 def seed_checks(shot_summary):
-    """What the demo claims for one seed and shot: M3Net's Y ahead of each baseline with the paired
-    95% CI above zero, and Y at least its best single view."""
+    """What the demo claims for one seed and shot: M3Net's Y ahead of each other head with the paired 95% CI
+    above zero (``ci_margin_over`` > 0), and Y at least its best single view; and where another head is ahead
+    of M3Net with its CI above zero (``ci_margin_under`` > 0)."""
     rows = shot_summary["results"]
     m3net = next(r["head"] for r in rows if r["head"].startswith("m3net"))  # the trained head comes first
     accuracy = {r["view"]: r["accuracy"] for r in rows if r["head"] == m3net}
-    margins = {p["head"]: -p["difference"] - p["ci95"] for p in shot_summary["paired"]}  # paired: baseline − M3Net
+    paired = shot_summary["paired"]  # head − M3Net on the same episodes
+    margins = {p["head"]: -p["difference"] - p["ci95"] for p in paired}
     best_view = max(v for k, v in accuracy.items() if k != "y")
-    return {"ci_margin_over": margins, "leads_every_baseline": all(m > 0 for m in margins.values()),
+    return {"ci_margin_over": margins, "ci_margin_under": {p["head"]: p["difference"] - p["ci95"] for p in paired},
+            "leads_every_baseline": all(m > 0 for m in margins.values()),
             "y_minus_best_view": accuracy["y"] - best_view, "y_at_least_best_view": accuracy["y"] >= best_view}
 
 
 def mean_and_sd(values):
     values = np.asarray(values, dtype=np.float64)
-    return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+    return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "seeds": len(values)}
 
 
 def aggregate(per_seed):
-    """Mean ± sd over seeds of every accuracy and paired difference, per shot.
+    """Mean ± sd over seeds of every accuracy and paired difference, per shot (a head trained on some seeds
+    only, --compare-once, over those: ``seeds`` says how many).
 
     per_seed[seed][shot] = {"results", "paired", "checks"} of that seed's run (``seed_checks``)."""
     out = {}
@@ -243,12 +346,13 @@ def aggregate(per_seed):
                 accuracy.setdefault((r["head"], r["view"]), []).append(r["accuracy"])
             for p in run["paired"]:  # paired differences are baseline − M3Net
                 m3net_minus.setdefault(p["head"], []).append(-p["difference"])
+        margins = lambda key, head: [run["checks"][key][head] for run in runs if head in run["checks"][key]]  # noqa: E731
         out[shot] = {
             "accuracy": [{"head": head, "view": view, **mean_and_sd(values)}
                          for (head, view), values in accuracy.items()],
             "m3net_minus": [{"baseline": baseline, **mean_and_sd(values),
-                             "seeds_with_ci_above_zero": sum(run["checks"]["ci_margin_over"][baseline] > 0
-                                                             for run in runs)}
+                             "seeds_with_ci_above_zero": sum(m > 0 for m in margins("ci_margin_over", baseline)),
+                             "seeds_with_ci_below_zero": sum(m > 0 for m in margins("ci_margin_under", baseline))}
                             for baseline, values in m3net_minus.items()],
             "seeds_y_at_least_best_view": sum(run["checks"]["y_at_least_best_view"] for run in runs),
         }
@@ -257,16 +361,17 @@ def aggregate(per_seed):
 
 def seeds_record(config, seeds):
     """The record of finished demos of ``seeds`` (``seeded`` folders under config.out): every seed's
-    tables with the checks of ``seed_checks``, and the mean ± sd over seeds (``aggregate``)."""
+    tables with the checks of ``seed_checks``, what each trained head was (``run_record``) and the input
+    every head saw, and the mean ± sd over seeds (``aggregate``)."""
     from m3net.bench.record import benchmark_record
     from m3net.runtime import resolve_device
 
-    per_seed, wall, weights = {}, {}, {}
-    for seed in seeds:
-        report = os.path.join(seeded(config, seed).out, "report")
+    per_seed, wall, weights, trained = {}, {}, {}, {}
+    for index, seed in enumerate(seeds):
+        report = os.path.join(seeded(config, seed, first=index == 0).out, "report")
         with open(os.path.join(report, "demo_config.json")) as fh:
             ran = json.load(fh)
-        wall[str(seed)], weights[str(seed)] = ran["wall_s"], ran["weights_used"]
+        wall[str(seed)], weights[str(seed)], trained[str(seed)] = ran["wall_s"], ran["weights_used"], ran.get("trained")
         runs = {}
         for shot in (config.shot, *config.extra_shots):
             folder = report if shot == config.shot else os.path.join(report, f"shot-{shot}")
@@ -274,14 +379,15 @@ def seeds_record(config, seeds):
                 summary = json.load(fh)
             runs[f"{shot}-shot"] = {key: summary[key] for key in ("task", "results", "paired")}
             runs[f"{shot}-shot"]["checks"] = seed_checks(summary)
+            runs[f"{shot}-shot"]["input_norm"] = summary.get("input_norm", {"input_norm": "none"})
         per_seed[str(seed)] = runs
     return benchmark_record("demo_synthetic", resolve_device(config.device), asdict(config), rows=[],
-                            seeds=list(seeds), demo_wall_s=wall, weights_used=weights, per_seed=per_seed,
-                            over_seeds=aggregate(per_seed))
+                            seeds=list(seeds), demo_wall_s=wall, weights_used=weights, trained=trained,
+                            per_seed=per_seed, over_seeds=aggregate(per_seed))
 
 
 def run_demo_seeds(config, seeds):
     """Runs (or continues) the demo of each seed, then returns their ``seeds_record``."""
-    for seed in seeds:
-        run_demo(seeded(config, seed))
+    for index, seed in enumerate(seeds):
+        run_demo(seeded(config, seed, first=index == 0))
     return seeds_record(config, seeds)

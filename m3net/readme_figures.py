@@ -2,12 +2,12 @@
 
     demo-results       from the newest benchmarks/demo_synthetic_cpu_<date>.json
                        (``m3net demo --seeds 0,1,2 --record ...``)
-    table1-synthetic   from the newest benchmarks/table1_synthetic_cpu_<date>.json
-                       (``m3net demo --compare trx,strm,hyrsm,pal --seeds 0 --record ...``)
+    table1-synthetic   from the newest benchmarks/table1_synthetic_cpu_<date>.json (TABLE1_COMMAND)
     benchmark-results  from the newest record of each benchmark under benchmarks/ (bench_*.json)
     frames-footprint   frames per finetune cell (the paper preset) and disk per dataset
                        (m3net/data/footprint.py), at the newest bench_input record's JPEG bytes and rates
-    settings           from the paper preset's table (m3net/train/presets.py)
+    settings           from the paper preset's table (m3net/train/presets.py SETTINGS)
+    reference-recipes  from each head's reference recipe (m3net/train/presets.py RECIPES)
     extract-splits     the cache a Table 1 cell needs (test split) against every split's, from the shipped
                        split lists (m3net/data/footprint.py)
     paper-table1       from the paper's Table 1 as m3net/paper.py holds it
@@ -30,6 +30,10 @@ from m3net.errors import ConfigError
 BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
 RECORD_PATTERN = os.path.join("benchmarks", "demo_synthetic_cpu_*.json")
 TABLE1_PATTERN = os.path.join("benchmarks", "table1_synthetic_cpu_*.json")
+# The record of the table1-synthetic section: every Table 1 head, each with its reference recipe, on one input.
+TABLE1_COMMAND = ("OMP_NUM_THREADS=1 m3net demo --seeds 0,1,2 --preset reference --compare trx,strm,hyrsm,pal "
+                  "--compare-once m3net:proj_dim=0 --train-episodes 960 --val-every 160 --patience 3 "
+                  "--out m3net-table1 --record benchmarks/table1_synthetic_cpu_$(date +%F).json")
 INPUT_PATTERN = os.path.join("benchmarks", "bench_input_*.json")
 HEAD_NAMES = {"protonet": "ProtoNet", "tsn-cosine": "TSN + cosine", "otam": "OTAM"}
 VIEW_NAMES = {"y1": "Y1 (I-M)", "y2": "Y2 (C-M)", "y3": "Y3 (T-M)", "y": "Y (fused)"}
@@ -55,6 +59,15 @@ def render_demo_results(record, record_path):
     synthetic = demo["synthetic"]
     classes = (synthetic["train_classes"], synthetic["val_classes"], synthetic["test_classes"])
     options = ", ".join(f"`{key}={value!r}`" for key, value in demo["head_options"].items())
+    norm = demo.get("input_norm", "none")
+    if norm not in ("auto", "none"):
+        done = {"center": "centred", "standardize": "standardised"}[norm]
+        inputs = (f"Every head, the baselines included, sees the same input: the cached maps {done} per channel "
+                  "with the training split's statistics (`--input-norm`), because random-weight ResNet frames are "
+                  "nearly collinear (cosine costs ~10⁻³ apart). ")
+    else:
+        inputs = ("This record predates the run-level `--input-norm`: M3Net alone standardised its input (its head "
+                  "option `input_norm`), the baselines scored the raw maps. ")
     lines = [
         f"**`m3net demo`** (default settings: {sum(classes) * synthetic['clips_per_class']} generated clips of "
         f"{sum(classes)} classes ({'/'.join(map(str, classes))} train/val/test), "
@@ -62,12 +75,10 @@ def render_demo_results(record, record_path):
         f"for {demo['train_episodes']} episodes at lr {demo['lr']:g} with the demo's head options {options}, then "
         f"scored with the baselines on the same seeded test episodes at {' and '.join(shots)}). The test classes "
         "come in families that share their sub-actions and differ only in their order (or one detail), so mean "
-        "pooling is near chance. The options are not the paper's and real runs leave them at the paper's "
-        "defaults: `proj_dim` learns a projection of the 2048 channels to d = 128 so the head trains in "
-        "minutes on a CPU; `input_norm=\"standardize\"` standardises the channels with statistics of the "
-        "training split, because random-weight ResNet frames are nearly collinear (cosine costs ~10⁻³ apart); "
-        "`temperature_init=\"data\"` starts each view's τ at unit-spread logits instead of τ = 10 (on raw "
-        "random features τ = 10 left I-M's softmax flat; once the inputs are standardised it matters little).",
+        f"pooling is near chance. {inputs}The head options are not the paper's and real runs leave them at the "
+        "paper's defaults: `proj_dim` learns a projection of the 2048 channels to d = 128 so the head trains in "
+        "minutes on a CPU; `temperature_init=\"data\"` starts each view's τ at unit-spread logits instead of "
+        "τ = 10.",
         "",
         f"`m3net demo --seeds {','.join(map(str, seeds))}` ({len(seeds)} seeds: each its own generated benchmark, "
         f"head initialisation and episodes; {demo['eval_episodes']} seeded {demo['way']}-way test episodes per seed "
@@ -103,63 +114,102 @@ def render_demo_results(record, record_path):
     return "\n".join(lines)
 
 
+def _width(trained):
+    """A trained head's widths as the table states them (m3net.model FewShotHead.widths)."""
+    if trained is None:
+        return "—"
+    w = trained["widths"]
+    text = f"d = {w['width']}" + (f" of C = {w['channels']}" if w["width"] != w["channels"] else "")
+    return text + (f", d_k = {w['attention_dim']}" if "attention_dim" in w else "")
+
+
+def _method(label, trained):
+    """The table's name of an evaluated head: M3Net variants by their width."""
+    head = label.split(" ")[0]
+    if trained is None:
+        return f"{PAPER_NAMES.get(head, head)} (parameter-free)"
+    if head == "m3net":
+        return f"M3Net (d = {trained['widths']['width']})"
+    return PAPER_NAMES.get(head, head)
+
+
+def _ranking(accuracy):
+    ranked = sorted(accuracy.items(), key=lambda kv: -kv[1])
+    return " > ".join(f"{name} {value:.1f}" for name, value in ranked)
+
+
 def render_table1_synthetic(record, record_path):
-    """The markdown of the table1-synthetic section: every trained and parameter-free head of a
-    ``demo --compare`` record, fused prediction only, with the paired difference against M3Net."""
-    demo, seeds = record["config"], record["seeds"]
+    """The markdown of the table1-synthetic section from a ``demo --compare ... --preset reference`` record:
+    every head's fused accuracy and its paired difference against M3Net, the width and the episodes each
+    trained head trained, the ranking as it came out and every place a head is ahead of M3Net."""
+    demo, seeds = record["config"], [str(seed) for seed in record["seeds"]]
     shots = list(record["over_seeds"])
-    single = len(seeds) == 1
-    trained = ", ".join(PAPER_NAMES.get(h, h) for h in demo["compare"])
-    clip = f", gradient norm clipped at {demo['clip_grad']:g}" if demo["clip_grad"] else ""
+    trained = {}  # label -> {seed: run_record}
+    for seed in seeds:
+        for label, info in (record["trained"].get(seed) or {}).items():
+            trained.setdefault(label, {})[seed] = info
+    first = {label: runs[min(runs)] for label, runs in trained.items()}
+    reference = next(label for label in first if label.startswith("m3net"))  # the demo's own head, first trained
+    accuracy = {shot: {r["head"]: r for r in record["over_seeds"][shot]["accuracy"] if r["view"] == "y"}
+                for shot in shots}
+    paired = {shot: {p["baseline"]: p for p in record["over_seeds"][shot]["m3net_minus"]} for shot in shots}
+    norm = next(iter(record["per_seed"][seeds[0]].values()))["input_norm"]
+    done = {"center": "centred", "standardize": "standardised"}.get(norm["input_norm"])
+    inputs = (f"the cached maps {done} per channel with the training split's statistics ({norm['statistics']['rows']} "
+              "training clips)" if done else "the raw cached maps")
+    names = {label: _method(label, first.get(label)) for label in accuracy[shots[0]]}
     weights = ", ".join(sorted(set(record["weights_used"].values())))
+    once = f" --compare-once {','.join(demo['compare_once'])}" if demo.get("compare_once") else ""
+    command = (f"m3net demo --seeds {','.join(seeds)} --preset {demo['preset']} --compare {','.join(demo['compare'])}"
+               f"{once} --train-episodes {demo['train_episodes']} --patience {demo['patience']} --val-every "
+               f"{demo['val_every']} --val-episodes {demo['val_episodes']}")
     lines = [
-        f"`m3net demo --seeds {','.join(map(str, seeds))} --compare {','.join(demo['compare'])} --train-episodes "
-        f"{demo['train_episodes']}" + (f" --clip-grad {demo['clip_grad']:g}" if demo["clip_grad"] else "")
-        + f"`: M3Net (with the demo's head options) and {trained} (each at its own defaults: the papers' "
-        f"widths on the 2048 cached channels) trained the same way — {demo['train_episodes']} episodes, "
-        f"{demo['way']}-way {demo['shot']}-shot with {demo['train_queries']} queries per class, SGD momentum 0.9 at "
-        f"lr {demo['lr']:g}{clip} — on the same generated benchmark ({weights} "
-        f"ResNet-50 weights) as the default demo; the parameter-free heads are scored from the cache. All on the "
-        f"same {demo['eval_episodes']} seeded test episodes per shot, one query per class; measured on "
-        f"{record['device']} at git {record['git_sha'][:7]}" + (f" ({record['note']})" if record.get("note") else "")
-        + f", record `{record_path}`. Fused accuracy in %"
-        + (" ± 95% CI over the episodes" if single else ", mean ± sd over the seeds")
-        + "; paired difference against M3Net on the same episodes"
-        + (" ± its 95% CI." if single else " (mean ± sd over seeds)."),
+        f"`{command}`: every trained head with its reference recipe (the table above; M3Net's is the paper's), "
+        f"trained on the same cache for at most {demo['train_episodes']} episodes, validated every "
+        f"{demo['val_every']} episodes (rounded up to whole optimizer steps) on {demo['val_episodes']} validation "
+        f"episodes and stopped after {demo['patience']} validations without a better one; best.pt (the best "
+        "validation) is scored. The parameter-free heads are scored from the cache. Every head sees the same "
+        f"input: {inputs}. The generated benchmark of the default demo ({weights} ResNet-50 weights), "
+        f"{demo['eval_episodes']} seeded {demo['way']}-way test episodes per seed and shot, one "
+        f"query per class; measured on {record['device']} at git {record['git_sha'][:7]}"
+        + (f" ({record['note']})" if record.get("note") else "") + f", record `{record_path}`. Fused accuracy in %, "
+        f"mean ± sd over the seeds (a row with fewer seeds says so); paired difference against {names[reference]} "
+        "on the same episodes, mean ± sd over seeds, and in how many seeds its 95% CI lies above / below zero.",
         "",
-        "| method | " + " | ".join(shots) + " | " + " | ".join(f"− M3Net ({shot})" for shot in shots) + " |",
-        "|---|" + "---|" * (2 * len(shots)),
+        "| method | width | episodes trained / best.pt's, per seed | " + " | ".join(shots) + " | "
+        + " | ".join(f"− {names[reference]} ({shot})" for shot in shots) + " |",
+        "|---|---|---|" + "---|" * (2 * len(shots)),
     ]
-
-    def fused(shot):  # {head label: (accuracy, spread)} of view y
-        if single:
-            rows = record["per_seed"][str(seeds[0])][shot]["results"]
-            return {r["head"]: (r["accuracy"], r["ci95"]) for r in rows if r["view"] == "y"}
-        return {r["head"]: (r["mean"], r["sd"]) for r in record["over_seeds"][shot]["accuracy"] if r["view"] == "y"}
-
-    def paired(shot):  # {head label: (head - M3Net, spread)}
-        if single:
-            return {p["head"]: (p["difference"], p["ci95"]) for p in record["per_seed"][str(seeds[0])][shot]["paired"]}
-        return {p["baseline"]: (-p["mean"], p["sd"]) for p in record["over_seeds"][shot]["m3net_minus"]}
-
-    accuracy, differences = {shot: fused(shot) for shot in shots}, {shot: paired(shot) for shot in shots}
     for label in accuracy[shots[0]]:
-        name = PAPER_NAMES.get(label.split(" ")[0], label)
-        kind = " (trained)" if " (" in label else " (parameter-free)"
-        cells = [f"{accuracy[shot][label][0]:.2f} ± {accuracy[shot][label][1]:.2f}" for shot in shots]
-        cells += [f"{differences[shot][label][0]:+.2f} ± {differences[shot][label][1]:.2f}"
-                  if label in differences[shot] else "—" for shot in shots]
-        lines.append(f"| {name}{kind} | " + " | ".join(cells) + " |")
+        runs = trained.get(label, {})
+        episodes = ", ".join(f"{run['episodes_trained']}/{run['best_episodes']}"
+                             for _, run in sorted(runs.items())) or "—"
+        count = accuracy[shots[0]][label]["seeds"]
+        cells = [f"{accuracy[shot][label]['mean']:.2f} ± {accuracy[shot][label]['sd']:.2f}" for shot in shots]
+        for shot in shots:
+            p = paired[shot].get(label)
+            cells.append("—" if p is None else f"{-p['mean']:+.2f} ± {p['sd']:.2f} (above "
+                         f"{p['seeds_with_ci_below_zero']}, below {p['seeds_with_ci_above_zero']})")
+        seeds_note = f" ({count} seed{'s' if count > 1 else ''})" if count < len(seeds) else ""
+        lines.append(f"| {names[label]}{seeds_note} | {_width(first.get(label))} | {episodes} | " + " | ".join(cells)
+                     + " |")
+    lines.append("")
+    for shot in shots:
+        lines.append(f"Ranking at {shot} (mean fused accuracy): "
+                     + _ranking({names[label]: row["mean"] for label, row in accuracy[shot].items()}) + ".")
+    ahead = [(shot, label, p) for shot in shots for label, p in paired[shot].items()
+             if p["mean"] < 0 or p["seeds_with_ci_below_zero"] > 0]
+    lines.append("")
+    if ahead:
+        lines.append("Ahead of " + names[reference] + ": " + "; ".join(
+            f"{names[label]} at {shot} ({-p['mean']:+.2f} ± {p['sd']:.2f} points, its paired CI above zero in "
+            f"{p['seeds_with_ci_below_zero']}/{p['seeds']} seeds)" for shot, label, p in ahead) + ".")
+    else:
+        lines.append(f"No head is ahead of {names[reference]} at any shot, in any seed.")
     wall = ", ".join(f"{seconds / 60:.0f}" for seconds in record["demo_wall_s"].values())
-    caveat = ""
-    if demo["head_options"].get("input_norm", "none") != "none":
-        caveat = ("M3Net runs with the demo's head options, input standardisation among them; the other heads have "
-                  "no such option and see the raw random-weight maps, on which the distance logits of TRX and STRM "
-                  "are in the hundreds and their cross-entropy saturates. Read the table as every method running "
-                  "on identical episodes, not as a fair ranking of them. ")
-    lines += ["", f"{caveat}Wall time: {wall} min for the whole run (clips, cache, {1 + len(demo['compare'])} "
-              "trainings, evaluation). A generated benchmark with random-weight features tests the pipeline and "
-              "how each method uses temporal order; it is no substitute for the paper's Gym99/Diving48 numbers."]
+    lines += ["", f"Wall time per seed: {wall} min (clips, cache, every training, evaluation; beside other work, "
+              "so no speed figure). A generated benchmark with random-weight features tests how each method uses "
+              "temporal order and alignment; it is no substitute for the paper's Gym99/Diving48 numbers."]
     return "\n".join(lines)
 
 
@@ -452,6 +502,28 @@ def render_extract_splits():
     return "\n".join(lines)
 
 
+def _schedule(recipe):
+    from m3net.train.presets import NO_DECAY
+
+    if recipe.lr_step >= NO_DECAY:
+        return "constant"
+    return f"x{recipe.lr_gamma:g} every {recipe.lr_step:,}".replace(",", " ")
+
+
+def reference_table():
+    """The README's reference-recipe table (markdown): how each trained head's own code trains it, the values
+    `--preset reference` sets, and where each comes from."""
+    from m3net.train.presets import RECIPES
+
+    lines = ["| head | reference | optimizer | lr | momentum | weight decay | episodes per step | queries per class | "
+             "lr schedule | where the values are set |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in RECIPES:
+        momentum = f"{r.momentum:g}" if r.optimizer == "sgd" else "—"
+        lines.append(f"| {PAPER_NAMES[r.head]} (`{r.head}`) | {r.reference} | {r.optimizer} | {r.lr:g} | {momentum} | "
+                     f"{r.weight_decay:g} | {r.accumulate} | {r.queries} | {_schedule(r)} | {r.source} |")
+    return "\n".join(lines)
+
+
 def expected_readme(root):
     """(current README text, README text with every generated section rebuilt from its source)."""
 
@@ -461,14 +533,20 @@ def expected_readme(root):
     with open(os.path.join(root, "README.md")) as fh:
         current = fh.read()
     expected = replace_section(current, render_demo_results(record, record_path))
-    table1_path = latest_record(root, TABLE1_PATTERN)
-    with open(os.path.join(root, table1_path)) as fh:
-        expected = replace_section(expected, render_table1_synthetic(json.load(fh), table1_path), "table1-synthetic")
+    if glob.glob(os.path.join(root, TABLE1_PATTERN)):
+        table1_path = latest_record(root, TABLE1_PATTERN)
+        with open(os.path.join(root, table1_path)) as fh:
+            table1 = render_table1_synthetic(json.load(fh), table1_path)
+    else:
+        table1 = (f"No record yet in which every head had the same input and its own recipe: `{TABLE1_COMMAND}` "
+                  "writes it (hours on a 2-core CPU), then `python -m m3net.readme_figures`.")
+    expected = replace_section(expected, table1, "table1-synthetic")
     expected = replace_section(expected, render_benchmarks(root), "benchmark-results")
     expected = replace_section(expected, render_frames_footprint(root), "frames-footprint")
     expected = replace_section(expected, render_paper_table1(), "paper-table1")
     expected = replace_section(expected, render_paper_ablations(), "paper-ablations")
     expected = replace_section(expected, render_extract_splits(), "extract-splits")
+    expected = replace_section(expected, reference_table(), "reference-recipes")
     return current, replace_section(expected, settings_table(), "settings")
 
 

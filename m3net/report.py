@@ -372,6 +372,19 @@ def _query_frames(clips_root, attrs, clip_id):
     return test_view(frames, transform).permute(0, 2, 3, 1).numpy()  # what the backbone saw
 
 
+def evaluated_input_norm(summary):
+    """The InputNorm the evaluation of ``summary`` read the cache through (None: none), as evaluate chose it:
+    its checkpoints' own, else the cache's statistics."""
+    from m3net.train.checkpoint import load_checkpoint
+    from m3net.train.features import input_norm_for
+
+    kind = summary.get("input_norm", {}).get("input_norm", "none")
+    if kind == "none":
+        return None
+    cfg = summary["config"]
+    return input_norm_for(kind, [(path, load_checkpoint(path)) for path in cfg["checkpoints"]], cfg["cache"])
+
+
 def draw_report(results_dir, run_dir=None, clips_root=None):
     """Draws every picture whose inputs exist; returns the list of written PNG paths."""
     from m3net.cache import RowReader, load_cache
@@ -406,7 +419,8 @@ def draw_report(results_dir, run_dir=None, clips_root=None):
     cached = load_cache(cfg["cache"], splits=(cfg["split"],), features=False)
     sampler = EpisodeSampler(cached.labels, cached.split, cfg["split"], cfg["way"], cfg["shot"], cfg["queries"],
                              seed=cfg["seed"])
-    bank = FeatureBank(cached, "cpu", reader=RowReader(cfg["cache"]), prefetch=READ_AHEAD)
+    bank = FeatureBank(cached, "cpu", reader=RowReader(cfg["cache"], normalise=evaluated_input_norm(summary)),
+                       prefetch=READ_AHEAD)
     try:
         _draw_episode_pictures(cached, bank, sampler, run_dir, clips_root, out)
     finally:

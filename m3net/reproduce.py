@@ -15,6 +15,8 @@ cell on partial data is not the paper's number: row.json says how partial it was
 
 Every step resumes: re-running the same command continues an interrupted finetune, fills the rows
 of the cache still missing, and re-scores (evaluation is seeded, so the same numbers come back).
+The paper's protocol keeps --input-norm none; with center or standardize, finetune normalises the
+backbone's maps with --stats-cache's training statistics and evaluate applies the checkpoint's.
 Options left at 0 take the paper preset's value; smaller values make smoke runs (the generated
 benchmark runs end to end on a CPU this way).
 """
@@ -37,6 +39,7 @@ from m3net.model.registry import HeadSettings
 from m3net.paper import ABLATIONS, ablation_cell, table1_cell
 from m3net.train.checkpoint import load_checkpoint, optimizer_steps, trained_episodes
 from m3net.train.evaluate import EvalConfig, evaluate, write_summary
+from m3net.train.features import InputNormSettings
 from m3net.train.finetune import FinetuneConfig, finetune
 from m3net.train.presets import with_preset
 
@@ -44,7 +47,7 @@ VARIANTS = ("full",) + tuple(ABLATIONS)
 
 
 @settings
-class ReproduceConfig(DatasetSettings, RunSettings):
+class ReproduceConfig(DatasetSettings, InputNormSettings, RunSettings):
     shot: int = from_group(EpisodeSettings, "shot")  # Table 1: 1, 3, 5
     head: str = from_group(HeadSettings, "head")  # Table 1's methods: `m3net heads`
     variant: str = setting("full", "full, or an ablation of the m3net head on Gym99: Table 2 (t2-im, t2-ifce-im, "
@@ -58,6 +61,7 @@ class ReproduceConfig(DatasetSettings, RunSettings):
     frames: int = setting(0, "Frames per clip (0: the paper's 8).", minimum=0)
     crop: int = setting(0, "Crop size (0: the paper's 224).", minimum=0)
     workers: int = setting(2, "DataLoader processes decoding clips.", minimum=0)
+    stats_cache: str = from_group(FinetuneConfig, "stats_cache")  # --input-norm other than none: finetune's statistics
 
     def __post_init__(self):
         super().__post_init__()
@@ -75,7 +79,8 @@ def finetune_config(config):
     given = {"dataset": config.dataset, "root": config.root, "out": os.path.join(cell_folder(config), "finetune"),
              "weights": config.weights,
              "head": config.head, "shot": config.shot, "workers": config.workers, "device": config.device,
-             "val_episodes": config.val_episodes, "preset": "paper",
+             "val_episodes": config.val_episodes, "preset": "paper", "input_norm": config.input_norm,
+             "stats_cache": config.stats_cache,
              "head_options": ABLATIONS[config.variant].options if config.variant != "full" else {}}
     given.update({k: getattr(config, k) for k in ("frames", "crop") if getattr(config, k)})
     if config.finetune_episodes:
@@ -86,7 +91,8 @@ def finetune_config(config):
 
 
 def scoring_config(config, checkpoint):
-    """The cell's evaluation of ``checkpoint`` on its cache: --preset paper."""
+    """The cell's evaluation of ``checkpoint`` on its cache: --preset paper (input normalisation: the
+    checkpoint's own, evaluate's --input-norm auto)."""
     cell = cell_folder(config)
     scoring = {"checkpoints": (checkpoint,), "cache": os.path.join(cell, "cache.h5"), "shot": config.shot,
                "device": config.device, "preset": "paper", "out": os.path.join(cell, "results")}

@@ -92,3 +92,34 @@ def test_demo_cli_refuses_bad_compare(tmp_path, compare, message):
     result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--compare", compare])
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.slow
+def test_reference_comparison_record_renders_with_every_head_on_the_same_input(demo, tmp_path, monkeypatch):
+    """demo --preset reference on the fixture's clips and cache: every trained head with its own recipe and the
+    same standardised input, a head of --compare-once on the first seed only, and the README section from it."""
+    import shutil
+
+    from m3net.demo import seeded, seeds_record
+    from m3net.readme_figures import render_table1_synthetic
+    from m3net.train import presets
+
+    # the fixture's classes have 5 clips: the recipes' 4-7 training queries per class, less
+    monkeypatch.setattr(presets, "RECIPES", tuple(replace(r, queries=2) for r in presets.RECIPES))
+
+    config, _ = demo
+    reference = replace(config, out=str(tmp_path), preset="reference", head_options={"proj_dim": 16},
+                        compare=("pal",), compare_once=("m3net:proj_dim=8",), train_episodes=16, val_every=16,
+                        val_episodes=4, patience=2, eval_episodes=20)
+    first = seeded(reference, config.seed)
+    shutil.copytree(f"{config.out}/synthetic", f"{first.out}/synthetic")
+    shutil.copy(f"{config.out}/cache.h5", f"{first.out}/cache.h5")
+    run_demo(first)
+    record = seeds_record(reference, (config.seed,))
+    trained = record["trained"][str(config.seed)]
+    assert set(trained) == {"m3net (m3net)", "pal (pal)", "m3net (m3net-proj_dim-8)"}
+    assert trained["pal (pal)"]["recipe"]["lr"] == 1e-3 and trained["pal (pal)"]["input_norm"] == "standardize"
+    assert trained["m3net (m3net-proj_dim-8)"]["widths"]["width"] == 8
+    text = render_table1_synthetic(record, "record.json")
+    assert "| M3Net (d = 16) |" in text and "| PAL |" in text and "| M3Net (d = 8) |" in text
+    assert "standardised per channel with the training split's statistics" in text

@@ -88,6 +88,7 @@ def test_checkpointing_and_accumulation(bench, tmp_path):
     run(tiny(bench, tmp_path / "acc", episodes=2, accumulate=2, checkpoint_every=2))
     state = load_checkpoint(str(tmp_path / "acc" / "last.pt"))
     assert (state["episodes"], state["optimizer_steps"]) == (2, 1)  # one optimizer step for two episodes
+    assert state["scheduler"]["last_epoch"] == 2  # --lr-step counts episodes, also when two make one step
     assert not torch.equal(state["backbone"]["conv1.weight"], plain["backbone"]["conv1.weight"])
 
 
@@ -395,3 +396,36 @@ def test_parameter_free_head_finetunes_the_backbone_end_to_end(bench, tmp_path, 
 def test_nothing_to_train_is_refused(bench, tmp_path):
     with pytest.raises(ConfigError, match="nothing to train"):
         run(tiny(bench, tmp_path, head="protonet", head_options={}, freeze_stages=5, freeze_bn=True))
+
+
+@pytest.mark.slow
+def test_input_norm_from_a_stats_cache_travels_with_the_checkpoint(bench, tmp_path):
+    """finetune --input-norm standardize normalises the backbone's maps with --stats-cache's training statistics
+    (a cache of its initial weights); evaluate and predict of the tuned backbone's cache apply the same ones."""
+    common = ["--dataset", "synthetic", "--root", bench, "--workers", "0"]
+    stats = str(tmp_path / "initial.h5")
+    assert CliRunner().invoke(main, ["extract", *common, "--out", stats, "--weights", "random", "--frames", "2",
+                                     "--crop", "64", "--batch-size", "4"]).exit_code == 0
+    refused = CliRunner().invoke(main, ["finetune", *common, "--out", str(tmp_path / "no"), "--weights", "random",
+                                        "--frames", "2", "--crop", "64", "--input-norm", "standardize",
+                                        "--stats-cache", stats])
+    assert refused.exit_code == 1 and f"m3net cache-stats {stats}" in refused.output  # no statistics yet
+    assert CliRunner().invoke(main, ["cache-stats", stats]).exit_code == 0
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["finetune", *common, "--out", str(out), "--weights", "random", "--frames", "2",
+                                       "--crop", "64", "--head-opt", "proj_dim=8", "--way", "2", "--queries", "1",
+                                       "--episodes", "1", "--val-episodes", "1", "--input-norm", "standardize",
+                                       "--stats-cache", stats])
+    assert result.exit_code == 0, result.output
+    best = str(out / "best.pt")
+    state = load_checkpoint(best)
+    assert state["input_norm"] == "standardize" and state["input_statistics"]["source"] == os.path.abspath(stats)
+    tuned = str(tmp_path / "tuned.h5")
+    assert CliRunner().invoke(main, ["extract", *common, "--out", tuned, "--weights", best,
+                                     "--batch-size", "4"]).exit_code == 0
+    scored = CliRunner().invoke(main, ["evaluate", "--checkpoint", best, "--cache", tuned, "--head", "otam", "--way",
+                                       "2", "--episodes", "2", "--device", "cpu"])
+    assert scored.exit_code == 0 and "--input-norm standardize for every head" in scored.output, scored.output
+    other = CliRunner().invoke(main, ["evaluate", "--checkpoint", best, "--cache", tuned, "--input-norm", "none",
+                                      "--way", "2", "--episodes", "2", "--device", "cpu"])
+    assert other.exit_code == 2 and "trained with --input-norm standardize" in other.output

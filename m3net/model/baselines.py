@@ -74,9 +74,10 @@ class TRX(FewShotHead):
     (``temp_set`` [2, 3]), d_k = 1152, positions scaled 0.1 with dropout 0.1 added inside each
     cross-transformer, LayerNorm on the keys only.
 
-    Deviations: the reference's run.py steps plain SGD (no momentum, lr 1e-3; ``--opt sgd`` is its
-    default) once per 16 tasks; here each episode is one step of the trainer's optimizer
-    (``--optimizer``, ``--momentum``, ``--lr`` apply to every head alike).
+    Training: the reference's run.py steps plain SGD (no momentum, no weight decay, lr 1e-3; ``--opt sgd``
+    is its default) once per 16 tasks (``--tasks_per_batch 16``) with 5 queries per class;
+    ``train-head --preset reference`` trains it that way (m3net.train.presets.RECIPES), otherwise the
+    trainer's options apply to every head alike.
     """
 
     first_pool = 1  # the spatial mean of every frame comes first
@@ -96,6 +97,9 @@ class TRX(FewShotHead):
         c = config
         self.transformers = cross_transformers("trx", c.feature_dim, c.cardinalities, c.num_frames, c.attention_dim,
                                                c.position_scale, c.dropout)
+
+    def widths(self):
+        return {**super().widths(), "attention_dim": self.config.attention_dim}  # d_k of the cross-transformers
 
     def forward(self, support, support_labels, query):
         support, query = self.cast(support, query)

@@ -173,6 +173,9 @@ class M3Net(FewShotHead):
                 query, support, support_labels, n_way)
         return task_matching(query, support, support_labels, n_way)
 
+    def widths(self):
+        return {"channels": self.config.feature_dim, "width": self.config.proj_dim or self.config.feature_dim}
+
     def input_pool(self):
         """IFCE's n x n pooling comes first (the projection and per-position ops commute with it);
         input_norm's statistics are taken over the unpooled positions, so it rules pooling on load out."""

@@ -45,6 +45,8 @@ class PAL(FewShotHead):
     - The paper's prototype-centred contrastive loss is a softmax over queries; the reference
       (and this head) uses sigmoid shares with a +0.1 smoothing instead.
     - Clip features are the cached ResNet-50 maps instead of a backbone in the loop.
+    - The re-implementation trains with plain SGD at lr 1e-3, one task per step, 5 queries per class
+      (run.py, scripts/examples.md): ``train-head --preset reference``.
     """
 
     first_pool = 1  # the spatial mean of every frame comes first

@@ -184,6 +184,11 @@ class FewShotHead(nn.Module):
         dtype = param.dtype if param is not None else torch.float32
         return tuple(t.to(dtype) for t in tensors)
 
+    def widths(self):
+        """{"channels": C of the maps it reads, "width": d its encoders and matchers work at} (heads with
+        other widths add them): what a comparison of heads states beside their accuracies."""
+        return {"channels": self.config.feature_dim, "width": self.config.feature_dim}
+
     def input_pool(self):
         """The pooling on load that gives the head's own result (``first_pool``), or None."""
         return self.first_pool

@@ -96,9 +96,10 @@ class STRM(FewShotHead):
       neither trained nor saved in checkpoints (random each run); here they are registered
       parameters, trained and checkpointed.
     - Frames are the cached ResNet-50 maps (d = C of the cache) instead of a backbone in the loop;
-      each episode is one optimizer step (the reference: one plain-SGD step, lr 1e-3, per 16 tasks).
-      Its logits are unnormalised distances: with momentum SGD on small caches the loss can blow up
-      (the run stops with a NonFiniteError); ``--clip-grad`` or ``--optimizer adam`` keep it stable.
+      the reference trains with plain SGD at lr 1e-3, one step per 16 tasks, 4 queries per class
+      (run.py, scripts/run_strm_ssv2.sh): ``train-head --preset reference``. Its logits are unnormalised
+      distances: with momentum SGD on small caches the loss can blow up (the run stops with a
+      NonFiniteError); ``--clip-grad`` or ``--optimizer adam`` keep it stable.
     """
 
     train_views = ("y_frame", "y_patch")
@@ -128,6 +129,9 @@ class STRM(FewShotHead):
         self.frames = FrameEnrichment(c.feature_dim, c.num_frames, c.position_scale, c.dropout)
         self.subsequences = nn.ModuleList(SubsequenceDistance(c.feature_dim, size, c.dropout)
                                           for size in c.cardinalities)
+
+    def widths(self):
+        return {**super().widths(), "attention_dim": self.config.attention_dim}  # d_k of the cross-transformers
 
     def forward(self, support, support_labels, query):
         support, query = self.cast(support, query)

@@ -23,7 +23,7 @@ from m3net.model import build_head
 from m3net.progress import progress_bar
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import features_provenance, load_checkpoint, load_module_state
-from m3net.train.features import ResidencySettings, open_bank
+from m3net.train.features import InputNormSettings, ResidencySettings, input_norm_for, open_bank
 from m3net.train.metrics import episode_accuracies, mean_and_ci
 from m3net.train.presets import PresetSettings
 
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 @settings
-class EvalConfig(EpisodeSettings, ResidencySettings, PresetSettings, RunSettings):
+class EvalConfig(EpisodeSettings, InputNormSettings, ResidencySettings, PresetSettings, RunSettings):
     cache: str = setting("", "Feature cache; default: the one the first checkpoint was trained on.", path="file")
     checkpoints: tuple = setting((), cli=False)  # trained heads (--checkpoint, repeatable)
     heads: tuple = setting((), cli=False)  # parameter-free heads from the registry (--head, repeatable)
@@ -126,15 +126,20 @@ def evaluate(config, progress=True):
     num_frames, feature_dim = info["attrs"]["num_frames"], info["feature_shape"][-1]
     heads = build_heads(config, device, feature_dim, num_frames)
     _check_provenance(cache_path, info["attrs"], heads)
+    # One input for every head: the trained heads' own normalisation (and statistics), or the cache's.
+    norm = input_norm_for(config.input_norm, [(label, state) for label, _, state in heads if state is not None],
+                          cache_path)
     pools = {head.input_pool() for _, head, _ in heads}
     pool = pools.pop() if config.pool_on_load and len(pools) == 1 else None  # only when every head pools alike
     cached, bank, where = open_bank(cache_path, (config.split,), device, config.resident, config.memory_limit, pool,
-                                    prefetch=config.prefetch)
+                                    prefetch=config.prefetch, norm=norm)
     try:
         logger.info(where)
-        return _score(config, cache_path, cached, bank, heads, progress)
+        summary = _score(config, cache_path, cached, bank, heads, progress)
     finally:
         bank.close()
+    summary["input_norm"] = norm.describe()
+    return summary
 
 
 def _score(config, cache_path, cached, bank, heads, progress):
@@ -192,7 +197,9 @@ def summarize(config, cache_path, cached, heads, per_episode):
 
 
 def format_table(summary):
-    lines = [summary["task"], f"{'head':<28} {'view':<7} {'accuracy (%)':>18}"]
+    norm = summary.get("input_norm", {}).get("input_norm", "none")
+    task = summary["task"] + ("" if norm == "none" else f", --input-norm {norm} for every head")
+    lines = [task, f"{'head':<28} {'view':<7} {'accuracy (%)':>18}"]
     lines.append("-" * len(lines[-1]))
     for r in summary["results"]:
         lines.append(f"{r['head']:<28} {r['view']:<7} {r['accuracy']:>10.2f} ± {r['ci95']:<5.2f}"

@@ -49,16 +49,19 @@ from m3net.train.checkpoint import (
     rng_state,
     trained_episodes,
 )
+from m3net.train.features import InputNorm, InputNormSettings, input_norm_for, refuse_double_normalisation
 from m3net.train.loop import (
     RESUMABLE_CHANGES,
     OptimizerSettings,
     RunFolder,
     Schedule,
     ScheduleSettings,
+    advance_schedule,
     append_csv,
     check_resumed_config,
     clip_gradients,
     make_optimizer,
+    make_scheduler,
     run_episodes,
 )
 from m3net.train.metrics import episode_accuracies, mean_and_ci
@@ -69,7 +72,7 @@ logger = logging.getLogger(__name__)
 
 @settings
 class FinetuneConfig(DatasetSettings, HeadSettings, EpisodeSettings, OptimizerSettings, ScheduleSettings,
-                     PresetSettings, RunSettings):
+                     InputNormSettings, PresetSettings, RunSettings):
     out: str = setting("runs/finetune", "Run folder: best.pt, last.pt, train_log.csv, val_log.csv, "
                        "failures.csv, tensorboard/.", path="dir")
     weights: str = setting("imagenet", "imagenet | imagenet-v2 | random | PATH of a ResNet-50 state dict.")
@@ -77,8 +80,9 @@ class FinetuneConfig(DatasetSettings, HeadSettings, EpisodeSettings, OptimizerSe
     frames: int = setting(8, "Frames per clip (TSN segments).", minimum=1)
     crop: int = setting(224, "Crop size (frames resized to crop*8/7 first, as the extraction transform).", minimum=32)
     episodes: int = from_group(ScheduleSettings, "episodes", 10_000)
-    accumulate: int = setting(1, "Rounds of episodes (one per torchrun rank) whose gradients are averaged per "
-                              "optimizer step: a step trains ranks x this many episodes.", minimum=1)
+    stats_cache: str = setting("", "With --input-norm center|standardize (and no --init-head trained with it): a cache "
+                               "extracted with these --weights, --frames and --crop whose training statistics "
+                               "(`m3net cache-stats`) normalise the backbone's maps for the whole run.", path="file")
     backbone_lr: float = setting(1e-5, "Learning rate of the backbone.", minimum=0)
     freeze_stages: int = setting(0, "The first N trunk stages (stem, layer1, ...) keep their weights.",
                                  minimum=0, maximum=5)
@@ -161,11 +165,12 @@ def _as_is(item):
 
 
 class Finetuner(torch.nn.Module):
-    """Backbone + head: clips (B, T, 3, H, W) -> feature maps (B, T, h, w, C) -> head outputs."""
+    """Backbone + head: clips (B, T, 3, H, W) -> feature maps (B, T, h, w, C) -> input norm -> head outputs."""
 
-    def __init__(self, backbone, head, checkpointing):
+    def __init__(self, backbone, head, checkpointing, norm=None):
         super().__init__()
         self.backbone, self.head, self.checkpointing = backbone, head, checkpointing
+        self.norm = norm or InputNorm()  # fixed statistics, not parameters: the backbone moves, they do not
 
     def features(self, clips):
         b, t = clips.shape[:2]
@@ -179,8 +184,8 @@ class Finetuner(torch.nn.Module):
 
     def forward(self, support, support_labels, query):
         s = support.shape[0]
-        maps = self.features(torch.cat([support, query]))
-        return self.head(maps[:s].float(), support_labels, maps[s:].float())
+        maps = self.norm(self.features(torch.cat([support, query])).float())
+        return self.head(maps[:s], support_labels, maps[s:])
 
 
 def amp_dtype_for(config, device):
@@ -226,19 +231,6 @@ def _initial_head(config):
     return head
 
 
-class EpisodeStepLR(torch.optim.lr_scheduler.StepLR):
-    """StepLR counted in training episodes: ``advance(episodes)`` after an optimizer step sets each group's lr to its
-    base x gamma^(episodes // step_size), however many episodes a step trained (torchrun ranks x --accumulate).
-    Its state is StepLR's with ``last_epoch`` = episodes, so a checkpoint of either loads into it (an older
-    finetune's StepLR counted optimizer steps: one per episode in one process without --accumulate)."""
-
-    def advance(self, episodes):
-        self.last_epoch = episodes
-        self._last_lr = [base * self.gamma ** (episodes // self.step_size) for base in self.base_lrs]
-        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
-            group["lr"] = lr
-
-
 @dataclasses.dataclass
 class Training:
     """Backbone + head and what updates them; ``step(config, episodes)`` is one optimizer step."""
@@ -259,11 +251,12 @@ class Training:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.advance(episodes)
+        advance_schedule(self.scheduler, episodes)
 
 
-def build_training(config, device, amp_dtype):
-    """The models (seeded), their two-group optimizer (head lr, backbone lr), StepLR and grad scaler."""
+def build_training(config, device, amp_dtype, norm=None):
+    """The models (seeded), their two-group optimizer (head lr, backbone lr), StepLR and grad scaler; ``norm``:
+    the InputNorm between backbone and head."""
     backbone, init_provenance = build_backbone(config.weights, seed=config.seed)
     _freeze(backbone, config)
     torch.manual_seed(config.seed)  # head init
@@ -271,7 +264,7 @@ def build_training(config, device, amp_dtype):
         head = _initial_head(config)
     else:
         head = build_head(config.head, feature_dim=2048, num_frames=config.frames, **config.head_options)
-    model = Finetuner(backbone, head, config.checkpointing).to(device)
+    model = Finetuner(backbone, head, config.checkpointing, norm).to(device)
     # A parameter-free head (protonet, otam, tsn-cosine) has no group: only the backbone trains through it.
     groups = {name: [p for p in module.parameters() if p.requires_grad]
               for name, module in (("lr", head), ("backbone_lr", backbone))}
@@ -281,7 +274,7 @@ def build_training(config, device, amp_dtype):
                           "freezes the whole backbone: nothing to train; freeze fewer stages")
     optimizer = make_optimizer([{"params": params, "lr": getattr(config, name)} for name, params in groups.items()],
                                config)
-    scheduler = EpisodeStepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    scheduler = make_scheduler(optimizer, config)
     # Only fp16 needs loss scaling; bf16 has fp32's exponent range.
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     return Training(backbone, head, model, optimizer, scheduler, scaler, init_provenance, tuple(groups))
@@ -312,6 +305,48 @@ def checked_dataset(config):
     covered.require_episodes(config.episode_splits(), "finetune")
     logger.info(f"{config.dataset} under {config.root}: {covered.describe(config.episode_splits())}")
     return dataset
+
+
+def finetune_input_norm(config, state, path):
+    """The InputNorm between backbone and head, fixed for the whole run (the trunk moves, the statistics do
+    not; checkpoints carry them, so evaluate and predict normalise a tuned backbone's maps the same way):
+    a resumed run's own; --init-head's when that head was trained with one (it expects those inputs); else
+    --input-norm ("auto": none) with the training statistics of --stats-cache. Checked before any frame is
+    decoded; the cache's backbone is checked against --weights by ``check_stats_cache``."""
+    if state is not None:
+        return input_norm_for(config.input_norm, [(path, state)])
+    if config.init_head:
+        norm = input_norm_for(config.input_norm, [(config.init_head, load_checkpoint(config.init_head))])
+        if norm.active and config.stats_cache:
+            raise ConfigError(f"--stats-cache {config.stats_cache}: --init-head {config.init_head} carries the "
+                              "statistics its head was trained with; drop --stats-cache")
+        if norm.active:
+            return norm
+    kind = "none" if config.input_norm == "auto" else config.input_norm
+    if kind == "none":
+        if config.stats_cache:
+            raise ConfigError(f"--stats-cache {config.stats_cache}: only read with --input-norm center or standardize")
+        return InputNorm()
+    if not config.stats_cache:
+        raise ConfigError(f"--input-norm {kind}: finetune decodes frames and reads no cache, so the channel statistics "
+                          f"come from --stats-cache CACHE (extracted with --weights {config.weights}, --frames "
+                          f"{config.frames}, --crop {config.crop}; then `m3net cache-stats CACHE`) or from an "
+                          f"--init-head trained with --input-norm {kind}")
+    return input_norm_for(kind, (), config.stats_cache)
+
+
+def check_stats_cache(config, init_provenance):
+    """--stats-cache holds maps of this run's initial backbone at its frames and crop, else a ProvenanceError."""
+    from m3net.cache import ProvenanceError, cache_info
+
+    attrs = cache_info(config.stats_cache)["attrs"]
+    expected = {"weights_sha256": init_provenance["weights_sha256"], "num_frames": config.frames, "crop": config.crop}
+    differ = [f"{key}: cache has {attrs.get(key)!r}, this run {value!r}" for key, value in expected.items()
+              if attrs.get(key) != value]
+    if differ:
+        raise ProvenanceError(f"--stats-cache {config.stats_cache}: not a cache of --weights {config.weights} at these "
+                              f"frames and crop ({'; '.join(differ)}); its statistics would not describe this "
+                              "run's maps")
 
 
 def _distributed_setup(config):
@@ -424,6 +459,8 @@ def _finetune_in(folder, config, dataset, world, rank, device, progress):
     if config.resume:
         state = folder.load_last()
         check_resumed_config(state["train_config"], config, folder.last_path, RESUMABLE_CHANGES | {"workers", "root"})
+    norm = finetune_input_norm(config, state, folder.last_path)
+    refuse_double_normalisation(norm, config.head_options)
     clips = dataset.present()
     labels = np.array([c.label for c in clips])
     split = np.array([c.split for c in clips])
@@ -437,12 +474,14 @@ def _finetune_in(folder, config, dataset, world, rank, device, progress):
     failures_name = f"failures-rank{rank}.csv" if world > 1 else "failures.csv"
     run = _Run(config, world, rank, device, clips, transform, os.path.join(config.out, failures_name))
 
-    built = build_training(config, device, run.amp_dtype)
+    built = build_training(config, device, run.amp_dtype, norm)
+    if state is None and config.stats_cache and norm.active:
+        check_stats_cache(config, built.init_provenance)
     backbone, head, model = built.backbone, built.head, built.model
     optimizer, scheduler, scaler = built.optimizer, built.scheduler, built.scaler
     # Frozen BN and frozen stages leave parameters without gradients; DDP must not wait for them.
     wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
-    start, steps, best = 0, 0, -1.0
+    start, steps, best, stale = 0, 0, -1.0, 0
     if state is not None:
         load_module_state(head, state["model"], folder.last_path)
         load_module_state(backbone, state["backbone"], folder.last_path, "backbone")
@@ -450,15 +489,17 @@ def _finetune_in(folder, config, dataset, world, rank, device, progress):
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"])
-        start, steps, best = trained_episodes(state), optimizer_steps(state), state["best_val_acc"]
+        start, steps = trained_episodes(state), optimizer_steps(state)
+        best, stale = state["best_val_acc"], state.get("stale_validations", 0)
         folder.trim_logs(start, own=(failures_name,))
     provenance = _features_provenance(config, transform)
 
-    def snapshot(best):
+    def snapshot():
         return dict(head=config.head, head_config=head.config_dict(), train_config=dataclasses.asdict(config),
                     provenance=provenance, init_backbone=built.init_provenance, model=head.state_dict(),
                     backbone=backbone.state_dict(), optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_state(), best_val_acc=best)
+                    scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_state(),
+                    **norm.checkpoint_entries())
 
     # Round k trains episodes start + k·world ... + world - 1, rank r the r-th of them.
     rounds = _rounds(config, start, world)
@@ -494,10 +535,10 @@ def _finetune_in(folder, config, dataset, world, rank, device, progress):
         return {**lrs, "peak_gpu_mib": peak}
 
     schedule = Schedule(config.episodes, config.log_every, config.val_every, config.checkpoint_every,
-                        validating=val_sampler is not None, stride=world)
+                        validating=val_sampler is not None, stride=world, patience=config.patience)
     set_train_mode(model, config)
-    episodes, best = run_episodes(
+    episodes, best, _ = run_episodes(
         folder, schedule, start, best, train_step, validate=lambda episodes: run.validate(model, val_sampler, episodes),
         snapshot=snapshot, optimizer_steps=lambda: steps, extra_columns=extra_columns, whole=lambda: micro == 0,
-        agree=run.all_agree, progress=progress, desc=f"finetune {config.head}")
+        agree=run.all_agree, progress=progress, desc=f"finetune {config.head}", stale=stale)
     return episodes, steps, best

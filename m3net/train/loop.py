@@ -17,6 +17,7 @@ exact).
 """
 import contextlib
 import csv
+import logging
 import math
 import os
 import time
@@ -27,6 +28,8 @@ from m3net.errors import ConfigError, M3NetError, NonFiniteError
 from m3net.locking import exclusive_lock
 from m3net.progress import progress_bar
 from m3net.train.checkpoint import load_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
 
 VAL_FIELDS = ("episodes", "optimizer_steps", "val_acc", "val_ci", "best_val_acc")
 RUN_FILES = ("last.pt", "best.pt", "train_log.csv", "val_log.csv")
@@ -95,6 +98,9 @@ class OptimizerSettings(Settings):
     lr_step: int = setting(2_000, "Multiply the learning rate(s) by --lr-gamma every this many training episodes "
                            "(over all torchrun ranks).", minimum=1)
     lr_gamma: float = setting(0.5, "Learning-rate decay factor.", minimum=0, exclusive=True)
+    accumulate: int = setting(1, "Episodes (per torchrun rank) whose gradients are averaged into one optimizer step: "
+                              "a step trains ranks x this many episodes (TRX's, STRM's and HyRSM's reference code: "
+                              "16).", minimum=1)
 
 
 @settings
@@ -108,6 +114,8 @@ class ScheduleSettings(Settings):
     val_queries: int = setting(1, "Queries per class in validation episodes.", minimum=1)
     checkpoint_every: int = setting(500, "Save last.pt every this many episodes.", minimum=1)
     log_every: int = setting(50, "Write a train_log.csv row every this many episodes.", minimum=1)
+    patience: int = setting(0, "Stop early once this many validations in a row have not beaten the best validation "
+                            "accuracy (0: train all --episodes, the cap); best.pt keeps the best.", minimum=0)
     resume: bool = setting(False, "Continue the run in --out from its last.pt, exactly.", flag="--resume")
 
 
@@ -120,6 +128,24 @@ def make_optimizer(groups, config):
     return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
+def make_scheduler(optimizer, config):
+    """torch's StepLR over config.lr_step and config.lr_gamma, counted in training episodes by
+    ``advance_schedule`` (its state stays StepLR's, with ``last_epoch`` = episodes)."""
+    import torch
+
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+
+
+def advance_schedule(scheduler, episodes):
+    """After an optimizer step: each group's lr becomes its base x gamma^(episodes // step_size), however many
+    episodes the step trained (torchrun ranks x --accumulate). An older checkpoint's StepLR counted optimizer
+    steps: one per episode in one process without --accumulate, so it loads the same."""
+    scheduler.last_epoch = episodes
+    scheduler._last_lr = [base * scheduler.gamma ** (episodes // scheduler.step_size) for base in scheduler.base_lrs]
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler._last_lr):
+        group["lr"] = lr
+
+
 def clip_gradients(optimizer, config):
     """Clips the global gradient norm of the optimizer's parameters to config.clip_grad (if > 0)."""
     import torch
@@ -130,8 +156,8 @@ def clip_gradients(optimizer, config):
 
 
 # The length of a run, its logging cadence and where files live may change on resume.
-RESUMABLE_CHANGES = frozenset({"episodes", "resume", "device", "log_every", "val_every", "checkpoint_every", "out",
-                               "resident", "memory_limit", "pool_on_load", "prefetch"})
+RESUMABLE_CHANGES = frozenset({"episodes", "patience", "resume", "device", "log_every", "val_every", "checkpoint_every",
+                               "out", "resident", "memory_limit", "pool_on_load", "prefetch"})
 
 
 def check_resumed_config(saved, config, path, free=RESUMABLE_CHANGES):
@@ -222,6 +248,11 @@ class Schedule:
     checkpoint_every: int
     validating: bool  # False: no validation, no best.pt
     stride: int = 1  # episodes one train_step call trains (finetune under torchrun: one per rank)
+    patience: int = 0  # stop once this many validations in a row did not beat the best (0: never)
+
+    def exhausted(self, stale):
+        """True when ``stale`` validations in a row without a new best end the run early."""
+        return self.validating and self.patience > 0 and stale >= self.patience
 
 
 @dataclass
@@ -268,14 +299,16 @@ def _crossed(before, after, every):
 
 
 def run_episodes(run, schedule, episodes, best, train_step, validate, snapshot, optimizer_steps, extra_columns=dict,
-                 whole=lambda: True, agree=lambda flag: flag, progress=True, desc="train"):
-    """Trains from episode ``episodes`` to ``schedule.episodes``; returns (episodes, best validation accuracy).
+                 whole=lambda: True, agree=lambda flag: flag, progress=True, desc="train", stale=0):
+    """Trains from episode ``episodes`` to ``schedule.episodes``, or until ``schedule.patience`` validations in a
+    row have not beaten the best; returns (episodes, best validation accuracy, validations since the best).
 
     train_step(episodes) trains the next ``schedule.stride`` episodes (over all ranks) and returns
     {"loss": float, "views": {view: loss}}, or None when they were skipped; validate(episodes) -> (accuracy
-    %, ci), run on every rank; snapshot(best) -> the checkpoint state (``episodes`` and ``optimizer_steps``
-    are added here); optimizer_steps() -> optimizer steps so far; extra_columns() -> more log columns (lr,
-    ...); whole(): the state is between optimizer steps (validated, saved, and saved on Ctrl-C only then);
+    %, ci), run on every rank; snapshot() -> the checkpoint state (``episodes``, ``optimizer_steps``,
+    ``best_val_acc`` and ``stale_validations`` are added here, so --resume keeps counting); optimizer_steps() ->
+    optimizer steps so far; extra_columns() -> more log columns (lr, ...); whole(): the state is between
+    optimizer steps (validations and checkpoints due meanwhile wait for it; Ctrl-C saves only then);
     agree(flag): the flag AND-ed over ranks.
     """
     window = Window().reset()
@@ -286,10 +319,11 @@ def run_episodes(run, schedule, episodes, best, train_step, validate, snapshot, 
                        unit="ep")
 
     def save(path):
-        run.save(path, {**snapshot(best), "episodes": episodes, "optimizer_steps": optimizer_steps()})
+        run.save(path, {**snapshot(), "episodes": episodes, "optimizer_steps": optimizer_steps(),
+                        "best_val_acc": best, "stale_validations": stale})
 
     try:
-        while episodes < schedule.episodes:
+        while episodes < schedule.episodes and not schedule.exhausted(stale):
             result = train_step(episodes)
             before, episodes = episodes, min(episodes + schedule.stride, schedule.episodes)
             if not agree(result is None or math.isfinite(result["loss"])):
@@ -312,6 +346,7 @@ def run_episodes(run, schedule, episodes, best, train_step, validate, snapshot, 
                 continue
             if due_validation:
                 acc, ci = validate(episodes)
+                stale = 0 if acc > best else stale + 1
                 if acc > best:
                     best = acc
                     save(run.best_path)
@@ -328,4 +363,7 @@ def run_episodes(run, schedule, episodes, best, train_step, validate, snapshot, 
                           "continue with the same command and --resume") from None
     finally:
         bar.close()
-    return episodes, best
+    if episodes < schedule.episodes and schedule.exhausted(stale):
+        logger.info(f"{desc}: stopped early at episode {episodes}: {stale} validations in a row without beating the "
+                    f"best validation accuracy {best:.2f}% (--patience {schedule.patience}); best.pt keeps it")
+    return episodes, best, stale

@@ -5,10 +5,11 @@ sampling and transform its cache was built with, fitted on the support folder, a
 """
 from m3net.api import FewShotClassifier, check_exist
 from m3net.config import RunSettings, setting, settings
+from m3net.train.features import InputNormSettings
 
 
 @settings
-class PredictConfig(RunSettings):
+class PredictConfig(InputNormSettings, RunSettings):
     checkpoint: str = setting(help="Trained head (best.pt of `m3net train-head` or `m3net finetune`).", path="file")
     support: str = setting(help="Folder of <class>/<clip>: the same number (1-5) of labelled clips per class.",
                            path="dir")
@@ -29,6 +30,6 @@ def predict(config):
     check_exist(config.queries)  # before the support set is extracted
     classifier = FewShotClassifier.from_checkpoint(config.checkpoint, weights=config.weights or None,
                                                    device=config.device, batch_size=config.batch_size or None,
-                                                   progress=True)
+                                                   input_norm=config.input_norm, progress=True)
     predictions = classifier.fit(config.support).predict(config.queries)
     return [{"query": p.query, "predicted": p.label, "probabilities": p.probabilities} for p in predictions]

@@ -18,17 +18,25 @@ from m3net.errors import ConfigError
 from m3net.model import build_head
 from m3net.model.registry import HeadSettings
 from m3net.runtime import resolve_device
-from m3net.train.checkpoint import load_module_state, restore_rng, rng_state, trained_episodes
-from m3net.train.features import ResidencySettings, open_bank
+from m3net.train.checkpoint import load_module_state, optimizer_steps, restore_rng, rng_state, trained_episodes
+from m3net.train.features import (
+    InputNormSettings,
+    ResidencySettings,
+    input_norm_for,
+    open_bank,
+    refuse_double_normalisation,
+)
 from m3net.train.loop import (
     RESUMABLE_CHANGES,
     OptimizerSettings,
     RunFolder,
     Schedule,
     ScheduleSettings,
+    advance_schedule,
     check_resumed_config,
     clip_gradients,
     make_optimizer,
+    make_scheduler,
     run_episodes,
 )
 from m3net.train.metrics import episode_accuracies, mean_and_ci
@@ -38,8 +46,8 @@ logger = logging.getLogger(__name__)
 
 
 @settings
-class TrainConfig(HeadSettings, EpisodeSettings, OptimizerSettings, ScheduleSettings, ResidencySettings,
-                  PresetSettings, RunSettings):
+class TrainConfig(HeadSettings, EpisodeSettings, OptimizerSettings, ScheduleSettings, InputNormSettings,
+                  ResidencySettings, PresetSettings, RunSettings):
     cache: str = setting(help="HDF5 feature cache from `m3net extract`.", path="file")
     out: str = setting("runs/head", "Run folder: best.pt, last.pt, train_log.csv, val_log.csv.", path="dir")
 
@@ -56,6 +64,20 @@ def validation_accuracy(head, bank, sampler, episodes, view="y"):
         accs.append(episode_accuracies(head(support, support_labels, query), query_labels)[view])
     head.train(was_training)
     return mean_and_ci(accs)
+
+
+def run_input_norm(config, state, path):
+    """The InputNorm of a train-head run: a resumed run's own (its checkpoint's statistics), else --input-norm
+    ("auto": none) with the cache's training statistics. A head that normalises inside (the m3net head's
+    option input_norm, kept for older checkpoints) must not be normalised twice."""
+    norm = input_norm_for(config.input_norm, [(path, state)] if state is not None else (), config.cache)
+    refuse_double_normalisation(norm, config.head_options)
+    inner = config.head_options.get("input_norm", "none")
+    if inner != "none":
+        logger.warning(f"--head-opt input_norm={inner} normalises inside the {config.head} head only; "
+                       f"--input-norm {inner} gives every head the same input (the head option is kept so that "
+                       "older checkpoints load and score the same)")
+    return norm
 
 
 def _check_resume(state, config, provenance, path):
@@ -84,52 +106,60 @@ def train_head(config, progress=True):
             raise ConfigError(f"--head {config.head} has no parameters to train: score it with "
                               f"`m3net evaluate --head {config.head}`")
         pool = head.input_pool() if config.pool_on_load else None
+        norm = run_input_norm(config, state, run.last_path)
         _, bank, where = open_bank(config.cache, ("train", "val"), device, config.resident, config.memory_limit, pool,
-                                   meta=cached, prefetch=config.prefetch)
+                                   meta=cached, prefetch=config.prefetch, norm=norm)
         run.stack.callback(bank.close)
         logger.info(where)
         optimizer = make_optimizer([{"params": list(head.parameters()), "lr": config.lr}], config)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+        scheduler = make_scheduler(optimizer, config)
         train_sampler = EpisodeSampler(cached.labels, cached.split, "train", config.way, config.shot,
                                        config.queries, seed=config.seed, class_names=cached.classes)
         val_sampler = EpisodeSampler(cached.labels, cached.split, "val", config.way, config.shot,
                                      config.val_queries, seed=config.seed + 1, class_names=cached.classes)
-        step, best = 0, -1.0
+        step, steps, best, stale = 0, 0, -1.0, 0  # episodes, optimizer steps, best validation, validations since
         if state is not None:
             load_module_state(head, state["model"], run.last_path)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             restore_rng(state["rng"])
-            step, best = trained_episodes(state), state["best_val_acc"]
+            step, steps = trained_episodes(state), optimizer_steps(state)
+            best, stale = state["best_val_acc"], state.get("stale_validations", 0)
             run.trim_logs(step)
         bank.prefetch(train_sampler, step, config.episodes)
 
+        pending = 0  # episodes whose gradients wait for the next optimizer step (--accumulate)
+
         def train_step(index):
+            nonlocal steps, pending
             support, support_labels, query, query_labels = bank.episode(train_sampler.episode(index),
                                                                         rng=train_sampler.view_rng(index))
             outputs = head(support, support_labels, query)
             loss = head.loss(outputs, query_labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_gradients(optimizer, config)
-            optimizer.step()
-            scheduler.step()
+            (loss / config.accumulate).backward()  # the step's gradient: the mean over its episodes
+            pending += 1
+            if pending == config.accumulate or index + 1 == config.episodes:
+                clip_gradients(optimizer, config)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                steps, pending = steps + 1, 0
+                advance_schedule(scheduler, index + 1)  # --lr-step counts episodes
             views = {view: torch.nn.functional.cross_entropy(outputs[view].detach(), query_labels).item()
                      for view in head.train_views if view in outputs}
             return {"loss": loss.item(), "views": views}
 
-        def snapshot(best):
+        def snapshot():
             return dict(head=config.head, head_config=head.config_dict(), train_config=dataclasses.asdict(config),
                         provenance=provenance, model=head.state_dict(), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), rng=rng_state(), best_val_acc=best)
+                        scheduler=scheduler.state_dict(), rng=rng_state(), **norm.checkpoint_entries())
 
         schedule = Schedule(config.episodes, config.log_every, config.val_every, config.checkpoint_every,
-                            validating=config.val_episodes > 0)
+                            validating=config.val_episodes > 0, patience=config.patience)
         head.train()
-        step, best = run_episodes(
+        step, best, stale = run_episodes(
             run, schedule, step, best, train_step,
             validate=lambda step: validation_accuracy(head, bank, val_sampler, config.val_episodes),
-            snapshot=snapshot, optimizer_steps=lambda: scheduler.last_epoch,  # one scheduler step per optimizer step
-            extra_columns=lambda: {"lr": scheduler.get_last_lr()[0]}, progress=progress, desc=f"train {config.head}")
-    return {"out": config.out, "episodes": step, "best_val_acc": best,
+            snapshot=snapshot, optimizer_steps=lambda: steps, extra_columns=lambda: {"lr": scheduler.get_last_lr()[0]},
+            whole=lambda: pending == 0, progress=progress, desc=f"train {config.head}", stale=stale)
+    return {"out": config.out, "episodes": step, "best_val_acc": best, "stopped_early": step < config.episodes,
             "best": run.best_path if best >= 0 else "", "last": run.last_path}
