@@ -2,9 +2,8 @@
 import json
 import os
 from collections import Counter
+from dataclasses import replace
 
-import av
-import decord
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -15,14 +14,18 @@ from m3net.data.synthetic import (
     SUBACTIONS,
     VARIANTS,
     SyntheticConfig,
+    build_manifest,
+    clip_params,
     generate_synthetic,
     load_manifest,
+    phase_at,
     random_clip_params,
     render_background,
     render_clip,
     render_frame,
 )
 from m3net.errors import ConfigError
+from m3net.extract.sampling import sample_indices
 
 # One family per split at most: test = 3 orders + 1 detail sibling.
 SMALL = SyntheticConfig(
@@ -33,6 +36,7 @@ SMALL = SyntheticConfig(
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
+    pytest.importorskip("av")  # the decoders are imported where used: the rest runs without them
     out = str(tmp_path_factory.mktemp("syn") / "bench")
     manifest, status = generate_synthetic(out, SMALL, progress=False)
     assert status == "generated"
@@ -40,11 +44,13 @@ def bench(tmp_path_factory):
 
 
 def decode_pyav(path):
+    av = pytest.importorskip("av")
     with av.open(path) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
 def decode_decord(path):
+    decord = pytest.importorskip("decord")  # installed on x86_64 only
     reader = decord.VideoReader(path)
     return reader.get_batch(list(range(len(reader)))).asnumpy()
 
@@ -115,8 +121,8 @@ def test_same_seed_same_frames_other_seed_differs(bench, tmp_path):
     assert not any(np.array_equal(first[k], other_frames[k]) for k in first)
 
 
-def test_order_only_pairs_in_test_split(bench):
-    _, manifest = bench
+def test_order_only_pairs_in_test_split():
+    manifest = build_manifest(SMALL)
     test = [c for c in manifest["classes"] if c["split"] == "test"]
     pairs = [
         (a["name"], b["name"])
@@ -203,7 +209,8 @@ def test_reuse_resume_and_refusals(bench, tmp_path):
 
 @pytest.mark.parametrize("overrides, expected", [
     ({"phases": 9}, "--phases 9"), ({"size": 48}, "--size 48"), ({"family_size": 6}, "--family-size 6"),
-    ({"test_classes": 0}, "--test-classes 0"),
+    ({"test_classes": 0}, "--test-classes 0"), ({"tempo": 2.5}, "--tempo 2.5: expected a number in 0..2"),
+    ({"tempo": -0.1}, "--tempo -0.1"), ({"tempo": "fast"}, "--tempo fast"),
     ({"phases": 2, "family_size": 2, "train_classes": 200}, "--family-size 2: .* 103 families needed, 60 sets"),
 ])
 def test_bad_config_names_the_option(tmp_path, overrides, expected):
@@ -213,6 +220,7 @@ def test_bad_config_names_the_option(tmp_path, overrides, expected):
 
 
 def test_cli_make_synthetic(tmp_path):
+    pytest.importorskip("av")
     out = str(tmp_path / "cli")
     args = ["make-synthetic", "--out", out, "--seed", "3", "--train-classes", "2", "--val-classes", "1",
             "--test-classes", "2", "--clips-per-class", "1", "--frames", "6", "--size", "32", "--phases", "2",
@@ -225,3 +233,64 @@ def test_cli_make_synthetic(tmp_path):
     assert "reused" in CliRunner().invoke(cli_main, args).output
     refused = CliRunner().invoke(cli_main, args[:-2] + ["--codec", "libx264"])
     assert refused.exit_code != 0 and "codec: 'mpeg4' there, 'libx264' asked" in refused.output
+
+
+# Tempo: phase durations vary per clip within a class (SyntheticConfig.tempo).
+
+def sampled_phases(config, params, t=8):
+    """Phase index (-1 in the lead-in / lead-out) at the t frames the cache samples at test time."""
+    return [-1 if (where := phase_at(k, config.frames, params)) is None else where[0]
+            for k in sample_indices(config.frames, t)]
+
+
+def phase_agreement(config, classes=6):
+    """Share of (two clips of one class, sampled frame) showing the same phase: what a fixed
+    frame-by-frame (diagonal) match can rely on."""
+    agree = []
+    for c in range(classes):
+        phases = np.array([sampled_phases(config, clip_params(config, c, k)) for k in range(config.clips_per_class)])
+        agree += [np.mean(a == b) for i, a in enumerate(phases) for b in phases[i + 1:]]
+    return float(np.mean(agree))
+
+
+def test_tempo_varies_phase_durations_within_a_class():
+    config = SyntheticConfig()
+    assert config.tempo > 0  # the default benchmark has tempo variation
+    durations = np.array([clip_params(config, 0, k)["durations"] for k in range(config.clips_per_class)])
+    assert durations.shape == (config.clips_per_class, config.phases)
+    assert np.allclose(durations.sum(1), 1) and (durations > 0).all()
+    assert len({tuple(d) for d in durations}) == config.clips_per_class
+    # The ends of the phases spread by a sampled frame or more (24 frames / 8 samples = 3 frames) ...
+    ends = np.cumsum(durations, axis=1)[:, :-1]
+    assert (ends.std(0) > 0.1).any()
+    # ... so frame t of two clips of one class shows another phase far more often than at tempo 0,
+    flat = replace(config, tempo=0.0)
+    assert phase_agreement(config) < phase_agreement(flat) - 0.1
+    # while every phase still shows in the sampled frames of most clips (DTW can align them; 0.78 at 0.8).
+    shown = [set(sampled_phases(config, clip_params(config, c, k))) >= set(range(config.phases))
+             for c in range(10) for k in range(config.clips_per_class)]
+    assert np.mean(shown) >= 0.7
+
+
+def test_tempo_is_deterministic_per_seed_and_moves_only_the_durations():
+    config = replace(SMALL, tempo=0.6)
+    assert build_manifest(config) == build_manifest(config)
+    other = build_manifest(replace(config, seed=SMALL.seed + 1))
+    assert [c["params"]["durations"] for c in other["clips"]] != \
+        [c["params"]["durations"] for c in build_manifest(config)["clips"]]
+    for k in range(3):
+        a, b = clip_params(config, 0, k), clip_params(replace(config, tempo=0.2), 0, k)
+        assert a["durations"] != b["durations"]
+        assert {n: v for n, v in a.items() if n != "durations"} == {n: v for n, v in b.items() if n != "durations"}
+
+
+def test_tempo_zero_gives_the_phases_of_before():
+    """At tempo 0 the phase shares are those of generator version 1: the third draw of the clip's
+    generator (U(0.75, 1.25) per phase, after the background's grey levels and tints), normalised."""
+    config = replace(SMALL, tempo=0.0)
+    for c, k in [(0, 0), (1, 1), (4, 0)]:
+        rng = np.random.default_rng(np.random.SeedSequence([config.seed, 1, c, k]))
+        rng.uniform(60, 190, size=2)
+        rng.uniform(-30, 30, size=3), rng.uniform(-30, 30, size=3)
+        before = rng.uniform(0.75, 1.25, size=config.phases)
+        assert clip_params(config, c, k)["durations"] == (before / before.sum()).tolist()

@@ -2,11 +2,17 @@
 
 (a) sub-action types (and their variants) separate in globally pooled features of single frames
     under nuisance: leave-one-out 1-NN accuracy (cosine);
-(b) on a generated split, a mean-pooled prototype loses to simple temporal matchers
-    (frame-aligned cosine, hard DTW on the cosine cost) in seeded N-way K-shot episodes, and
-    cannot separate the order-only pairs.
+(b) on a generated split, in seeded N-way K-shot episodes: a mean-pooled prototype (near
+    chance: it cannot separate the order-only pairs), the diagonal match (fixed frame-by-frame
+    cosine: frame t of the query against frame t of the support) and hard DTW on the cosine cost.
+    With tempo variation within a class (SyntheticConfig.tempo) frame t of two clips of one class
+    shows different phases, so the diagonal match falls behind DTW.
 
-    python -m m3net.data.synthetic_validate --out DIR [--split test] [--episodes 2000]
+    python -m m3net.data.synthetic_validate --out DIR [--seed 0] [--tempo T] [--split test] [--episodes 2000]
+
+Targets (checked and printed at the end; exit status 1 if one fails): mean pooling at 5-way 1-shot
+within 0.15 of chance; the diagonal match at least 0.10 below hard DTW at 5-way 1-shot;
+single-frame sub-action types at 0.9 or above.
 
 Self-contained on purpose (own feature path and matchers, not the model package's), so it
 checks the data, not the code that is tested on it. Per-frame features: frame resized to
@@ -16,6 +22,7 @@ import argparse
 import json
 import os
 import warnings
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -127,14 +134,14 @@ def _scores(query, supports, method):
     qn = query / np.linalg.norm(query, axis=1, keepdims=True)
     sn = supports / np.linalg.norm(supports, axis=2, keepdims=True)
     cos = np.einsum("td,ksd->kts", qn, sn)  # (K, T, T)
-    if method == "aligned":
+    if method == "diagonal":
         return float(np.mean(np.diagonal(cos, axis1=1, axis2=2)))
     if method == "dtw":
         return -float(np.mean([hard_dtw(1 - c) for c in cos]))
     raise ValueError(method)
 
 
-METHODS = ("prototype", "aligned", "dtw")
+METHODS = ("prototype", "diagonal", "dtw")
 
 
 def episode_accuracy(feats, labels, ways=5, shots=1, queries=1, episodes=2000, seed=0, class_pool=None):
@@ -156,10 +163,28 @@ def episode_accuracy(feats, labels, ways=5, shots=1, queries=1, episodes=2000, s
     return {m: correct[m] / total for m in METHODS}
 
 
+TARGETS = {  # (what, holds) on the results of main()
+    "mean pooling near chance (5-way 1-shot, within 0.15)":
+        lambda r: r["5way_1shot"]["prototype"] <= 0.2 + 0.15,
+    "diagonal at least 0.10 below hard DTW (5-way 1-shot)":
+        lambda r: r["5way_1shot"]["diagonal"] <= r["5way_1shot"]["dtw"] - 0.10,
+    "single-frame sub-action types >= 0.9":
+        lambda r: r["subactions"]["type_1nn"] >= 0.9,
+}
+
+
+def check_targets(results):
+    """{target: True/False} for the targets above (None where the run has no 5-way episodes)."""
+    return {name: (holds(results) if "5way_1shot" in results else None) for name, holds in TARGETS.items()}
+
+
 def main(argv=None):
+    tempo = next(f for f in fields(SyntheticConfig) if f.name == "tempo")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="benchmark folder (generated with the defaults if absent)")
     parser.add_argument("--seed", type=int, default=0, help="seed of a benchmark generated here (defaults otherwise)")
+    parser.add_argument("--tempo", type=float, default=tempo.default,
+                        help="tempo of a benchmark generated here: " + tempo.metadata["help"])
     parser.add_argument("--split", default="test")
     parser.add_argument("--episodes", type=int, default=2000)
     parser.add_argument("--per-variant", type=int, default=20, help="frames per (type, variant) in check (a)")
@@ -167,7 +192,8 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    manifest, _ = generate_synthetic(args.out, SyntheticConfig(**{"seed": args.seed, **_config_of(args.out)}))
+    asked = {"seed": args.seed, "tempo": args.tempo, **_config_of(args.out)}
+    manifest, _ = generate_synthetic(args.out, SyntheticConfig(**asked))
     config = SyntheticConfig(**manifest["config"])
     model = random_backbone(seed=0)
     results = {"config": manifest["config"]}
@@ -188,9 +214,13 @@ def main(argv=None):
             pair_acc[m].append(acc[m])
     results["order_only_pairs_2way_1shot"] = {m: float(np.mean(v)) for m, v in pair_acc.items() if v}
     print(f"(b) {args.split} order-only pairs, 2-way 1-shot:", results["order_only_pairs_2way_1shot"])
+    results["targets"] = check_targets(results)
+    for name, holds in results["targets"].items():
+        print(f"target {'n/a ' if holds is None else 'ok  ' if holds else 'FAIL'} {name}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)
+    return 1 if False in results["targets"].values() else 0
 
 
 def _config_of(out):
@@ -203,4 +233,4 @@ def _config_of(out):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
