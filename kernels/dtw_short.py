@@ -197,20 +197,24 @@ if triton is not None:
         HAS_DIAG: tl.constexpr = _has_diag(i, j, COLS, OTAM)
         HAS_UP: tl.constexpr = _has_up(i, j, COLS, OTAM)
         HAS_LEFT: tl.constexpr = _has_left(i, j, COLS, OTAM)
+        # One return at the end: Triton compiles the code after a return inside a constexpr branch too, and
+        # every return must give blocks of one type.
+        zero = tl.zeros_like(row[j])
         if HAS_DIAG and HAS_UP and HAS_LEFT:
-            take_diag = (prev[j - 1] <= prev[j]) & (prev[j - 1] <= row[j - 1])
-            take_up = (~take_diag) & (prev[j] <= row[j - 1])
-            take_left = ~(take_diag | take_up)
-            return take_diag.to(tl.float32), take_up.to(tl.float32), take_left.to(tl.float32)
+            wd = (prev[j - 1] <= prev[j]) & (prev[j - 1] <= row[j - 1])
+            wu = (~wd) & (prev[j] <= row[j - 1])
+            wl = ~(wd | wu)
+            wd, wu, wl = wd.to(tl.float32), wu.to(tl.float32), wl.to(tl.float32)
         elif HAS_DIAG and HAS_LEFT:
             take_diag = prev[j - 1] <= row[j - 1]
-            return take_diag.to(tl.float32), 0.0, (~take_diag).to(tl.float32)
+            wd, wu, wl = take_diag.to(tl.float32), zero, (~take_diag).to(tl.float32)
         elif HAS_UP:
-            return 0.0, 1.0, 0.0
+            wd, wu, wl = zero, zero + 1.0, zero
         elif HAS_LEFT:
-            return 0.0, 0.0, 1.0
+            wd, wu, wl = zero, zero, zero + 1.0
         else:
-            return 0.0, 0.0, 0.0
+            wd, wu, wl = zero, zero, zero
+        return wd, wu, wl
 
     @triton.jit
     def _cell_weights(prev, row, i, j, COLS: tl.constexpr, OTAM: tl.constexpr, HARD: tl.constexpr):
@@ -223,27 +227,30 @@ if triton is not None:
         HAS_DIAG: tl.constexpr = _has_diag(i, j, COLS, OTAM)
         HAS_UP: tl.constexpr = _has_up(i, j, COLS, OTAM)
         HAS_LEFT: tl.constexpr = _has_left(i, j, COLS, OTAM)
+        zero = tl.zeros_like(row[j])
         if HARD:
-            return _hard_weights(prev, row, i, j, COLS, OTAM)
-        if not (HAS_DIAG or HAS_UP or HAS_LEFT):  # a source: nothing to pass E on to
-            return 0.0, 0.0, 0.0
-        lo = prev[j - 1] if HAS_DIAG else (prev[j] if HAS_UP else row[j - 1])
-        if HAS_UP:
-            lo = tl.minimum(lo, prev[j])
-        if HAS_LEFT:
-            lo = tl.minimum(lo, row[j - 1])
-        lo = _finite_or_zero(lo)  # all predecessors +inf: every weight 0 (total 0, below)
-        wd = 0.0
-        wu = 0.0
-        wl = 0.0
-        if HAS_DIAG:
-            wd = tl.exp2(lo - prev[j - 1])
-        if HAS_UP:
-            wu = tl.exp2(lo - prev[j])
-        if HAS_LEFT:
-            wl = tl.exp2(lo - row[j - 1])
-        inv = 1.0 / tl.maximum(wd + wu + wl, 1.0)  # >= 1 anyway where a predecessor is finite: its own 2^0
-        return wd * inv, wu * inv, wl * inv
+            wd, wu, wl = _hard_weights(prev, row, i, j, COLS, OTAM)
+        elif not (HAS_DIAG or HAS_UP or HAS_LEFT):  # a source: nothing to pass E on to
+            wd, wu, wl = zero, zero, zero
+        else:
+            lo = prev[j - 1] if HAS_DIAG else (prev[j] if HAS_UP else row[j - 1])
+            if HAS_UP:
+                lo = tl.minimum(lo, prev[j])
+            if HAS_LEFT:
+                lo = tl.minimum(lo, row[j - 1])
+            lo = _finite_or_zero(lo)  # all predecessors +inf: every weight 0 (total 0, below)
+            wd = zero
+            wu = zero
+            wl = zero
+            if HAS_DIAG:
+                wd = tl.exp2(lo - prev[j - 1])
+            if HAS_UP:
+                wu = tl.exp2(lo - prev[j])
+            if HAS_LEFT:
+                wl = tl.exp2(lo - row[j - 1])
+            inv = 1.0 / tl.maximum(wd + wu + wl, 1.0)  # >= 1 anyway where a predecessor is finite: its own 2^0
+            wd, wu, wl = wd * inv, wu * inv, wl * inv
+        return wd, wu, wl  # one return (see _hard_weights)
 
     @triton.jit
     def _forward_rows(cost_ptr, offsets, live, row_stride, col_stride, scale,

@@ -8,6 +8,7 @@
                        (m3net/data/footprint.py), at the newest bench_input record's JPEG bytes and rates
     settings           from the paper preset's table (m3net/train/presets.py SETTINGS)
     reference-recipes  from each head's reference recipe (m3net/train/presets.py RECIPES)
+    synthetic-validation  from the newest validator record of the generated benchmark (synthetic_validation_*.json)
     extract-splits     the cache a Table 1 cell needs (test split) against every split's, from the shipped
                        split lists (m3net/data/footprint.py)
     paper-table1       from the paper's Table 1 as m3net/paper.py holds it
@@ -35,6 +36,7 @@ TABLE1_COMMAND = ("OMP_NUM_THREADS=1 m3net demo --seeds 0,1,2 --preset reference
                   "--compare-once m3net:proj_dim=0 --train-episodes 960 --val-every 160 --patience 3 "
                   "--out m3net-table1 --record benchmarks/table1_synthetic_cpu_$(date +%F).json")
 INPUT_PATTERN = os.path.join("benchmarks", "bench_input_*.json")
+VALIDATION_PATTERN = os.path.join("benchmarks", "synthetic_validation_*.json")
 HEAD_NAMES = {"protonet": "ProtoNet", "tsn-cosine": "TSN + cosine", "otam": "OTAM"}
 VIEW_NAMES = {"y1": "Y1 (I-M)", "y2": "Y2 (C-M)", "y3": "Y3 (T-M)", "y": "Y (fused)"}
 
@@ -70,7 +72,8 @@ def render_demo_results(record, record_path):
                   "option `input_norm`), the baselines scored the raw maps. ")
     lines = [
         f"**`m3net demo`** (default settings: {sum(classes) * synthetic['clips_per_class']} generated clips of "
-        f"{sum(classes)} classes ({'/'.join(map(str, classes))} train/val/test), "
+        f"{sum(classes)} classes ({'/'.join(map(str, classes))} train/val/test; within-class tempo "
+        f"{synthetic.get('tempo', 0)}), "
         f"{' and '.join(sorted(set(record['weights_used'].values())))} ResNet-50 weights, the M3Net head trained "
         f"for {demo['train_episodes']} episodes at lr {demo['lr']:g} with the demo's head options {options}, then "
         f"scored with the baselines on the same seeded test episodes at {' and '.join(shots)}). The test classes "
@@ -524,6 +527,30 @@ def reference_table():
     return "\n".join(lines)
 
 
+def render_synthetic_validation(root):
+    """The synthetic-validation section: the newest validator record (m3net/data/synthetic_validate.py)."""
+    path = latest_record(root, VALIDATION_PATTERN)
+    with open(os.path.join(root, path)) as fh:
+        record = json.load(fh)
+    config, split = record["config"], record["split"]
+    names = {"prototype": "mean-pooled prototype", "diagonal": "diagonal (frame t to t)", "dtw": "hard DTW (cosine)"}
+    rows = [(key.replace("5way_", "5-way ").replace("shot", "-shot"), record[key])
+            for key in ("5way_1shot", "5way_5shot") if key in record]
+    rows.append(("order-only pairs, 2-way 1-shot", record["order_only_pairs_2way_1shot"]))
+    types = record["subactions"]
+    lines = [f"`{record['command']}` (generator version {record['generator_version']}, tempo {config['tempo']}, "
+             f"benchmark seed {config['seed']}; random-weight ResNet-50, globally pooled frames; git "
+             f"{record['code_version'][:7]}; record `{path}`). Single frames under nuisance, leave-one-out 1-NN: "
+             f"sub-action types {types['type_1nn']:.2f} (chance {types['type_chance']:.2f}), the two variants of a "
+             f"type {types['variant_1nn']:.2f}. The {split} split's classes, {record['episodes']} seeded episodes "
+             "each (8 frames per clip):", "",
+             "| episodes | " + " | ".join(names.values()) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(f"{acc[m]:.2f}" for m in names) + " |" for label, acc in rows]
+    lines += ["", "Targets: " + "; ".join(f"{name}: {'met' if held else 'not met' if held is False else 'n/a'}"
+                                         for name, held in record["targets"].items()) + "."]
+    return "\n".join(lines)
+
+
 def expected_readme(root):
     """(current README text, README text with every generated section rebuilt from its source)."""
 
@@ -547,6 +574,7 @@ def expected_readme(root):
     expected = replace_section(expected, render_paper_ablations(), "paper-ablations")
     expected = replace_section(expected, render_extract_splits(), "extract-splits")
     expected = replace_section(expected, reference_table(), "reference-recipes")
+    expected = replace_section(expected, render_synthetic_validation(root), "synthetic-validation")
     return current, replace_section(expected, settings_table(), "settings")
 
 

@@ -141,7 +141,7 @@ def test_cli_and_extract_reads_the_finetuned_backbone(bench, tmp_path):
     result = CliRunner().invoke(main, ["finetune", "--dataset", "synthetic", "--root", bench, "--out", str(out),
                                        "--weights", "random", "--head", "protonet", "--way", "2", "--shot", "1",
                                        "--queries", "1", "--frames", "2", "--crop", "32", "--episodes", "1",
-                                       "--backbone-lr", "0.1", "--train-bn"])
+                                       "--backbone-lr", "0.1", "--train-bn", "--val-episodes", "0"])
     assert result.exit_code == 0, result.output
     checkpoint = out / "last.pt"
     state = load_checkpoint(str(checkpoint))
@@ -305,10 +305,10 @@ def test_finetuned_head_scores_the_cache_of_its_own_backbone(bench, tmp_path):
     assert "best val accuracy" in result.output
     best = str(out / "best.pt")
     tuned, untuned = str(tmp_path / "tuned.h5"), str(tmp_path / "untuned.h5")
-    # extract follows the checkpoint's frames and crop (2, 64); the random-weights cache is at 8 and 224.
-    for weights, cache in ((best, tuned), ("random", untuned)):
+    # extract follows the checkpoint's frames and crop (2, 64); the random-weights cache is told them.
+    for weights, cache, size in ((best, tuned, []), ("random", untuned, ["--frames", "2", "--crop", "64"])):
         result = CliRunner().invoke(main, ["extract", *common, "--out", cache, "--weights", weights,
-                                           "--workers", "0", "--batch-size", "4"])
+                                           "--workers", "0", "--batch-size", "4", *size])
         assert result.exit_code == 0, result.output
     other_crop = CliRunner().invoke(main, ["extract", *common, "--out", str(tmp_path / "x.h5"), "--weights", best,
                                            "--crop", "224"])
@@ -407,8 +407,8 @@ def test_input_norm_from_a_stats_cache_travels_with_the_checkpoint(bench, tmp_pa
     assert CliRunner().invoke(main, ["extract", *common, "--out", stats, "--weights", "random", "--frames", "2",
                                      "--crop", "64", "--batch-size", "4"]).exit_code == 0
     refused = CliRunner().invoke(main, ["finetune", *common, "--out", str(tmp_path / "no"), "--weights", "random",
-                                        "--frames", "2", "--crop", "64", "--input-norm", "standardize",
-                                        "--stats-cache", stats])
+                                        "--frames", "2", "--crop", "64", "--way", "2", "--queries", "1",
+                                        "--input-norm", "standardize", "--stats-cache", stats])
     assert refused.exit_code == 1 and f"m3net cache-stats {stats}" in refused.output  # no statistics yet
     assert CliRunner().invoke(main, ["cache-stats", stats]).exit_code == 0
     out = tmp_path / "run"

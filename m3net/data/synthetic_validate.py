@@ -21,6 +21,7 @@ checks the data, not the code that is tested on it. Per-frame features: frame re
 import argparse
 import json
 import os
+import sys
 import warnings
 from dataclasses import fields
 
@@ -38,6 +39,7 @@ from m3net.data.synthetic import (
     render_frame,
 )
 from m3net.extract.backbone import build_backbone
+from m3net.runtime import git_sha, versions
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -196,7 +198,11 @@ def main(argv=None):
     manifest, _ = generate_synthetic(args.out, SyntheticConfig(**asked))
     config = SyntheticConfig(**manifest["config"])
     model = random_backbone(seed=0)
-    results = {"config": manifest["config"]}
+    given = sys.argv[1:] if argv is None else argv
+    results = {"config": manifest["config"], "split": args.split, "episodes": args.episodes,
+               "command": " ".join(["python -m m3net.data.synthetic_validate", *given]),
+               "code_version": git_sha(), "versions": versions(),
+               "generator_version": manifest.get("generator_version")}
     results["subactions"] = subaction_separability(model, args.per_variant, config.size, config.phases, config.seed)
     print("(a) sub-action types, LOO 1-NN:", json.dumps(results["subactions"], indent=1))
     feats, labels = clip_features(model, args.out, manifest, args.split)
