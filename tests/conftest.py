@@ -11,6 +11,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N`: one thread per worker, so N workers share N cores instead of oversubscribing them
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
