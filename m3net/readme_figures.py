@@ -538,7 +538,10 @@ def render_synthetic_validation(root):
             for key in ("5way_1shot", "5way_5shot") if key in record]
     rows.append(("order-only pairs, 2-way 1-shot", record["order_only_pairs_2way_1shot"]))
     types = record["subactions"]
-    lines = [f"`{record['command']}` (generator version {record['generator_version']}, tempo {config['tempo']}, "
+    # The record keeps the command as run (with that machine's paths); the README shows its shape.
+    command = (f"python -m m3net.data.synthetic_validate --out BENCH --seed {config['seed']} "
+               f"--tempo {config['tempo']} --episodes {record['episodes']}")
+    lines = [f"`{command}` (generator version {record['generator_version']}, tempo {config['tempo']}, "
              f"benchmark seed {config['seed']}; random-weight ResNet-50, globally pooled frames; git "
              f"{record['code_version'][:7]}; record `{path}`). Single frames under nuisance, leave-one-out 1-NN: "
              f"sub-action types {types['type_1nn']:.2f} (chance {types['type_chance']:.2f}), the two variants of a "

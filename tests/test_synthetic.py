@@ -294,3 +294,14 @@ def test_tempo_zero_gives_the_phases_of_before():
         rng.uniform(-30, 30, size=3), rng.uniform(-30, 30, size=3)
         before = rng.uniform(0.75, 1.25, size=config.phases)
         assert clip_params(config, c, k)["durations"] == (before / before.sum()).tolist()
+
+
+def test_validator_help_prints(capsys):
+    """`python -m m3net.data.synthetic_validate --help` lists its options (a % in a help text
+    made argparse raise instead)."""
+    from m3net.data import synthetic_validate
+
+    with pytest.raises(SystemExit) as stop:
+        synthetic_validate.main(["--help"])
+    assert stop.value.code == 0
+    assert "--tempo" in capsys.readouterr().out

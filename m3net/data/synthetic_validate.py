@@ -186,7 +186,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="benchmark folder (generated with the defaults if absent)")
     parser.add_argument("--seed", type=int, default=0, help="seed of a benchmark generated here (defaults otherwise)")
     parser.add_argument("--tempo", type=float, default=tempo.default,
-                        help="tempo of a benchmark generated here: " + tempo.metadata["help"])
+                        help="tempo of a benchmark generated here: " + tempo.metadata["help"].replace("%", "%%"))
     parser.add_argument("--split", default="test")
     parser.add_argument("--episodes", type=int, default=2000)
     parser.add_argument("--per-variant", type=int, default=20, help="frames per (type, variant) in check (a)")
