@@ -66,3 +66,13 @@ def aligned_head_registered():
         yield AlignedHead
     finally:
         del HEADS["test-aligned"]
+
+
+def train_aligned(cache, out, **overrides):
+    """A short CPU train-head run of the "test-aligned" head (3-way 1-shot, 8 episodes, validation and
+    checkpoints every 4); ``overrides`` replace any of these settings."""
+    from m3net.train.train_head import TrainConfig, train_head
+
+    settings = dict(cache=cache, out=str(out), head="test-aligned", way=3, shot=1, queries=2, episodes=8, lr=0.05,
+                    val_every=4, val_episodes=3, checkpoint_every=4, log_every=4, device="cpu")
+    return train_head(TrainConfig(**{**settings, **overrides}), progress=False)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers_cache import order_only_cache
+from helpers_cache import order_only_cache, train_aligned
 
 from m3net.cache import CacheError, cache_info, channel_statistics, load_cache, write_channel_statistics
 from m3net.cli import main
@@ -17,7 +17,6 @@ from m3net.model import build_head
 from m3net.train.checkpoint import load_checkpoint, save_checkpoint
 from m3net.train.evaluate import EvalConfig, evaluate
 from m3net.train.features import VARIANCE_EPS, InputNorm, input_norm_for, open_bank
-from m3net.train.train_head import TrainConfig, train_head
 
 pytestmark = pytest.mark.usefixtures("aligned_head")
 CPU = torch.device("cpu")
@@ -93,14 +92,8 @@ def test_bank_standardises_identically_in_every_residency_and_pooling_commutes(s
         bank.close()
 
 
-def _train(cache, out, **overrides):
-    base = dict(cache=cache, out=str(out), head="test-aligned", way=3, shot=1, queries=2, episodes=8, lr=0.05,
-                val_every=4, val_episodes=3, checkpoint_every=4, log_every=4, device="cpu")
-    return train_head(TrainConfig(**{**base, **overrides}), progress=False)
-
-
 def test_checkpoint_carries_its_normalisation_and_evaluate_applies_it(stats_cache, tmp_path):
-    run = _train(stats_cache, tmp_path / "run", input_norm="standardize")
+    run = train_aligned(stats_cache, tmp_path / "run", input_norm="standardize")
     state = load_checkpoint(run["last"])
     assert state["input_norm"] == "standardize" and state["train_config"]["input_norm"] == "standardize"
     stats = channel_statistics(stats_cache, "test")
@@ -113,7 +106,7 @@ def test_checkpoint_carries_its_normalisation_and_evaluate_applies_it(stats_cach
     with pytest.raises(ConfigError, match=r"--input-norm none: .* was trained with --input-norm standardize"):
         evaluate(EvalConfig(cache=stats_cache, checkpoints=(run["last"],), input_norm="none", way=3, episodes=5,
                             device="cpu"), progress=False)
-    plain = _train(stats_cache, tmp_path / "plain")
+    plain = train_aligned(stats_cache, tmp_path / "plain")
     assert load_checkpoint(plain["last"])["input_norm"] == "none"
     with pytest.raises(ConfigError, match="trained with different --input-norm"):
         evaluate(EvalConfig(cache=stats_cache, checkpoints=(run["last"], plain["last"]), way=3, episodes=5,
@@ -134,7 +127,7 @@ def test_a_checkpoints_normalisation_applies_outside_the_bank_as_inside(stats_ca
     """What predict and the Python API (FewShotClassifier._head_input) apply between backbone and head."""
     from m3net.api import FewShotClassifier
 
-    path = _train(stats_cache, tmp_path / "run", input_norm="center")["last"]
+    path = train_aligned(stats_cache, tmp_path / "run", input_norm="center")["last"]
     state = load_checkpoint(path)
     raw = load_cache(stats_cache, splits=("val",))
     _, bank, _ = open_bank(stats_cache, ("val",), CPU, "device", norm=InputNorm("center", channel_statistics(
@@ -147,7 +140,7 @@ def test_a_checkpoints_normalisation_applies_outside_the_bank_as_inside(stats_ca
 
 def test_head_level_and_run_level_normalisation_are_not_combined(stats_cache, tmp_path):
     with pytest.raises(ConfigError, match="normalised twice"):
-        _train(stats_cache, tmp_path / "twice", head="m3net", input_norm="standardize",
+        train_aligned(stats_cache, tmp_path / "twice", head="m3net", input_norm="standardize",
                head_options={"input_norm": "standardize", "proj_dim": 8})
 
 
@@ -156,7 +149,7 @@ def test_an_old_checkpoint_with_the_head_level_input_norm_scores_as_before(tmp_p
     its own training statistics) is scored by its own head on the raw cached maps, as it always was."""
     stats_cache = str(order_only_cache(tmp_path / "noisy.h5", noise=20.0))  # hard enough for mistakes
     write_channel_statistics(stats_cache, progress=False)
-    run = _train(stats_cache, tmp_path / "old", head="m3net", episodes=4, val_episodes=0,
+    run = train_aligned(stats_cache, tmp_path / "old", head="m3net", episodes=4, val_episodes=0,
                  head_options={"input_norm": "standardize", "proj_dim": 8})
     state = load_checkpoint(run["last"])
     old = {k: v for k, v in state.items() if k not in ("input_norm", "input_statistics", "stale_validations",
@@ -223,10 +216,10 @@ def test_finetune_takes_its_statistics_from_a_cache_of_its_backbone_or_fails_ear
 
 
 def test_resume_keeps_the_runs_statistics(stats_cache, tmp_path):
-    full = _train(stats_cache, tmp_path / "full", input_norm="standardize")
-    _train(stats_cache, tmp_path / "split", input_norm="standardize", episodes=4)
-    resumed = _train(stats_cache, tmp_path / "split", input_norm="standardize", resume=True)
+    full = train_aligned(stats_cache, tmp_path / "full", input_norm="standardize")
+    train_aligned(stats_cache, tmp_path / "split", input_norm="standardize", episodes=4)
+    resumed = train_aligned(stats_cache, tmp_path / "split", input_norm="standardize", resume=True)
     a, b = load_checkpoint(full["last"])["model"], load_checkpoint(resumed["last"])["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ConfigError, match="input_norm='standardize' \\(now 'none'\\)"):
-        _train(stats_cache, tmp_path / "split", input_norm="none", episodes=12, resume=True)
+        train_aligned(stats_cache, tmp_path / "split", input_norm="none", episodes=12, resume=True)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers_cache import train_aligned
 
 from m3net.cache import CacheError, PrefetchingReader, RowReader, load_cache, write_cache_arrays
 from m3net.cli import main
@@ -17,7 +18,6 @@ from m3net.train.checkpoint import load_checkpoint
 from m3net.train.evaluate import EvalConfig, evaluate
 from m3net.train.features import choose_residency, open_bank
 from m3net.train.loop import Interrupted
-from m3net.train.train_head import TrainConfig, train_head
 
 pytestmark = pytest.mark.usefixtures("aligned_head")
 
@@ -38,9 +38,7 @@ def test_training_and_evaluation_do_not_depend_on_residency(cache, tmp_path):
     states, results = [], []
     for resident, prefetch in (("device", 0), ("disk", 0), ("disk", 3)):
         out = tmp_path / f"{resident}-{prefetch}"
-        train_head(TrainConfig(cache=cache, out=str(out), head="test-aligned", way=3, shot=1, queries=2,
-                               episodes=8, lr=0.05, val_every=4, val_episodes=3, checkpoint_every=4,
-                               log_every=4, device="cpu", resident=resident, prefetch=prefetch), progress=False)
+        train_aligned(cache, out, resident=resident, prefetch=prefetch)
         states.append(load_checkpoint(str(out / "last.pt"))["model"])
         summary = evaluate(EvalConfig(cache=cache, checkpoints=(str(out / "last.pt"),), heads=("otam",),
                                       way=3, episodes=6, device="cpu", resident=resident, prefetch=prefetch),
@@ -148,16 +146,11 @@ def test_prefetched_views_are_the_ones_drawn_in_memory(tmp_path):
     streamed.close()
 
 
-def _train(cache, out, **overrides):
-    config = dict(cache=cache, out=str(out), head="test-aligned", way=3, shot=1, queries=2, episodes=8, lr=0.05,
-                  val_every=4, val_episodes=3, checkpoint_every=4, log_every=4, device="cpu")
-    return train_head(TrainConfig(**{**config, **overrides}), progress=False)
-
 
 def test_a_resumed_streamed_run_with_prefetch_equals_an_uninterrupted_resident_one(cache, tmp_path):
-    _train(cache, tmp_path / "memory", resident="device")
-    _train(cache, tmp_path / "streamed", resident="disk", prefetch=2, episodes=5)
-    _train(cache, tmp_path / "streamed", resident="disk", prefetch=3, resume=True)  # prefetch may change
+    train_aligned(cache, tmp_path / "memory", resident="device")
+    train_aligned(cache, tmp_path / "streamed", resident="disk", prefetch=2, episodes=5)
+    train_aligned(cache, tmp_path / "streamed", resident="disk", prefetch=3, resume=True)  # prefetch may change
     a, b = (load_checkpoint(str(tmp_path / run / "last.pt")) for run in ("memory", "streamed"))
     assert a["episodes"] == b["episodes"] == 8 and a["best_val_acc"] == b["best_val_acc"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
@@ -179,7 +172,8 @@ def test_a_bad_row_read_ahead_stops_training_at_the_episode_that_needs_it(cache,
         f["features"][meta.rows[bad_row], 0, 0, 0, 0] = np.nan
     out = tmp_path / "run"
     with pytest.raises(CacheError, match=rf"{path}: the features of row {meta.rows[bad_row]} hold NaN or inf"):
-        _train(path, out, resident="disk", prefetch=4, episodes=first_bad + 10, checkpoint_every=1, val_episodes=0)
+        train_aligned(path, out, resident="disk", prefetch=4, episodes=first_bad + 10, checkpoint_every=1,
+                      val_episodes=0)
     assert load_checkpoint(str(out / "last.pt"))["episodes"] == first_bad  # every episode before it trained
     assert _prefetch_threads() == []
 
@@ -197,7 +191,7 @@ def test_the_reader_thread_ends_when_the_training_step_fails_or_is_interrupted(c
 
     monkeypatch.setattr(aligned_head, "loss", loss)
     with pytest.raises(Interrupted if isinstance(error, KeyboardInterrupt) else RuntimeError):
-        _train(cache, tmp_path / "run", resident="disk", prefetch=4, val_episodes=0)
+        train_aligned(cache, tmp_path / "run", resident="disk", prefetch=4, val_episodes=0)
     assert _prefetch_threads() == []
 
 

@@ -528,7 +528,7 @@ def generate_synthetic(out, config=SyntheticConfig(), overwrite=False, progress=
     """Write the benchmark to ``out``; returns (manifest, status) with status 'reused',
     'resumed' or 'generated'. A complete earlier run with the same config is reused as is; an
     interrupted one is finished (clips are written atomically, so existing files are whole)."""
-    from tqdm import tqdm
+    from m3net.progress import progress_bar
 
     config.validate()
     manifest = build_manifest(config)
@@ -538,7 +538,7 @@ def generate_synthetic(out, config=SyntheticConfig(), overwrite=False, progress=
     os.makedirs(out, exist_ok=True)
     _write_manifest(out, manifest)  # complete: False until every clip is on disk
     sequences = {c["name"]: c["sequence"] for c in manifest["classes"]}
-    for entry in tqdm(manifest["clips"], desc="make-synthetic", unit="clip", disable=not progress):
+    for entry in progress_bar(manifest["clips"], desc="make-synthetic", unit="clip", enabled=progress):
         path = os.path.join(out, entry["path"])
         if os.path.isfile(path):
             continue

@@ -20,6 +20,7 @@ checks the data, not the code that is tested on it. Per-frame features: frame re
 """
 import argparse
 import json
+import logging
 import os
 import sys
 import warnings
@@ -104,11 +105,13 @@ def centre_indices(length, t):
 def clip_features(model, out, manifest, split, t=8):
     """(V, t, 2048) per-frame pooled features and (V,) class indices of a split's clips."""
     import av
-    from tqdm import tqdm
+
+    from m3net.progress import progress_bar
 
     classes = manifest["splits"][split]
     feats, labels = [], []
-    for entry in tqdm([c for c in manifest["clips"] if c["split"] == split], desc=f"features {split}", unit="clip"):
+    entries = [c for c in manifest["clips"] if c["split"] == split]
+    for entry in progress_bar(entries, desc=f"features {split}", unit="clip"):
         with av.open(os.path.join(out, entry["path"])) as container:
             frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
         feats.append(pooled_features(model, frames[centre_indices(len(frames), t)]))
@@ -193,6 +196,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # progress lines of m3net.progress
     torch.set_num_threads(args.threads)
     asked = {"seed": args.seed, "tempo": args.tempo, **_config_of(args.out)}
     manifest, _ = generate_synthetic(args.out, SyntheticConfig(**asked))
