@@ -35,8 +35,8 @@
 # 3.6 (the device's), measured on this project's 2-core CPU under a load of 3 to 10 (upper bounds):
 # 8x8 short fwd 1.2 s (1 warp) to 2.7 s (4 warps), with length on a similarity 3.4 s; 8x8 bwd 6-8 s,
 # 8x8 symmetric similarity bwd 23 s; 16x16 fwd 30-50 s; 16x16 bwd 205 s; long-path kernels 2-3 s.
-# Until the launcher pins num_warps per shape, a short variant compiles once per batch bucket
-# (4k pairs: 1 warp, 32k: 2, 1M: 4).
+# The launchers pin num_warps (dtw_short.SHORT_WARPS, dtw_long.LONG_WARPS = 1), so a variant compiles
+# once whatever the batch; the times above include 2- and 4-warp compiles from before that (upper bounds).
 #   smoke            ~25 s   2 compiles, a 1 GiB copy, the fp64 reference on 1000 pairs, process start
 #   warm             ~80 s   40 units, ~43 variants, ~430 s of compiling on 16 processes; the longest
 #                            chain is one 16x16 fwd (<= 50 s) plus worker start-up
