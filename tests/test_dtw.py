@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers_params import fast_first, fast_first_rows
 
 from m3net.errors import ConfigError
 from m3net.kernels import (
@@ -91,7 +92,7 @@ def test_gradcheck_float64_reference(mode):
 @pytest.mark.parametrize("mode", ["soft", "hard", "otam"])
 def test_gradcheck_float64_triton(mode, triton_backend):
     gen = torch.Generator().manual_seed(8)
-    cost = (torch.rand(1, 3, 4, generator=gen, dtype=torch.float64) * 2).to(DEVICE).requires_grad_()
+    cost = (torch.rand(2, 3, 4, generator=gen, dtype=torch.float64) * 2).to(DEVICE).requires_grad_()  # 2 pairs
     assert torch.autograd.gradcheck(lambda c: dtw(c, mode=mode, gamma=0.2), (cost,))
 
 
@@ -138,9 +139,11 @@ def _value_and_grad(fn, cost, mode, gamma=0.1):
 
 @pytest.mark.parametrize("mode", ["soft", "hard", "otam"])
 @pytest.mark.parametrize(
-    "dtype, shape",
-    [(dt, s) for dt in TOLERANCES for s in [(1, 1), (1, 7), (7, 1), (8, 8), (5, 13)]]
-    + [pytest.param(torch.float32, (33, 17), marks=pytest.mark.slow)],  # the long path, slow interpreted
+    "dtype, shape",  # every shape in fp32; the 16-bit dtypes at the odd shape in the fast loop, all in CI
+    fast_first_rows([(torch.float32, s) for s in [(1, 1), (1, 7), (7, 1), (8, 8), (5, 13)]]
+                    + [(dt, (5, 13)) for dt in (torch.float16, torch.bfloat16)]
+                    + [(dt, s) for dt in (torch.float16, torch.bfloat16) for s in [(1, 1), (1, 7), (7, 1), (8, 8)]]
+                    + [(torch.float32, (33, 17))], keep=7),  # (33, 17): the long path, slow interpreted
 )
 def test_triton_matches_reference(mode, dtype, shape, triton_backend):
     batch = 3
@@ -155,7 +158,7 @@ def test_triton_matches_reference(mode, dtype, shape, triton_backend):
     torch.testing.assert_close(grad.double(), ref_grad.double(), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("batch", [1, 3, 257])
+@pytest.mark.parametrize("batch", fast_first([1, 257, 3], keep=2))
 def test_triton_batches(batch, triton_backend):
     gen = torch.Generator().manual_seed(batch)
     cost = (torch.rand(batch, 8, 8, generator=gen) * 2).to(DEVICE)
@@ -187,7 +190,7 @@ def test_path_tie_break_triton(triton_backend):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("gamma", [1e-3, 1e-2, 0.1, 1.0, 10.0])
+@pytest.mark.parametrize("gamma", fast_first([1e-3, 10.0, 1e-2, 0.1, 1.0], keep=2))
 def test_extreme_gamma_is_finite(backend, gamma, monkeypatch):
     if backend == "triton":
         pytest.importorskip("triton")
@@ -287,7 +290,8 @@ def _with_inf(shape, seed=2):
     return cost, blocked
 
 
-@pytest.mark.parametrize("backend, shape", [("torch", (4, 5)), ("triton", (4, 5)), ("triton", (SHORT_MAX + 1, 3))])
+@pytest.mark.parametrize(
+    "backend, shape", fast_first_rows([("torch", (4, 5)), ("triton", (4, 5)), ("triton", (SHORT_MAX + 1, 3))], keep=2))
 def test_infinite_cost(backend, shape):
     """An inf cost is a cell no path should take: values, gradients and path lengths stay what the
     reference gives (finite where a path avoids it, inf where none can), never NaN. Short and long path."""

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers_params import fast_first
 from test_dtw import DEVICE, all_warping_paths, path_sums
 
 from m3net.kernels import SHORT_MAX, dtw, dtw_path, dtw_reference, dtw_symmetric, dtw_with_length
@@ -18,7 +19,7 @@ from m3net.kernels import SHORT_MAX, dtw, dtw_path, dtw_reference, dtw_symmetric
 pytest.importorskip("triton")
 dtw_module = sys.modules["m3net.kernels.dtw"]
 
-SHAPES = [(1, 1), (1, 7), (7, 1), (2, 3), (5, 13), (8, 8)]
+SHAPES = [(1, 7), (7, 1), (5, 13), (1, 1), (2, 3), (8, 8)]  # odd shapes first: fast_first keeps them
 
 
 def _grad(fn, cost, **kwargs):
@@ -41,13 +42,6 @@ def test_short_kernel_brute_force_all_paths(n, m):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("mode", ["soft", "hard", "otam"])
-def test_gradcheck_float64_short_path(mode):
-    gen = torch.Generator().manual_seed(9)
-    cost = (torch.rand(2, 3, 4, generator=gen, dtype=torch.float64) * 2).to(DEVICE).requires_grad_()
-    assert torch.autograd.gradcheck(lambda c: dtw(c, mode=mode, gamma=0.3, backend="triton"), (cost,))
-
-
 @pytest.mark.parametrize("gamma", [0.01, 1.0])
 def test_short_kernel_matches_tslearn(gamma):
     tslearn_metrics = pytest.importorskip("tslearn.metrics")
@@ -63,7 +57,7 @@ def test_short_kernel_matches_tslearn(gamma):
 
 
 @pytest.mark.parametrize("mode", ["soft", "hard", "otam"])
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", fast_first(SHAPES, keep=3))
 def test_short_matches_long_kernel(mode, shape):
     """The two Triton paths agree, forward and backward (the long one stores weights)."""
     gen = torch.Generator().manual_seed(sum(shape))
@@ -78,7 +72,7 @@ def test_short_matches_long_kernel(mode, shape):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("shape", SHAPES + [(SHORT_MAX + 1, 3)])
+@pytest.mark.parametrize("shape", fast_first([(SHORT_MAX + 1, 3), *SHAPES], keep=4))
 def test_value_and_length_equal_path_average(backend, shape):
     gen = torch.Generator().manual_seed(3 + sum(shape))
     cost = (torch.rand(5, *shape, generator=gen, dtype=torch.float64) * 2).to(DEVICE)
@@ -159,7 +153,7 @@ def test_static_sm90_targets():
 
 @pytest.mark.parametrize("mode", ["otam", "soft", "hard"])
 # (9, 3): fused forward, one backward launch per direction; (SHORT_MAX + 1, 2): two calls on the long path
-@pytest.mark.parametrize("shape", [(8, 8), (3, 5), (1, 4), (9, 3), (SHORT_MAX + 1, 2)])
+@pytest.mark.parametrize("shape", fast_first([(9, 3), (SHORT_MAX + 1, 2), (3, 5), (8, 8), (1, 4)], keep=2))
 def test_symmetric_is_both_directions(mode, shape):
     gen = torch.Generator().manual_seed(sum(shape))
     cost = (torch.rand(33, *shape, generator=gen) * 2).to(DEVICE)

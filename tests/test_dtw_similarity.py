@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from helpers_params import fast_first
 from test_dtw import DEVICE, TOLERANCES
 
 from m3net.kernels import SHORT_MAX, dtw, dtw_similarity, dtw_symmetric, dtw_with_length
@@ -84,7 +85,7 @@ def test_reference_path_equals_materialised_cost(mode, flag, qs):
     _check_against_cost_path(sim, mode, flag, "torch", tol=0)
 
 
-@pytest.mark.parametrize("mode", ["soft", "hard", "otam"])
+@pytest.mark.parametrize("mode", fast_first(["soft", "hard", "otam"], keep=1))
 def test_gradcheck_float64(mode):
     sim = matmul_view(1, 2, 3, 4, torch.float64)  # two pairs: the second's offset comes from the strides
     flags = {"symmetric": True} if mode == "otam" else {"with_length": True}
@@ -102,7 +103,8 @@ def test_gradcheck_float64(mode):
 @pytest.mark.parametrize("layout", ["matmul view", "contiguous", "sliced, transposed"])
 @pytest.mark.parametrize("mode, flag", [("soft", "with_length"), ("hard", "with_length"), ("otam", "symmetric"),
                                         ("soft", "plain")])
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 3, 2, 5), (5, 1, 4, 3), (3, 4, 8, 8), (2, 3, 9, 3)])
+@pytest.mark.parametrize("shape", fast_first([(1, 3, 2, 5), (2, 3, 9, 3), (1, 1, 1, 1), (5, 1, 4, 3), (3, 4, 8, 8)],
+                                             keep=2))
 def test_triton_strided_matches_cost_path(layout, mode, flag, shape):
     """The short kernel reading s in place (two batch strides, any matrix strides) against the cost
     path; (2, 3, 9, 3) takes the symmetric backward's one-launch-per-direction branch."""
@@ -129,7 +131,7 @@ def test_kernel_reads_the_view_in_place(monkeypatch):
     assert seen == [(sim.data_ptr(), sim.stride(), True)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", fast_first([torch.bfloat16, torch.float16], keep=1))
 @pytest.mark.parametrize("mode, flag", [("soft", "with_length"), ("hard", "with_length"), ("otam", "symmetric")])
 def test_triton_strided_16_bit(dtype, mode, flag):
     """16-bit s: values in fp32, dsim in the input dtype."""
@@ -137,7 +139,7 @@ def test_triton_strided_16_bit(dtype, mode, flag):
     _check_against_cost_path(matmul_view(3, 5, 6, 7, dtype), mode, flag, "triton", tol=TOLERANCES[dtype])
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", fast_first([torch.bfloat16, torch.float16], keep=1))
 def test_16_bit_one_minus_s_in_fp32_on_every_path(dtype):
     """1 - s of a 16-bit similarity is formed in fp32 (the accumulation dtype) on every path, as the
     short kernel forms it in its load: the torch fallback equals dtw on (1 - s.float()) bit for bit,
