@@ -7,6 +7,9 @@
 #   OUT=dir bash benchmarks/gpu_session.sh tests-long   # the GPU-marked test at T = 16 (compile-bound, ~4.5 min)
 #   OUT=dir bash benchmarks/gpu_session.sh steps dtw-floor tests-gpu   # a rerun of chosen steps
 #   QUICK=1 OUT=dir bash benchmarks/gpu_session.sh all  # the rehearsal: every step at tiny sizes, on a CPU
+#   PYTHON=V/bin/python QUICK=1 OUT=dir bash benchmarks/gpu_session.sh all  # the rehearsal in a venv V pinned
+#       like the device: python3.12 -m venv V && V/bin/pip install torch==2.11.0 triton==3.6.0 "numpy<2.4" h5py
+#       click tqdm matplotlib pytest pytest-xdist (numpy < 2.4: Triton 3.6's interpreter int()s 1-element arrays)
 #
 # Each step is its own process (python -m m3net.bench.session STEP; the steps and their sizes are
 # documented there) and appends one JSON line to $OUT/bench.jsonl or $OUT/tests.jsonl as soon as it
