@@ -5,6 +5,10 @@ Used by ``m3net reproduce`` to put each reproduced cell beside the paper's, and 
 import dataclasses
 
 DATASETS = ("diving48", "gym99", "gym288")
+# The paper's names of the heads (m3net.model registry names) and of M3Net's views (§3.4: the three matchers and Y).
+METHOD_NAMES = {"tsn-cosine": "TSN + cosine", "protonet": "ProtoNet", "otam": "OTAM", "pal": "PAL", "trx": "TRX",
+                "strm": "STRM", "hyrsm": "HyRSM", "m3net": "M3Net"}
+VIEW_NAMES = {"y1": "Y1 (I-M)", "y2": "Y2 (C-M)", "y3": "Y3 (T-M)", "y": "Y (fused)"}
 SHOTS = (1, 3, 5)
 
 # Table 1: method -> dataset -> ((1-shot acc, ci), (3-shot ...), (5-shot ...)).

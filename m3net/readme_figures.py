@@ -27,6 +27,7 @@ import os
 import sys
 
 from m3net.errors import ConfigError
+from m3net.paper import METHOD_NAMES, VIEW_NAMES
 
 BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
 RECORD_PATTERN = os.path.join("benchmarks", "demo_synthetic_cpu_*.json")
@@ -37,8 +38,6 @@ TABLE1_COMMAND = ("OMP_NUM_THREADS=1 m3net demo --seeds 0,1,2 --preset reference
                   "--out m3net-table1 --record benchmarks/table1_synthetic_cpu_$(date +%F).json")
 INPUT_PATTERN = os.path.join("benchmarks", "bench_input_*.json")
 VALIDATION_PATTERN = os.path.join("benchmarks", "synthetic_validation_*.json")
-HEAD_NAMES = {"protonet": "ProtoNet", "tsn-cosine": "TSN + cosine", "otam": "OTAM"}
-VIEW_NAMES = {"y1": "Y1 (I-M)", "y2": "Y2 (C-M)", "y3": "Y3 (T-M)", "y": "Y (fused)"}
 
 
 def latest_record(root, pattern=RECORD_PATTERN):
@@ -50,7 +49,9 @@ def latest_record(root, pattern=RECORD_PATTERN):
 
 
 def head_name(label):
-    return "M3Net" if label.startswith("m3net") else HEAD_NAMES.get(label, label)
+    """The paper's name of an evaluated head: "trx (trx)" (trained, its run folder in brackets) or "otam"."""
+    head = label.split(" ")[0]
+    return METHOD_NAMES.get(head, head)
 
 
 def render_demo_results(record, record_path):
@@ -95,7 +96,9 @@ def render_demo_results(record, record_path):
     rows = record["over_seeds"][shots[0]]["accuracy"]
     for index, row in enumerate(rows):
         cells = [record["over_seeds"][shot]["accuracy"][index] for shot in shots]
-        view = VIEW_NAMES.get(row["view"], row["view"]) if head_name(row["head"]) == "M3Net" else "Y"
+        # other heads' fused output is their Y too; their own views (STRM's y_frame, y_patch) keep their names
+        view = VIEW_NAMES.get(row["view"], row["view"]) if head_name(row["head"]) == "M3Net" or row["view"] != "y" \
+            else "Y"
         lines.append(f"| {head_name(row['head'])} | {view} | "
                      + " | ".join(f"{c['mean']:.2f} ± {c['sd']:.2f}" for c in cells) + " |")
     lines += ["", "Paired difference M3Net Y − baseline on the same episodes (points, mean ± sd over seeds; "
@@ -128,17 +131,31 @@ def _width(trained):
 
 def _method(label, trained):
     """The table's name of an evaluated head: M3Net variants by their width."""
-    head = label.split(" ")[0]
     if trained is None:
-        return f"{PAPER_NAMES.get(head, head)} (parameter-free)"
-    if head == "m3net":
+        return f"{head_name(label)} (parameter-free)"
+    if label.startswith("m3net"):
         return f"M3Net (d = {trained['widths']['width']})"
-    return PAPER_NAMES.get(head, head)
+    return head_name(label)
 
 
 def _ranking(accuracy):
     ranked = sorted(accuracy.items(), key=lambda kv: -kv[1])
     return " > ".join(f"{name} {value:.1f}" for name, value in ranked)
+
+
+def _at_the_cap(trained, names):
+    """The sentence that says which trained heads were still improving when the episode cap ended them (their
+    best.pt from the last validation): their accuracy is what the capped recipe reached, not its ceiling."""
+    rising = []
+    for label, runs in trained.items():
+        capped = [run for run in runs.values()
+                  if not run["stopped_early"] and run["best_episodes"] == run["episodes_trained"]]
+        if capped:
+            rising.append(f"{names.get(label, head_name(label))} in {len(capped)}/{len(runs)} seeds")
+    if not rising:
+        return "Every trained head had stopped improving before the episode cap (best.pt from an earlier validation)."
+    return ("Still improving at the episode cap (best.pt from the last validation, so its accuracy is what the "
+            "capped recipe reached, not the recipe's ceiling): " + ", ".join(rising) + ".")
 
 
 def render_table1_synthetic(record, record_path):
@@ -191,8 +208,9 @@ def render_table1_synthetic(record, record_path):
         cells = [f"{accuracy[shot][label]['mean']:.2f} ± {accuracy[shot][label]['sd']:.2f}" for shot in shots]
         for shot in shots:
             p = paired[shot].get(label)
-            cells.append("—" if p is None else f"{-p['mean']:+.2f} ± {p['sd']:.2f} (above "
-                         f"{p['seeds_with_ci_below_zero']}, below {p['seeds_with_ci_above_zero']})")
+            cells.append("—" if p is None else f"{-p['mean']:+.2f} ± {p['sd']:.2f} (CI > 0 in "
+                         f"{p['seeds_with_ci_below_zero']}/{p['seeds']}, < 0 in {p['seeds_with_ci_above_zero']}/"
+                         f"{p['seeds']})")
         seeds_note = f" ({count} seed{'s' if count > 1 else ''})" if count < len(seeds) else ""
         lines.append(f"| {names[label]}{seeds_note} | {_width(first.get(label))} | {episodes} | " + " | ".join(cells)
                      + " |")
@@ -209,6 +227,7 @@ def render_table1_synthetic(record, record_path):
             f"{p['seeds_with_ci_below_zero']}/{p['seeds']} seeds)" for shot, label, p in ahead) + ".")
     else:
         lines.append(f"No head is ahead of {names[reference]} at any shot, in any seed.")
+    lines += ["", _at_the_cap(trained, names)]
     wall = ", ".join(f"{seconds / 60:.0f}" for seconds in record["demo_wall_s"].values())
     lines += ["", f"Wall time per seed: {wall} min (clips, cache, every training, evaluation; beside other work, "
               "so no speed figure). A generated benchmark with random-weight features tests how each method uses "
@@ -416,10 +435,6 @@ def render_frames_footprint(root):
     return "\n".join(lines)
 
 
-PAPER_NAMES = {"tsn-cosine": "TSN + cosine", "protonet": "ProtoNet", "otam": "OTAM", "pal": "PAL", "trx": "TRX",
-               "strm": "STRM", "hyrsm": "HyRSM", "m3net": "M3Net"}
-
-
 def render_paper_table1():
     """The paper's Table 1 (markdown) from m3net.paper, the numbers `m3net reproduce` compares with."""
     from m3net.paper import DATASETS, SHOTS, TABLE1
@@ -429,7 +444,7 @@ def render_paper_table1():
     lines = [f"| method (`--head`) | {header} |", "|---|" + "---|" * (len(DATASETS) * len(SHOTS))]
     for method, cells in TABLE1.items():
         values = " | ".join(f"{a:.2f} ± {c:.2f}" for d in DATASETS for a, c in cells[d])
-        lines.append(f"| {PAPER_NAMES[method]} (`{method}`) | {values} |")
+        lines.append(f"| {METHOD_NAMES[method]} (`{method}`) | {values} |")
     return "\n".join(lines)
 
 
@@ -522,35 +537,54 @@ def reference_table():
              "lr schedule | where the values are set |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in RECIPES:
         momentum = f"{r.momentum:g}" if r.optimizer == "sgd" else "—"
-        lines.append(f"| {PAPER_NAMES[r.head]} (`{r.head}`) | {r.reference} | {r.optimizer} | {r.lr:g} | {momentum} | "
+        lines.append(f"| {METHOD_NAMES[r.head]} (`{r.head}`) | {r.reference} | {r.optimizer} | {r.lr:g} | {momentum} | "
                      f"{r.weight_decay:g} | {r.accumulate} | {r.queries} | {_schedule(r)} | {r.source} |")
     return "\n".join(lines)
 
 
 def render_synthetic_validation(root):
-    """The synthetic-validation section: the newest validator record (m3net/data/synthetic_validate.py)."""
+    """The synthetic-validation section: the newest validator record (m3net/data/synthetic_validate.py), the
+    mean over its benchmark seeds with each seed's value beside it."""
     path = latest_record(root, VALIDATION_PATTERN)
     with open(os.path.join(root, path)) as fh:
         record = json.load(fh)
     config, split = record["config"], record["split"]
+    per_seed = record.get("per_seed") or {str(config["seed"]): record}  # records before --seeds: one seed
+    seeds = list(per_seed)
     names = {"prototype": "mean-pooled prototype", "diagonal": "diagonal (frame t to t)", "dtw": "hard DTW (cosine)"}
-    rows = [(key.replace("5way_", "5-way ").replace("shot", "-shot"), record[key])
+    rows = [(key.replace("5way_", "5-way ").replace("shot", "-shot"), key)
             for key in ("5way_1shot", "5way_5shot") if key in record]
-    rows.append(("order-only pairs, 2-way 1-shot", record["order_only_pairs_2way_1shot"]))
+    rows.append(("order-only pairs, 2-way 1-shot", "order_only_pairs_2way_1shot"))
+
+    def cell(key, method):
+        values = ", ".join(f"{per_seed[seed][key][method]:.2f}" for seed in seeds)
+        return f"{record[key][method]:.2f}" + (f" ({values})" if len(seeds) > 1 else "")
+
     types = record["subactions"]
     # The record keeps the command as run (with that machine's paths); the README shows its shape.
-    command = (f"python -m m3net.data.synthetic_validate --out BENCH --seed {config['seed']} "
+    command = (f"python -m m3net.data.synthetic_validate --out BENCH --seeds {','.join(seeds)} "
                f"--tempo {config['tempo']} --episodes {record['episodes']}")
+    spread = "mean over the seeds, each seed's value in brackets" if len(seeds) > 1 else "one benchmark"
     lines = [f"`{command}` (generator version {record['generator_version']}, tempo {config['tempo']}, "
-             f"benchmark seed {config['seed']}; random-weight ResNet-50, globally pooled frames; git "
-             f"{record['code_version'][:7]}; record `{path}`). Single frames under nuisance, leave-one-out 1-NN: "
-             f"sub-action types {types['type_1nn']:.2f} (chance {types['type_chance']:.2f}), the two variants of a "
-             f"type {types['variant_1nn']:.2f}. The {split} split's classes, {record['episodes']} seeded episodes "
-             "each (8 frames per clip):", "",
+             f"benchmark seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}: those of `m3net demo --seeds`; "
+             f"random-weight ResNet-50, globally pooled frames; git {record['code_version'][:7]}; record `{path}`). "
+             f"Single frames under nuisance, leave-one-out 1-NN: sub-action types {types['type_1nn']:.2f} (chance "
+             f"{types['type_chance']:.2f}), the two variants of a type {types['variant_1nn']:.2f}. The {split} "
+             f"split's classes, {record['episodes']} seeded episodes each (8 frames per clip; {spread}):", "",
              "| episodes | " + " | ".join(names.values()) + " |", "|---" * (len(names) + 1) + "|"]
-    lines += [f"| {label} | " + " | ".join(f"{acc[m]:.2f}" for m in names) + " |" for label, acc in rows]
-    lines += ["", "Targets: " + "; ".join(f"{name}: {'met' if held else 'not met' if held is False else 'n/a'}"
-                                         for name, held in record["targets"].items()) + "."]
+    lines += [f"| {label} | " + " | ".join(cell(key, m) for m in names) + " |" for label, key in rows]
+    held = record.get("targets_per_seed") or {seeds[0]: record["targets"]}
+
+    def verdict(name, value):
+        text = "met" if value else "not met" if value is False else "n/a"
+        if len(seeds) > 1 and value is not None:
+            text += f" (on the mean; in {sum(bool(h[name]) for h in held.values())} of {len(seeds)} seeds alone)"
+        return f"{name}: {text}"
+
+    gap = ", ".join(f"{100 * (per_seed[s]['5way_1shot']['dtw'] - per_seed[s]['5way_1shot']['diagonal']):.1f}"
+                    for s in seeds) if "5way_1shot" in record else None
+    lines += ["", "Targets: " + "; ".join(verdict(name, value) for name, value in record["targets"].items()) + "."
+              + (f" Hard DTW minus the diagonal at 5-way 1-shot, per seed: {gap} points." if gap else "")]
     return "\n".join(lines)
 
 

@@ -26,7 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-VIEW_NAMES = {"y1": "Y1 (I-M)", "y2": "Y2 (C-M)", "y3": "Y3 (T-M)", "y": "Y (fused)"}
+from m3net.paper import VIEW_NAMES  # noqa: E402
+
 READ_AHEAD = 2  # episodes the report reads ahead while it searches them (each held in memory)
 
 

@@ -92,9 +92,9 @@ def test_table1_section_states_the_ranking_and_where_a_peer_is_ahead():
     per_seed = {"0": {"1-shot": _compare_seed(80, 60, 40), "5-shot": _compare_seed(90, 93, 50)},
                 "1": {"1-shot": _compare_seed(82, 58, 41), "5-shot": _compare_seed(91, 92.5, 52)}}
     trained = {"head": "m3net", "widths": {"channels": 2048, "width": 128}, "episodes_trained": 800,
-               "best_episodes": 640}
+               "best_episodes": 640, "stopped_early": True}
     peer = {"head": "trx", "widths": {"channels": 2048, "width": 2048, "attention_dim": 1152},
-            "episodes_trained": 960, "best_episodes": 960}
+            "episodes_trained": 960, "best_episodes": 960, "stopped_early": False}
     record = {"config": {"preset": "reference", "compare": ["trx"], "compare_once": [], "train_episodes": 960,
                          "patience": 3, "val_every": 160, "val_episodes": 50, "eval_episodes": 600, "way": 5},
               "seeds": [0, 1], "per_seed": per_seed, "over_seeds": aggregate(per_seed),
@@ -109,4 +109,7 @@ def test_table1_section_states_the_ranking_and_where_a_peer_is_ahead():
     assert ("Ahead of M3Net (d = 128): TRX at 5-shot (+2.25 ± 1.06 points, its paired CI above zero in 2/2 seeds)"
             in text)
     assert "standardised per channel with the training split's statistics (144 training clips)" in text
+    assert "| -22.00 ± 2.83 (CI > 0 in 0/2, < 0 in 2/2) |" in text  # TRX − M3Net at 1-shot
+    # TRX's best validation was its last one at the cap, M3Net stopped on --patience
+    assert "not the recipe's ceiling): TRX in 2/2 seeds." in text
     assert "fair" not in text

@@ -305,3 +305,38 @@ def test_validator_help_prints(capsys):
         synthetic_validate.main(["--help"])
     assert stop.value.code == 0
     assert "--tempo" in capsys.readouterr().out
+
+
+def _validated(diagonal, dtw, types=0.95):
+    """One seed's validator results (synthetic_validate.validate_benchmark's layout)."""
+    episodes = {"prototype": 0.25, "diagonal": diagonal, "dtw": dtw}
+    return {"config": {"seed": 0, "tempo": 0.8}, "generator_version": 2,
+            "subactions": {"type_1nn": types, "type_chance": 1 / 6, "variant_1nn": 0.9},
+            "5way_1shot": episodes, "5way_5shot": episodes, "order_only_pairs_2way_1shot": episodes}
+
+
+def test_validator_judges_the_targets_on_the_mean_over_the_benchmark_seeds(tmp_path):
+    """Several --seeds: every accuracy is the mean over the seeds' benchmarks, the targets are judged on those
+    means, and the README section shows each seed's value beside the mean."""
+    from m3net.data.synthetic_validate import check_targets, over_seeds, parse_seeds
+    from m3net.readme_figures import render_synthetic_validation
+
+    per_seed = {"0": _validated(0.40, 0.49), "1": _validated(0.30, 0.45)}  # gaps of 9 and 15 points
+    mean = over_seeds(per_seed)
+    assert mean["5way_1shot"]["diagonal"] == pytest.approx(0.35) and mean["5way_1shot"]["dtw"] == pytest.approx(0.47)
+    gap_target = "diagonal at least 0.10 below hard DTW (5-way 1-shot)"
+    assert check_targets(mean)[gap_target] is True
+    assert check_targets(per_seed["0"])[gap_target] is False
+    record = {"config": {"tempo": 0.8}, "seeds": [0, 1], "split": "test", "episodes": 2000, "code_version": "abc1234",
+              "generator_version": 2, **mean, "per_seed": per_seed, "targets": check_targets(mean),
+              "targets_per_seed": {seed: check_targets(r) for seed, r in per_seed.items()}}
+    os.makedirs(tmp_path / "benchmarks")
+    (tmp_path / "benchmarks" / "synthetic_validation_2026-01-01.json").write_text(json.dumps(record))
+    text = render_synthetic_validation(str(tmp_path))
+    assert "--seeds 0,1 " in text
+    assert "| 5-way 1-shot | 0.25 (0.25, 0.25) | 0.35 (0.40, 0.30) | 0.47 (0.49, 0.45) |" in text
+    assert f"{gap_target}: met (on the mean; in 1 of 2 seeds alone)" in text
+    assert "per seed: 9.0, 15.0 points" in text
+    assert parse_seeds("0,1,2") == [0, 1, 2]
+    with pytest.raises(Exception, match="listed twice"):
+        parse_seeds("1,1")

@@ -31,22 +31,25 @@ class often shows different phases (the sampled frames agree on the phase 45% of
 at 0): a benchmark that tests alignment, not only order. The price: in about 1 clip of 4 the shortest
 phase falls between the 8 sampled frames.
 
-Validation (``python -m m3net.data.synthetic_validate``; random-weight ResNet-50, seed 0, frames
-resized to 224, ImageNet-normalised, globally pooled; CPU, 2 cores), default config (tempo 0.8),
-benchmark seed 0, 2000 seeded episodes each:
+Validation (``python -m m3net.data.synthetic_validate --seeds 0,1,2``; random-weight ResNet-50, seed 0,
+frames resized to 224, ImageNet-normalised, globally pooled; CPU, 2 cores), default config (tempo 0.8),
+benchmark seeds 0, 1, 2 (those of ``m3net demo --seeds 0,1,2``), 2000 seeded episodes each; mean over the
+seeds, each seed's value in brackets:
     (a) single frames under nuisance (20 per type and variant), leave-one-out 1-NN (cosine):
-        6 sub-action types 0.95 (chance 0.17); the 2 variants within a type 0.95 (chance 0.50;
-        0.83 for the weakest type, somersault)
+        6 sub-action types 0.96 (chance 0.17); the 2 variants within a type 0.94 (chance 0.50;
+        0.83 for the weakest type, somersault, at seed 0)
     (b) test split (8 classes = 2 families), 8 centre frames per clip:
-                               mean-pooled prototype   diagonal (frame t to t)   hard DTW (cosine)
-        5-way 1-shot                  0.26                    0.39                 0.48
-        5-way 5-shot                  0.32                    0.55                 0.68
-        order-only pairs 2-way 1-shot 0.47                    0.65                 0.72
-    The targets: mean pooling near chance (met), the diagonal 10 points below hard DTW at 1-shot
-    (9.5 points: narrowly missed; 12 at 5-shot), single-frame types >= 0.9 (met). Other tempo
-    designs tried on the same features (random phase shares, one slow phase, a random lead-in,
-    floors on each share) gave 4-10 points at 1-shot: DTW loses accuracy as fast as the diagonal
-    once phases vanish between the sampled frames.
+                            mean-pooled prototype   diagonal (frame t to t)   hard DTW (cosine)
+        5-way 1-shot         0.27 (0.26 0.29 0.24)    0.40 (0.39 0.40 0.40)    0.51 (0.48 0.50 0.54)
+        5-way 5-shot         0.34 (0.32 0.39 0.30)    0.56 (0.56 0.59 0.55)    0.72 (0.68 0.70 0.77)
+        order-only pairs     0.49 (0.47 0.49 0.52)    0.67 (0.65 0.67 0.68)    0.75 (0.72 0.73 0.80)
+        (2-way 1-shot)
+    The targets, on the mean: mean pooling near chance (met), the diagonal 10 points below hard DTW at
+    1-shot (met: 11.1 points; per seed 9.5, 9.7, 14.0, so one benchmark alone can fall short; 15 at
+    5-shot), single-frame types >= 0.9 (met in every seed). Other tempo designs tried on seed 0's
+    features (random phase shares, one slow phase, a random lead-in, floors on each share) gave 4-10
+    points at 1-shot: DTW loses accuracy as fast as the diagonal once phases vanish between the sampled
+    frames.
     At tempo 0 (generator version 1, equal phases): 1-shot 0.26 / 0.64 / 0.64, 5-shot 0.32 / 0.84 /
     0.84, order-only pairs 0.46 / 0.88 / 0.87: every phase lasts equally long, so the diagonal
     matches DTW. Earlier, shapes of radius 0.75 instead of 0.85 and a dark-only texture: types
