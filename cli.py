@@ -317,7 +317,11 @@ def predict_cmd(queries, as_json, **options):
 @click.option("--compare-once", default="",
               help="Like --compare, on the first of --seeds only (e.g. m3net:proj_dim=0, the paper's width, too slow "
                    "on a CPU for every seed).")
-def demo_cmd(seeds, record, compare, compare_once, **options):
+@click.option("--collect", is_flag=True,
+              help="With --seeds: train and score nothing; build the record from the seeds' finished demos in "
+                   "OUT/seed-<s> (run separately, e.g. one process or machine per seed with the same settings; a "
+                   "seed after the first without --compare-once). Refused if a seed is unfinished or ran otherwise.")
+def demo_cmd(seeds, record, compare, compare_once, collect, **options):
     """Whole pipeline offline on the generated benchmark: clips -> cache -> M3Net head -> table.
 
     Generates fine-grained clips whose classes differ in the order and details of sub-actions,
@@ -330,9 +334,9 @@ def demo_cmd(seeds, record, compare, compare_once, **options):
     import dataclasses
     import json
 
-    from m3net.demo import parse_compare, parse_seeds, run_demo, run_demo_seeds
+    from m3net.demo import collect_seeds_record, parse_compare, parse_seeds, run_demo, run_demo_seeds
     from m3net.errors import ConfigError
-    from m3net.readme_figures import render_demo_results
+    from m3net.readme_figures import render_demo_results, render_table1_synthetic
 
     size = {f.name: options.pop(f.name) for f in dataclasses.fields(DemoBenchmarkSettings)}
     synthetic = SyntheticConfig(seed=options["seed"], **size)
@@ -341,16 +345,24 @@ def demo_cmd(seeds, record, compare, compare_once, **options):
     if len({*config.compare, *config.compare_once}) < len(config.compare) + len(config.compare_once):
         raise click.BadParameter("a head is in both --compare and --compare-once", param_hint="--compare-once")
     if seeds is None:
-        if record:
-            raise click.BadParameter("--record needs --seeds", param_hint="--record")
+        if record or collect:
+            raise click.BadParameter(f"{'--record' if record else '--collect'} needs --seeds",
+                                     param_hint="--record" if record else "--collect")
         run_demo(config)
         return
     try:
         seed_list = parse_seeds(seeds)
     except ConfigError as err:
         raise click.BadParameter(str(err), param_hint="--seeds")
-    result = run_demo_seeds(config, seed_list)
-    click.echo("\n" + render_demo_results(result, record or "not written (no --record)"))
+    if collect:
+        try:
+            result = collect_seeds_record(config, seed_list)
+        except ConfigError as err:
+            raise click.UsageError(str(err))
+    else:
+        result = run_demo_seeds(config, seed_list)
+    render = render_table1_synthetic if config.compare and config.preset == "reference" else render_demo_results
+    click.echo("\n" + render(result, record or "not written (no --record)"))
     if record:
         with open(record, "w") as fh:
             json.dump(result, fh, indent=2)

@@ -114,6 +114,7 @@ def _step(title):
 
 def run_demo(config):
     """Runs (or continues) the demo; returns the evaluation summary written to <out>/report."""
+    from m3net.bench.record import provenance_sha
     from m3net.extract.loop import ExtractConfig, extract_dataset
     from m3net.train.evaluate import EvalConfig, evaluate, format_table, write_summary
 
@@ -166,7 +167,8 @@ def run_demo(config):
         write_summary(summaries[shot], os.path.join(report, f"shot-{shot}"))
     # this run's time: a re-run that reuses the clips, cache and head is much shorter than a fresh one
     with open(os.path.join(report, "demo_config.json"), "w") as fh:
-        json.dump({**summary["demo"], "wall_s": time.perf_counter() - start}, fh, indent=2, default=str)
+        json.dump({**summary["demo"], "wall_s": time.perf_counter() - start, "git_sha": provenance_sha()}, fh, indent=2,
+                  default=str)
     for shown in summaries.values():
         click.echo("\n" + format_table(shown))
     from m3net.report import draw_report
@@ -366,7 +368,7 @@ def seeds_record(config, seeds):
     from m3net.bench.record import benchmark_record
     from m3net.runtime import resolve_device
 
-    per_seed, wall, weights, trained = {}, {}, {}, {}
+    per_seed, wall, weights, trained, code = {}, {}, {}, {}, {}
     for index, seed in enumerate(seeds):
         report = os.path.join(seeded(config, seed, first=index == 0).out, "report")
         with open(os.path.join(report, "demo_config.json")) as fh:
@@ -377,13 +379,42 @@ def seeds_record(config, seeds):
             folder = report if shot == config.shot else os.path.join(report, f"shot-{shot}")
             with open(os.path.join(folder, "results.json")) as fh:
                 summary = json.load(fh)
+            # the commit each seed's demo ran on (demos before this field: None) and its cache was extracted on
+            code[str(seed)] = {"demo": ran.get("git_sha"), "cache": summary["cache_provenance"].get("code_version")}
             runs[f"{shot}-shot"] = {key: summary[key] for key in ("task", "results", "paired")}
             runs[f"{shot}-shot"]["checks"] = seed_checks(summary)
             runs[f"{shot}-shot"]["input_norm"] = summary.get("input_norm", {"input_norm": "none"})
         per_seed[str(seed)] = runs
     return benchmark_record("demo_synthetic", resolve_device(config.device), asdict(config), rows=[],
                             seeds=list(seeds), demo_wall_s=wall, weights_used=weights, trained=trained,
+                            seed_code_versions=code,
                             per_seed=per_seed, over_seeds=aggregate(per_seed))
+
+
+# Where a seed's demo ran: --collect takes seed folders run elsewhere (another process or machine) and moved here.
+RUN_PLACE = ("out", "device", "workers")
+
+
+def collect_seeds_record(config, seeds):
+    """The ``seeds_record`` of demos that finished elsewhere (one process or machine per seed, their folders
+    gathered under config.out as <out>/seed-<seed>), without training or scoring anything. Refused, naming the
+    seed and the settings, when a seed's demo has not finished or ran with other settings than ``config``'s
+    (a seed after the first runs without --compare-once)."""
+    for index, seed in enumerate(seeds):
+        asked = seeded(config, seed, first=index == 0)
+        path = os.path.join(asked.out, "report", "demo_config.json")
+        if not os.path.isfile(path):
+            raise ConfigError(f"--collect: seed {seed} has no finished demo ({path} is missing); run it first with "
+                              f"the same settings: m3net demo --seeds {seed} --out {config.out} ...")
+        with open(path) as fh:
+            ran = json.load(fh)
+        expected = json.loads(json.dumps(asdict(asked), default=str))  # as demo_config.json stores it
+        differs = [f"{key}: ran {ran.get(key)!r}, asked {value!r}" for key, value in expected.items()
+                   if key not in RUN_PLACE and ran.get(key) != value]
+        if differs:
+            raise ConfigError(f"--collect: seed {seed}'s demo in {asked.out} ran with other settings ("
+                              + "; ".join(differs) + ")")
+    return seeds_record(config, seeds)
 
 
 def run_demo_seeds(config, seeds):

@@ -143,6 +143,19 @@ def _ranking(accuracy):
     return " > ".join(f"{name} {value:.1f}" for name, value in ranked)
 
 
+def _short_sha(sha):
+    return "unrecorded" if not sha else sha[:7] + ("-dirty" if sha.endswith("-dirty") else "")
+
+
+def _seed_commits(record):
+    """Where the seeds ran on other commits than the record was written on (demo --collect): each seed's."""
+    commits = record.get("seed_code_versions") or {}
+    if all(c["demo"] == c["cache"] == record["git_sha"] for c in commits.values()):
+        return ""
+    return " (per seed, the demo's commit / its cache's: " + ", ".join(
+        f"{seed}: {_short_sha(c['demo'])} / {_short_sha(c['cache'])}" for seed, c in commits.items()) + ")"
+
+
 def _at_the_cap(trained, names):
     """The sentence that says which trained heads were still improving when the episode cap ended them (their
     best.pt from the last validation): their accuracy is what the capped recipe reached, not its ceiling."""
@@ -191,7 +204,7 @@ def render_table1_synthetic(record, record_path):
         "validation) is scored. The parameter-free heads are scored from the cache. Every head sees the same "
         f"input: {inputs}. The generated benchmark of the default demo ({weights} ResNet-50 weights), "
         f"{demo['eval_episodes']} seeded {demo['way']}-way test episodes per seed and shot, one "
-        f"query per class; measured on {record['device']} at git {record['git_sha'][:7]}"
+        f"query per class; measured on {record['device']} at git {record['git_sha'][:7]}{_seed_commits(record)}"
         + (f" ({record['note']})" if record.get("note") else "") + f", record `{record_path}`. Fused accuracy in %, "
         f"mean ± sd over the seeds (a row with fewer seeds says so); paired difference against {names[reference]} "
         "on the same episodes, mean ± sd over seeds, and in how many seeds its 95% CI lies above / below zero.",
@@ -567,7 +580,8 @@ def render_synthetic_validation(root):
     spread = "mean over the seeds, each seed's value in brackets" if len(seeds) > 1 else "one benchmark"
     lines = [f"`{command}` (generator version {record['generator_version']}, tempo {config['tempo']}, "
              f"benchmark seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}: those of `m3net demo --seeds`; "
-             f"random-weight ResNet-50, globally pooled frames; git {record['code_version'][:7]}; record `{path}`). "
+             f"random-weight ResNet-50, globally pooled frames; git {_short_sha(record['code_version'])}; record "
+             f"`{path}`). "
              f"Single frames under nuisance, leave-one-out 1-NN: sub-action types {types['type_1nn']:.2f} (chance "
              f"{types['type_chance']:.2f}), the two variants of a type {types['variant_1nn']:.2f}. The {split} "
              f"split's classes, {record['episodes']} seeded episodes each (8 frames per clip; {spread}):", "",

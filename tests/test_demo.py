@@ -65,7 +65,9 @@ def test_demo_rerun_reuses_everything(demo, capsys):
 
 @pytest.mark.parametrize("args, message", [(["--seeds", "0,x"], "comma-separated integers"),
                                            (["--seeds", "1,1"], "distinct"),
-                                           (["--record", "r.json"], "--record needs --seeds")])
+                                           (["--record", "r.json"], "--record needs --seeds"),
+                                           (["--collect"], "--collect needs --seeds"),
+                                           (["--seeds", "0,1", "--collect"], "seed 0 has no finished demo")])
 def test_demo_cli_refuses_bad_seed_options(tmp_path, args, message):
     result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), *args])
     assert result.exit_code == 2 and message in result.output
@@ -123,3 +125,27 @@ def test_reference_comparison_record_renders_with_every_head_on_the_same_input(d
     text = render_table1_synthetic(record, "record.json")
     assert "| M3Net (d = 16) |" in text and "| PAL |" in text and "| M3Net (d = 8) |" in text
     assert "standardised per channel with the training split's statistics" in text
+
+
+@pytest.mark.slow
+def test_demo_collect_builds_the_record_from_seeds_run_elsewhere(demo, tmp_path):
+    """--collect: the record of seed folders that ran in other processes, without training or scoring, equal to
+    the record of the run itself; refused when a seed ran with other settings."""
+    import shutil
+
+    from m3net.demo import collect_seeds_record, seeded, seeds_record
+    from m3net.errors import ConfigError
+
+    config, summary = demo
+    gathered = replace(config, out=str(tmp_path))
+    alone = seeded(gathered, config.seed)  # the seed's demo run on its own (`--seeds 0` in another process)
+    shutil.copytree(f"{config.out}/synthetic", f"{alone.out}/synthetic")
+    shutil.copy(f"{config.out}/cache.h5", f"{alone.out}/cache.h5")
+    run_demo(alone)
+    record = collect_seeds_record(gathered, [config.seed])
+    assert record["per_seed"][str(config.seed)]["1-shot"]["results"] == summary["results"]  # same seed, same run
+    assert record["per_seed"] == seeds_record(gathered, [config.seed])["per_seed"]
+    commits = record["seed_code_versions"][str(config.seed)]
+    assert commits["demo"] and commits["cache"]  # both commits recorded by this version of the demo
+    with pytest.raises(ConfigError, match="train_episodes: ran 30, asked 31"):
+        collect_seeds_record(replace(gathered, train_episodes=31), [config.seed])

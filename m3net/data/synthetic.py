@@ -40,9 +40,9 @@ seeds, each seed's value in brackets:
         0.83 for the weakest type, somersault, at seed 0)
     (b) test split (8 classes = 2 families), 8 centre frames per clip:
                             mean-pooled prototype   diagonal (frame t to t)   hard DTW (cosine)
-        5-way 1-shot         0.27 (0.26 0.29 0.24)    0.40 (0.39 0.40 0.40)    0.51 (0.48 0.50 0.54)
+        5-way 1-shot         0.26 (0.26 0.29 0.24)    0.40 (0.39 0.40 0.40)    0.51 (0.48 0.50 0.54)
         5-way 5-shot         0.34 (0.32 0.39 0.30)    0.56 (0.56 0.59 0.55)    0.72 (0.68 0.70 0.77)
-        order-only pairs     0.49 (0.47 0.49 0.52)    0.67 (0.65 0.67 0.68)    0.75 (0.72 0.73 0.80)
+        order-only pairs     0.49 (0.47 0.49 0.52)    0.67 (0.65 0.67 0.68)    0.75 (0.72 0.72 0.80)
         (2-way 1-shot)
     The targets, on the mean: mean pooling near chance (met), the diagonal 10 points below hard DTW at
     1-shot (met: 11.1 points; per seed 9.5, 9.7, 14.0, so one benchmark alone can fall short; 15 at

@@ -252,6 +252,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # progress lines of m3net.progress
     torch.set_num_threads(args.threads)
+    code_version = git_sha()  # of the code that runs, before a long run
     model = random_backbone(seed=0)
     per_seed = {str(seed): validate_benchmark(model, os.path.join(args.out, f"seed-{seed}"),
                                               {"seed": seed, "tempo": args.tempo}, args.split, args.episodes,
@@ -262,7 +263,7 @@ def main(argv=None):
     results = {"config": {k: v for k, v in first["config"].items() if k != "seed"}, "seeds": args.seeds,
                "split": args.split, "episodes": args.episodes,
                "command": " ".join(["python -m m3net.data.synthetic_validate", *given]),
-               "code_version": git_sha(), "versions": versions(),
+               "code_version": code_version, "versions": versions(),
                "generator_version": first["generator_version"], **over_seeds(per_seed), "per_seed": per_seed}
     results["targets"] = check_targets(results)
     results["targets_per_seed"] = {seed: check_targets(r) for seed, r in per_seed.items()}
