@@ -241,6 +241,10 @@ def render_table1_synthetic(record, record_path):
     else:
         lines.append(f"No head is ahead of {names[reference]} at any shot, in any seed.")
     lines += ["", _at_the_cap(trained, names)]
+    if not any(label.startswith("m3net") and run["widths"]["width"] == run["widths"]["channels"]
+               for label, run in first.items()):
+        lines += ["", "M3Net at the paper's width (d = 2048, no projection) is not in this record: "
+                  "`--compare-once m3net:proj_dim=0` adds it on the first seed."]
     wall = ", ".join(f"{seconds / 60:.0f}" for seconds in record["demo_wall_s"].values())
     lines += ["", f"Wall time per seed: {wall} min (clips, cache, every training, evaluation; beside other work, "
               "so no speed figure). A generated benchmark with random-weight features tests how each method uses "

@@ -112,4 +112,5 @@ def test_table1_section_states_the_ranking_and_where_a_peer_is_ahead():
     assert "| -22.00 ± 2.83 (CI > 0 in 0/2, < 0 in 2/2) |" in text  # TRX − M3Net at 1-shot
     # TRX's best validation was its last one at the cap, M3Net stopped on --patience
     assert "not the recipe's ceiling): TRX in 2/2 seeds." in text
+    assert "M3Net at the paper's width (d = 2048, no projection) is not in this record" in text
     assert "fair" not in text
