@@ -379,12 +379,12 @@ def seeds_record(config, seeds):
             folder = report if shot == config.shot else os.path.join(report, f"shot-{shot}")
             with open(os.path.join(folder, "results.json")) as fh:
                 summary = json.load(fh)
-            # the commit each seed's demo ran on (demos before this field: None) and its cache was extracted on
-            code[str(seed)] = {"demo": ran.get("git_sha"), "cache": summary["cache_provenance"].get("code_version")}
             runs[f"{shot}-shot"] = {key: summary[key] for key in ("task", "results", "paired")}
             runs[f"{shot}-shot"]["checks"] = seed_checks(summary)
             runs[f"{shot}-shot"]["input_norm"] = summary.get("input_norm", {"input_norm": "none"})
         per_seed[str(seed)] = runs
+        # the commit each seed's demo ran on (demos before this field: None) and its cache was extracted on
+        code[str(seed)] = {"demo": ran.get("git_sha"), "cache": summary["cache_provenance"].get("code_version")}
     return benchmark_record("demo_synthetic", resolve_device(config.device), asdict(config), rows=[],
                             seeds=list(seeds), demo_wall_s=wall, weights_used=weights, trained=trained,
                             seed_code_versions=code,

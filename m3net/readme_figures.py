@@ -204,7 +204,7 @@ def render_table1_synthetic(record, record_path):
         "validation) is scored. The parameter-free heads are scored from the cache. Every head sees the same "
         f"input: {inputs}. The generated benchmark of the default demo ({weights} ResNet-50 weights), "
         f"{demo['eval_episodes']} seeded {demo['way']}-way test episodes per seed and shot, one "
-        f"query per class; measured on {record['device']} at git {record['git_sha'][:7]}{_seed_commits(record)}"
+        f"query per class; measured on {record['device']} at git {_short_sha(record['git_sha'])}{_seed_commits(record)}"
         + (f" ({record['note']})" if record.get("note") else "") + f", record `{record_path}`. Fused accuracy in %, "
         f"mean ± sd over the seeds (a row with fewer seeds says so); paired difference against {names[reference]} "
         "on the same episodes, mean ± sd over seeds, and in how many seeds its 95% CI lies above / below zero.",
@@ -566,7 +566,7 @@ def render_synthetic_validation(root):
     with open(os.path.join(root, path)) as fh:
         record = json.load(fh)
     config, split = record["config"], record["split"]
-    per_seed = record.get("per_seed") or {str(config["seed"]): record}  # records before --seeds: one seed
+    per_seed = record["per_seed"]
     seeds = list(per_seed)
     names = {"prototype": "mean-pooled prototype", "diagonal": "diagonal (frame t to t)", "dtw": "hard DTW (cosine)"}
     rows = [(key.replace("5way_", "5-way ").replace("shot", "-shot"), key)
@@ -591,7 +591,7 @@ def render_synthetic_validation(root):
              f"split's classes, {record['episodes']} seeded episodes each (8 frames per clip; {spread}):", "",
              "| episodes | " + " | ".join(names.values()) + " |", "|---" * (len(names) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(cell(key, m) for m in names) + " |" for label, key in rows]
-    held = record.get("targets_per_seed") or {seeds[0]: record["targets"]}
+    held = record["targets_per_seed"]
 
     def verdict(name, value):
         text = "met" if value else "not met" if value is False else "n/a"
