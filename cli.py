@@ -334,7 +334,8 @@ def demo_cmd(seeds, record, compare, compare_once, collect, **options):
     import dataclasses
     import json
 
-    from m3net.demo import collect_seeds_record, parse_compare, parse_seeds, run_demo, run_demo_seeds
+    from m3net.config import parse_seeds
+    from m3net.demo import collect_seeds_record, parse_compare, run_demo, run_demo_seeds
     from m3net.errors import ConfigError
     from m3net.readme_figures import render_demo_results, render_table1_synthetic
 

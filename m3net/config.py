@@ -239,3 +239,16 @@ def click_options(config_class):
         return command
 
     return decorate
+
+
+def parse_seeds(text):
+    """"0,1,2" -> (0, 1, 2): distinct non-negative integers (the seeds of a run over several benchmarks)."""
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"seeds {text!r}: expected comma-separated integers such as 0,1,2") from None
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds {text!r}: a seed is listed twice")
+    if min(seeds) < 0:
+        raise ConfigError(f"seeds {text!r}: expected non-negative integers")
+    return seeds

@@ -295,17 +295,6 @@ def parse_compare(text, demo_head="m3net"):
     return specs
 
 
-def parse_seeds(text):
-    """"0,1,2" -> (0, 1, 2): distinct non-negative integers."""
-    try:
-        seeds = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise ConfigError(f"seeds={text!r}: expected comma-separated integers such as 0,1,2") from None
-    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ConfigError(f"seeds={text!r}: expected distinct non-negative integers")
-    return seeds
-
-
 def seeded(config, seed, first=True):
     """The demo of one seed (its own benchmark, head initialisation and episodes) in <out>/seed-<seed>; the
     heads of compare_once only on the ``first`` seed."""

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from m3net.demo import aggregate, parse_seeds, seed_checks
+from m3net.config import parse_seeds
+from m3net.demo import aggregate, seed_checks
 from m3net.errors import ConfigError
 from m3net.paper import ABLATIONS
 from m3net.readme_figures import (

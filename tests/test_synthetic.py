@@ -1,4 +1,5 @@
 """The generated benchmark: determinism, layout, decodability, the order property, reuse."""
+import argparse
 import json
 import os
 from collections import Counter
@@ -318,7 +319,7 @@ def _validated(diagonal, dtw, types=0.95):
 def test_validator_judges_the_targets_on_the_mean_over_the_benchmark_seeds(tmp_path):
     """Several --seeds: every accuracy is the mean over the seeds' benchmarks, the targets are judged on those
     means, and the README section shows each seed's value beside the mean."""
-    from m3net.data.synthetic_validate import check_targets, over_seeds, parse_seeds
+    from m3net.data.synthetic_validate import check_targets, over_seeds, seeds_option
     from m3net.readme_figures import render_synthetic_validation
 
     per_seed = {"0": _validated(0.40, 0.49), "1": _validated(0.30, 0.45)}  # gaps of 9 and 15 points
@@ -337,6 +338,6 @@ def test_validator_judges_the_targets_on_the_mean_over_the_benchmark_seeds(tmp_p
     assert "| 5-way 1-shot | 0.25 (0.25, 0.25) | 0.35 (0.40, 0.30) | 0.47 (0.49, 0.45) |" in text
     assert f"{gap_target}: met (on the mean; in 1 of 2 seeds alone)" in text
     assert "per seed: 9.0, 15.0 points" in text
-    assert parse_seeds("0,1,2") == [0, 1, 2]
-    with pytest.raises(Exception, match="listed twice"):
-        parse_seeds("1,1")
+    assert seeds_option("0,1,2") == [0, 1, 2]
+    with pytest.raises(argparse.ArgumentTypeError, match="listed twice"):
+        seeds_option("1,1")

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from m3net.config import parse_seeds
 from m3net.data.synthetic import (
     SUBACTIONS,
     VARIANTS,
@@ -40,6 +41,7 @@ from m3net.data.synthetic import (
     render_background,
     render_frame,
 )
+from m3net.errors import ConfigError
 from m3net.extract.backbone import build_backbone
 from m3net.runtime import git_sha, versions
 
@@ -225,14 +227,12 @@ def over_seeds(per_seed):
     return mean
 
 
-def parse_seeds(text):
+def seeds_option(text):
+    """argparse's type for --seeds: m3net.config.parse_seeds, its refusal as argparse's usage error."""
     try:
-        seeds = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
-    if len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: a seed is listed twice")
-    return seeds
+        return list(parse_seeds(text))
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main(argv=None):
@@ -240,7 +240,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder of the benchmarks: OUT/seed-<seed> each (generated "
                         "with the defaults where absent; the demo's <out>/seed-<seed>/synthetic folders can be linked)")
-    parser.add_argument("--seeds", type=parse_seeds, default=[0],
+    parser.add_argument("--seeds", type=seeds_option, default=[0],
                         help="comma-separated seeds of the benchmarks (default 0); targets judged on the mean")
     parser.add_argument("--tempo", type=float, default=tempo.default,
                         help="tempo of a benchmark generated here: " + tempo.metadata["help"].replace("%", "%%"))
