@@ -156,6 +156,16 @@ def _seed_commits(record):
         f"{seed}: {_short_sha(c['demo'])} / {_short_sha(c['cache'])}" for seed, c in commits.items()) + ")"
 
 
+def _mean_sd(mean, row, spec=".2f"):
+    """"mean ± sd" over the seeds; the value alone from one seed (an sd of one value is no spread)."""
+    return f"{mean:{spec}}" + (f" ± {row['sd']:.2f}" if row["seeds"] > 1 else "")
+
+
+def _fused(shot_summary, head):
+    """``head``'s fused accuracy (view y) in one seed's table."""
+    return next(r["accuracy"] for r in shot_summary["results"] if r["head"] == head and r["view"] == "y")
+
+
 def _at_the_cap(trained, names):
     """The sentence that says which trained heads were still improving when the episode cap ended them (their
     best.pt from the last validation): their accuracy is what the capped recipe reached, not its ceiling."""
@@ -218,25 +228,33 @@ def render_table1_synthetic(record, record_path):
         episodes = ", ".join(f"{run['episodes_trained']}/{run['best_episodes']}"
                              for _, run in sorted(runs.items())) or "—"
         count = accuracy[shots[0]][label]["seeds"]
-        cells = [f"{accuracy[shot][label]['mean']:.2f} ± {accuracy[shot][label]['sd']:.2f}" for shot in shots]
+        cells = [_mean_sd(accuracy[shot][label]["mean"], accuracy[shot][label]) for shot in shots]
         for shot in shots:
             p = paired[shot].get(label)
-            cells.append("—" if p is None else f"{-p['mean']:+.2f} ± {p['sd']:.2f} (CI > 0 in "
+            cells.append("—" if p is None else f"{_mean_sd(-p['mean'], p, '+.2f')} (CI > 0 in "
                          f"{p['seeds_with_ci_below_zero']}/{p['seeds']}, < 0 in {p['seeds_with_ci_above_zero']}/"
                          f"{p['seeds']})")
-        seeds_note = f" ({count} seed{'s' if count > 1 else ''})" if count < len(seeds) else ""
+        seeds_note = f" (seed {', '.join(sorted(runs))} only)" if count < len(seeds) else ""
         lines.append(f"| {names[label]}{seeds_note} | {_width(first.get(label))} | {episodes} | " + " | ".join(cells)
                      + " |")
     lines.append("")
-    for shot in shots:
-        lines.append(f"Ranking at {shot} (mean fused accuracy): "
-                     + _ranking({names[label]: row["mean"] for label, row in accuracy[shot].items()}) + ".")
+    for shot in shots:  # a row of fewer seeds is compared through its paired column, not ranked against means
+        lines.append(f"Ranking at {shot} (mean fused accuracy over the {len(seeds)} seeds): " + _ranking(
+            {names[label]: row["mean"] for label, row in accuracy[shot].items() if row["seeds"] == len(seeds)}) + ".")
+    partial = [label for label, row in accuracy[shots[0]].items() if row["seeds"] < len(seeds)]
+    for label in partial:
+        on = sorted(trained[label])
+        reference_there = {shot: sum(_fused(record["per_seed"][seed][shot], reference) for seed in on) / len(on)
+                           for shot in shots}
+        lines.append(f"{names[label]} ran on seed {', '.join(on)} only, so it is not ranked against the means: "
+                     f"compare it through its paired column (same seeds, same episodes); there {names[reference]} "
+                     "scored " + ", ".join(f"{reference_there[shot]:.2f} ({shot})" for shot in shots) + ".")
     ahead = [(shot, label, p) for shot in shots for label, p in paired[shot].items()
              if p["mean"] < 0 or p["seeds_with_ci_below_zero"] > 0]
     lines.append("")
     if ahead:
         lines.append("Ahead of " + names[reference] + ": " + "; ".join(
-            f"{names[label]} at {shot} ({-p['mean']:+.2f} ± {p['sd']:.2f} points, its paired CI above zero in "
+            f"{names[label]} at {shot} ({_mean_sd(-p['mean'], p, '+.2f')} points, its paired CI above zero in "
             f"{p['seeds_with_ci_below_zero']}/{p['seeds']} seeds)" for shot, label, p in ahead) + ".")
     else:
         lines.append(f"No head is ahead of {names[reference]} at any shot, in any seed.")

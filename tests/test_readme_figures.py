@@ -70,6 +70,46 @@ def test_parse_seeds():
             parse_seeds(bad)
 
 
+def test_table1_section_compares_a_head_of_the_first_seed_only_through_its_paired_column():
+    """--compare-once m3net:proj_dim=0 trains the paper's width on seed 0 only: its row shows seed 0's values
+    (no ± of one value), it is not ranked against means over every seed, and the section gives the reference
+    head's accuracy on that seed beside it."""
+    from m3net.readme_figures import render_table1_synthetic
+
+    wide = "m3net (m3net-proj_dim-0)"
+    per_seed = {"0": {"1-shot": _compare_seed(80, 60, 40), "5-shot": _compare_seed(90, 70, 50)},
+                "1": {"1-shot": _compare_seed(84, 58, 41), "5-shot": _compare_seed(92, 72, 52)}}
+    for shot, y in (("1-shot", 77.0), ("5-shot", 93.0)):  # the wide head on seed 0: −3 and +3 against d = 128
+        run = per_seed["0"][shot]
+        run["results"].append({"head": wide, "view": "y", "accuracy": y})
+        run["paired"].append({"head": wide, "difference": y - (80 if shot == "1-shot" else 90), "ci95": 1.0})
+        run["checks"] = seed_checks(run)
+    trained = {"head": "m3net", "widths": {"channels": 2048, "width": 128}, "episodes_trained": 800,
+               "best_episodes": 640, "stopped_early": True}
+    peer = {"head": "trx", "widths": {"channels": 2048, "width": 2048, "attention_dim": 1152},
+            "episodes_trained": 960, "best_episodes": 800, "stopped_early": False}
+    record = {"config": {"preset": "reference", "compare": ["trx"], "compare_once": ["m3net:proj_dim=0"],
+                         "train_episodes": 960, "patience": 3, "val_every": 160, "val_episodes": 50,
+                         "eval_episodes": 600, "way": 5},
+              "seeds": [0, 1], "per_seed": per_seed, "over_seeds": aggregate(per_seed),
+              "trained": {"0": {"m3net (m3net)": trained, "trx (trx)": peer,
+                                wide: {**trained, "widths": {"channels": 2048, "width": 2048}}},
+                          "1": {"m3net (m3net)": trained, "trx (trx)": peer}},
+              "weights_used": {"0": "random", "1": "random"}, "device": "CPU", "git_sha": "abcdef0",
+              "demo_wall_s": {"0": 600, "1": 660}}
+    text = render_table1_synthetic(record, "benchmarks/t.json")
+    assert "--compare-once m3net:proj_dim=0 " in text
+    assert ("| M3Net (d = 2048) (seed 0 only) | d = 2048 | 800/640 | 77.00 | 93.00 | -3.00 (CI > 0 in 0/1, < 0 in "
+            "1/1) | +3.00 (CI > 0 in 1/1, < 0 in 0/1) |") in text
+    assert ("Ranking at 5-shot (mean fused accuracy over the 2 seeds): M3Net (d = 128) 91.0 > TRX 71.0 > "
+            "OTAM (parameter-free) 51.0.") in text
+    assert ("M3Net (d = 2048) ran on seed 0 only, so it is not ranked against the means: compare it through its "
+            "paired column (same seeds, same episodes); there M3Net (d = 128) scored 80.00 (1-shot), 90.00 "
+            "(5-shot).") in text
+    assert "Ahead of M3Net (d = 128): M3Net (d = 2048) at 5-shot (+3.00 points" in text
+    assert "is not in this record" not in text
+
+
 def test_readme_ablations_list_every_reproduce_variant():
     section = render_paper_ablations()
     assert all(f"| `{name}` |" in section for name in ABLATIONS)
@@ -105,7 +145,7 @@ def test_table1_section_states_the_ranking_and_where_a_peer_is_ahead():
     text = render_table1_synthetic(record, "benchmarks/t.json")
     assert "| M3Net (d = 128) | d = 128 of C = 2048 | 800/640, 800/640 | 81.00 ± 1.41 | 90.50 ± 0.71 | — | — |" in text
     assert "| TRX | d = 2048, d_k = 1152 | 960/960, 960/960 |" in text
-    assert ("Ranking at 5-shot (mean fused accuracy): TRX 92.8 > M3Net (d = 128) 90.5 > OTAM (parameter-free) 51.0."
+    assert ("Ranking at 5-shot (mean fused accuracy over the 2 seeds): TRX 92.8 > M3Net (d = 128) 90.5 > OTAM (parameter-free) 51.0."
             in text)
     assert ("Ahead of M3Net (d = 128): TRX at 5-shot (+2.25 ± 1.06 points, its paired CI above zero in 2/2 seeds)"
             in text)
