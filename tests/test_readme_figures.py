@@ -145,8 +145,8 @@ def test_table1_section_states_the_ranking_and_where_a_peer_is_ahead():
     text = render_table1_synthetic(record, "benchmarks/t.json")
     assert "| M3Net (d = 128) | d = 128 of C = 2048 | 800/640, 800/640 | 81.00 ± 1.41 | 90.50 ± 0.71 | — | — |" in text
     assert "| TRX | d = 2048, d_k = 1152 | 960/960, 960/960 |" in text
-    assert ("Ranking at 5-shot (mean fused accuracy over the 2 seeds): TRX 92.8 > M3Net (d = 128) 90.5 > OTAM (parameter-free) 51.0."
-            in text)
+    assert ("Ranking at 5-shot (mean fused accuracy over the 2 seeds): TRX 92.8 > M3Net (d = 128) 90.5 > "
+            "OTAM (parameter-free) 51.0." in text)
     assert ("Ahead of M3Net (d = 128): TRX at 5-shot (+2.25 ± 1.06 points, its paired CI above zero in 2/2 seeds)"
             in text)
     assert "standardised per channel with the training split's statistics (144 training clips)" in text
