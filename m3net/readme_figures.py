@@ -3,6 +3,8 @@
     demo-results       from the newest benchmarks/demo_synthetic_cpu_<date>.json
                        (``m3net demo --seeds 0,1,2 --record ...``)
     table1-synthetic   from the newest benchmarks/table1_synthetic_cpu_<date>.json (TABLE1_COMMAND)
+    table1-cap-check   from the newest benchmarks/table1_longer_cap_synthetic_cpu_<date>.json: a seed of it
+                       again with a higher episode cap, beside its rows of the Table 1 record
     benchmark-results  from the newest record of each benchmark under benchmarks/ (bench_*.json)
     frames-footprint   frames per finetune cell (the paper preset) and disk per dataset
                        (m3net/data/footprint.py), at the newest bench_input record's JPEG bytes and rates
@@ -32,6 +34,8 @@ from m3net.paper import METHOD_NAMES, VIEW_NAMES
 BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
 RECORD_PATTERN = os.path.join("benchmarks", "demo_synthetic_cpu_*.json")
 TABLE1_PATTERN = os.path.join("benchmarks", "table1_synthetic_cpu_*.json")
+# A seed of the Table 1 run again with a higher episode cap for some heads (the table1-cap-check section).
+CAP_CHECK_PATTERN = os.path.join("benchmarks", "table1_longer_cap_synthetic_cpu_*.json")
 # The record of the table1-synthetic section: every Table 1 head, each with its reference recipe, on one input.
 TABLE1_COMMAND = ("OMP_NUM_THREADS=1 m3net demo --seeds 0,1,2 --preset reference --compare trx,strm,hyrsm,pal "
                   "--compare-once m3net:proj_dim=0 --train-episodes 960 --val-every 160 --patience 3 "
@@ -267,6 +271,44 @@ def render_table1_synthetic(record, record_path):
     lines += ["", f"Wall time per seed: {wall} min (clips, cache, every training, evaluation; beside other work, "
               "so no speed figure). A generated benchmark with random-weight features tests how each method uses "
               "temporal order and alignment; it is no substitute for the paper's Gym99/Diving48 numbers."]
+    return "\n".join(lines)
+
+
+def render_cap_check(longer, longer_path, table1, table1_path):
+    """The markdown of the table1-cap-check section: the heads of a ``demo --seeds S --preset reference`` record
+    trained with a higher episode cap than the Table 1 record, beside their rows of the Table 1 record on the
+    same seed (same benchmark, input and test episodes; only the cap differs), and the paired differences
+    against M3Net at each cap."""
+    seed = str(longer["seeds"][0])
+    demo, shots = longer["config"], list(longer["over_seeds"])
+    records = [(table1["config"]["train_episodes"], table1), (demo["train_episodes"], longer)]
+    labels = list(longer["trained"][seed])
+    reference = next(label for label in labels if label.startswith("m3net"))
+    names = {label: _method(label, longer["trained"][seed][label]) for label in labels}
+    lines = [
+        f"Seed {seed} again with the episode cap raised from {records[0][0]} to {records[1][0]} for "
+        f"{' and '.join(names[label] for label in labels)} (`m3net demo --seeds {seed} --preset {demo['preset']} "
+        f"--compare {','.join(demo['compare'])} --train-episodes {demo['train_episodes']} --val-every "
+        f"{demo['val_every']} --patience {demo['patience']}`; the same benchmark, input, recipes and test episodes "
+        f"as the table above, only the cap differs), record `{longer_path}` (git {_short_sha(longer['git_sha'])}), "
+        f"beside their rows of `{table1_path}` on seed {seed}. Fused accuracy in %, and the paired difference "
+        f"against {names[reference]} at the same cap with its 95% CI.",
+        "",
+        "| method | cap | episodes trained / best.pt's | best validation | " + " | ".join(shots) + " | "
+        + " | ".join(f"− {names[reference]} ({shot})" for shot in shots) + " |",
+        "|---|---|---|---|" + "---|" * (2 * len(shots)),
+    ]
+    for label in labels:
+        for cap, record in records:
+            run = record["trained"][seed][label]
+            cells = [f"{_fused(record['per_seed'][seed][shot], label):.2f}" for shot in shots]
+            for shot in shots:
+                paired = {p["head"]: p for p in record["per_seed"][seed][shot]["paired"]}.get(label)
+                cells.append("—" if paired is None else f"{paired['difference']:+.2f} ± {paired['ci95']:.2f}")
+            lines.append(f"| {names[label]} | {cap} | {run['episodes_trained']}/{run['best_episodes']} | "
+                         f"{run['best_val_acc']:.1f} | " + " | ".join(cells) + " |")
+    trained = {label: {seed: longer["trained"][seed][label]} for label in labels}
+    lines += ["", _at_the_cap(trained, names)]
     return "\n".join(lines)
 
 
@@ -624,6 +666,19 @@ def render_synthetic_validation(root):
     return "\n".join(lines)
 
 
+def render_table1_cap_check(root):
+    """The table1-cap-check section from the newest records of both patterns."""
+    if not glob.glob(os.path.join(root, CAP_CHECK_PATTERN)):
+        return "No record yet of a seed trained with a higher episode cap."
+    loaded = {}
+    for pattern in (CAP_CHECK_PATTERN, TABLE1_PATTERN):
+        path = latest_record(root, pattern)
+        with open(os.path.join(root, path)) as fh:
+            loaded[pattern] = (json.load(fh), path)
+    (longer, longer_path), (table1, table1_path) = loaded[CAP_CHECK_PATTERN], loaded[TABLE1_PATTERN]
+    return render_cap_check(longer, longer_path, table1, table1_path)
+
+
 def expected_readme(root):
     """(current README text, README text with every generated section rebuilt from its source)."""
 
@@ -641,6 +696,8 @@ def expected_readme(root):
         table1 = (f"No record yet in which every head had the same input and its own recipe: `{TABLE1_COMMAND}` "
                   "writes it (hours on a 2-core CPU), then `python -m m3net.readme_figures`.")
     expected = replace_section(expected, table1, "table1-synthetic")
+    if "<!-- table1-cap-check:begin -->" in current or glob.glob(os.path.join(root, CAP_CHECK_PATTERN)):
+        expected = replace_section(expected, render_table1_cap_check(root), "table1-cap-check")
     expected = replace_section(expected, render_benchmarks(root), "benchmark-results")
     expected = replace_section(expected, render_frames_footprint(root), "frames-footprint")
     expected = replace_section(expected, render_paper_table1(), "paper-table1")

@@ -110,6 +110,34 @@ def test_table1_section_compares_a_head_of_the_first_seed_only_through_its_paire
     assert "is not in this record" not in text
 
 
+def test_cap_check_section_sets_each_head_beside_its_table1_row_of_the_same_seed():
+    """A seed trained again with a higher cap: each head's row at either cap, from either record, on that seed
+    (not the Table 1 record's mean over seeds), its paired difference against M3Net at the same cap."""
+    from m3net.readme_figures import render_cap_check
+
+    def record(cap, m3net_y, trx_y, trx_best, seeds):
+        per_seed = {s: {"1-shot": _compare_seed(m3net_y + int(s), trx_y, 40, ci=1.5),
+                        "5-shot": _compare_seed(m3net_y + 10, trx_y + 20, 50)} for s in seeds}
+        trained = {"m3net (m3net)": {"head": "m3net", "widths": {"channels": 2048, "width": 128},
+                                     "episodes_trained": cap, "best_episodes": cap // 2, "stopped_early": False,
+                                     "best_val_acc": 80.0},
+                   "trx (trx)": {"head": "trx", "widths": {"channels": 2048, "width": 2048, "attention_dim": 1152},
+                                 "episodes_trained": cap, "best_episodes": trx_best, "stopped_early": False,
+                                 "best_val_acc": 50.0}}
+        return {"config": {"preset": "reference", "compare": ["trx"], "train_episodes": cap, "val_every": 160,
+                           "patience": 3}, "seeds": [int(s) for s in seeds], "per_seed": per_seed,
+                "over_seeds": aggregate(per_seed), "trained": {s: trained for s in seeds}, "git_sha": "abcdef0"}
+
+    table1 = record(960, 80, 50, 960, ("0", "1", "2"))
+    longer = record(3840, 82, 60, 2560, ("0",))
+    text = render_cap_check(longer, "benchmarks/longer.json", table1, "benchmarks/t1.json")
+    assert "Seed 0 again with the episode cap raised from 960 to 3840 for M3Net (d = 128) and TRX" in text
+    assert "| TRX | 960 | 960/960 | 50.0 | 50.00 | 70.00 | -30.00 ± 1.50 | -20.00 ± 1.00 |" in text
+    assert "| TRX | 3840 | 3840/2560 | 50.0 | 60.00 | 80.00 | -22.00 ± 1.50 | -12.00 ± 1.00 |" in text
+    assert "| M3Net (d = 128) | 3840 | 3840/1920 | 80.0 | 82.00 | 92.00 | — | — |" in text
+    assert "Every trained head had stopped improving before the episode cap" in text  # best.pt before the cap
+
+
 def test_readme_ablations_list_every_reproduce_variant():
     section = render_paper_ablations()
     assert all(f"| `{name}` |" in section for name in ABLATIONS)
