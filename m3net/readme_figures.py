@@ -268,9 +268,10 @@ def render_table1_synthetic(record, record_path):
         lines += ["", "M3Net at the paper's width (d = 2048, no projection) is not in this record: "
                   "`--compare-once m3net:proj_dim=0` adds it on the first seed."]
     wall = ", ".join(f"{seconds / 60:.0f}" for seconds in record["demo_wall_s"].values())
-    lines += ["", f"Wall time per seed: {wall} min (clips, cache, every training, evaluation; beside other work, "
-              "so no speed figure). A generated benchmark with random-weight features tests how each method uses "
-              "temporal order and alignment; it is no substitute for the paper's Gym99/Diving48 numbers."]
+    lines += ["", f"Wall time of each seed's last demo run: {wall} min (a run that reuses an earlier run's clips, "
+              "cache or trained heads is shorter than a fresh one; beside other work, so no speed figure). A "
+              "generated benchmark with random-weight features tests how each method uses temporal order and "
+              "alignment; it is no substitute for the paper's Gym99/Diving48 numbers."]
     return "\n".join(lines)
 
 
