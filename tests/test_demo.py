@@ -64,7 +64,8 @@ def test_demo_rerun_reuses_everything(demo, capsys):
 
 
 @pytest.mark.parametrize("args, message", [(["--seeds", "0,x"], "comma-separated integers"),
-                                           (["--seeds", "1,1"], "distinct"),
+                                           (["--seeds", "1,1"], "listed twice"),
+                                           (["--seeds", "0,-1"], "non-negative"),
                                            (["--record", "r.json"], "--record needs --seeds"),
                                            (["--collect"], "--collect needs --seeds"),
                                            (["--seeds", "0,1", "--collect"], "seed 0 has no finished demo")])
