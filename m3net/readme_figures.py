@@ -293,7 +293,9 @@ def render_cap_check(longer, longer_path, table1, table1_path):
         f"{demo['val_every']} --patience {demo['patience']}`; the same benchmark, input, recipes and test episodes "
         f"as the table above, only the cap differs), record `{longer_path}` (git {_short_sha(longer['git_sha'])}), "
         f"beside their rows of `{table1_path}` on seed {seed}. Fused accuracy in %, and the paired difference "
-        f"against {names[reference]} at the same cap with its 95% CI.",
+        f"against {names[reference]} at the same cap with its 95% CI. Whether a head was still improving shows in "
+        f"where its best.pt came from (the episode of its best validation, on {demo['val_episodes']} validation "
+        "episodes, against the episodes it trained).",
         "",
         "| method | cap | episodes trained / best.pt's | best validation | " + " | ".join(shots) + " | "
         + " | ".join(f"− {names[reference]} ({shot})" for shot in shots) + " |",
@@ -308,8 +310,6 @@ def render_cap_check(longer, longer_path, table1, table1_path):
                 cells.append("—" if paired is None else f"{paired['difference']:+.2f} ± {paired['ci95']:.2f}")
             lines.append(f"| {names[label]} | {cap} | {run['episodes_trained']}/{run['best_episodes']} | "
                          f"{run['best_val_acc']:.1f} | " + " | ".join(cells) + " |")
-    trained = {label: {seed: longer["trained"][seed][label]} for label in labels}
-    lines += ["", _at_the_cap(trained, names)]
     return "\n".join(lines)
 
 

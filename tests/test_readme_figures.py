@@ -125,7 +125,7 @@ def test_cap_check_section_sets_each_head_beside_its_table1_row_of_the_same_seed
                                  "episodes_trained": cap, "best_episodes": trx_best, "stopped_early": False,
                                  "best_val_acc": 50.0}}
         return {"config": {"preset": "reference", "compare": ["trx"], "train_episodes": cap, "val_every": 160,
-                           "patience": 3}, "seeds": [int(s) for s in seeds], "per_seed": per_seed,
+                           "patience": 3, "val_episodes": 50}, "seeds": [int(s) for s in seeds], "per_seed": per_seed,
                 "over_seeds": aggregate(per_seed), "trained": {s: trained for s in seeds}, "git_sha": "abcdef0"}
 
     table1 = record(960, 80, 50, 960, ("0", "1", "2"))
@@ -135,7 +135,7 @@ def test_cap_check_section_sets_each_head_beside_its_table1_row_of_the_same_seed
     assert "| TRX | 960 | 960/960 | 50.0 | 50.00 | 70.00 | -30.00 ± 1.50 | -20.00 ± 1.00 |" in text
     assert "| TRX | 3840 | 3840/2560 | 50.0 | 60.00 | 80.00 | -22.00 ± 1.50 | -12.00 ± 1.00 |" in text
     assert "| M3Net (d = 128) | 3840 | 3840/1920 | 80.0 | 82.00 | 92.00 | — | — |" in text
-    assert "Every trained head had stopped improving before the episode cap" in text  # best.pt before the cap
+    assert "the episode of its best validation, on 50 validation episodes" in text
 
 
 def test_readme_ablations_list_every_reproduce_variant():
