@@ -52,6 +52,13 @@ def latest_record(root, pattern=RECORD_PATTERN):
     return os.path.relpath(found[-1], root)
 
 
+def _load_latest(root, pattern):
+    """(record, its path relative to ``root``) of the newest record matching ``pattern``."""
+    path = latest_record(root, pattern)
+    with open(os.path.join(root, path)) as fh:
+        return json.load(fh), path
+
+
 def head_name(label):
     """The paper's name of an evaluated head: "trx (trx)" (trained, its run folder in brackets) or "otam"."""
     head = label.split(" ")[0]
@@ -170,6 +177,13 @@ def _fused(shot_summary, head):
     return next(r["accuracy"] for r in shot_summary["results"] if r["head"] == head and r["view"] == "y")
 
 
+def _comparison_header(columns, shots, reference):
+    """The two header lines of a comparison table: ``columns``, then the accuracy at each shot, then each shot's
+    paired difference against ``reference``."""
+    titles = [*columns, *shots, *(f"− {reference} ({shot})" for shot in shots)]
+    return ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+
+
 def _at_the_cap(trained, names):
     """The sentence that says which trained heads were still improving when the episode cap ended them (their
     best.pt from the last validation): their accuracy is what the capped recipe reached, not its ceiling."""
@@ -223,9 +237,7 @@ def render_table1_synthetic(record, record_path):
         f"mean ± sd over the seeds (a row with fewer seeds says so); paired difference against {names[reference]} "
         "on the same episodes, mean ± sd over seeds, and in how many seeds its 95% CI lies above / below zero.",
         "",
-        "| method | width | episodes trained / best.pt's, per seed | " + " | ".join(shots) + " | "
-        + " | ".join(f"− {names[reference]} ({shot})" for shot in shots) + " |",
-        "|---|---|---|" + "---|" * (2 * len(shots)),
+        *_comparison_header(["method", "width", "episodes trained / best.pt's, per seed"], shots, names[reference]),
     ]
     for label in accuracy[shots[0]]:
         runs = trained.get(label, {})
@@ -297,9 +309,8 @@ def render_cap_check(longer, longer_path, table1, table1_path):
         f"where its best.pt came from (the episode of its best validation, on {demo['val_episodes']} validation "
         "episodes, against the episodes it trained).",
         "",
-        "| method | cap | episodes trained / best.pt's | best validation | " + " | ".join(shots) + " | "
-        + " | ".join(f"− {names[reference]} ({shot})" for shot in shots) + " |",
-        "|---|---|---|---|" + "---|" * (2 * len(shots)),
+        *_comparison_header(["method", "cap", "episodes trained / best.pt's", "best validation"], shots,
+                            names[reference]),
     ]
     for label in labels:
         for cap, record in records:
@@ -623,9 +634,7 @@ def reference_table():
 def render_synthetic_validation(root):
     """The synthetic-validation section: the newest validator record (m3net/data/synthetic_validate.py), the
     mean over its benchmark seeds with each seed's value beside it."""
-    path = latest_record(root, VALIDATION_PATTERN)
-    with open(os.path.join(root, path)) as fh:
-        record = json.load(fh)
+    record, path = _load_latest(root, VALIDATION_PATTERN)
     config, split = record["config"], record["split"]
     per_seed = record["per_seed"]
     seeds = list(per_seed)
@@ -671,34 +680,22 @@ def render_table1_cap_check(root):
     """The table1-cap-check section from the newest records of both patterns."""
     if not glob.glob(os.path.join(root, CAP_CHECK_PATTERN)):
         return "No record yet of a seed trained with a higher episode cap."
-    loaded = {}
-    for pattern in (CAP_CHECK_PATTERN, TABLE1_PATTERN):
-        path = latest_record(root, pattern)
-        with open(os.path.join(root, path)) as fh:
-            loaded[pattern] = (json.load(fh), path)
-    (longer, longer_path), (table1, table1_path) = loaded[CAP_CHECK_PATTERN], loaded[TABLE1_PATTERN]
-    return render_cap_check(longer, longer_path, table1, table1_path)
+    return render_cap_check(*_load_latest(root, CAP_CHECK_PATTERN), *_load_latest(root, TABLE1_PATTERN))
 
 
 def expected_readme(root):
     """(current README text, README text with every generated section rebuilt from its source)."""
 
-    record_path = latest_record(root)
-    with open(os.path.join(root, record_path)) as fh:
-        record = json.load(fh)
     with open(os.path.join(root, "README.md")) as fh:
         current = fh.read()
-    expected = replace_section(current, render_demo_results(record, record_path))
+    expected = replace_section(current, render_demo_results(*_load_latest(root, RECORD_PATTERN)))
     if glob.glob(os.path.join(root, TABLE1_PATTERN)):
-        table1_path = latest_record(root, TABLE1_PATTERN)
-        with open(os.path.join(root, table1_path)) as fh:
-            table1 = render_table1_synthetic(json.load(fh), table1_path)
+        table1 = render_table1_synthetic(*_load_latest(root, TABLE1_PATTERN))
     else:
         table1 = (f"No record yet in which every head had the same input and its own recipe: `{TABLE1_COMMAND}` "
                   "writes it (hours on a 2-core CPU), then `python -m m3net.readme_figures`.")
     expected = replace_section(expected, table1, "table1-synthetic")
-    if "<!-- table1-cap-check:begin -->" in current or glob.glob(os.path.join(root, CAP_CHECK_PATTERN)):
-        expected = replace_section(expected, render_table1_cap_check(root), "table1-cap-check")
+    expected = replace_section(expected, render_table1_cap_check(root), "table1-cap-check")
     expected = replace_section(expected, render_benchmarks(root), "benchmark-results")
     expected = replace_section(expected, render_frames_footprint(root), "frames-footprint")
     expected = replace_section(expected, render_paper_table1(), "paper-table1")
