@@ -10,15 +10,11 @@ from m3net.kernels.dtw_grid import (
     KernelLaunch,
     _accumulation_dtype,
     _device_guard,
-    _diag_lanes,
     _grid_shape,
     _interpreting,
     _launch,
-    _left_lanes,
-    _log2,
     _scale,
     _threads_per_program,
-    _up_lanes,
     tl,
     triton,
 )
@@ -26,7 +22,8 @@ from m3net.kernels.dtw_grid import (
 LONG_WARPS = 1  # pinned: one compile per (mode, pass, dtype, lane tiling), whatever the batch
 COLUMNS_PER_LANE = 8  # K: one lane's share of a row, in registers
 
-if triton is not None:
+if triton is not None:  # the jitted helpers exist only where triton is installed
+    from m3net.kernels.dtw_grid import _diag_lanes, _left_lanes, _log2, _up_lanes
 
     @triton.jit
     def _soft_min3(a, b, c, has_a, has_b, has_c, HARD: tl.constexpr, FAST_MATH: tl.constexpr):

@@ -11,12 +11,8 @@ from m3net.kernels.dtw_grid import (
     KernelLaunch,
     _accumulation_dtype,
     _device_guard,
-    _has_diag,
-    _has_left,
-    _has_up,
     _interpreting,
     _launch,
-    _log2,
     _scale,
     _threads_per_program,
     tl,
@@ -27,7 +23,8 @@ SYMMETRIC_BWD_MAX = 8  # dtw_symmetric's backward runs both directions in one pr
 SHORT_WARPS = 1  # pinned: one compile per shape; a 1-warp program spreads a small batch over more SMs
 VECTOR_BYTES = 16  # one LDG.128 / STG.128
 
-if triton is not None:
+if triton is not None:  # the jitted helpers exist only where triton is installed
+    from m3net.kernels.dtw_grid import _has_diag, _has_left, _has_up, _log2
 
     @triton.constexpr_function
     def _grid_cols(m, otam):

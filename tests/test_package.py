@@ -38,13 +38,20 @@ def test_splits_ship_inside_package():
             assert os.path.getsize(os.path.join(base, ds, split)) > 0
 
 
-def test_ci_runs_exactly_the_readme_test_command():
+def test_ci_runs_the_readme_commands_it_reads_from_the_readme():
+    # .ci/run takes both commands out of README.md (.ci/readme_command.py) and runs each in a fresh
+    # virtualenv: the first installs with nothing extra and runs the whole demo, the second the tests.
     readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
     ci = open(os.path.join(REPO, ".ci", "run"), encoding="utf-8").read()
     blocks = [b.split("```", 1)[0].strip() for b in readme.split("```bash\n")[1:3]]
-    assert len(blocks) == 2 and "m3net demo" in blocks[0] and "pytest" in blocks[1]
-    assert any(line.strip().endswith(blocks[1]) for line in ci.splitlines())
-
+    assert len(blocks) == 2
+    assert blocks[0].endswith("m3net demo") and "[test]" not in blocks[0] and "triton" not in blocks[0]
+    assert "pytest" in blocks[1]
+    for number, block in enumerate(blocks, start=1):
+        printed = subprocess.run([sys.executable, os.path.join(REPO, ".ci", "readme_command.py"), str(number)],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        assert printed == block
+        assert f"run_readme_command {number}" in ci
 
 
 def test_only_the_four_mapped_names_join_the_namespace():
