@@ -23,10 +23,10 @@ from m3net.demo import DemoBenchmarkSettings, DemoConfig
 from m3net.extract.frames import FramesConfig
 from m3net.extract.loop import ExtractConfig
 from m3net.model.registry import parse_head_options
+from m3net.predict import PredictConfig
 from m3net.reproduce import ReproduceConfig
 from m3net.train.evaluate import EvalConfig
 from m3net.train.finetune import FinetuneConfig
-from m3net.train.predict import PredictConfig
 from m3net.train.train_head import TrainConfig
 
 
@@ -289,7 +289,7 @@ def predict_cmd(queries, as_json, **options):
     """Classify query clips against a folder of labelled support clips (few-shot, no training)."""
     import json
 
-    from m3net.train.predict import predict
+    from m3net.predict import predict
 
     results = predict(PredictConfig(queries=queries, **options))
     if as_json:

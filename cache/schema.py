@@ -11,10 +11,10 @@
     attrs: schema_version, dataset, backbone, weights, weights_sha256, num_frames, sampling,
            resize, crop, mean, std, dtype, views, code_version, created
 """
+from m3net.data.episodes import SPLITS  # noqa: F401 (re-exported: /split holds these)
 from m3net.errors import CacheError, ProvenanceError  # noqa: F401 (re-exported)
 
 SCHEMA_VERSION = 1
-SPLITS = ("train", "val", "test")
 # Attributes that decide what the features are: a cache built with any other value is a
 # different cache (resume refuses it; readers with expectations refuse it).
 PROVENANCE_KEYS = (

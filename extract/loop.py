@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from m3net.cache import CacheWriter
-from m3net.cache.schema import SPLITS
 from m3net.config import RunSettings, setting, settings
 from m3net.data.datasets import DatasetSettings, load_dataset
+from m3net.data.episodes import SPLITS
 from m3net.errors import ConfigError
 from m3net.extract.backbone import FEATURE_CHANNELS, build_backbone
 from m3net.extract.sampling import sample_indices

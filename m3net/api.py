@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from m3net.cache.reader import RowReader, load_cache
-from m3net.cache.schema import SPLITS, CacheError
+from m3net.cache.schema import CacheError
 from m3net.data.datasets import class_clips
+from m3net.data.episodes import SPLITS
 from m3net.errors import CheckpointError, ConfigError, NonFiniteError, PredictError, WeightsError
 from m3net.extract.backbone import (
     FEATURE_CHANNELS,
@@ -43,7 +44,8 @@ from m3net.extract.loop import (
     view_transform,
 )
 from m3net.extract.transforms import TransformConfig
-from m3net.model.registry import FewShotHead, build_head
+from m3net.model.base import FewShotHead
+from m3net.model.registry import build_head
 from m3net.progress import progress_bar
 from m3net.runtime import resolve_device
 from m3net.train.evaluate import load_trained_head

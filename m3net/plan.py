@@ -10,7 +10,7 @@ Trains nothing and writes nothing. For the clips present under --root it gives
                 size (random frames), one clip through the backbone, one evaluation episode through the head
 
 Counts are exact for the settings; disk and time are estimates. The counting functions are those of
-m3net.data.footprint (finetune_frames, extract_frames, cache_bytes, frame_folder_bytes), which the README's
+m3net.footprint (finetune_frames, extract_frames, cache_bytes, frame_folder_bytes), which the README's
 figures come from too.
 """
 import dataclasses
@@ -21,10 +21,10 @@ import warnings
 import numpy as np
 import torch
 
-from m3net.cache.schema import SPLITS
-from m3net.data.footprint import cache_bytes, extract_frames, finetune_frames, frame_folder_bytes
+from m3net.data.episodes import SPLITS
 from m3net.errors import DatasetError
 from m3net.extract.backbone import FEATURE_CHANNELS, RandomWeightsWarning
+from m3net.footprint import cache_bytes, extract_frames, finetune_frames, frame_folder_bytes
 
 CHECKPOINTS = ("last.pt", "best.pt")
 PROBE_CLIPS = 4

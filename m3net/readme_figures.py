@@ -7,12 +7,12 @@
                        again with a higher episode cap, beside its rows of the Table 1 record
     benchmark-results  from the newest record of each benchmark under benchmarks/ (bench_*.json)
     frames-footprint   frames per finetune cell (the paper preset) and disk per dataset
-                       (m3net/data/footprint.py), at the newest bench_input record's JPEG bytes and rates
+                       (m3net/footprint.py), at the newest bench_input record's JPEG bytes and rates
     settings           from the paper preset's table (m3net/train/presets.py SETTINGS)
     reference-recipes  from each head's reference recipe (m3net/train/presets.py RECIPES)
     synthetic-validation  from the newest validator record of the generated benchmark (synthetic_validation_*.json)
     extract-splits     the cache a Table 1 cell needs (test split) against every split's, from the shipped
-                       split lists (m3net/data/footprint.py)
+                       split lists (m3net/footprint.py)
     paper-table1       from the paper's Table 1 as m3net/paper.py holds it
     paper-ablations    from the paper's Tables 2-4 as m3net/paper.py holds them (``reproduce --variant``)
 
@@ -474,7 +474,7 @@ def render_frames_footprint(root):
     """The frames-footprint section: frames a finetune cell decodes (exact for --preset paper), the hours
     that takes per core at the newest bench-input record's rates, and each listed dataset's disk estimate."""
     from m3net.data.datasets import LISTED_DATASETS
-    from m3net.data.footprint import (
+    from m3net.footprint import (
         ASSUMED_FPS,
         CACHE_BYTES_PER_FRAME,
         disk_estimate,
@@ -593,7 +593,7 @@ def settings_table():
 def render_extract_splits():
     """The extract-splits section: what `reproduce` saves by extracting the test split alone, per listed dataset."""
     from m3net.data.datasets import LISTED_DATASETS
-    from m3net.data.footprint import CACHE_BYTES_PER_FRAME, cache_bytes, clip_counts
+    from m3net.footprint import CACHE_BYTES_PER_FRAME, cache_bytes, clip_counts
 
     lines = [f"At the paper's 8 frames of 7×7×2048 float16 maps ({8 * CACHE_BYTES_PER_FRAME / 1e6:.1f} MB a clip), "
              "the cache of every listed clip against the test split alone (what a Table 1 cell evaluates on, so what "

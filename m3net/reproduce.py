@@ -27,10 +27,10 @@ import json
 import os
 import warnings
 
-from m3net.cache import SPLITS, cache_info, load_cache
+from m3net.cache import cache_info, load_cache
 from m3net.config import RunSettings, from_group, setting, settings
 from m3net.data.datasets import DatasetSettings, coverage, load_dataset
-from m3net.data.episodes import EpisodeSettings
+from m3net.data.episodes import SPLITS, EpisodeSettings
 from m3net.errors import ConfigError
 from m3net.extract.backbone import file_sha256
 from m3net.extract.loop import ExtractConfig, extract_dataset

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from m3net.cache import write_cache_arrays
-from m3net.model.registry import HEADS, FewShotHead, class_means, num_classes
+from m3net.model.base import FewShotHead, class_means, num_classes
+from m3net.model.registry import HEADS
 
 ORDER_ATTRS = {"dataset": "order-only", "weights": "none", "weights_sha256": "", "backbone": "none"}
 

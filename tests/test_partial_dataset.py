@@ -13,8 +13,8 @@ from m3net import report
 from m3net.cache import cache_info
 from m3net.cli import main
 from m3net.data.datasets import load_split_lists
-from m3net.data.footprint import cache_bytes, clip_counts, extract_frames, finetune_frames
 from m3net.data.synthetic import write_mp4
+from m3net.footprint import cache_bytes, clip_counts, extract_frames, finetune_frames
 from m3net.report import draw_report
 from m3net.reproduce import ReproduceConfig, finetune_config
 

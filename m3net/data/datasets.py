@@ -25,9 +25,8 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 
-from m3net.cache.schema import SPLITS
 from m3net.config import Settings, setting, settings
-from m3net.data.episodes import episode_classes
+from m3net.data.episodes import SPLITS, episode_classes
 from m3net.errors import DatasetError  # noqa: F401 (re-exported)
 
 SPLIT_FOLDERS = {"gym99": "Gym99", "gym288": "Gym288", "diving48": "Diving48"}

@@ -12,6 +12,8 @@ import numpy as np
 from m3net.config import Settings, setting, settings
 from m3net.errors import EpisodeError  # noqa: F401 (re-exported)
 
+SPLITS = ("train", "val", "test")  # a dataset's splits; episodes draw their classes from one
+
 
 @settings
 class EpisodeSettings(Settings):

@@ -65,9 +65,9 @@ from math import comb
 
 import numpy as np
 
-from m3net import __version__
-from m3net.cache.schema import SPLITS
+from m3net._version import __version__
 from m3net.config import setting
+from m3net.data.episodes import SPLITS
 from m3net.errors import ConfigError
 
 # Bump when the rendering or the class construction changes: a manifest written by another

@@ -1,11 +1,31 @@
-"""Baseline heads on the same cache and episodes as M3Net: tsn-cosine, otam, trx (protonet is in registry.py)."""
+"""Baseline heads on the same cache and episodes as M3Net: protonet, tsn-cosine, otam, trx."""
+import torch
 import torch.nn.functional as F
 
 from m3net.config import setting, settings
 from m3net.kernels import dtw_similarity
+from m3net.model.base import FewShotHead, HeadConfig, class_means, num_classes
 from m3net.model.cross_transformer import cross_transformers, mean_tuple_distance
 from m3net.model.episode_ops import autocast_off, class_mean_distance, similarity_all_pairs
-from m3net.model.registry import FewShotHead, HeadConfig, class_means, num_classes, register_head
+from m3net.model.registry import register_head
+
+
+@register_head("protonet")
+class ProtoNet(FewShotHead):
+    """Prototypical networks on mean-pooled clips: spatial + temporal mean of the cached maps,
+    class prototype = mean of its supports, logits = negative squared euclidean distance
+    (Snell et al. 2017). No parameters: it scores straight from the cache."""
+
+    trainable = False
+    first_pool = 1
+
+    def forward(self, support, support_labels, query):
+        support, query = self.cast(support, query)
+        n_way = num_classes(support_labels)
+        s = support.mean(dim=(1, 2, 3))  # (S, C)
+        q = query.mean(dim=(1, 2, 3))  # (Q, C)
+        prototypes = class_means(s, support_labels, n_way)  # (N, C)
+        return {"y": -torch.cdist(q, prototypes).pow(2)}  # (Q, N)
 
 
 @register_head("tsn-cosine")

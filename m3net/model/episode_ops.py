@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from m3net.model.registry import class_means
+from m3net.model.base import class_means
 
 
 def autocast_off(tensor):

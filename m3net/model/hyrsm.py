@@ -7,7 +7,8 @@ from torch import nn
 
 from m3net.config import setting, settings
 from m3net.errors import ConfigError
-from m3net.model.registry import FewShotHead, HeadConfig, class_means, num_classes, register_head
+from m3net.model.base import FewShotHead, HeadConfig, class_means, num_classes
+from m3net.model.registry import register_head
 
 
 class ScaledPositions(nn.Module):

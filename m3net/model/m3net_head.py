@@ -30,10 +30,11 @@ from torch import nn
 
 from m3net.config import setting, settings
 from m3net.errors import ConfigError
+from m3net.model.base import FewShotHead, HeadConfig, num_classes
 from m3net.model.encoders import IECE, IFCE, IVCE, TrainingChannelStatistics, pool_positions
 from m3net.model.episode_ops import autocast_off
 from m3net.model.matchers import DTW_MODES, CategoryMatching, instance_matching, task_matching
-from m3net.model.registry import FewShotHead, HeadConfig, num_classes, register_head
+from m3net.model.registry import register_head
 
 ENCODERS = ("ifce", "ivce", "iece")
 INPUT_NORMS = ("none", "center", "standardize")

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from m3net.config import setting, settings
-from m3net.model.registry import FewShotHead, HeadConfig, class_means, num_classes, register_head
+from m3net.model.base import FewShotHead, HeadConfig, class_means, num_classes
+from m3net.model.registry import register_head
 
 
 def cosine_with_margin(x, y, epsilon=0.01):

@@ -5,10 +5,11 @@ from torch import nn
 
 from m3net.config import setting, settings
 from m3net.errors import ConfigError
+from m3net.model.base import FewShotHead, HeadConfig, num_classes
 from m3net.model.cross_transformer import PositionalEncoding, cross_transformers, frame_tuples, mean_tuple_distance
 from m3net.model.encoders import ChannelMixing
 from m3net.model.episode_ops import stack_by_class
-from m3net.model.registry import FewShotHead, HeadConfig, num_classes, register_head
+from m3net.model.registry import register_head
 
 
 class PatchEnrichment(nn.Module):

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from m3net.cache import ProvenanceError, cache_info
-from m3net.cache.schema import SPLITS, provenance_differences
+from m3net.cache.schema import provenance_differences
 from m3net.config import RunSettings, from_group, setting, settings
-from m3net.data.episodes import EpisodeSampler, EpisodeSettings
+from m3net.data.episodes import SPLITS, EpisodeSampler, EpisodeSettings
 from m3net.errors import ConfigError, NonFiniteError
 from m3net.model import build_head
 from m3net.progress import progress_bar
