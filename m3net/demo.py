@@ -11,6 +11,7 @@ reference`` every trained head, M3Net included, follows its own reference recipe
 up to the cap --train-episodes, stopping earlier after --patience validations without a better one.
 """
 import json
+import logging
 import os
 import time
 import warnings
@@ -19,13 +20,15 @@ from dataclasses import asdict, replace
 import click
 import numpy as np
 
-from m3net.config import RunSettings, Settings, from_group, setting, settings
+from m3net.config import RunSettings, Settings, from_group, setting, settings, split_settings
 from m3net.data.synthetic import SyntheticConfig, generate_synthetic
 from m3net.errors import ConfigError
 from m3net.extract.backbone import IMAGENET_FILES, RandomWeightsWarning, WeightsError, resolve_weights_file
 from m3net.train.features import InputNormSettings
 from m3net.train.loop import OptimizerSettings, ScheduleSettings
 from m3net.train.presets import PresetSettings
+
+logger = logging.getLogger(__name__)
 
 # Options of the M3Net head the default demo turns on, which real runs leave at the paper's defaults:
 # proj_dim=128: d = 128 instead of 2048 (a learned projection of the cached maps), so the head trains in
@@ -75,11 +78,13 @@ class DemoConfig(RunSettings):
     input_norm: str = from_group(InputNormSettings, "input_norm", "standardize")
     preset: str = from_group(PresetSettings, "preset")
     baselines: tuple = ("protonet", "tsn-cosine", "otam")
-    # Trained heads from the registry (e.g. the rest of the paper's Table 1: trx, strm, hyrsm, pal), each
-    # "name" or "name:KEY=VALUE:..." with head options (e.g. m3net:proj_dim=0), trained on the same cache and
-    # scored on the same episodes (--compare; empty in the default demo: they add tens of minutes on a CPU).
-    compare: tuple = ()
-    compare_once: tuple = ()  # like compare, on the first of --seeds only (a head too slow for every seed)
+    # Empty in the default demo: on a CPU they add tens of minutes.
+    compare: tuple = setting((), "Also train these heads (e.g. trx,strm,hyrsm,pal: the rest of the paper's Table 1; a "
+                             "head's options after ':', several joined by ':', e.g. m3net:proj_dim=0) on the same "
+                             "cache with the same input, and score them on the same episodes; with --preset reference "
+                             "each with its own recipe.")
+    compare_once: tuple = setting((), "Like --compare, on the first of --seeds only (e.g. m3net:proj_dim=0, the "
+                                  "paper's width, too slow on a CPU for every seed).")
     clip_grad: float = from_group(OptimizerSettings, "clip_grad")  # the demo's protocol (--compare trx, strm need it)
     batch_size: int = 16
     workers: int = 2
@@ -88,6 +93,10 @@ class DemoConfig(RunSettings):
         if self.head_options is None:
             self.head_options = dict(REFERENCE_HEAD_OPTIONS if self.preset == "reference" else DEMO_HEAD_OPTIONS)
         super().__post_init__()
+        self.compare = parse_compare(self.compare)
+        self.compare_once = parse_compare(self.compare_once, "--compare-once")
+        if set(self.compare) & set(self.compare_once):
+            raise ConfigError(f"--compare-once: {sorted(set(self.compare) & set(self.compare_once))} also in --compare")
         if self.preset == "paper":
             raise ConfigError("--preset paper: the demo takes none (its own short protocol for every trained head) or "
                               "reference (each head's own recipe; M3Net's is the paper's)")
@@ -102,14 +111,14 @@ def choose_weights(requested):
         return "imagenet"
     except WeightsError:
         filename = IMAGENET_FILES["imagenet-v1"][0]
-        click.echo(f"[demo] no ImageNet weights ({filename}) in the torch hub cache: using random backbone "
-                   "weights. The temporal matchers still beat mean pooling on order-only classes, but absolute "
-                   "accuracies are lower than with ImageNet features.")
+        logger.info(f"[demo] no ImageNet weights ({filename}) in the torch hub cache: using random backbone "
+                    "weights. The temporal matchers still beat mean pooling on order-only classes, but absolute "
+                    "accuracies are lower than with ImageNet features.")
         return "random"
 
 
 def _step(title):
-    click.echo(f"\n[demo] {title}")
+    logger.info(f"\n[demo] {title}")
 
 
 def run_demo(config):
@@ -126,7 +135,7 @@ def run_demo(config):
 
     _step(f"1/4 generated benchmark -> {clips}")
     manifest, status = generate_synthetic(clips, config.synthetic)
-    click.echo(f"[demo] {status}: {len(manifest['clips'])} clips")
+    logger.info(f"[demo] {status}: {len(manifest['clips'])} clips")
 
     weights = choose_weights(config.weights)
     _step(f"2/4 extract ResNet-50 features ({weights} weights, {config.frames} frames/clip) -> {cache}")
@@ -162,7 +171,7 @@ def run_demo(config):
     write_summary(summary, report)
     summaries = {config.shot: summary}
     for shot in config.extra_shots:
-        click.echo(f"[demo] and {config.way}-way {shot}-shot (same heads, same seed)")
+        logger.info(f"[demo] and {config.way}-way {shot}-shot (same heads, same seed)")
         summaries[shot] = score(shot)
         write_summary(summaries[shot], os.path.join(report, f"shot-{shot}"))
     # this run's time: a re-run that reuses the clips, cache and head is much shorter than a fresh one
@@ -174,8 +183,8 @@ def run_demo(config):
     from m3net.report import draw_report
 
     pictures = draw_report(report, run_dir=run, clips_root=clips)
-    click.echo(f"\n[demo] report: {report}/results.json, results.csv and "
-               + ", ".join(os.path.basename(p) for p in pictures))
+    logger.info(f"\n[demo] report: {report}/results.json, results.csv and "
+                + ", ".join(os.path.basename(p) for p in pictures))
     return summaries
 
 
@@ -186,7 +195,7 @@ def ensure_channel_statistics(cache):
     stats, stale = read_channel_statistics(cache)
     if stats is None or stale:
         stats = write_channel_statistics(cache)
-        click.echo(f"[demo] channel statistics of the {len(stats.rows)} training clips -> {cache}")
+        logger.info(f"[demo] channel statistics of the {len(stats.rows)} training clips -> {cache}")
 
 
 def head_train_config(config, cache, head, head_options, run):
@@ -237,7 +246,7 @@ def train_or_reuse(config, cache, head, head_options, folder, step):
             raise ConfigError(f"{run} holds a head trained with other settings; remove it or choose another "
                               f"--out ({err})") from None
     if saved is not None and finished(saved, train_config):
-        click.echo(f"[demo] reusing the finished run in {run}")
+        logger.info(f"[demo] reusing the finished run in {run}")
     else:
         train_head(train_config)
     return run
@@ -272,26 +281,25 @@ def head_spec(text):
     return name, options, "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in folder)
 
 
-def parse_compare(text, demo_head="m3net"):
-    """"trx,strm,m3net:proj_dim=0" -> ("trx", "strm", "m3net:proj_dim=0"): trainable registry heads, each
-    optionally with head options after ":" (KEY=VALUE, several joined by ":"); the demo's own head only with
-    options (another variant of it)."""
+def parse_compare(specs, option="--compare", demo_head="m3net"):
+    """("trx", "strm", "m3net:proj_dim=0") checked: trainable registry heads, each optionally with head options
+    after ":" (KEY=VALUE, several joined by ":"); the demo's own head only with options (another variant of it)."""
     from m3net.model import list_heads
     from m3net.model.registry import head_class
 
-    specs = tuple(part.strip() for part in text.split(",") if part.strip())
+    specs = tuple(spec.strip() for spec in specs if spec.strip())
     for spec in specs:
         name = spec.split(":")[0]
         if name not in list_heads():
-            raise ConfigError(f"--compare {name}: not a registered head (see `m3net heads`)")
+            raise ConfigError(f"{option} {name}: not a registered head (see `m3net heads`)")
         if spec == demo_head:
-            raise ConfigError(f"--compare {demo_head}: the demo trains M3Net already (a variant takes options, e.g. "
+            raise ConfigError(f"{option} {demo_head}: the demo trains M3Net already (a variant takes options, e.g. "
                               f"{demo_head}:proj_dim=0)")
         if not head_class(name).trainable:
-            raise ConfigError(f"--compare {name}: a parameter-free head; the demo scores it as a baseline already")
+            raise ConfigError(f"{option} {name}: a parameter-free head; the demo scores it as a baseline already")
         head_spec(spec)  # options checked before any work
     if len({head_spec(spec)[2] for spec in specs}) != len(specs):
-        raise ConfigError(f"--compare {text}: a head is named twice")
+        raise ConfigError(f"{option} {','.join(specs)}: a head is named twice")
     return specs
 
 
@@ -411,3 +419,55 @@ def run_demo_seeds(config, seeds):
     for index, seed in enumerate(seeds):
         run_demo(seeded(config, seed, first=index == 0))
     return seeds_record(config, seeds)
+
+
+@settings
+class DemoSeedsSettings(Settings):
+    """One demo, or one per seed with a record of them all."""
+
+    seeds: tuple = setting((), "Seeds (e.g. 0,1,2) instead of --seed: one demo per seed in OUT/seed-<s>, each with its "
+                           "own benchmark, then M3Net's mean ± sd over the seeds.", minimum=0, item=int)
+    record: str = setting("", "With --seeds: write every seed's tables and the mean ± sd to this JSON "
+                          "(benchmarks/demo_synthetic_cpu_<date>.json; table1_synthetic_cpu_<date>.json for --compare "
+                          "with --preset reference: docs/results.md is generated from them).", path="file")
+    collect: bool = setting(False, "With --seeds: train and score nothing; build the record from the seeds' finished "
+                            "demos in OUT/seed-<s> (run separately, e.g. one process or machine per seed with the same "
+                            "settings; a seed after the first without --compare-once). Refused if a seed is "
+                            "unfinished or ran otherwise.", option="--collect")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"--seeds {','.join(map(str, self.seeds))}: a seed is listed twice")
+        if not self.seeds and (self.record or self.collect):
+            raise ConfigError(f"{'--record' if self.record else '--collect'} needs --seeds")
+
+
+def demo(**options):
+    """`m3net demo`: the options of DemoConfig, DemoBenchmarkSettings and DemoSeedsSettings; one demo, or one per
+    --seeds (or --collect of those run elsewhere) with their summary, and the --record written."""
+    size, seeds = split_settings(options, DemoBenchmarkSettings, DemoSeedsSettings)
+    config = DemoConfig(synthetic=SyntheticConfig(seed=options["seed"], **asdict(size)), **options)
+    if not seeds.seeds:
+        run_demo(config)
+        return
+    result = (collect_seeds_record if seeds.collect else run_demo_seeds)(config, seeds.seeds)
+    click.echo("\n" + format_seeds_summary(result, seeds.record or "not written (no --record)"))
+    if seeds.record:
+        with open(seeds.record, "w") as fh:
+            json.dump(result, fh, indent=2)
+        logger.info(f"[demo] record: {seeds.record}")
+
+
+def format_seeds_summary(record, record_path):
+    """The record's accuracies as text: every head and view, mean ± sd over the seeds, per shot."""
+    shots = list(record["over_seeds"])
+    lines = [f"{len(record['seeds'])} seeds ({', '.join(map(str, record['seeds']))}); record: {record_path}",
+             f"{'head':<28} {'view':<8} " + " ".join(f"{shot:>15}" for shot in shots)]
+    rows = {}
+    for shot in shots:
+        for row in record["over_seeds"][shot]["accuracy"]:
+            rows.setdefault((row["head"], row["view"]), {})[shot] = f"{row['mean']:.2f} ± {row['sd']:.2f}"
+    for (head, view), cells in rows.items():
+        lines.append(f"{head:<28} {view:<8} " + " ".join(f"{cells.get(shot, '-'):>15}" for shot in shots))
+    return "\n".join(lines)

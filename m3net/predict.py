@@ -13,7 +13,7 @@ class PredictConfig(InputNormSettings, RunSettings):
     checkpoint: str = setting(help="Trained head (best.pt of `m3net train-head` or `m3net finetune`).", path="file")
     support: str = setting(help="Folder of <class>/<clip>: the same number (1-5) of labelled clips per class.",
                            path="dir")
-    queries: tuple = setting((), cli=False)  # --query, repeatable: video files or frame folders
+    queries: tuple = setting(help="Clips to classify: video files or frame folders.", path="any", option="--query")
     weights: str = setting("", "Backbone weights if not where the checkpoint's cache found them (checked by "
                            "sha256); default: what the checkpoint's cache was built with.")
     batch_size: int = setting(0, "Clips per backbone forward, a short batch padded; 0: the checkpoint's cache's, so "

@@ -1,5 +1,6 @@
 """A reduced `m3net demo` end to end: generated clips -> cache -> M3Net head -> table + report."""
 import json
+import logging
 from dataclasses import replace
 
 import pytest
@@ -55,17 +56,18 @@ def test_demo_temporal_matching_beats_mean_pooling(demo):
 
 
 @pytest.mark.slow
-def test_demo_rerun_reuses_everything(demo, capsys):
+def test_demo_rerun_reuses_everything(demo, caplog):
     config, summary = demo
+    caplog.set_level(logging.INFO, logger="m3net")  # the demo's notices are log lines (`m3net -q` hides them)
     again = run_demo(config)[config.shot]
-    printed = capsys.readouterr().out
+    printed = caplog.text
     assert "reused" in printed and "reusing the finished run" in printed
     assert again["results"] == summary["results"]  # same seeded episodes, same checkpoint
 
 
-@pytest.mark.parametrize("args, message", [(["--seeds", "0,x"], "comma-separated integers"),
+@pytest.mark.parametrize("args, message", [(["--seeds", "0,x"], "--seeds 'x': expected an integer"),
                                            (["--seeds", "1,1"], "listed twice"),
-                                           (["--seeds", "0,-1"], "non-negative"),
+                                           (["--seeds", "0", "--seeds", "-1"], "expected >= 0"),
                                            (["--record", "r.json"], "--record needs --seeds"),
                                            (["--collect"], "--collect needs --seeds"),
                                            (["--seeds", "0,1", "--collect"], "seed 0 has no finished demo")])
@@ -76,10 +78,11 @@ def test_demo_cli_refuses_bad_seed_options(tmp_path, args, message):
 
 
 @pytest.mark.slow
-def test_demo_compare_trains_more_heads_on_the_same_cache_and_episodes(demo, capsys):
+def test_demo_compare_trains_more_heads_on_the_same_cache_and_episodes(demo, caplog):
     config, summary = demo
+    caplog.set_level(logging.INFO, logger="m3net")
     compared = run_demo(replace(config, compare=("pal",)))[config.shot]
-    printed = capsys.readouterr().out
+    printed = caplog.text
     assert "reusing the finished run" in printed and "train the pal head" in printed  # M3Net reused, PAL trained
     rows = {(r["head"], r["view"]): r for r in compared["results"]}
     assert any(head.startswith("pal") for head, _ in rows)

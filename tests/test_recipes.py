@@ -98,12 +98,12 @@ def test_demo_trains_every_head_with_the_same_input_and_its_own_recipe(tmp_path)
 
 
 def test_compare_specs_name_variants_and_refuse_bad_ones():
-    assert parse_compare("trx, m3net:proj_dim=0") == ("trx", "m3net:proj_dim=0")
+    assert parse_compare(("trx", " m3net:proj_dim=0")) == ("trx", "m3net:proj_dim=0")
     assert head_spec("m3net:proj_dim=0:use_tm=off") == ("m3net", {"proj_dim": 0, "use_tm": False},
                                                         "m3net-proj_dim-0-use_tm-False")
     with pytest.raises(ConfigError, match="trains M3Net already"):
-        parse_compare("m3net")
+        parse_compare(("m3net",))
     with pytest.raises(ConfigError, match="proj_dim=-1"):
-        parse_compare("m3net:proj_dim=-1")
+        parse_compare(("m3net:proj_dim=-1",))
     with pytest.raises(ConfigError, match="named twice"):
-        parse_compare("trx,trx")
+        parse_compare(("trx", "trx"))

@@ -74,17 +74,19 @@ COPY_BYTES = 1 << 30  # the copy that measures the device's practical bandwidth 
 
 @settings
 class DTWBenchConfig(RecordSettings, RunSettings):
-    pairs: tuple = (0,)  # 0: 1M on CUDA, 4096 on CPU
+    pairs: tuple = setting((0,), "Cost matrices per call; 0: 1M on CUDA, 4096 on CPU.", minimum=0)
     sizes: tuple = ((8, 8),)  # (N, M) cost shapes
     dtype: str = setting("float32", "Cost dtype.", choices=("float32", "float16", "bfloat16", "float64"))
     mode: str = setting("soft", "DTW mode.", choices=("soft", "hard", "otam"))
     gamma: float = setting(0.1, "Soft-min smoothing (soft, otam).", minimum=0, exclusive=True)
-    timed_pass: str = "fwd"  # one of PASSES (the CLI's --pass)
+    timed_pass: str = setting("fwd", "Time the forward, the backward alone (after an untimed forward) or forward + "
+                              "backward.", choices=PASSES, option="--pass")
     repeats: int = setting(10, "Timed calls per implementation on CPU (median).", minimum=1)
     warmup: int = 2
     eager_max_pairs: int = setting(4096, "CPU only: cap on pairs for the slow per-cell Python loop.", minimum=1)
     interpret_max_pairs: int = 256  # CPU only: the Triton interpreter, at most this many pairs
-    implementations: tuple = IMPLEMENTATIONS
+    implementations: tuple = setting(IMPLEMENTATIONS, "Implementations to time.", choices=IMPLEMENTATIONS,
+                                     option="--impl")
     compile_only: bool = False  # one untimed call per implementation and size (warms the kernel caches)
     extra: dict = field(default_factory=dict)
 

@@ -25,7 +25,7 @@ from m3net.train.finetune import FinetuneConfig, amp_dtype_for, build_training, 
 @settings
 class FinetuneBenchConfig(HeadSettings, RecordSettings, RunSettings):
     way: int = from_group(EpisodeSettings, "way")
-    shots: tuple = setting((1, 5), cli=False)  # --shot, repeatable
+    shots: tuple = setting((1, 5), "Shots to measure.", minimum=1, option="--shot")
     queries: int = from_group(EpisodeSettings, "queries")
     frames: int = from_group(FinetuneConfig, "frames")
     crop: int = from_group(FinetuneConfig, "crop")

@@ -37,9 +37,10 @@ class ResidencyBenchConfig(RecordSettings, RunSettings):
                                   "--resident auto has to stream).", minimum=0, exclusive=True)
     train_episodes: int = setting(60, "Timed train-head episodes per setting.", minimum=1)
     eval_episodes: int = setting(200, "Timed evaluation episodes per setting.", minimum=1)
-    prefetch: tuple = setting((0, 4), cli=False, minimum=0)  # --prefetch, repeatable: one streamed run per depth
+    prefetch: tuple = setting((0, 4), "Episodes read ahead in the streamed runs, one run per value (0: off).",
+                              minimum=0)
     pool_on_load: bool = setting(False, "Also run every setting with maps pooled on load (m3net's IFCE pooling).",
-                                 flag="--pool-on-load")
+                                 option="--pool-on-load")
     work: str = setting("/tmp/m3net-residency", "Folder of the generated cache and the runs.", path="dir")
 
 

@@ -33,8 +33,10 @@ logger = logging.getLogger(__name__)
 @settings
 class EvalConfig(EpisodeSettings, InputNormSettings, ResidencySettings, PresetSettings, RunSettings):
     cache: str = setting("", "Feature cache; default: the one the first checkpoint was trained on.", path="file")
-    checkpoints: tuple = setting((), cli=False)  # trained heads (--checkpoint, repeatable)
-    heads: tuple = setting((), cli=False)  # parameter-free heads from the registry (--head, repeatable)
+    checkpoints: tuple = setting((), "Trained head checkpoints (best.pt of train-head or finetune).", path="file",
+                                 option="--checkpoint")
+    heads: tuple = setting((), "Parameter-free heads scored from the cache: protonet, tsn-cosine, otam.",
+                           option="--head")
     head_options: dict = setting(cli=False, default_factory=dict)  # head name -> options of a parameter-free head
     # One query per class (TRX/OTAM convention) keeps episodes cheap; the CI of the mean over E episodes
     # then cannot fall below the binomial floor 1.96·sqrt(p(1-p)/(N·q·E)) (±0.50 points at 72% over 6000

@@ -89,12 +89,12 @@ class FinetuneConfig(DatasetSettings, HeadSettings, EpisodeSettings, OptimizerSe
     # Episodes of 10-50 clips from few classes give BatchNorm batch statistics unlike ImageNet's;
     # frozen BN (eval mode, affine fixed) keeps the pretrained statistics, as most video fine-tuning does.
     freeze_bn: bool = setting(True, "Keep BatchNorm frozen (pretrained statistics) or update it.",
-                              flag="--freeze-bn/--train-bn")
+                              option="--freeze-bn/--train-bn")
     amp: str = setting("auto", "Mixed precision on CUDA (auto: bf16 where supported, else fp16 with a grad scaler).",
                        choices=("auto", "bf16", "fp16", "off"))
     # Recomputes each trunk stage in backward; with BN not frozen its running statistics then move twice per step.
     checkpointing: bool = setting(False, "Gradient checkpointing of the trunk stages (less memory, one more "
-                                  "forward per stage).", flag="--checkpointing")
+                                  "forward per stage).", option="--checkpointing")
     workers: int = setting(2, "DataLoader processes decoding the next episodes (0: main process).", minimum=0)
     checkpoint_every: int = from_group(ScheduleSettings, "checkpoint_every", 100)
     log_every: int = from_group(ScheduleSettings, "log_every", 10)

@@ -116,7 +116,7 @@ class ScheduleSettings(Settings):
     log_every: int = setting(50, "Write a train_log.csv row every this many episodes.", minimum=1)
     patience: int = setting(0, "Stop early once this many validations in a row have not beaten the best validation "
                             "accuracy (0: train all --episodes, the cap); best.pt keeps the best.", minimum=0)
-    resume: bool = setting(False, "Continue the run in --out from its last.pt, exactly.", flag="--resume")
+    resume: bool = setting(False, "Continue the run in --out from its last.pt, exactly.", option="--resume")
 
 
 def make_optimizer(groups, config):
