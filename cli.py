@@ -255,8 +255,8 @@ def train_head_cmd(head_opt, **options):
     """
     from m3net.train.train_head import TrainConfig, train_head
 
-    options = preset_options("train-head", options)
-    config = TrainConfig(head_options=head_options(options["head"], head_opt), **options)
+    options = preset_options("train-head", {**options, "head_options": head_options(options["head"], head_opt)})
+    config = TrainConfig(**options)
     summary = train_head(config)
     best = f"; best val accuracy {summary['best_val_acc']:.2f}% -> {summary['best']}" if summary["best"] else ""
     click.echo(f"trained {config.head} for {summary['episodes']} episodes: {summary['last']}{best}")
@@ -277,8 +277,8 @@ def finetune_cmd(head_opt, plan, **options):
     """
     from m3net.train.finetune import FinetuneConfig, finetune
 
-    options = preset_options("finetune", options)
-    config = FinetuneConfig(head_options=head_options(options["head"], head_opt), **options)
+    options = preset_options("finetune", {**options, "head_options": head_options(options["head"], head_opt)})
+    config = FinetuneConfig(**options)
     if plan:
         from m3net.plan import plan_finetune
 
@@ -332,8 +332,8 @@ def reproduce_cmd(plan, **options):
     """One cell of the paper's Table 1 (or a Table 2 ablation): finetune --preset paper, extract with the
     tuned backbone, evaluate 6 000 episodes; the row goes beside the paper's number in OUT/table.csv.
 
-    Every step resumes: after an interruption, re-run the same command. Writes OUT/config.json first
-    (`--config` replays it), and each step its own.
+    Every step resumes: after an interruption, re-run the same command. The cell's folder gets a
+    config.json first (`--config` replays the cell), its finetune step one of its own.
     """
     from m3net.reproduce import ReproduceConfig, format_row, reproduce
 

@@ -202,16 +202,16 @@ def head_train_config(config, cache, head, head_options, run):
     """The TrainConfig of one demo head: the demo's protocol (lr, queries, gradient clipping, lr x0.5 at a third
     and two thirds of --train-episodes), or with --preset reference the head's own recipe capped at
     --train-episodes; either way the demo's input normalisation, episodes, validation and --patience."""
-    from m3net.train.presets import preset_values
+    from m3net.train.presets import with_preset
     from m3net.train.train_head import TrainConfig
 
     common = dict(cache=cache, out=run, head=head, head_options=head_options, way=config.way, shot=config.shot,
                   episodes=config.train_episodes, val_episodes=config.val_episodes, patience=config.patience,
                   input_norm=config.input_norm, log_every=10, seed=config.seed, device=config.device)
     if config.preset == "reference":
-        recipe = preset_values("train-head", "reference", head)
-        every = -(-config.val_every // recipe["accumulate"]) * recipe["accumulate"]  # whole optimizer steps
-        return TrainConfig(**common, **recipe, preset="reference", val_every=every, checkpoint_every=every)
+        options = with_preset("train-head", {**common, "preset": "reference"})  # the demo's head options win
+        every = -(-config.val_every // options["accumulate"]) * options["accumulate"]  # whole optimizer steps
+        return TrainConfig(**options, val_every=every, checkpoint_every=every)
     return TrainConfig(**common, queries=config.train_queries, lr=config.lr, clip_grad=config.clip_grad,
                        lr_step=max(config.train_episodes // 3, 1), val_every=config.val_every,
                        checkpoint_every=config.val_every)

@@ -28,7 +28,7 @@ import os
 import warnings
 
 from m3net.cache import cache_info, load_cache
-from m3net.config import RunSettings, from_group, setting, settings
+from m3net.config import RunSettings, from_group, setting, settings, write_run_config
 from m3net.data.datasets import DatasetSettings, coverage, load_dataset
 from m3net.data.episodes import SPLITS, EpisodeSettings
 from m3net.errors import ConfigError
@@ -157,6 +157,7 @@ def reproduce(config, progress=True):
     dataset = load_dataset(config.dataset, config.root)
     checked_coverage(dataset, tuning, scoring_config(config, ""))  # before any folder is made
     os.makedirs(cell, exist_ok=True)
+    write_run_config(cell, "reproduce", config)  # `m3net reproduce --config CELL/config.json` replays the cell
     checkpoint = _finetuned(tuning, progress)
     extracting = extract_config(config, checkpoint, progress)
     cache = extracting.out

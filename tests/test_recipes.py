@@ -60,11 +60,20 @@ def test_validations_wait_for_the_optimizer_step_and_patience_stops_early(cache,
 def test_reference_preset_sets_each_heads_recipe_and_given_options_win():
     trx = preset_values("train-head", "reference", "trx")
     assert trx == {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "accumulate": 16,
-                   "queries": 5, "lr_step": 1_000_000, "lr_gamma": 0.1}
-    assert preset_values("train-head", "reference", "hyrsm")["optimizer"] == "adam"
+                   "queries": 5, "lr_step": 1_000_000, "lr_gamma": 0.1, "head_options": {"loss_reduction": "sum"}}
+    hyrsm = preset_values("train-head", "reference", "hyrsm")
+    assert (hyrsm["optimizer"], hyrsm["weight_decay"], hyrsm["lr_step"], hyrsm["head_options"]) == ("adam", 1e-3,
+                                                                                                    36_000, {})
+    pal = preset_values("train-head", "reference", "pal")
+    assert (pal["lr"], pal["lr_step"], pal["accumulate"], pal["head_options"]) == (1e-4, 3_000, 1, {"temperature": 1.0})
     assert preset_values("train-head", "reference", "m3net")["lr"] == preset_values("train-head", "paper")["lr"]
-    options = with_preset("train-head", {"head": "strm", "preset": "reference", "lr": 5e-4}, explicit={"lr"})
+    options = with_preset("train-head", {"head": "strm", "preset": "reference", "lr": 5e-4,
+                                         "head_options": {"patch_weight": 0.5}}, explicit={"lr"})
     assert options["lr"] == 5e-4 and options["queries"] == 4 and options["accumulate"] == 16
+    assert options["head_options"] == {"loss_reduction": "sum", "patch_weight": 0.5}  # the recipe's and the given
+    given = with_preset("train-head", {"head": "trx", "preset": "reference",
+                                       "head_options": {"loss_reduction": "mean"}})
+    assert given["head_options"] == {"loss_reduction": "mean"}  # a head option given wins over the recipe's
     with pytest.raises(ConfigError, match="no reference recipe for --head otam"):
         preset_values("train-head", "reference", "otam")
     with pytest.raises(ConfigError, match="train-head settings"):
@@ -78,8 +87,23 @@ def test_cli_reference_preset(cache, tmp_path):
                                        "--preset", "reference", "--episodes", "2", "--val-episodes", "0",
                                        "--queries", "1", "--way", "3"])
     assert result.exit_code == 0, result.output
-    saved = load_checkpoint(str(out / "last.pt"))["train_config"]
-    assert (saved["preset"], saved["lr"], saved["momentum"], saved["queries"]) == ("reference", 1e-3, 0.0, 1)
+    state = load_checkpoint(str(out / "last.pt"))
+    saved = state["train_config"]
+    assert (saved["preset"], saved["lr"], saved["momentum"], saved["queries"]) == ("reference", 1e-4, 0.0, 1)
+    assert saved["head_options"] == {"temperature": 1.0} and state["head_config"]["temperature"] == 1.0
+
+
+@pytest.mark.parametrize("head", ["trx", "strm"])
+def test_cli_reference_preset_sums_the_loss_of_trx_and_strm_unless_given(cache, tmp_path, head):
+    common = ["train-head", "--cache", cache, "--head", head, "--preset", "reference", "--episodes", "1",
+              "--val-episodes", "0", "--queries", "1", "--way", "3", "--head-opt", "attention_dim=8"]
+    for given, expected in (([], "sum"), (["--head-opt", "loss_reduction=mean"], "mean")):
+        out = tmp_path / f"{head}-{expected}"
+        result = CliRunner().invoke(main, [*common, *given, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        state = load_checkpoint(str(out / "last.pt"))
+        assert state["train_config"]["head_options"]["loss_reduction"] == expected
+        assert state["head_config"]["loss_reduction"] == expected
 
 
 def test_demo_trains_every_head_with_the_same_input_and_its_own_recipe(tmp_path):
@@ -87,6 +111,7 @@ def test_demo_trains_every_head_with_the_same_input_and_its_own_recipe(tmp_path)
     assert config.head_options == {"proj_dim": 128}  # the paper's head at the CPU's width
     trx = head_train_config(config, "c.h5", "trx", {}, "run")
     assert (trx.lr, trx.momentum, trx.accumulate, trx.queries, trx.clip_grad) == (1e-3, 0.0, 16, 5, 0.0)
+    assert trx.head_options == {"loss_reduction": "sum"}
     assert (trx.input_norm, trx.patience, trx.episodes, trx.val_every) == ("standardize", 3, 500, 112)
     m3net = head_train_config(config, "c.h5", "m3net", config.head_options, "run")
     assert (m3net.lr, m3net.lr_step, m3net.input_norm) == (1e-4, 2_000, "standardize")

@@ -25,6 +25,9 @@ class HeadConfig(Settings):
 
     feature_dim: int = setting(2048, "C: channels of the cached maps (set from the cache).", minimum=1, cli=False)
     num_frames: int = setting(8, "T: frames per clip (set from the cache).", minimum=1, cli=False)
+    loss_reduction: str = setting("mean", "How the training cross-entropy is reduced over an episode's queries: mean "
+                                  "(m3net's), or sum (TRX's and STRM's reference code: with plain SGD a step Q times "
+                                  "larger; --preset reference sets it for them).", choices=("mean", "sum"))
 
     @classmethod
     def option_label(cls, name, value):
@@ -82,5 +85,9 @@ class FewShotHead(nn.Module):
         already a fused probability override this)."""
         return torch.softmax(outputs["y"], dim=-1)
 
+    def cross_entropy(self, logits, query_labels):
+        """Cross-entropy of (Q, N) logits, reduced over the queries as ``loss_reduction`` says."""
+        return F.cross_entropy(logits, query_labels, reduction=self.config.loss_reduction)
+
     def loss(self, outputs, query_labels):
-        return sum(F.cross_entropy(outputs[view], query_labels) for view in self.train_views if view in outputs)
+        return sum(self.cross_entropy(outputs[view], query_labels) for view in self.train_views if view in outputs)

@@ -95,9 +95,14 @@ class TRX(FewShotHead):
     cross-transformer, LayerNorm on the keys only.
 
     Training: the reference's run.py steps plain SGD (no momentum, no weight decay, lr 1e-3; ``--opt sgd``
-    is its default) once per 16 tasks (``--tasks_per_batch 16``) with 5 queries per class;
-    ``train-head --preset reference`` trains it that way (m3net.train.presets.RECIPES), otherwise the
-    trainer's options apply to every head alike.
+    is its default) once per 16 tasks (``--tasks_per_batch 16``, each task's loss divided by 16) with 5
+    queries per class, and a task's loss is the SUM of the cross-entropy over its queries (utils.py
+    ``loss``: ``reduction='none'``, then ``-torch.sum(score, dim=0)``); ``train-head --preset reference``
+    trains it that way (m3net.train.presets.RECIPES: ``loss_reduction=sum``), otherwise the trainer's
+    options apply to every head alike. The same author's copy in tobyperrett/few-shot-action-recognition
+    takes the mean (its CNN_FSHead.loss); m3net follows tobyperrett/trx, the code of the paper. Its
+    first optimizer step comes after 15 tasks (``iteration`` is counted before the check), every later
+    one after 16; m3net's after 16.
     """
 
     first_pool = 1  # the spatial mean of every frame comes first

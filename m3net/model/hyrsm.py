@@ -122,9 +122,12 @@ class HyRSM(FewShotHead):
       configs: a linear layer over all training classes on every frame) needs the clips' global
       labels, which the head contract does not pass; it is left out, the loss is the episode
       cross-entropy alone (the reference's loss with USE_CLASSIFICATION off).
-    - The reference trains with Adam (lr 1e-4, weight decay 5e-5 in the SSv2 configs), 16 tasks per step:
-      ``train-head --preset reference`` does the same (m3net.train.presets.RECIPES); the trainer's default
-      is the paper's SGD for every head.
+    - The reference trains with Adam at lr 1e-4 (SOLVER.BASE_LR of the SSv2 configs) and the weight decay
+      of OPTIMIZER.WEIGHT_DECAY, 1e-3 (configs/pool/run/training/finetune.yaml; the configs' SOLVER
+      WEIGHT_DECAY 5e-5 is never read by models/utils/optimizer.py), 0 on parameters named *norm* or
+      *bn* (here every parameter decays), 16 tasks per step (4 per GPU on 4 GPUs, each task's mean
+      cross-entropy divided by 4, DDP averaging the 4): ``train-head --preset reference`` does the same
+      (m3net.train.presets.RECIPES; mean reduction); the trainer's default is the paper's SGD for every head.
     - There is no temporal coherence regulariser: it belongs to HyRSM++ (the TPAMI extension),
       not to CVPR 2022 HyRSM nor to its code.
     - Frames are the cached ResNet-50 maps instead of a backbone in the loop; one episode per step.

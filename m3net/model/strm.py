@@ -93,14 +93,19 @@ class STRM(FewShotHead):
     cross-transformer, γ of the patch attention initialised to 0, unscaled patch attention.
 
     Deviations from the reference:
-    - Its query-class layers (``DistanceLoss.clsW``) sit in a plain Python list, so they are
-      neither trained nor saved in checkpoints (random each run); here they are registered
-      parameters, trained and checkpointed.
+    - Its query-class layers (``DistanceLoss``: ``clsW`` and a dropout of 0.1) sit in a plain Python
+      list (model.py: ``self.new_dist_loss_post_pat = [DistanceLoss(args, s) ...]``), so they are
+      neither trained nor saved in checkpoints (random each run), and ``model.eval()`` does not reach
+      their dropout, which stays on when the reference tests; here they are registered modules:
+      trained, checkpointed, and without dropout in evaluation (m3net keeps that: a test score that
+      changes from run to run is no score).
     - Frames are the cached ResNet-50 maps (d = C of the cache) instead of a backbone in the loop;
       the reference trains with plain SGD at lr 1e-3, one step per 16 tasks, 4 queries per class
-      (run.py, scripts/run_strm_ssv2.sh): ``train-head --preset reference``. Its logits are unnormalised
-      distances: with momentum SGD on small caches the loss can blow up (the run stops with a
-      NonFiniteError); ``--clip-grad`` or ``--optimizer adam`` keep it stable.
+      (run.py, scripts/run_strm_ssv2.sh), each task's loss the SUM of the cross-entropy over its
+      queries (utils.py ``loss``, as TRX's): ``train-head --preset reference`` sets
+      ``loss_reduction=sum``. Its logits are unnormalised distances: with momentum SGD on small caches
+      the loss can blow up (the run stops with a NonFiniteError); ``--clip-grad`` or ``--optimizer
+      adam`` keep it stable (the reference clips nothing).
     """
 
     train_views = ("y_frame", "y_patch")
@@ -150,5 +155,5 @@ class STRM(FewShotHead):
         return {"y": y_frame + self.config.patch_weight * y_patch, "y_frame": y_frame, "y_patch": y_patch}
 
     def loss(self, outputs, query_labels):
-        return (F.cross_entropy(outputs["y_frame"], query_labels)
-                + self.config.patch_weight * F.cross_entropy(outputs["y_patch"], query_labels))
+        return (self.cross_entropy(outputs["y_frame"], query_labels)
+                + self.config.patch_weight * self.cross_entropy(outputs["y_patch"], query_labels))

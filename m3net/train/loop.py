@@ -17,13 +17,14 @@ exact).
 """
 import contextlib
 import csv
+import json
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass, field
 
-from m3net.config import Settings, setting, settings
+from m3net.config import RUN_CONFIG, Settings, load_run_config, setting, settings, write_run_config
 from m3net.errors import ConfigError, M3NetError, NonFiniteError
 from m3net.locking import exclusive_lock
 from m3net.progress import progress_bar
@@ -213,6 +214,23 @@ class RunFolder:
 
     def load_last(self):
         return load_checkpoint(self.last_path)
+
+    def record_config(self, command, config, resumed=None, free=RESUMABLE_CHANGES):
+        """Writes OUT/config.json (every resolved setting; ``--config`` replays it) before the run trains. When
+        resuming (``resumed``: last.pt's train_config), the file there must be that run's: settings in it that
+        differ from the checkpoint's, beyond those a resume may change (``free``), are refused, naming them."""
+        if not self.writer:
+            return
+        path = os.path.join(self.out, RUN_CONFIG)
+        if resumed is not None and os.path.exists(path):
+            wrote, saved = load_run_config(path)
+            resumed = json.loads(json.dumps(resumed, default=str))  # as JSON holds it (tuples are lists there)
+            differ = sorted(k for k in saved if k not in free and k in resumed and saved[k] != resumed[k])
+            if wrote != command or differ:
+                raise ConfigError(f"--resume {self.out}: its {RUN_CONFIG} is not the run in {self.last_path} ("
+                                  + (", ".join(f"{k}: {saved[k]!r} vs {resumed[k]!r}" for k in differ)
+                                     or f"written by `m3net {wrote}`") + "); restore it or remove it")
+        write_run_config(self.out, command, config)
 
     def trim_logs(self, episodes, own=()):
         """Logs agree with the checkpoint at ``episodes``: rows written after it are dropped. The writer

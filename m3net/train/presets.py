@@ -90,6 +90,8 @@ class Recipe:
     lr_step: int
     lr_gamma: float
     source: str  # where each value is set, and what differs
+    # Head options the reference code implies (e.g. how it reduces the loss over queries); --head-opt wins.
+    head_options: dict = dataclasses.field(default_factory=dict)
 
 
 NO_DECAY = 1_000_000  # TRX's run.py --sch default: MultiStepLR(milestones=[1000000], gamma=0.1), never reached
@@ -100,21 +102,29 @@ RECIPES = (
            "and queries are m3net's choices where the paper is silent"),
     Recipe("trx", "tobyperrett/trx", "sgd", 1e-3, 0.0, 0.0, 16, 5, NO_DECAY, 0.1,
            "run.py: --opt sgd (torch.optim.SGD(params, lr): no momentum, no weight decay), --learning_rate 0.001, "
-           "--tasks_per_batch 16 (each task's loss divided by 16), --query_per_class 5, --sch 1000000"),
+           "--tasks_per_batch 16 (each task's loss divided by 16), --query_per_class 5, --sch 1000000; utils.py "
+           "loss: a task's cross-entropy summed over its queries (loss_reduction=sum)",
+           {"loss_reduction": "sum"}),
     Recipe("strm", "Anirudh257/strm", "sgd", 1e-3, 0.0, 0.0, 16, 4, NO_DECAY, 0.1,
-           "run.py as TRX's (plain SGD, --tasks_per_batch 16, --sch 1000000); scripts/run_strm_ssv2.sh: -lr 0.001, "
+           "run.py as TRX's (plain SGD, --tasks_per_batch 16, --sch 1000000, utils.py loss summed over queries: "
+           "loss_reduction=sum, for both terms of CE(frame) + 0.1 CE(patch)); scripts/run_strm_ssv2.sh: -lr 0.001, "
            "--query_per_class 4 (run_strm_hmdb.sh and run_strm_ucf.sh: 4 queries at lr 1e-4; run_strm_kin.sh: 5 "
-           "at 1e-4)"),
-    Recipe("hyrsm", "alibaba-mmai-research/HyRSM", "adam", 1e-4, 0.0, 5e-5, 16, 7, 18_000, 0.1,
-           "configs/projects/hyrsm/ssv2_full/HyRSM_SSv2_Full_1shot_v1.yaml: OPTIM_METHOD adam, BASE_LR 0.0001, "
-           "WEIGHT_DECAY 5e-5 (the UCF101 and Kinetics-100 configs: 5e-4 at lr 5e-5 and 2.2e-5), QUERY_PER_CLASS 7 "
-           "(3 in the 5-shot config), lr x0.1 after 6 x STEPS_ITER 3000 tasks (x0.01 after 9; here x0.1 every "
-           "18 000), no warm-up here (the config warms up from 2e-5 over its first 3 000); "
-           "runs/train_net_few_shot.py steps Adam every BATCH_SIZE_PER_TASK 4 tasks on each of NUM_GPUS 4: "
-           "16 tasks per step"),
-    Recipe("pal", "tobyperrett/few-shot-action-recognition (CNN_PAL)", "sgd", 1e-3, 0.0, 0.0, 1, 5, NO_DECAY, 0.1,
-           "run.py: --opt sgd (plain SGD), --learning_rate 0.001, --query_per_class 5, --sch 1000000; "
-           "scripts/examples.md runs PAL with --tasks_per_batch 1"),
+           "at 1e-4)",
+           {"loss_reduction": "sum"}),
+    Recipe("hyrsm", "alibaba-mmai-research/HyRSM", "adam", 1e-4, 0.0, 1e-3, 16, 7, 36_000, 0.1,
+           "configs/projects/hyrsm/ssv2_full/HyRSM_SSv2_Full_1shot_v1.yaml: SOLVER BASE_LR 0.0001, QUERY_PER_CLASS 7 "
+           "(3 in the 5-shot config), lr x0.1 from epoch 6 (x0.01 from 9) of STEPS_ITER 3000; "
+           "runs/train_net_few_shot.py counts epoch floor(i/3000) + i/3000 per GPU, so x0.1 comes after 9 000 tasks "
+           "on each of 4 GPUs: 36 000 (x0.01 after 60 000; here x0.1 every 36 000), no warm-up here (the config "
+           "warms up from 2e-5 over its first 3 000 tasks per GPU); models/utils/optimizer.py: Adam with "
+           "OPTIMIZER.WEIGHT_DECAY 1e-3 (configs/pool/run/training/finetune.yaml; the configs' SOLVER WEIGHT_DECAY "
+           "5e-5 is never read), 0 on norm layers (not here); steps every BATCH_SIZE_PER_TASK 4 tasks on each of "
+           "NUM_GPUS 4, each task's mean cross-entropy / 4 and DDP's mean over GPUs: the mean of 16 tasks"),
+    Recipe("pal", "tobyperrett/few-shot-action-recognition (CNN_PAL)", "sgd", 1e-4, 0.0, 0.0, 1, 5, 3_000, 0.1,
+           "scripts/examples.md: --method pal --tasks_per_batch 1 -lr 0.0001 --sch 3000 6000 (here x0.1 every "
+           "3 000); run.py: --opt sgd (plain SGD), --query_per_class 5; model.py CNN_PAL: logits the bare cosine "
+           "(temperature=1), mean cross-entropy + 1 x the prototype-centred term",
+           {"temperature": 1.0}),
 )
 RECIPE_OPTIONS = ("optimizer", "lr", "momentum", "weight_decay", "accumulate", "queries", "lr_step", "lr_gamma")
 
@@ -138,12 +148,20 @@ def preset_values(stage, name, head=None):
         if stage != "train-head":
             raise ConfigError(f"--preset reference: the heads' reference recipes are train-head settings (and the "
                               f"demo's); {stage} takes --preset paper")
-        return {option: getattr(recipe(head), option) for option in RECIPE_OPTIONS}
+        found = recipe(head)
+        return {**{option: getattr(found, option) for option in RECIPE_OPTIONS}, "head_options": found.head_options}
     return {s.option: s.preset for s in SETTINGS if s.stage == stage}
 
 
 def with_preset(stage, options, explicit=()):
     """``options`` (a config's keyword arguments, with "preset") where the preset's values replace every
-    option not in ``explicit`` (those the user gave): options given on the command line still win."""
+    option not in ``explicit`` (those the user gave): options given on the command line still win. The
+    preset's head options join ``options["head_options"]`` (typed), whose own keys win."""
     values = preset_values(stage, options.get("preset", "none"), options.get("head"))
-    return {**options, **{k: v for k, v in values.items() if k not in explicit}}
+    preset_head = values.pop("head_options", {})
+    merged = {**options, **{k: v for k, v in values.items() if k not in explicit}}
+    if preset_head:
+        from m3net.model.registry import head_options
+
+        merged["head_options"] = {**head_options(options["head"], preset_head), **options.get("head_options", {})}
+    return merged
