@@ -11,6 +11,7 @@ from helpers_locks import hold_lock
 from m3net.cli import main
 from m3net.errors import CheckpointError, LockError, NonFiniteError
 from m3net.train.checkpoint import load_checkpoint
+from m3net.train.loop import EpisodeTask, Interrupted, RunFolder, Schedule, run_episodes
 from m3net.train.train_head import TrainConfig, train_head
 
 pytestmark = pytest.mark.usefixtures("aligned_head")
@@ -151,3 +152,71 @@ def test_a_log_window_after_resume_averages_only_the_episodes_it_ran():
     row = window.row()
     assert row["loss"] == 2.0 and row["views_loss"] == "y=2.0000" and row["skipped_episodes"] == 2
     assert window.trained == 4
+
+
+
+class CountingTask(EpisodeTask):
+    """No model: every train_step "trains" one episode and ``accumulate`` of them make an optimizer step (the state is
+    whole between steps); validation returns ``accuracies`` in turn; Ctrl-C comes after ``interrupt_at`` episodes."""
+
+    def __init__(self, accuracies=(), accumulate=1, interrupt_at=None):
+        self.accuracies, self.accumulate, self.interrupt_at = iter(accuracies), accumulate, interrupt_at
+        self.trained, self.validated = 0, []
+
+    def train_step(self, episodes):
+        if episodes == self.interrupt_at:
+            raise KeyboardInterrupt
+        self.trained += 1
+        return {"loss": 1.0}
+
+    def validate(self, episodes):
+        self.validated.append(episodes)
+        return next(self.accuracies), 0.0
+
+    def snapshot(self):
+        return {"trained": self.trained}
+
+    def optimizer_steps(self):
+        return self.trained // self.accumulate
+
+    def whole(self):
+        return self.trained % self.accumulate == 0
+
+
+def _saved(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_a_task_validates_and_saves_at_the_first_whole_state_at_or_after_each_interval(tmp_path):
+    task = CountingTask(accuracies=[50.0, 70.0, 60.0], accumulate=2)
+    schedule = Schedule(episodes=10, log_every=5, val_every=3, checkpoint_every=5, validating=True)
+    with RunFolder(str(tmp_path), resume=False) as run:
+        assert run_episodes(run, schedule, task, 0, -1.0, progress=False) == (10, 70.0, 1)
+    assert task.validated == [4, 6, 10]  # 3 and 9 fall between optimizer steps; 10 is the last episode
+    assert _episodes(tmp_path / "val_log.csv") == [4, 6, 10]
+    assert _episodes(tmp_path / "train_log.csv") == [5, 10]  # logs need no whole state
+    best, last = _saved(tmp_path / "best.pt"), _saved(tmp_path / "last.pt")
+    assert (best["episodes"], best["trained"], best["best_val_acc"]) == (6, 6, 70.0)
+    assert (last["episodes"], last["optimizer_steps"], last["trained"], last["stale_validations"]) == (10, 5, 10, 1)
+
+
+def test_a_task_stops_after_patience_validations_without_a_new_best(tmp_path):
+    task = CountingTask(accuracies=[50.0, 60.0, 60.0, 55.0, 90.0])
+    schedule = Schedule(episodes=20, log_every=1, val_every=1, checkpoint_every=20, validating=True, patience=2)
+    with RunFolder(str(tmp_path), resume=False) as run:
+        assert run_episodes(run, schedule, task, 0, -1.0, progress=False) == (4, 60.0, 2)
+    assert task.validated == [1, 2, 3, 4] and task.trained == 4  # a tie is no new best
+    assert _saved(tmp_path / "best.pt")["episodes"] == 2
+    assert (_saved(tmp_path / "last.pt")["episodes"], _saved(tmp_path / "last.pt")["stale_validations"]) == (4, 2)
+
+
+@pytest.mark.parametrize("interrupt_at, saved", [(6, 6), (7, 4)])  # checkpoints fall on 4 and 8
+def test_ctrl_c_saves_a_task_only_when_its_state_is_whole(tmp_path, interrupt_at, saved):
+    task = CountingTask(accumulate=2, interrupt_at=interrupt_at)
+    schedule = Schedule(episodes=10, log_every=1, val_every=10, checkpoint_every=4, validating=False)
+    with RunFolder(str(tmp_path), resume=False) as run, \
+            pytest.raises(Interrupted, match=f"last.pt holds episode {saved};") as raised:
+        run_episodes(run, schedule, task, 0, -1.0, progress=False)
+    assert raised.value.exit_code == 130
+    assert (_saved(tmp_path / "last.pt")["episodes"], _saved(tmp_path / "last.pt")["trained"]) == (saved, saved)
+    assert not os.path.exists(tmp_path / "best.pt")  # not validating

@@ -52,6 +52,7 @@ from m3net.train.checkpoint import (
 from m3net.train.features import InputNorm, InputNormSettings, input_norm_for, refuse_double_normalisation
 from m3net.train.loop import (
     RESUMABLE_CHANGES,
+    EpisodeTask,
     OptimizerSettings,
     RunFolder,
     Schedule,
@@ -361,15 +362,28 @@ def _distributed_setup(config):
     return world, rank, device
 
 
-class _Run:
-    """What the training and validation passes of one finetune run share."""
+class FinetuneTask(EpisodeTask):
+    """One finetune run, on this rank: backbone + head and what updates them (``built``; the model DDP-wrapped under
+    torchrun), the train and val episodes of the clips under --root, decoded by --workers processes, and what the
+    ranks exchange. Round k trains episodes start + k·world ... + world - 1, rank r the r-th of them; the gradients
+    of --accumulate rounds make one optimizer step."""
 
-    def __init__(self, config, world, rank, device, clips, transform, failures_path):
+    def __init__(self, config, world, rank, device, built, amp_dtype, clips, sampler, val_sampler, failures_path,
+                 start, steps):
         self.config, self.world, self.rank, self.device = config, world, rank, device
-        self.clips, self.transform, self.failures_path = clips, transform, failures_path
-        self.amp_dtype = amp_dtype_for(config, device)
+        self.built, self.amp_dtype, self.clips, self.val_sampler = built, amp_dtype, clips, val_sampler
+        self.failures_path = failures_path
+        self.transform = TransformConfig(resize=(config.crop * 8 // 7,) * 2, crop=config.crop)
+        self.provenance = _features_provenance(config, self.transform)
+        # Frozen BN and frozen stages leave parameters without gradients; DDP must not wait for them.
+        self.wrapped = (torch.nn.parallel.DistributedDataParallel(built.model, find_unused_parameters=True)
+                        if world > 1 else built.model)
+        rounds = _rounds(config, start, world)
+        self.stream = iter(self.decode(sampler, [start + k * world + rank for k in range(rounds)], train=True))
+        self.steps = steps  # optimizer steps taken (a resumed run's included)
+        self.micro = 0  # rounds whose gradients wait for the next optimizer step
 
-    def episodes(self, sampler, indices, train):
+    def decode(self, sampler, indices, train):
         """Decoded episodes ``indices`` of ``sampler``, the next ones prefetched by --workers processes."""
         frames = EpisodeFrames(self.clips, sampler, indices, self.config.frames, self.transform, train,
                                self.config.seed)
@@ -395,27 +409,51 @@ class _Run:
         if self.world > 1 and pending and not bool(head.temperature_pending):
             torch.distributed.broadcast(head.log_temperature.data, src=0)
 
-    def all_agree(self, usable):
-        """True on every rank only when ``usable`` is true on every rank (ranks skip together, or
+    def agree(self, flag):
+        """True on every rank only when ``flag`` is true on every rank (ranks skip together, or
         the others would wait for this rank's gradients forever)."""
         if self.world == 1:
-            return usable
-        flag = torch.tensor(int(usable), device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        return bool(flag.item())
+            return flag
+        agreed = torch.tensor(int(flag), device=self.device)
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+        return bool(agreed.item())
 
     def forward(self, model, loaded):
         support, support_labels, query, query_labels = (x.to(self.device, non_blocking=True) for x in loaded)
         return forward_episode(model, support, support_labels, query, self.amp_dtype), query_labels
 
+    def train_step(self, episodes):
+        config, head = self.config, self.built.head
+        _, loaded, failures = next(self.stream)
+        done = episodes + self.world
+        self.report(failures, done, "train")
+        last_micro = self.micro + 1 == config.accumulate or done == config.episodes
+        result = None
+        if self.agree(loaded is not None):
+            sync = self.wrapped.no_sync() if self.world > 1 and not last_micro else contextlib.nullcontext()
+            with sync:
+                pending = bool(getattr(head, "temperature_pending", False))
+                outputs, query_labels = self.forward(self.wrapped, loaded)
+                self.share_data_temperatures(head, pending)
+                loss = head.loss(outputs, query_labels)
+                self.built.scaler.scale(loss / config.accumulate).backward()
+            result = {"loss": self.mean_over_ranks(loss.item())}
+        if last_micro:
+            self.built.step(config, done)
+            self.micro, self.steps = 0, self.steps + 1
+        else:
+            self.micro += 1  # only now: a round interrupted before this point leaves the state as whole as it was
+        return result
+
     @torch.no_grad()
-    def validate(self, model, sampler, episodes):
+    def validate(self, episodes):
         """Accuracy (%) and 95% CI of view y over the first --val-episodes val episodes (test view);
         rank r scores episodes r, r + world, ... and the ranks pool their accuracies."""
+        model = self.built.model
         model.eval()
         accs = []
         indices = range(self.rank, self.config.val_episodes, self.world)
-        for _, loaded, failures in self.episodes(sampler, indices, train=False):
+        for _, loaded, failures in self.decode(self.val_sampler, indices, train=False):
             self.report(failures, episodes, "val")
             if loaded is not None:
                 outputs, query_labels = self.forward(model, loaded)
@@ -426,6 +464,26 @@ class _Run:
             accs = [a for part in pooled for a in part]
         set_train_mode(model, self.config)
         return mean_and_ci(accs)
+
+    def snapshot(self):
+        config, built = self.config, self.built
+        return dict(head=config.head, head_config=built.head.config_dict(), train_config=dataclasses.asdict(config),
+                    provenance=self.provenance, init_backbone=built.init_provenance, model=built.head.state_dict(),
+                    backbone=built.backbone.state_dict(), optimizer=built.optimizer.state_dict(),
+                    scheduler=built.scheduler.state_dict(), scaler=built.scaler.state_dict(), rng=rng_state(),
+                    **built.model.norm.checkpoint_entries())
+
+    def optimizer_steps(self):
+        return self.steps
+
+    def extra_columns(self):
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else ""
+        lrs = dict.fromkeys(("lr", "backbone_lr"), "") | dict(zip(self.built.lr_names,
+                                                                  self.built.scheduler.get_last_lr()))
+        return {**lrs, "peak_gpu_mib": peak}
+
+    def whole(self):
+        return self.micro == 0
 
 
 def finetune(config, progress=True):
@@ -470,17 +528,14 @@ def _finetune_in(folder, config, dataset, world, rank, device, progress):
     if config.val_episodes > 0:  # the same val episodes as train-head's (same seed and sizes)
         val_sampler = EpisodeSampler(labels, split, "val", config.way, config.shot, config.val_queries,
                                      seed=config.seed + 1, class_names=dataset.classes)
-    transform = TransformConfig(resize=(config.crop * 8 // 7,) * 2, crop=config.crop)
     failures_name = f"failures-rank{rank}.csv" if world > 1 else "failures.csv"
-    run = _Run(config, world, rank, device, clips, transform, os.path.join(config.out, failures_name))
 
-    built = build_training(config, device, run.amp_dtype, norm)
+    amp_dtype = amp_dtype_for(config, device)
+    built = build_training(config, device, amp_dtype, norm)
     if state is None and config.stats_cache and norm.active:
         check_stats_cache(config, built.init_provenance)
     backbone, head, model = built.backbone, built.head, built.model
     optimizer, scheduler, scaler = built.optimizer, built.scheduler, built.scaler
-    # Frozen BN and frozen stages leave parameters without gradients; DDP must not wait for them.
-    wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     start, steps, best, stale = 0, 0, -1.0, 0
     if state is not None:
         load_module_state(head, state["model"], folder.last_path)
@@ -492,53 +547,11 @@ def _finetune_in(folder, config, dataset, world, rank, device, progress):
         start, steps = trained_episodes(state), optimizer_steps(state)
         best, stale = state["best_val_acc"], state.get("stale_validations", 0)
         folder.trim_logs(start, own=(failures_name,))
-    provenance = _features_provenance(config, transform)
-
-    def snapshot():
-        return dict(head=config.head, head_config=head.config_dict(), train_config=dataclasses.asdict(config),
-                    provenance=provenance, init_backbone=built.init_provenance, model=head.state_dict(),
-                    backbone=backbone.state_dict(), optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_state(),
-                    **norm.checkpoint_entries())
-
-    # Round k trains episodes start + k·world ... + world - 1, rank r the r-th of them.
-    rounds = _rounds(config, start, world)
-    stream = iter(run.episodes(sampler, [start + k * world + rank for k in range(rounds)], train=True))
-    micro = 0  # rounds whose gradients wait for the next optimizer step
-
-    def train_step(episodes):
-        nonlocal micro, steps
-        _, loaded, failures = next(stream)
-        done = episodes + world
-        run.report(failures, done, "train")
-        last_micro = micro + 1 == config.accumulate or done == config.episodes
-        result = None
-        if run.all_agree(loaded is not None):
-            sync = wrapped.no_sync() if world > 1 and not last_micro else contextlib.nullcontext()
-            with sync:
-                pending = bool(getattr(head, "temperature_pending", False))
-                outputs, query_labels = run.forward(wrapped, loaded)
-                run.share_data_temperatures(head, pending)
-                loss = head.loss(outputs, query_labels)
-                scaler.scale(loss / config.accumulate).backward()
-            result = {"loss": run.mean_over_ranks(loss.item())}
-        if last_micro:
-            built.step(config, done)
-            micro, steps = 0, steps + 1
-        else:
-            micro += 1  # only now: a round interrupted before this point leaves the state as whole as it was
-        return result
-
-    def extra_columns():
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else ""
-        lrs = dict.fromkeys(("lr", "backbone_lr"), "") | dict(zip(built.lr_names, scheduler.get_last_lr()))
-        return {**lrs, "peak_gpu_mib": peak}
-
+    task = FinetuneTask(config, world, rank, device, built, amp_dtype, clips, sampler, val_sampler,
+                        os.path.join(config.out, failures_name), start, steps)
     schedule = Schedule(config.episodes, config.log_every, config.val_every, config.checkpoint_every,
                         validating=val_sampler is not None, stride=world, patience=config.patience)
     set_train_mode(model, config)
-    episodes, best, _ = run_episodes(
-        folder, schedule, start, best, train_step, validate=lambda episodes: run.validate(model, val_sampler, episodes),
-        snapshot=snapshot, optimizer_steps=lambda: steps, extra_columns=extra_columns, whole=lambda: micro == 0,
-        agree=run.all_agree, progress=progress, desc=f"finetune {config.head}", stale=stale)
-    return episodes, steps, best
+    episodes, best, _ = run_episodes(folder, schedule, task, start, best, stale, progress=progress,
+                                     desc=f"finetune {config.head}")
+    return episodes, task.steps, best

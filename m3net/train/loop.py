@@ -1,6 +1,7 @@
 """The run scaffold both training loops use (``train-head`` and ``finetune``): one run folder with
-its lock, checkpoints and logs, and one episode loop that logs, validates, checkpoints, stops on a
-non-finite loss and saves on Ctrl-C. A fix to any of these lands once, for both.
+its lock, checkpoints and logs, and one episode loop (``run_episodes``, driving each command's ``EpisodeTask``)
+that logs, validates, checkpoints, stops on a non-finite loss and saves on Ctrl-C. A fix to any of these lands
+once, for both.
 
 A run folder holds ``last.pt`` (every --checkpoint-every episodes and after each validation),
 ``best.pt`` (best validation accuracy), ``train_log.csv``, ``val_log.csv``, ``failures*.csv`` and,
@@ -15,6 +16,7 @@ checkpoints also hold ``optimizer_steps``. Validation and checkpoints fall on th
 boundary at or after each multiple of their interval (between steps the state is whole, so --resume is
 exact).
 """
+import abc
 import contextlib
 import csv
 import json
@@ -316,35 +318,68 @@ def _crossed(before, after, every):
     return after // every > before // every
 
 
-def run_episodes(run, schedule, episodes, best, train_step, validate, snapshot, optimizer_steps, extra_columns=dict,
-                 whole=lambda: True, agree=lambda flag: flag, progress=True, desc="train", stale=0):
-    """Trains from episode ``episodes`` to ``schedule.episodes``, or until ``schedule.patience`` validations in a
-    row have not beaten the best; returns (episodes, best validation accuracy, validations since the best).
+class EpisodeTask(abc.ABC):
+    """What ``run_episodes`` trains: one run's models, optimizer and episodes, and how one step changes them.
 
-    train_step(episodes) trains the next ``schedule.stride`` episodes (over all ranks) and returns
-    {"loss": float, "views": {view: loss}}, or None when they were skipped; validate(episodes) -> (accuracy
-    %, ci), run on every rank; snapshot() -> the checkpoint state (``episodes``, ``optimizer_steps``,
-    ``best_val_acc`` and ``stale_validations`` are added here, so --resume keeps counting); optimizer_steps() ->
-    optimizer steps so far; extra_columns() -> more log columns (lr, ...); whole(): the state is between
-    optimizer steps (validations and checkpoints due meanwhile wait for it; Ctrl-C saves only then);
-    agree(flag): the flag AND-ed over ranks.
+    train_step(episodes): with ``episodes`` trained so far, trains the next ``schedule.stride`` (over all ranks);
+        returns {"loss": float, "views": {view: loss}}, or None when they were skipped.
+    validate(episodes) -> (accuracy %, 95% CI) after ``episodes`` training episodes; run on every rank.
+    snapshot() -> the checkpoint state (``run_episodes`` adds ``episodes``, ``optimizer_steps``, ``best_val_acc`` and
+        ``stale_validations``, so --resume keeps counting).
+    optimizer_steps() -> the optimizer steps taken so far.
+    extra_columns() -> more train_log.csv columns (lr, ...); by default none.
+    whole(): the state is between optimizer steps: validations and checkpoints due meanwhile wait for it, and Ctrl-C
+        saves only then; by default always (one optimizer step per train_step).
+    agree(flag): ``flag`` AND-ed over the ranks; by default one process, ``flag`` itself.
+    """
+
+    @abc.abstractmethod
+    def train_step(self, episodes):
+        ...
+
+    @abc.abstractmethod
+    def validate(self, episodes):
+        ...
+
+    @abc.abstractmethod
+    def snapshot(self):
+        ...
+
+    @abc.abstractmethod
+    def optimizer_steps(self):
+        ...
+
+    def extra_columns(self):
+        return {}
+
+    def whole(self):
+        return True
+
+    def agree(self, flag):
+        return flag
+
+
+def run_episodes(run, schedule, task, start, best, stale=0, progress=True, desc="train"):
+    """Trains ``task`` (an EpisodeTask) from episode ``start`` to ``schedule.episodes``, or until ``schedule.patience``
+    validations in a row have not beaten the best; ``best`` and ``stale``: the best validation accuracy so far and the
+    validations since it (a resumed run's). Returns (episodes, best validation accuracy, validations since the best).
     """
     window = Window().reset()
-    fields = TRAIN_FIELDS + tuple(extra_columns())
-    saved = episodes
+    fields = TRAIN_FIELDS + tuple(task.extra_columns())
+    episodes = saved = start
     due_validation = due_save = False
-    bar = progress_bar(total=schedule.episodes, initial=episodes, enabled=progress and run.writer, desc=desc,
+    bar = progress_bar(total=schedule.episodes, initial=start, enabled=progress and run.writer, desc=desc,
                        unit="ep")
 
     def save(path):
-        run.save(path, {**snapshot(), "episodes": episodes, "optimizer_steps": optimizer_steps(),
+        run.save(path, {**task.snapshot(), "episodes": episodes, "optimizer_steps": task.optimizer_steps(),
                         "best_val_acc": best, "stale_validations": stale})
 
     try:
         while episodes < schedule.episodes and not schedule.exhausted(stale):
-            result = train_step(episodes)
+            result = task.train_step(episodes)
             before, episodes = episodes, min(episodes + schedule.stride, schedule.episodes)
-            if not agree(result is None or math.isfinite(result["loss"])):
+            if not task.agree(result is None or math.isfinite(result["loss"])):
                 raise NonFiniteError(
                     f"episodes {before + 1}-{episodes}: the training loss is not finite ({result and result['loss']}); "
                     f"stopped. {run.last_path} keeps episode {saved}, the last saved finite state. Lower --lr, or "
@@ -353,28 +388,29 @@ def run_episodes(run, schedule, episodes, best, train_step, validate, snapshot, 
             bar.update(episodes - before)
             final = episodes == schedule.episodes
             if _crossed(before, episodes, schedule.log_every) or final:
-                row = {"episodes": episodes, "optimizer_steps": optimizer_steps(), **window.row(), **extra_columns()}
+                row = {"episodes": episodes, "optimizer_steps": task.optimizer_steps(), **window.row(),
+                       **task.extra_columns()}
                 run.append("train_log.csv", fields, row)
                 run.scalars("train", {k: v for k, v in row.items() if k != "episodes"}, episodes)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", eps=f"{row['episodes_per_s']:.2f}/s")
                 window.reset()
             due_validation |= schedule.validating and (_crossed(before, episodes, schedule.val_every) or final)
             due_save |= _crossed(before, episodes, schedule.checkpoint_every) or final
-            if not (due_validation or due_save) or not whole():
+            if not (due_validation or due_save) or not task.whole():
                 continue
             if due_validation:
-                acc, ci = validate(episodes)
+                acc, ci = task.validate(episodes)
                 stale = 0 if acc > best else stale + 1
                 if acc > best:
                     best = acc
                     save(run.best_path)
-                run.append("val_log.csv", VAL_FIELDS, {"episodes": episodes, "optimizer_steps": optimizer_steps(),
+                run.append("val_log.csv", VAL_FIELDS, {"episodes": episodes, "optimizer_steps": task.optimizer_steps(),
                                                        "val_acc": acc, "val_ci": ci, "best_val_acc": best})
                 run.scalars("val", {"acc": acc}, episodes)
             save(run.last_path)
             saved, due_validation, due_save = episodes, False, False
     except KeyboardInterrupt:
-        if whole():  # between optimizer steps the state is whole: save it, so --resume loses nothing
+        if task.whole():  # between optimizer steps the state is whole: save it, so --resume loses nothing
             save(run.last_path)
             saved = episodes
         raise Interrupted(f"interrupted: {run.last_path} holds episode {saved}; "

@@ -28,6 +28,7 @@ from m3net.train.features import (
 )
 from m3net.train.loop import (
     RESUMABLE_CHANGES,
+    EpisodeTask,
     OptimizerSettings,
     RunFolder,
     Schedule,
@@ -52,20 +53,6 @@ class TrainConfig(HeadSettings, EpisodeSettings, OptimizerSettings, ScheduleSett
     out: str = setting("runs/head", "Run folder: best.pt, last.pt, train_log.csv, val_log.csv.", path="dir")
 
 
-@torch.no_grad()
-def validation_accuracy(head, bank, sampler, episodes, view="y"):
-    """Mean accuracy (%) and 95% CI of ``view`` over the sampler's first ``episodes`` episodes."""
-    was_training = head.training
-    head.eval()
-    accs = []
-    bank.prefetch(sampler, 0, episodes)
-    for index in range(episodes):
-        support, support_labels, query, query_labels = bank.episode(sampler.episode(index))
-        accs.append(episode_accuracies(head(support, support_labels, query), query_labels)[view])
-    head.train(was_training)
-    return mean_and_ci(accs)
-
-
 def run_input_norm(config, state, path):
     """The InputNorm of a train-head run: a resumed run's own (its checkpoint's statistics), else --input-norm
     ("auto": none) with the cache's training statistics. A head that normalises inside (the m3net head's
@@ -87,6 +74,65 @@ def _check_resume(state, config, provenance, path):
     if diffs:
         raise ProvenanceError(f"{config.cache}: differs from the cache the checkpoint was trained on: "
                               + "; ".join(f"{k}: {a!r} vs {b!r}" for k, a, b in diffs))
+
+
+class HeadTrainingTask(EpisodeTask):
+    """One train-head run: the head with its optimizer and lr schedule, the cached features (``bank``) and the
+    samplers of the train and val episodes drawn from them. Episode ``index`` trains on its own draw of views;
+    the gradients of --accumulate episodes make one optimizer step (and the run's last episode ends one)."""
+
+    def __init__(self, config, head, bank, optimizer, scheduler, train_sampler, val_sampler, provenance, norm, steps):
+        self.config, self.head, self.bank, self.optimizer, self.scheduler = config, head, bank, optimizer, scheduler
+        self.train_sampler, self.val_sampler, self.provenance, self.norm = train_sampler, val_sampler, provenance, norm
+        self.steps = steps  # optimizer steps taken (a resumed run's included)
+        self.pending = 0  # episodes whose gradients wait for the next optimizer step (--accumulate)
+
+    def train_step(self, index):
+        config, head, optimizer = self.config, self.head, self.optimizer
+        support, support_labels, query, query_labels = self.bank.episode(self.train_sampler.episode(index),
+                                                                         rng=self.train_sampler.view_rng(index))
+        outputs = head(support, support_labels, query)
+        loss = head.loss(outputs, query_labels)
+        (loss / config.accumulate).backward()  # the step's gradient: the mean over its episodes
+        self.pending += 1
+        if self.pending == config.accumulate or index + 1 == config.episodes:
+            clip_gradients(optimizer, config)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            self.steps, self.pending = self.steps + 1, 0
+            advance_schedule(self.scheduler, index + 1)  # --lr-step counts episodes
+        views = {view: torch.nn.functional.cross_entropy(outputs[view].detach(), query_labels).item()
+                 for view in head.train_views if view in outputs}
+        return {"loss": loss.item(), "views": views}
+
+    @torch.no_grad()
+    def validate(self, episodes):
+        """Mean accuracy (%) and 95% CI of view y over the first --val-episodes val episodes."""
+        head, bank, sampler = self.head, self.bank, self.val_sampler
+        was_training = head.training
+        head.eval()
+        accs = []
+        bank.prefetch(sampler, 0, self.config.val_episodes)
+        for index in range(self.config.val_episodes):
+            support, support_labels, query, query_labels = bank.episode(sampler.episode(index))
+            accs.append(episode_accuracies(head(support, support_labels, query), query_labels)["y"])
+        head.train(was_training)
+        return mean_and_ci(accs)
+
+    def snapshot(self):
+        config, head = self.config, self.head
+        return dict(head=config.head, head_config=head.config_dict(), train_config=dataclasses.asdict(config),
+                    provenance=self.provenance, model=head.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(), rng=rng_state(), **self.norm.checkpoint_entries())
+
+    def optimizer_steps(self):
+        return self.steps
+
+    def extra_columns(self):
+        return {"lr": self.scheduler.get_last_lr()[0]}
+
+    def whole(self):
+        return self.pending == 0
 
 
 def train_head(config, progress=True):
@@ -127,39 +173,12 @@ def train_head(config, progress=True):
             best, stale = state["best_val_acc"], state.get("stale_validations", 0)
             run.trim_logs(step)
         bank.prefetch(train_sampler, step, config.episodes)
-
-        pending = 0  # episodes whose gradients wait for the next optimizer step (--accumulate)
-
-        def train_step(index):
-            nonlocal steps, pending
-            support, support_labels, query, query_labels = bank.episode(train_sampler.episode(index),
-                                                                        rng=train_sampler.view_rng(index))
-            outputs = head(support, support_labels, query)
-            loss = head.loss(outputs, query_labels)
-            (loss / config.accumulate).backward()  # the step's gradient: the mean over its episodes
-            pending += 1
-            if pending == config.accumulate or index + 1 == config.episodes:
-                clip_gradients(optimizer, config)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                steps, pending = steps + 1, 0
-                advance_schedule(scheduler, index + 1)  # --lr-step counts episodes
-            views = {view: torch.nn.functional.cross_entropy(outputs[view].detach(), query_labels).item()
-                     for view in head.train_views if view in outputs}
-            return {"loss": loss.item(), "views": views}
-
-        def snapshot():
-            return dict(head=config.head, head_config=head.config_dict(), train_config=dataclasses.asdict(config),
-                        provenance=provenance, model=head.state_dict(), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), rng=rng_state(), **norm.checkpoint_entries())
-
+        task = HeadTrainingTask(config, head, bank, optimizer, scheduler, train_sampler, val_sampler, provenance, norm,
+                                steps)
         schedule = Schedule(config.episodes, config.log_every, config.val_every, config.checkpoint_every,
                             validating=config.val_episodes > 0, patience=config.patience)
         head.train()
-        step, best, stale = run_episodes(
-            run, schedule, step, best, train_step,
-            validate=lambda step: validation_accuracy(head, bank, val_sampler, config.val_episodes),
-            snapshot=snapshot, optimizer_steps=lambda: steps, extra_columns=lambda: {"lr": scheduler.get_last_lr()[0]},
-            whole=lambda: pending == 0, progress=progress, desc=f"train {config.head}", stale=stale)
+        step, best, stale = run_episodes(run, schedule, task, step, best, stale, progress=progress,
+                                         desc=f"train {config.head}")
     return {"out": config.out, "episodes": step, "best_val_acc": best, "stopped_early": step < config.episodes,
             "best": run.best_path if best >= 0 else "", "last": run.last_path}
