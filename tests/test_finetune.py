@@ -149,6 +149,13 @@ def test_cli_and_extract_reads_the_finetuned_backbone(bench, tmp_path):
     for key, value in model.state_dict().items():
         assert torch.equal(value, state["backbone"][key]), key
     assert provenance["weights"] == os.path.abspath(checkpoint)
+    # OUT/config.json replays the run: the same backbone and head, bit for bit
+    replay = CliRunner().invoke(main, ["finetune", "--config", str(out / "config.json"), "--out", str(tmp_path / "b")])
+    assert replay.exit_code == 0, replay.output
+    replayed = load_checkpoint(str(tmp_path / "b" / "last.pt"))
+    for part in ("backbone", "model"):
+        for key, value in state[part].items():
+            assert torch.equal(value, replayed[part][key]), (part, key)
 
 
 # One rank of a torchrun finetune that also saves its own model (only rank 0 writes checkpoints).

@@ -514,9 +514,11 @@ def _rounds(config, start, world):
 
 def _finetune_in(folder, config, dataset, world, rank, device, progress):
     state = None
+    free = RESUMABLE_CHANGES | {"workers", "root"}
     if config.resume:
         state = folder.load_last()
-        check_resumed_config(state["train_config"], config, folder.last_path, RESUMABLE_CHANGES | {"workers", "root"})
+        check_resumed_config(state["train_config"], config, folder.last_path, free)
+    folder.record_config("finetune", config, state and state["train_config"], free)
     norm = finetune_input_norm(config, state, folder.last_path)
     refuse_double_normalisation(norm, config.head_options)
     clips = dataset.present()

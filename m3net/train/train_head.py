@@ -67,9 +67,12 @@ def run_input_norm(config, state, path):
     return norm
 
 
+# A resumed run may read the same cache from another path: the cache is checked by its provenance, not its path.
+RESUMABLE = RESUMABLE_CHANGES | {"cache"}
+
+
 def _check_resume(state, config, provenance, path):
-    # The cache is checked by its provenance below, not by its path.
-    check_resumed_config(state["train_config"], config, path, RESUMABLE_CHANGES | {"cache"})
+    check_resumed_config(state["train_config"], config, path, RESUMABLE)
     diffs = provenance_differences(provenance, state["provenance"])
     if diffs:
         raise ProvenanceError(f"{config.cache}: differs from the cache the checkpoint was trained on: "
@@ -151,6 +154,7 @@ def train_head(config, progress=True):
         if not head.trainable:
             raise ConfigError(f"--head {config.head} has no parameters to train: score it with "
                               f"`m3net evaluate --head {config.head}`")
+        run.record_config("train-head", config, state and state["train_config"], RESUMABLE)
         pool = head.input_pool() if config.pool_on_load else None
         norm = run_input_norm(config, state, run.last_path)
         _, bank, where = open_bank(config.cache, ("train", "val"), device, config.resident, config.memory_limit, pool,
