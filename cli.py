@@ -335,9 +335,8 @@ def demo_cmd(seeds, record, compare, compare_once, collect, **options):
     import json
 
     from m3net.config import parse_seeds
-    from m3net.demo import collect_seeds_record, parse_compare, run_demo, run_demo_seeds
+    from m3net.demo import collect_seeds_record, format_seeds_summary, parse_compare, run_demo, run_demo_seeds
     from m3net.errors import ConfigError
-    from m3net.readme_figures import render_demo_results, render_table1_synthetic
 
     size = {f.name: options.pop(f.name) for f in dataclasses.fields(DemoBenchmarkSettings)}
     synthetic = SyntheticConfig(seed=options["seed"], **size)
@@ -362,8 +361,7 @@ def demo_cmd(seeds, record, compare, compare_once, collect, **options):
             raise click.UsageError(str(err))
     else:
         result = run_demo_seeds(config, seed_list)
-    render = render_table1_synthetic if config.compare and config.preset == "reference" else render_demo_results
-    click.echo("\n" + render(result, record or "not written (no --record)"))
+    click.echo("\n" + format_seeds_summary(result, record))
     if record:
         with open(record, "w") as fh:
             json.dump(result, fh, indent=2)

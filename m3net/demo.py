@@ -411,3 +411,26 @@ def run_demo_seeds(config, seeds):
     for index, seed in enumerate(seeds):
         run_demo(seeded(config, seed, first=index == 0))
     return seeds_record(config, seeds)
+
+
+def format_seeds_summary(result, record=None):
+    """A plain-text table of a ``seeds_record``: every head and view, its accuracy's mean ± sd over the seeds at
+    each shot (a head trained on fewer seeds, --compare-once, says over how many), and where the record went.
+    The docs' generated sections are built from the record by tools/docs_sections.py, not here."""
+    shots = list(result["over_seeds"])
+    seeds = result["seeds"]
+    cells = {}  # (head, view) -> {shot: "mean ± sd"}, in the order the first shot lists them
+    for shot in shots:
+        for row in result["over_seeds"][shot]["accuracy"]:
+            text = f"{row['mean']:.2f} ± {row['sd']:.2f}"
+            if row["seeds"] < len(seeds):
+                text = f"{row['mean']:.2f} ({row['seeds']} seed{'s' if row['seeds'] > 1 else ''})"
+            cells.setdefault((row["head"], row["view"]), {})[shot] = text
+    table = [("head", "view", *shots)] + [(head, view, *(by_shot.get(shot, "—") for shot in shots))
+                                          for (head, view), by_shot in cells.items()]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = [f"Accuracy % over seeds {', '.join(map(str, seeds))}, mean ± sd "
+             f"({result['config']['eval_episodes']} test episodes per seed and shot):"]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
+    lines.append(f"record: {record}" if record else "record: not written (no --record)")
+    return "\n".join(lines)
