@@ -309,7 +309,7 @@ def predict_cmd(queries, as_json, **options):
 @click.option("--record", type=click.Path(dir_okay=False),
               help="With --seeds: write every seed's tables and the mean ± sd to this JSON "
                    "(benchmarks/demo_synthetic_cpu_<date>.json, and table1_synthetic_cpu_<date>.json for --compare "
-                   "with --preset reference, feed the README: python -m m3net.readme_figures).")
+                   "with --preset reference, feed the docs: python tools/docs_sections.py).")
 @click.option("--compare", default="",
               help="Also train these heads (e.g. trx,strm,hyrsm,pal: the rest of the paper's Table 1; a head's options "
                    "after ':', e.g. m3net:proj_dim=0) on the same cache with the same input, and score them on the "
@@ -329,7 +329,7 @@ def demo_cmd(seeds, record, compare, compare_once, collect, **options):
     TSN-cosine and OTAM on the same seeded test episodes, every head on the same standardised
     maps (--input-norm; about 6 minutes on an idle 2-core CPU). `--compare trx,strm,hyrsm,pal
     --preset reference --patience 5` trains the rest of the paper's Table 1, each head with its
-    own reference recipe (README: reference recipes).
+    own reference recipe (docs/reproducing.md: reference recipes).
     """
     import dataclasses
     import json
@@ -522,11 +522,8 @@ def bench_residency_cmd(prefetch, **options):
               help="Implementations to time (repeatable); default all.")
 @click.option("--matchers", is_flag=True,
               help="Time the I-M matcher and the OTAM head end to end beside one plain dtw forward instead.")
-@click.option("--static", "static", is_flag=True,
-              help="No timing: compile every kernel variant for sm_90 (no GPU needed) and write "
-                   "OUT_DIR/dtw_static_sm90.{json,md} (SASS/pair, registers, spills, shared memory, bytes/pair).")
 @click_options(DTWBenchConfig)
-def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, static, **options):
+def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, **options):
     """Benchmark the DTW kernel: Triton vs torch reference vs eager loop vs pysdtw, side by side.
 
     Prints pairs/s, GB/s, the % of the device's memory-bandwidth floor of the timed pass (fwd:
@@ -536,16 +533,6 @@ def bench_dtw_cmd(pass_, implementations, pairs, n, m, sweep, matchers, static, 
     is triton.testing.do_bench (CUDA events, L2 flushed). Without a GPU it prints CPU numbers (the
     Triton column needs TRITON_INTERPRET=1 there).
     """
-    if static:
-        import os
-        import subprocess
-        import sys
-
-        out = os.path.join(options["out_dir"], "dtw_static_sm90.json")
-        # A fresh interpreter without TRITON_INTERPRET: the kernels must be defined for the compiler.
-        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        proc = subprocess.run([sys.executable, "-m", "m3net.kernels.static_sm90", "--out", out], env=env)
-        raise SystemExit(proc.returncode)
     from m3net.bench.dtw import (
         IMPLEMENTATIONS,
         SWEEP_PAIRS,

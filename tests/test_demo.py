@@ -103,8 +103,8 @@ def test_reference_comparison_record_renders_with_every_head_on_the_same_input(d
     same standardised input, a head of --compare-once on the first seed only, and the README section from it."""
     import shutil
 
+    from docs_results import render_table1_synthetic
     from m3net.demo import seeded, seeds_record
-    from m3net.readme_figures import render_table1_synthetic
     from m3net.train import presets
 
     # the fixture's classes have 5 clips: the recipes' 4-7 training queries per class, less
