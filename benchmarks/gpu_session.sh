@@ -11,7 +11,7 @@
 #       like the device: python3.12 -m venv V && V/bin/pip install torch==2.11.0 triton==3.6.0 "numpy<2.4" h5py
 #       click tqdm matplotlib pytest pytest-xdist (numpy < 2.4: Triton 3.6's interpreter int()s 1-element arrays)
 #
-# Each step is its own process (python -m m3net.bench.session STEP; the steps and their sizes are
+# Each step is its own process (python tools/gpu_session.py STEP; the steps and their sizes are
 # documented there) and appends one JSON line to $OUT/bench.jsonl or $OUT/tests.jsonl as soon as it
 # ends; everything printed goes to $OUT/session.log as it is printed. A step that fails or outlives
 # its limit is logged (a "failed" line if it died without writing its own) and the next step runs:
@@ -66,11 +66,13 @@
 # (one line in the call; the tree sent to the device has no .git: M3NET_GIT_SHA stamps the records
 # with the commit sent). For the T = 16 test: the same with `tests-long` and timeout_s=330. Then,
 # here, with the returned files under FILES:
-#   python -m m3net.bench.session summary FILES/*.jsonl
-#   python -m m3net.bench.session unpack FILES/bench.jsonl && python -m m3net.readme_figures
+#   python tools/gpu_session.py summary FILES/*.jsonl
+#   python tools/gpu_session.py unpack FILES/bench.jsonl && python tools/docs_sections.py
 set -u -o pipefail
 stage=${1:?usage: gpu_session.sh bench|tests|tests-long|all|steps NAME...}
 cd "$(dirname "$0")/.."
+# m3net from this checkout (the device machine gets a copy of the tree and no install); the steps run as
+# tools/gpu_session.py, whose own folder is then first on sys.path.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 out=${OUT:-$(mktemp -d)}
@@ -88,7 +90,7 @@ step() {  # step NAME LIMIT_S STAGE: one process, one JSON line in $out/STAGE.js
     [ "$3" = bench ] && [ "${TRITON_INTERPRET:-0}" = 1 ] && local -x M3NET_DTW_BACKEND=triton
     before=$(grep -c "\"step\": \"$name\"" "$jsonl" 2>/dev/null)
     echo "== $name (limit ${limit} s) $(date -u +%T)" | tee -a "$log"
-    timeout -k 10 "$limit" "$py" -m m3net.bench.session "$name" --jsonl "$jsonl" 2>&1 \
+    timeout -k 10 "$limit" "$py" tools/gpu_session.py "$name" --jsonl "$jsonl" 2>&1 \
         | sed -u "s/^/[$name] /" | tee -a "$log"
     rc=${PIPESTATUS[0]}
     after=$(grep -c "\"step\": \"$name\"" "$jsonl" 2>/dev/null)
@@ -133,4 +135,4 @@ steps)  # a rerun of chosen steps: gpu_session.sh steps dtw-floor tests-gpu
     done ;;
 *) echo "unknown stage $stage: expected bench, tests, tests-long, all or steps NAME..." >&2; exit 2 ;;
 esac
-"$py" -m m3net.bench.session summary "$out"/*.jsonl 2>&1 | tee -a "$log"
+"$py" tools/gpu_session.py summary "$out"/*.jsonl 2>&1 | tee -a "$log"

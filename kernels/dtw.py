@@ -49,7 +49,7 @@ Algorithm
 Implementations (this file: validation, dispatch, custom ops, autograd and the public API)
     dtw_grid.py            the grid of each mode (shape, padding, predecessor rules, accumulation
                            dtype), the Triton handles, and the one launch function (recordable:
-                           launch_configs lists a pass's launches for compile warming and static_sm90).
+                           launch_configs lists a pass's launches for compile warming and tools/static_sm90.py).
     dtw_reference.py       pure torch, vectorised over the batch and over anti-diagonals; float64-safe.
     dtw_short.py           short path (N, M <= SHORT_MAX): one pair per thread, N and M compile-time,
                            the DP unrolled, every row a tuple of registers.

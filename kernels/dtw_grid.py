@@ -96,7 +96,7 @@ class KernelLaunch:
     """One Triton launch as a launcher issues it: ``kernel[grid](*args, **constexprs, num_warps=...)``.
 
     pairs_per_program and loop_trips (the trip count of each runtime loop, outermost first) turn the
-    instructions one thread executes into instructions per pair (static_sm90).
+    instructions one thread executes into instructions per pair (tools/static_sm90.py).
     """
 
     kernel: object

@@ -452,22 +452,31 @@ def demo(**options):
         run_demo(config)
         return
     result = (collect_seeds_record if seeds.collect else run_demo_seeds)(config, seeds.seeds)
-    click.echo("\n" + format_seeds_summary(result, seeds.record or "not written (no --record)"))
+    click.echo("\n" + format_seeds_summary(result, seeds.record))
     if seeds.record:
         with open(seeds.record, "w") as fh:
             json.dump(result, fh, indent=2)
         logger.info(f"[demo] record: {seeds.record}")
 
 
-def format_seeds_summary(record, record_path):
-    """The record's accuracies as text: every head and view, mean ± sd over the seeds, per shot."""
-    shots = list(record["over_seeds"])
-    lines = [f"{len(record['seeds'])} seeds ({', '.join(map(str, record['seeds']))}); record: {record_path}",
-             f"{'head':<28} {'view':<8} " + " ".join(f"{shot:>15}" for shot in shots)]
-    rows = {}
+def format_seeds_summary(result, record=None):
+    """A plain-text table of a ``seeds_record``: every head and view, its accuracy's mean ± sd over the seeds at
+    each shot (a head trained on fewer seeds, --compare-once, says over how many), and where the record went.
+    The docs' generated sections are built from the record by tools/docs_sections.py, not here."""
+    shots = list(result["over_seeds"])
+    seeds = result["seeds"]
+    cells = {}  # (head, view) -> {shot: "mean ± sd"}, in the order the first shot lists them
     for shot in shots:
-        for row in record["over_seeds"][shot]["accuracy"]:
-            rows.setdefault((row["head"], row["view"]), {})[shot] = f"{row['mean']:.2f} ± {row['sd']:.2f}"
-    for (head, view), cells in rows.items():
-        lines.append(f"{head:<28} {view:<8} " + " ".join(f"{cells.get(shot, '-'):>15}" for shot in shots))
+        for row in result["over_seeds"][shot]["accuracy"]:
+            text = f"{row['mean']:.2f} ± {row['sd']:.2f}"
+            if row["seeds"] < len(seeds):
+                text = f"{row['mean']:.2f} ({row['seeds']} seed{'s' if row['seeds'] > 1 else ''})"
+            cells.setdefault((row["head"], row["view"]), {})[shot] = text
+    table = [("head", "view", *shots)] + [(head, view, *(by_shot.get(shot, "—") for shot in shots))
+                                          for (head, view), by_shot in cells.items()]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = [f"Accuracy % over seeds {', '.join(map(str, seeds))}, mean ± sd "
+             f"({result['config']['eval_episodes']} test episodes per seed and shot):"]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
+    lines.append(f"record: {record}" if record else "record: not written (no --record)")
     return "\n".join(lines)

@@ -1,5 +1,5 @@
 """What a listed dataset costs before any work starts: the frames one finetune cell decodes, and the
-disk its frame folders (`m3net frames`) and feature caches take. The README's table is generated
+disk its frame folders (`m3net frames`) and feature caches take. docs/reproducing.md's tables are generated
 from here, so the numbers follow the settings and the split lists instead of drifting from them.
 
 Frames per finetune cell are exact for the settings (`--preset paper`): every training episode

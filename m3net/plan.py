@@ -10,8 +10,8 @@ Trains nothing and writes nothing. For the clips present under --root it gives
                 size (random frames), one clip through the backbone, one evaluation episode through the head
 
 Counts are exact for the settings; disk and time are estimates. The counting functions are those of
-m3net.footprint (finetune_frames, extract_frames, cache_bytes, frame_folder_bytes), which the README's
-figures come from too.
+m3net.footprint (finetune_frames, extract_frames, cache_bytes, frame_folder_bytes), which the figures of
+docs/reproducing.md come from too.
 """
 import dataclasses
 import io

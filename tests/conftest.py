@@ -5,9 +5,18 @@ before the kernels are defined (first import of m3net.kernels), so it is set her
 test module is imported. On CUDA machines the compiled kernels are used instead.
 """
 import os
+import sys
 
 import pytest
 import torch
+from helpers_tools import TOOLS
+
+# The repository's tools (tools/*.py: the docs' generated sections, the GPU session, the static sm_90 table, the
+# benchmark's validator) are scripts, not part of the installed package: their tests import them as top-level
+# modules from there, as `python tools/NAME.py` does. Only tools/ joins sys.path, never the repository root,
+# so m3net is always the installed package.
+if TOOLS not in sys.path:
+    sys.path.insert(0, TOOLS)
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -5,8 +5,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from docs_benchmarks import render_benchmarks
 from m3net.cli import main
-from m3net.readme_figures import render_benchmarks
 
 
 @pytest.mark.slow

@@ -106,8 +106,8 @@ def test_reference_comparison_record_renders_with_every_head_on_the_same_input(d
     same standardised input, a head of --compare-once on the first seed only, and the README section from it."""
     import shutil
 
+    from docs_results import render_table1_synthetic
     from m3net.demo import seeded, seeds_record
-    from m3net.readme_figures import render_table1_synthetic
     from m3net.train import presets
 
     # the fixture's classes have 5 clips: the recipes' 4-7 training queries per class, less
@@ -153,3 +153,33 @@ def test_demo_collect_builds_the_record_from_seeds_run_elsewhere(demo, tmp_path)
     assert commits["demo"] and commits["cache"]  # both commits recorded by this version of the demo
     with pytest.raises(ConfigError, match="train_episodes: ran 30, asked 31"):
         collect_seeds_record(replace(gathered, train_episodes=31), [config.seed])
+
+
+def test_seeds_summary_lists_every_head_and_view_with_its_spread_over_the_seeds():
+    """What `m3net demo --seeds` prints at the end: each head and view, mean ± sd over the seeds per shot, a head
+    of --compare-once over the seeds it ran on, and where the record went."""
+    from m3net.demo import aggregate, format_seeds_summary, seed_checks
+
+    def run(y, otam, wide=None):
+        rows = [{"head": "m3net (m3net)", "view": "y1", "accuracy": y - 5},
+                {"head": "m3net (m3net)", "view": "y", "accuracy": y}, {"head": "otam", "view": "y", "accuracy": otam}]
+        paired = [{"head": "otam", "difference": otam - y, "ci95": 1.0}]
+        if wide is not None:
+            rows.append({"head": "m3net (m3net-proj_dim-0)", "view": "y", "accuracy": wide})
+            paired.append({"head": "m3net (m3net-proj_dim-0)", "difference": wide - y, "ci95": 1.0})
+        return {"results": rows, "paired": paired, "checks": seed_checks({"results": rows, "paired": paired})}
+
+    per_seed = {"0": {"1-shot": run(80, 40, wide=70), "5-shot": run(90, 50, wide=85)},
+                "1": {"1-shot": run(84, 44), "5-shot": run(92, 52)}}
+    result = {"seeds": [0, 1], "config": {"eval_episodes": 600}, "over_seeds": aggregate(per_seed)}
+    lines = format_seeds_summary(result, "benchmarks/demo.json").splitlines()
+    assert lines[0] == "Accuracy % over seeds 0, 1, mean ± sd (600 test episodes per seed and shot):"
+    assert [line.split() for line in lines[1:6]] == [
+        ["head", "view", "1-shot", "5-shot"],
+        ["m3net", "(m3net)", "y1", "77.00", "±", "2.83", "86.00", "±", "1.41"],
+        ["m3net", "(m3net)", "y", "82.00", "±", "2.83", "91.00", "±", "1.41"],
+        ["otam", "y", "42.00", "±", "2.83", "51.00", "±", "1.41"],
+        ["m3net", "(m3net-proj_dim-0)", "y", "70.00", "(1", "seed)", "85.00", "(1", "seed)"]]
+    assert lines[1].index("1-shot") == lines[2].index("77.00")  # columns line up
+    assert lines[6:] == ["record: benchmarks/demo.json"]
+    assert format_seeds_summary(result).splitlines()[-1] == "record: not written (no --record)"

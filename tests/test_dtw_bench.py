@@ -98,8 +98,8 @@ def test_backward_alone_is_held_to_its_own_floor(tmp_path):
 
 def test_new_records_render_in_the_readme_table(tmp_path):
     """Records with several pairs and sizes, matcher records and the older one-size records render side by side."""
+    from docs_benchmarks import render_benchmarks
     from m3net.bench.dtw import DTWBenchConfig, run_bench, run_matcher_bench, write_matcher_results, write_results
-    from m3net.readme_figures import render_benchmarks
 
     out = tmp_path / "benchmarks"
     config = DTWBenchConfig(pairs=(4, 6), sizes=((3, 3), (2, 5)), repeats=1, warmup=0, device="cpu",

@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 import pytest
+from helpers_tools import env_with_tools
 
 pytest.importorskip("triton")
 
@@ -24,7 +25,7 @@ COMPILE_ONE = textwrap.dedent(
     import sys
     import torch
     from m3net.kernels.dtw import launch_configs
-    from m3net.kernels.static_sm90 import compile_launch
+    from static_sm90 import compile_launch
 
     SHAPES = {"float32": ((5, 7), (8, 8)), "bfloat16": ((8, 8),), "float64": ((5, 7),)}
 
@@ -56,7 +57,7 @@ COMPILE_ONE = textwrap.dedent(
 
 
 def _run(script, tag, *args):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = env_with_tools({k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})  # static_sm90: a tool
     proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=3000)
     if "triton.backends.nvidia" in proc.stderr and "No module named" in proc.stderr:
         pytest.skip("this triton wheel has no CUDA backend")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from helpers_params import fast_first
+from helpers_tools import env_with_tools
 from test_dtw import DEVICE, all_warping_paths, path_sums
 
 from m3net.kernels import SHORT_MAX, dtw, dtw_path, dtw_reference, dtw_symmetric, dtw_with_length
@@ -135,11 +136,11 @@ def test_static_sm90_targets():
     vector loads without a barrier, backward traffic <= 800 B/pair (compiled for sm_90 without a GPU, in
     a subprocess)."""
     script = (
-        "import json; from m3net.kernels import static_sm90 as s; "
+        "import json; import static_sm90 as s; "
         "print('ROWS' + json.dumps(s.measure(lambda path, mode, p, n, m, dt, sim: path == 'short' and mode == 'soft' "
         "and (n, m, dt) == (8, 8, 'fp32') and p in ('fwd', 'bwd'))))"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = env_with_tools({k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})  # static_sm90: a tool
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900)
     if "triton.backends.nvidia" in proc.stderr and "No module named" in proc.stderr:
         pytest.skip("this triton wheel has no CUDA backend")

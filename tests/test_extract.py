@@ -236,7 +236,7 @@ def test_splits_extract_only_their_clips_and_a_later_run_fills_in_the_rest(tmp_p
         assert f["done"][()].tolist() == [True, True, True, False]
     result = CliRunner().invoke(cli_main, ["extract", "--dataset", "gym99", "--root", str(root), "--out", out,
                                        "--splits", "test,nope"])
-    assert result.exit_code == 2 and "--splits ('test', 'nope'): expected one of train, val, test" in result.output
+    assert result.exit_code == 2 and "--splits 'nope': expected one of train, val, test" in result.output
 
 
 KILL_SCRIPT = textwrap.dedent("""

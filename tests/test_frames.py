@@ -437,7 +437,7 @@ def test_bench_input_times_both_paths_on_the_same_episodes(short, tmp_path, monk
 
 
 def test_readme_footprint_section_follows_the_record(tmp_path):
-    from m3net.readme_figures import render_frames_footprint
+    from docs_reference import render_frames_footprint
 
     unmeasured = render_frames_footprint(str(tmp_path))
     assert "| gym99 | 34,841 |" in unmeasured and "| — | 56 GB |" in unmeasured and "not measured yet" in unmeasured

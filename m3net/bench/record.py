@@ -1,5 +1,5 @@
 """The one record writer of every benchmark: what ran (name, config, rows), where (device, versions),
-on which code (git SHA) and under what load; ``python -m m3net.readme_figures`` reads these files."""
+on which code (git SHA) and under what load; ``python tools/docs_sections.py`` tables them in the docs."""
 import csv
 import datetime
 import json

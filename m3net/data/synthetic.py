@@ -31,7 +31,7 @@ class often shows different phases (the sampled frames agree on the phase 45% of
 at 0): a benchmark that tests alignment, not only order. The price: in about 1 clip of 4 the shortest
 phase falls between the 8 sampled frames.
 
-Validation (``python -m m3net.data.synthetic_validate --seeds 0,1,2``; random-weight ResNet-50, seed 0,
+Validation (``python tools/validate_synthetic.py --seeds 0,1,2``; random-weight ResNet-50, seed 0,
 frames resized to 224, ImageNet-normalised, globally pooled; CPU, 2 cores), default config (tempo 0.8),
 benchmark seeds 0, 1, 2 (those of ``m3net demo --seeds 0,1,2``), 2000 seeded episodes each; mean over the
 seeds, each seed's value in brackets:

@@ -5,12 +5,12 @@ Tang et al. 2023, §4.2: ImageNet-initialised ResNet-50, t = 8 frames, n = 4, d 
 crop + horizontal flip for training, SGD with lr 1e-4 for 60 000 episodes, lr x0.5 every 2 000,
 test view resize 256 + centre crop 224, 6 000 test episodes. Where the paper is silent m3net makes
 one documented choice. ``SETTINGS`` is the single table of all of it: the preset values come from
-it and the README's deviation table is generated from it (m3net.readme_figures.settings_table).
+it and docs/reproducing.md's settings table is generated from it (tools/docs_reference.py settings_table).
 
 ``RECIPES`` holds how each trained head's own authors (or, for PAL, its re-implementation) train it, read
 from their code (the file each value comes from is named in the recipe); ``train-head --preset reference``
-trains a head that way and the README's reference table is generated from it
-(m3net.readme_figures.reference_table). Head options stay the head's defaults, which follow the same code
+trains a head that way and docs/reproducing.md's reference table is generated from it
+(tools/docs_reference.py reference_table). Head options stay the head's defaults, which follow the same code
 except the deviations each head's docstring lists.
 """
 import dataclasses
@@ -26,9 +26,9 @@ class PresetSettings(Settings):
     """The --preset option finetune, train-head, evaluate and demo share."""
 
     preset: str = setting("none", "paper: the paper's §4.2 protocol where it states it, m3net's documented choices "
-                          "where it is silent (README: settings table); reference (train-head, demo): the --head's "
-                          "own training recipe from its reference code (README: reference recipes; M3Net's is the "
-                          "paper's). Options given still win.", choices=PRESETS)
+                          "where it is silent (docs/reproducing.md: settings); reference (train-head, demo): the "
+                          "--head's own training recipe from its reference code (docs/reproducing.md: reference "
+                          "recipes; M3Net's is the paper's). Options given still win.", choices=PRESETS)
 
 
 @dataclasses.dataclass(frozen=True)

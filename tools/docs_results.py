@@ -1,37 +1,19 @@
-"""Writes the README's generated sections, so their numbers cannot go stale:
+"""The generated docs sections that report runs of the demo and of the benchmark's validator, each
+from the newest record of its kind under benchmarks/ (tools/docs_sections.py puts them in the docs):
 
-    demo-results       from the newest benchmarks/demo_synthetic_cpu_<date>.json
-                       (``m3net demo --seeds 0,1,2 --record ...``)
-    table1-synthetic   from the newest benchmarks/table1_synthetic_cpu_<date>.json (TABLE1_COMMAND)
-    table1-cap-check   from the newest benchmarks/table1_longer_cap_synthetic_cpu_<date>.json: a seed of it
-                       again with a higher episode cap, beside its rows of the Table 1 record
-    benchmark-results  from the newest record of each benchmark under benchmarks/ (bench_*.json)
-    frames-footprint   frames per finetune cell (the paper preset) and disk per dataset
-                       (m3net/footprint.py), at the newest bench_input record's JPEG bytes and rates
-    settings           from the paper preset's table (m3net/train/presets.py SETTINGS)
-    reference-recipes  from each head's reference recipe (m3net/train/presets.py RECIPES)
-    synthetic-validation  from the newest validator record of the generated benchmark (synthetic_validation_*.json)
-    extract-splits     the cache a Table 1 cell needs (test split) against every split's, from the shipped
-                       split lists (m3net/footprint.py)
-    paper-table1       from the paper's Table 1 as m3net/paper.py holds it
-    paper-ablations    from the paper's Tables 2-4 as m3net/paper.py holds them (``reproduce --variant``)
-
-    python -m m3net.readme_figures            # rewrite README.md between each pair of markers
-    python -m m3net.readme_figures --check    # exit 1 when README.md and the records disagree
-
-tests/test_readme_figures.py runs the check.
+    demo-results          benchmarks/demo_synthetic_cpu_<date>.json (``m3net demo --seeds 0,1,2 --record ...``)
+    table1-synthetic      benchmarks/table1_synthetic_cpu_<date>.json (TABLE1_COMMAND)
+    table1-cap-check      benchmarks/table1_longer_cap_synthetic_cpu_<date>.json: a seed of it again with a
+                          higher episode cap, beside its rows of the Table 1 record
+    synthetic-validation  benchmarks/synthetic_validation_<date>.json (tools/validate_synthetic.py)
 """
-import argparse
-import dataclasses
 import glob
 import json
 import os
-import sys
 
 from m3net.errors import ConfigError
 from m3net.paper import METHOD_NAMES, VIEW_NAMES
 
-BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
 RECORD_PATTERN = os.path.join("benchmarks", "demo_synthetic_cpu_*.json")
 TABLE1_PATTERN = os.path.join("benchmarks", "table1_synthetic_cpu_*.json")
 # A seed of the Table 1 run again with a higher episode cap for some heads (the table1-cap-check section).
@@ -40,7 +22,6 @@ CAP_CHECK_PATTERN = os.path.join("benchmarks", "table1_longer_cap_synthetic_cpu_
 TABLE1_COMMAND = ("OMP_NUM_THREADS=1 m3net demo --seeds 0,1,2 --preset reference --compare trx,strm,hyrsm,pal "
                   "--compare-once m3net:proj_dim=0 --train-episodes 960 --val-every 160 --patience 3 "
                   "--out m3net-table1 --record benchmarks/table1_synthetic_cpu_$(date +%F).json")
-INPUT_PATTERN = os.path.join("benchmarks", "bench_input_*.json")
 VALIDATION_PATTERN = os.path.join("benchmarks", "synthetic_validation_*.json")
 
 
@@ -127,7 +108,7 @@ def render_demo_results(record, record_path):
               f"this record: {wall} min (a run that reuses an earlier run's clips, cache or head is shorter than "
               "a fresh one). "
               "Regenerate with `m3net demo --seeds 0,1,2 --out m3net-demo-seeds --record "
-              "benchmarks/demo_synthetic_cpu_$(date +%F).json && python -m m3net.readme_figures`."]
+              "benchmarks/demo_synthetic_cpu_$(date +%F).json && python tools/docs_sections.py`."]
     return "\n".join(lines)
 
 
@@ -225,7 +206,9 @@ def render_table1_synthetic(record, record_path):
                f"{once} --train-episodes {demo['train_episodes']} --patience {demo['patience']} --val-every "
                f"{demo['val_every']} --val-episodes {demo['val_episodes']}")
     lines = [
-        f"`{command}`: every trained head with its reference recipe (the table above; M3Net's is the paper's), "
+        # the link is relative to docs/, where the section is (tests/test_docs_sections.py checks the links)
+        f"`{command}`: every trained head with its reference recipe ([the recipes]"
+        "(reproducing.md#each-heads-reference-recipe); M3Net's is the paper's), "
         f"trained on the same cache for at most {demo['train_episodes']} episodes, validated every "
         f"{demo['val_every']} episodes (rounded up to whole optimizer steps) on {demo['val_episodes']} validation "
         f"episodes and stopped after {demo['patience']} validations without a better one; best.pt (the best "
@@ -324,315 +307,9 @@ def render_cap_check(longer, longer_path, table1, table1_path):
     return "\n".join(lines)
 
 
-def replace_section(text, section, name="demo-results"):
-    """``text`` with what lies between the ``name`` markers replaced by ``section``."""
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
-        raise ConfigError(f"README: expected one {begin} ... {end} pair")
-    head, rest = text.split(begin)
-    _, tail = rest.split(end)
-    return f"{head}{begin}\n{section}\n{end}{tail}"
-
-
-def _records(root, pattern):
-    """The newest record per file name stem (date stripped), oldest stems first."""
-    newest = {}
-    for path in sorted(glob.glob(os.path.join(root, "benchmarks", pattern))):
-        newest[os.path.basename(path).rsplit("_", 1)[0]] = path
-    records = []
-    for path in newest.values():
-        with open(path) as fh:
-            records.append((os.path.relpath(path, root), json.load(fh)))
-    return records
-
-
-def _source(path, record):
-    load = record.get("load_average_1min") or 0
-    return f"`{path}` ({record['device']}, git {record['git_sha'][:7]}, load {load:.1f})"
-
-
-def _rate(value):
-    return f"{value:,.3g}" if value < 1000 else f"{value:.2e}"
-
-
-def _dtw_pass(config):
-    """The timed pass of a DTW record (records before the bwd pass hold a ``backward`` flag)."""
-    return config.get("pass") or ("fwd+bwd" if config.get("backward") else "fwd")
-
-
-def _dtw_groups(record):
-    """{(pairs, n, m): {implementation: row}}; older records hold one size and pairs in their config."""
-    cfg, groups = record["config"], {}
-    for row in record["rows"]:
-        key = (row.get("pairs", cfg["pairs"]), row.get("n", cfg.get("n")), row.get("m", cfg.get("m")))
-        groups.setdefault(key, {})[row["implementation"]] = row
-    return groups
-
-
-def _dtw_cell(name, row):
-    if not row.get("pairs_per_s"):
-        return "—"
-    # Records before issue #23 timed pysdtw's SoftDTW module (its wrapper); later ones its forward kernel alone.
-    wrapper = name == "pysdtw" and "kernel alone" not in row.get("note", "")
-    return _rate(row["pairs_per_s"]) + (" (its wrapper)" if wrapper else "")
-
-
-def _dtw_table(records):
-    if not records:
-        return []
-    names = list(dict.fromkeys(r["implementation"] for _, record in records for r in record["rows"]))
-    lines = ["**DTW** (`m3net bench-dtw`): pairs/s per implementation; the Triton rows' % of the bandwidth floor of "
-             "the timed pass (`m3net.bench.dtw.floor_bytes_per_pair`: 260 B per pair forward, 516 B backward, 776 B "
-             "forward + backward at 8×8 fp32) against the GPU's datasheet bandwidth", "",
-             "| mode | pass | pairs | T | " + " | ".join(names) + " | triton % of floor | source |",
-             "|---|---|---|---|" + "---|" * (len(names) + 2)]
-    for path, record in records:
-        cfg = record["config"]
-        for (pairs, n, m), rows in _dtw_groups(record).items():
-            cells = [_dtw_cell(name, rows.get(name, {})) for name in names]
-            floor = rows.get("triton", {}).get("pct_of_floor")
-            lines.append(f"| {cfg['mode']} | {_dtw_pass(cfg)} | {pairs} | {n}×{m} | " + " | ".join(cells)
-                         + f" | {f'{floor:.0f}%' if floor else '—'} | {_source(path, record)} |")
-    return lines + [""]
-
-
-def _matcher_table(records):
-    if not records:
-        return []
-    lines = ["**DTW matchers end to end** (`m3net bench-dtw --matchers`, forward): pairs/s and time over one plain "
-             "`dtw` forward of the same pairs", "", "| T | pairs | call | pairs/s | × plain fwd | source |",
-             "|---|---|---|---|---|---|"]
-    for path, record in records:
-        for row in record["rows"]:
-            rate = _rate(row["pairs_per_s"]) if row.get("pairs_per_s") else "—"
-            ratio = f"{row['x_plain_fwd']:.2f}" if row.get("x_plain_fwd") else "—"
-            lines.append(f"| {row['n']} | {row['pairs']} | {row['implementation']} | {rate} | {ratio} | "
-                         f"{_source(path, record)} |")
-    return lines + [""]
-
-
-def render_benchmarks(root):
-    """Markdown tables of the committed CPU/GPU benchmark records under benchmarks/ (without markers)."""
-    lines = []
-    dtw = _records(root, "bench_dtw_*.json")
-    lines += _dtw_table([(path, r) for path, r in dtw if r["benchmark"] == "dtw"])
-    lines += _matcher_table([(path, r) for path, r in dtw if r["benchmark"] == "dtw_matchers"])
-    for pattern, title, columns in (
-            ("bench_extract_*.json", "**Extraction** (`m3net bench-extract`)",
-             (("stage", "stage", str), ("clips/s", "clips_per_s", "{:.2f}".format),
-              ("frames/s", "frames_per_s", "{:.1f}".format), ("% of backbone", "pct_of_backbone", "{:.0f}".format))),
-            ("bench_train_*.json", "**Head stage** (`m3net bench-train`, 5-way 1-shot)",
-             (("phase", "phase", str), ("queries/class", "queries_per_class", str),
-              ("episodes/s", "episodes_per_s", "{:.2f}".format))),
-            ("bench_finetune_*.json", "**Finetune** (`m3net bench-finetune`, decoding excluded)",
-             (("shot", "shot", str), ("checkpointing", "checkpointing", str), ("images", "images_per_episode", str),
-              ("episodes/s", "episodes_per_s", "{:.3f}".format), ("peak GPU MiB", "peak_gpu_mib", str))),
-            ("bench_input_*.json", "**Finetune input path** (`m3net bench-input`, one core: finetune's episode "
-             "reader on the same episodes from mp4 clips and from `m3net frames` folders)",
-             (("source", "source", str), ("resolution", "resolution", str), ("frames/clip", "clip_frames", str),
-              ("mp4 frames/s", "mp4_frames_per_s", "{:.1f}".format),
-              ("frame folders frames/s", "frames_frames_per_s", "{:.1f}".format), ("×", "speedup", "{:.1f}".format),
-              ("`m3net frames` frames/s", "decode_once_frames_per_s", "{:.1f}".format),
-              ("KiB/frame", "jpeg_bytes_per_frame", lambda b: f"{b / 1024:.1f}"),
-              ("mean abs diff (grey levels)", "mean_abs_pixel_diff", "{:.2f}".format))),
-            ("bench_predict_*.json", "**Prediction** (`m3net bench-predict`: `m3net.FewShotClassifier`, what "
-             "`m3net predict` runs, with the support set fitted once)",
-             (("stage", "stage", str), ("clips", "clips", str), ("clips/s", "clips_per_s", "{:.2f}".format))),
-            ("bench_residency_*.json", "**Feature residency** (`m3net bench-residency`)",
-             (("features", "residency", str), ("cache GiB", "cache_gib", str),
-              ("limit GiB", "memory_limit_gib", str), ("train ep/s", "train_episodes_per_s", "{:.2f}".format),
-              ("vs memory", "train_vs_memory", "{:.0%}".format),
-              ("evaluate ep/s incl. load", "eval_episodes_per_s_incl_load", "{:.2f}".format),
-              ("vs memory", "eval_vs_memory", "{:.0%}".format)))):
-        records = _records(root, pattern)
-        if not records:
-            continue
-        lines += [title, "", "| what | " + " | ".join(c[0] for c in columns) + " | source |",
-                  "|---|" + "---|" * (len(columns) + 1)]
-        for path, record in records:
-            what = record["config"].get("head", record["benchmark"])
-            options = record["config"].get("head_options") or {}
-            what += "".join(f" {k}={v}" for k, v in options.items())
-            for row in record["rows"]:
-                cells = [fmt(row[key]) if row.get(key) not in (None, "") else "—" for _, key, fmt in columns]
-                lines.append(f"| {what} | " + " | ".join(cells) + f" | {_source(path, record)} |")
-        lines.append("")
-    return "\n".join(lines).rstrip()
-
-
-
-def _millions(n):
-    return f"{n / 1e6:.2f} M"
-
-
-def _range(values, fmt):
-    low, high = min(values), max(values)
-    return fmt(low) if fmt(low) == fmt(high) else f"{fmt(low)}–{fmt(high)}"
-
-
-def render_frames_footprint(root):
-    """The frames-footprint section: frames a finetune cell decodes (exact for --preset paper), the hours
-    that takes per core at the newest bench-input record's rates, and each listed dataset's disk estimate."""
-    from m3net.data.datasets import LISTED_DATASETS
-    from m3net.footprint import (
-        ASSUMED_FPS,
-        CACHE_BYTES_PER_FRAME,
-        disk_estimate,
-        finetune_frames,
-        paper_finetune_config,
-    )
-
-    found = sorted(glob.glob(os.path.join(root, INPUT_PATTERN)))
-    path = os.path.relpath(found[-1], root) if found else None
-    real = []
-    if path:
-        with open(os.path.join(root, path)) as fh:
-            real = [r for r in json.load(fh)["rows"] if r["kind"] == "real"]
-    config = paper_finetune_config(1)
-    lines = [f"Frames one finetune cell decodes with `--preset paper` ({config.episodes:,} training episodes, "
-             f"{config.way}-way, {config.queries} queries per class, {config.frames} frames per clip; every "
-             f"{config.val_every:,} of them {config.val_episodes} validation episodes with {config.val_queries} query "
-             "per class), the same for every dataset"
-             + (f", and what decoding them costs per core at the rates of `{path}` (real mp4 clips, "
-                f"{_range([int(r['resolution'].split('x')[1]) for r in real], str)}p):" if real else
-                " (no `m3net bench-input` record yet: run it for the hours):"), "",
-             "| cell | training frames | validation frames | core-hours from mp4 | core-hours from frame folders |",
-             "|---|---|---|---|---|"]
-    for shot in (1, 5):
-        frames = finetune_frames(paper_finetune_config(shot))
-        total = frames["train"] + frames["validation"]
-        hours = [_range([total / r[key] / 3600 for r in real], "{:,.0f}".format) if real else "—"
-                 for key in ("mp4_frames_per_s", "frames_frames_per_s")]
-        lines.append(f"| {shot}-shot | {_millions(frames['train'])} | {_millions(frames['validation'])} | "
-                     f"{hours[0]} | {hours[1]} |")
-    per_frame = sum(r["jpeg_bytes_per_frame"] for r in real) / len(real) if real else None
-    lines += ["", "| dataset | clips | seconds per clip | frames per clip | frames | frame folders | cache, all "
-              "splits | cache, test split |", "|---|---|---|---|---|---|---|---|"]
-    for dataset in LISTED_DATASETS:
-        e = disk_estimate(dataset, per_frame or 0)
-        folders = f"{e.frame_bytes / 1e9:.0f} GB" if per_frame else "—"
-        lines.append(f"| {dataset} | {e.clips:,} | {e.seconds_per_clip:.2f} ({e.seconds_source}) | "
-                     f"{e.frames_per_clip:.0f} | {_millions(e.frames)} | {folders} | {e.cache_bytes / 1e9:.0f} GB | "
-                     f"{e.test_cache_bytes / 1e9:.0f} GB |")
-    measured = (f"{per_frame / 1024:.1f} KiB per frame, the mean over the real clips of `{path}` "
-                f"({_range([r['jpeg_bytes_per_frame'] / 1024 for r in real], '{:.1f}'.format)} KiB across them: it "
-                "depends on the content)" if per_frame else "not measured yet (`m3net bench-input`)")
-    lines += ["", "Estimates, not measurements of the datasets: frames per clip = seconds per clip × "
-              f"{ASSUMED_FPS} fps (assumed: YouTube broadcasts run at 25–30 fps, some at 50–60); JPEG size "
-              f"{measured}; caches {CACHE_BYTES_PER_FRAME * 8 / 1e6:.1f} MB per clip (7×7×2048 float16 × 8 "
-              "frames). `m3net frames` prints the frames and KiB per frame it wrote."]
-    return "\n".join(lines)
-
-
-def render_paper_table1():
-    """The paper's Table 1 (markdown) from m3net.paper, the numbers `m3net reproduce` compares with."""
-    from m3net.paper import DATASETS, SHOTS, TABLE1
-
-    names = {"diving48": "Diving48", "gym99": "Gym99", "gym288": "Gym288"}
-    header = " | ".join(f"{names[d]} {k}-shot" for d in DATASETS for k in SHOTS)
-    lines = [f"| method (`--head`) | {header} |", "|---|" + "---|" * (len(DATASETS) * len(SHOTS))]
-    for method, cells in TABLE1.items():
-        values = " | ".join(f"{a:.2f} ± {c:.2f}" for d in DATASETS for a, c in cells[d])
-        lines.append(f"| {METHOD_NAMES[method]} (`{method}`) | {values} |")
-    return "\n".join(lines)
-
-
-def head_opt_text(options):
-    """Head options as --head-opt values: booleans lower-case, tuples comma-separated."""
-    def text(value):
-        if isinstance(value, tuple):
-            return ",".join(value)
-        return str(value).lower() if isinstance(value, bool) else value
-
-    return " ".join(f"`{key}={text(value)}`" for key, value in options.items()) or "(the defaults)"
-
-
-def render_paper_ablations():
-    """The paper's Tables 2-4 (markdown) from m3net.paper: each `reproduce --variant`, its head options and
-    the accuracies it is compared with."""
-    from m3net.paper import ABLATIONS
-
-    lines = ["| `--variant` | table | m3net head options | 1-shot Y | 5-shot Y | 1-shot per view |",
-             "|---|---|---|---|---|---|"]
-    for name, variant in ABLATIONS.items():
-        fused = [f"{variant.paper[shot]['y']:.2f}" if shot in variant.paper else "—" for shot in (1, 5)]
-        views = ", ".join(f"{view.upper()} {accuracy:.2f}" for view, accuracy in variant.paper.get(1, {}).items()
-                          if view != "y") or "—"
-        lines.append(f"| `{name}` | {variant.table} | {head_opt_text(variant.options)} | {' | '.join(fused)} | "
-                     f"{views} |")
-    return "\n".join(lines)
-
-
-def _shown(value):
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if value == "":
-        return "(none)"
-    return f"{value:,}".replace(",", " ") if isinstance(value, int) else str(value)
-
-
-def settings_table():
-    """The README's settings table (markdown): paper value, m3net default, --preset paper, and why."""
-    from m3net.train.evaluate import EvalConfig
-    from m3net.train.finetune import FinetuneConfig
-    from m3net.train.presets import SETTINGS
-    from m3net.train.train_head import TrainConfig
-
-    configs = {"finetune": FinetuneConfig, "train-head": TrainConfig, "evaluate": EvalConfig}
-    lines = ["| command | option | paper | m3net default | `--preset paper` | note |", "|---|---|---|---|---|---|"]
-    for s in SETTINGS:
-        default = next(f.default for f in dataclasses.fields(configs[s.stage]) if f.name == s.option)
-        if s.option == "freeze_bn":
-            option = "--freeze-bn/--train-bn"
-        else:
-            option = "--" + s.option.replace("_", "-")
-        lines.append(f"| {s.stage} | `{option}` | {s.paper} | {_shown(default)} | {_shown(s.preset)} | {s.why} |")
-    return "\n".join(lines)
-
-
-def render_extract_splits():
-    """The extract-splits section: what `reproduce` saves by extracting the test split alone, per listed dataset."""
-    from m3net.data.datasets import LISTED_DATASETS
-    from m3net.footprint import CACHE_BYTES_PER_FRAME, cache_bytes, clip_counts
-
-    lines = [f"At the paper's 8 frames of 7×7×2048 float16 maps ({8 * CACHE_BYTES_PER_FRAME / 1e6:.1f} MB a clip), "
-             "the cache of every listed clip against the test split alone (what a Table 1 cell evaluates on, so what "
-             "`reproduce` extracts), for a complete copy of each dataset:", "",
-             "| dataset | clips listed | cache, every split | test split | cache, test split only | saved |",
-             "|---|---|---|---|---|---|"]
-    for dataset in LISTED_DATASETS:
-        clips = clip_counts(dataset)
-        total, test = cache_bytes(sum(clips.values()), 8), cache_bytes(clips["test"], 8)
-        lines.append(f"| {dataset} | {sum(clips.values()):,} | {total / 1e9:.0f} GB | {clips['test']:,} clips | "
-                     f"{test / 1e9:.0f} GB | {(total - test) / 1e9:.0f} GB ({1 - test / total:.0%} of the "
-                     "extraction) |")
-    return "\n".join(lines)
-
-
-def _schedule(recipe):
-    from m3net.train.presets import NO_DECAY
-
-    if recipe.lr_step >= NO_DECAY:
-        return "constant"
-    return f"x{recipe.lr_gamma:g} every {recipe.lr_step:,}".replace(",", " ")
-
-
-def reference_table():
-    """The README's reference-recipe table (markdown): how each trained head's own code trains it, the values
-    `--preset reference` sets, and where each comes from."""
-    from m3net.train.presets import RECIPES
-
-    lines = ["| head | reference | optimizer | lr | momentum | weight decay | episodes per step | queries per class | "
-             "lr schedule | where the values are set |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in RECIPES:
-        momentum = f"{r.momentum:g}" if r.optimizer == "sgd" else "—"
-        lines.append(f"| {METHOD_NAMES[r.head]} (`{r.head}`) | {r.reference} | {r.optimizer} | {r.lr:g} | {momentum} | "
-                     f"{r.weight_decay:g} | {r.accumulate} | {r.queries} | {_schedule(r)} | {r.source} |")
-    return "\n".join(lines)
-
 
 def render_synthetic_validation(root):
-    """The synthetic-validation section: the newest validator record (m3net/data/synthetic_validate.py), the
+    """The synthetic-validation section: the newest validator record (tools/validate_synthetic.py), the
     mean over its benchmark seeds with each seed's value beside it."""
     record, path = _load_latest(root, VALIDATION_PATTERN)
     config, split = record["config"], record["split"]
@@ -648,8 +325,8 @@ def render_synthetic_validation(root):
         return f"{record[key][method]:.2f}" + (f" ({values})" if len(seeds) > 1 else "")
 
     types = record["subactions"]
-    # The record keeps the command as run (with that machine's paths); the README shows its shape.
-    command = (f"python -m m3net.data.synthetic_validate --out BENCH --seeds {','.join(seeds)} "
+    # The record keeps the command as run (with that machine's paths); the docs show its shape.
+    command = (f"python tools/validate_synthetic.py --out BENCH --seeds {','.join(seeds)} "
                f"--tempo {config['tempo']} --episodes {record['episodes']}")
     spread = "mean over the seeds, each seed's value in brackets" if len(seeds) > 1 else "one benchmark"
     lines = [f"`{command}` (generator version {record['generator_version']}, tempo {config['tempo']}, "
@@ -683,44 +360,14 @@ def render_table1_cap_check(root):
     return render_cap_check(*_load_latest(root, CAP_CHECK_PATTERN), *_load_latest(root, TABLE1_PATTERN))
 
 
-def expected_readme(root):
-    """(current README text, README text with every generated section rebuilt from its source)."""
+def render_demo_section(root):
+    """The demo-results section from the newest demo record."""
+    return render_demo_results(*_load_latest(root, RECORD_PATTERN))
 
-    with open(os.path.join(root, "README.md")) as fh:
-        current = fh.read()
-    expected = replace_section(current, render_demo_results(*_load_latest(root, RECORD_PATTERN)))
+
+def render_table1_section(root):
+    """The table1-synthetic section from the newest Table 1 record, or the command that writes one."""
     if glob.glob(os.path.join(root, TABLE1_PATTERN)):
-        table1 = render_table1_synthetic(*_load_latest(root, TABLE1_PATTERN))
-    else:
-        table1 = (f"No record yet in which every head had the same input and its own recipe: `{TABLE1_COMMAND}` "
-                  "writes it (hours on a 2-core CPU), then `python -m m3net.readme_figures`.")
-    expected = replace_section(expected, table1, "table1-synthetic")
-    expected = replace_section(expected, render_table1_cap_check(root), "table1-cap-check")
-    expected = replace_section(expected, render_benchmarks(root), "benchmark-results")
-    expected = replace_section(expected, render_frames_footprint(root), "frames-footprint")
-    expected = replace_section(expected, render_paper_table1(), "paper-table1")
-    expected = replace_section(expected, render_paper_ablations(), "paper-ablations")
-    expected = replace_section(expected, render_extract_splits(), "extract-splits")
-    expected = replace_section(expected, reference_table(), "reference-recipes")
-    expected = replace_section(expected, render_synthetic_validation(root), "synthetic-validation")
-    return current, replace_section(expected, settings_table(), "settings")
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=".", help="repository root (README.md, benchmarks/)")
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when README.md is stale")
-    args = parser.parse_args(argv)
-    current, expected = expected_readme(args.root)
-    if args.check:
-        if current != expected:
-            print("README.md's generated sections differ from their sources: run `python -m m3net.readme_figures`")
-            return 1
-        return 0
-    with open(os.path.join(args.root, "README.md"), "w") as fh:
-        fh.write(expected)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        return render_table1_synthetic(*_load_latest(root, TABLE1_PATTERN))
+    return (f"No record yet in which every head had the same input and its own recipe: `{TABLE1_COMMAND}` "
+            "writes it (hours on a 2-core CPU), then `python tools/docs_sections.py`.")

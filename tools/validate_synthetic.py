@@ -8,7 +8,7 @@
     With tempo variation within a class (SyntheticConfig.tempo) frame t of two clips of one class
     shows different phases, so the diagonal match falls behind DTW.
 
-    python -m m3net.data.synthetic_validate --out DIR [--seeds 0,1,2] [--tempo T] [--split test] [--episodes 2000]
+    python tools/validate_synthetic.py --out DIR [--seeds 0,1,2] [--tempo T] [--split test] [--episodes 2000]
 
 Targets (checked and printed at the end; exit status 1 if one fails): mean pooling at 5-way 1-shot
 within 0.15 of chance; the diagonal match at least 0.10 below hard DTW at 5-way 1-shot;
@@ -262,7 +262,7 @@ def main(argv=None):
     given = sys.argv[1:] if argv is None else argv
     results = {"config": {k: v for k, v in first["config"].items() if k != "seed"}, "seeds": args.seeds,
                "split": args.split, "episodes": args.episodes,
-               "command": " ".join(["python -m m3net.data.synthetic_validate", *given]),
+               "command": " ".join(["python tools/validate_synthetic.py", *given]),
                "code_version": code_version, "versions": versions(),
                "generator_version": first["generator_version"], **over_seeds(per_seed), "per_seed": per_seed}
     results["targets"] = check_targets(results)

@@ -1,5 +1,5 @@
-"""pytest run in-process for the GPU session's tests steps: collect first (checking which modules the
-collection imported), then run the selected tests, on xdist workers when asked."""
+"""pytest run in-process for the GPU session's tests steps (tools/gpu_session.py): collect first (checking
+which modules the collection imported), then run the selected tests, on xdist workers when asked."""
 import sys
 
 

@@ -12,10 +12,10 @@ taken-through, so the number is an upper bound.
 bytes_per_pair is the DRAM traffic the pass moves by construction: every distinct tensor argument
 of a launch read or written once, per pair.
 
-Run in a process without TRITON_INTERPRET (the kernels must be defined for the compiler):
+Run in a process without TRITON_INTERPRET (the kernels must be defined for the compiler), from the
+repository root:
 
-    python -m m3net.kernels.static_sm90 --out benchmarks/dtw_static_sm90.json
-    m3net bench-dtw --static
+    python tools/static_sm90.py --out benchmarks/dtw_static_sm90.json
 
 ``--before FILE`` stores FILE's rows as the "before" block of the new table (the kernels as they were
 at FILE's commit); a regeneration keeps the before block of the file it overwrites.
@@ -287,7 +287,7 @@ def markdown(result):
 
 
 NOTES = [
-    "- Target (DESIGN.md): soft forward 8×8 fp32 <= 1,500 SASS/pair without spills; backward traffic",
+    "- Target (docs/design.md): soft forward 8×8 fp32 <= 1,500 SASS/pair without spills; backward traffic",
     "  <= 800 B/pair.",
     "- short: the register-resident kernels (N, M <= SHORT_MAX), one pair per thread, each thread reading its",
     "  pair's rows as 16-byte vectors where they are contiguous and aligned (LDG counts load instructions:",
@@ -351,7 +351,7 @@ def main():
             fh.write(markdown(result))
         print("wrote", md_path)
         return
-    for path in write(args.out, "python -m m3net.kernels.static_sm90 --out " + args.out, args.before):
+    for path in write(args.out, "python tools/static_sm90.py --out " + args.out, args.before):
         print("wrote", path)
 
 

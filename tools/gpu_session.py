@@ -1,8 +1,12 @@
 """The steps of a GPU session (``benchmarks/gpu_session.sh`` runs each one as its own process).
 
-    python -m m3net.bench.session STEP --jsonl OUT/bench.jsonl   # run STEP, append its one JSON line
-    python -m m3net.bench.session summary OUT/*.jsonl             # the short table printed last
-    python -m m3net.bench.session unpack OUT/bench.jsonl          # GPU records -> benchmarks/bench_*.{json,csv}
+    python tools/gpu_session.py STEP --jsonl OUT/bench.jsonl   # run STEP, append its one JSON line
+    python tools/gpu_session.py summary OUT/*.jsonl             # the short table printed last
+    python tools/gpu_session.py unpack OUT/bench.jsonl          # GPU records -> benchmarks/bench_*.{json,csv}
+
+Run from the repository root (the tests steps collect tests/ from there). A repository tool, not part of
+the installed package: it imports the product as m3net, which gpu_session.sh takes from the checkout
+(PYTHONPATH), since the device machine gets a copy of the working tree and no install.
 
 Every step appends exactly one line, as soon as it ends: ``{"step", "stage", "status": "ok" | "error",
 "seconds", "quick", "result", "records": [benchmark records], "error"}``, written in one ``write`` and
@@ -293,7 +297,7 @@ def _long_compile(item):
 
 
 def _pytest(args, select=None, workers=0):
-    from m3net.bench.session_pytest import run_pytest
+    from gpu_session_pytest import run_pytest
 
     if os.environ.get(PYTEST_K_ENV):  # a narrower selection (tests/test_gpu_session.py's rehearsal)
         args = [*args, "-k", os.environ[PYTEST_K_ENV]]

@@ -1,30 +1,115 @@
-"""The README's demo numbers are generated from the committed record and must match it."""
+"""The generated sections of the README and the docs (tools/docs_sections.py) match the committed records and the
+package's tables; the docs' links lead somewhere; the README lists every command."""
 import copy
 import json
 import os
+import re
 
 import pytest
 
+from docs_reference import render_paper_ablations
+from docs_results import latest_record, render_cap_check, render_demo_results, render_table1_synthetic
+from docs_sections import DOCS, SECTIONS, expected_docs, main, replace_section
 from m3net.config import parse_seeds
 from m3net.demo import aggregate, seed_checks
 from m3net.errors import ConfigError
 from m3net.paper import ABLATIONS
-from m3net.readme_figures import (
-    BEGIN,
-    END,
-    expected_readme,
-    latest_record,
-    render_demo_results,
-    render_paper_ablations,
-    replace_section,
-)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
 
 
-def test_readme_demo_section_matches_the_committed_record():
-    current, expected = expected_readme(ROOT)
-    assert current == expected, "README.md is stale: run `python -m m3net.readme_figures`"
+def test_every_generated_section_matches_its_sources():
+    for path, (current, expected) in expected_docs(ROOT).items():
+        assert current == expected, f"{path} is stale: run `python tools/docs_sections.py`"
+    assert main(["--root", ROOT, "--check"]) == 0
+
+
+def test_check_fails_on_a_stale_section_and_the_rewrite_restores_it(tmp_path):
+    """A copy of the docs with one generated number changed: --check exits 1, the rewrite puts it back."""
+    import shutil
+
+    for path in DOCS:
+        os.makedirs(tmp_path / os.path.dirname(path), exist_ok=True)
+        shutil.copy(os.path.join(ROOT, path), tmp_path / path)
+    shutil.copytree(os.path.join(ROOT, "benchmarks"), tmp_path / "benchmarks")
+    results = tmp_path / "docs" / "results.md"
+    original = results.read_text(encoding="utf-8")
+    results.write_text(original.replace("| M3Net | Y (fused) | 82.43", "| M3Net | Y (fused) | 92.43"), encoding="utf-8")
+    assert results.read_text(encoding="utf-8") != original
+    assert main(["--root", str(tmp_path), "--check"]) == 1
+    assert main(["--root", str(tmp_path)]) == 0
+    assert results.read_text(encoding="utf-8") == original
+
+
+def test_every_section_is_in_exactly_one_doc(tmp_path):
+    for path in DOCS:
+        os.makedirs(tmp_path / os.path.dirname(path), exist_ok=True)
+        (tmp_path / path).write_text("no markers\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="demo-results in none"):
+        expected_docs(str(tmp_path))
+    (tmp_path / "README.md").write_text("<!-- no-such-section:begin -->\n<!-- no-such-section:end -->\n")
+    with pytest.raises(ConfigError, match="no-such-section"):
+        expected_docs(str(tmp_path))
+
+
+def test_the_sections_are_spread_over_the_docs_as_the_readme_says():
+    """The README keeps none of the long generated tables: the results in docs/results.md, the settings,
+    recipes, sizes and the paper's numbers in docs/reproducing.md."""
+    held = {path: set(re.findall(r"<!-- ([a-z0-9-]+):begin -->", open(os.path.join(ROOT, path), encoding="utf-8")
+                                 .read())) for path in DOCS}
+    assert held["README.md"] == set()
+    assert held[os.path.join("docs", "results.md")] == {"demo-results", "table1-synthetic", "table1-cap-check",
+                                                        "benchmark-results", "synthetic-validation"}
+    assert held[os.path.join("docs", "reproducing.md")] == set(SECTIONS) - held[os.path.join("docs", "results.md")]
+
+
+def _headings(text):
+    """GitHub's anchors of a markdown file's headings."""
+    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            for line in text.splitlines() if line.startswith("#") and " " in line}
+
+
+def test_relative_links_between_the_docs_lead_to_a_file_and_heading():
+    files = [*DOCS, *(os.path.join("docs", name) for name in ("api.md", "design.md", "contracts.md"))]
+    links = 0
+    for path in files:
+        with open(os.path.join(ROOT, path), encoding="utf-8") as fh:
+            text = re.sub(r"```.*?```", "", fh.read(), flags=re.S)  # code blocks hold no links
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if "://" in target:
+                continue
+            file, _, anchor = target.partition("#")
+            linked = os.path.normpath(os.path.join(ROOT, os.path.dirname(path), file)) if file else \
+                os.path.join(ROOT, path)
+            assert os.path.isfile(linked), f"{path}: {target}"
+            if anchor:
+                with open(linked, encoding="utf-8") as fh:
+                    assert anchor in _headings(fh.read()), f"{path}: {target}"
+            links += 1
+    assert links >= 8
+
+
+def test_readme_lists_every_command_under_its_heading():
+    from m3net.cli import main as cli
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        readme = fh.read()
+    table = readme.split("\n## Commands\n", 1)[1].split("\n## ", 1)[0]
+    listed, heading = {}, None
+    for line in table.splitlines():
+        if line.startswith("### "):
+            heading = line[4:]
+        match = re.match(r"\| `m3net ([a-z0-9-]+)` \|", line)
+        if match:
+            listed.setdefault(heading, []).append(match.group(1))
+    assert listed == {
+        "Pipeline": ["demo", "make-synthetic", "frames", "extract", "cache-stats", "train-head", "finetune",
+                     "evaluate", "predict", "reproduce"],
+        "Inspection": ["dataset-info", "cache-info", "heads", "report"],
+        "Benchmarks": ["bench-dtw", "bench-extract", "bench-input", "bench-train", "bench-residency",
+                       "bench-finetune", "bench-predict"]}
+    assert sorted(name for names in listed.values() for name in names) == sorted(cli.commands)
 
 
 def test_readme_section_changes_when_the_record_does():
@@ -37,9 +122,9 @@ def test_readme_section_changes_when_the_record_does():
 
 
 def test_replace_section_needs_one_marker_pair():
-    assert replace_section(f"a\n{BEGIN}\nold\n{END}\nb", "new") == f"a\n{BEGIN}\nnew\n{END}\nb"
+    assert replace_section(f"a\n{BEGIN}\nold\n{END}\nb", "new", "demo-results") == f"a\n{BEGIN}\nnew\n{END}\nb"
     with pytest.raises(ConfigError):
-        replace_section("no markers", "new")
+        replace_section("no markers", "new", "demo-results")
 
 
 def _run(m3net_y, otam_y, otam_ci):
@@ -74,8 +159,6 @@ def test_table1_section_compares_a_head_of_the_first_seed_only_through_its_paire
     """--compare-once m3net:proj_dim=0 trains the paper's width on seed 0 only: its row shows seed 0's values
     (no ± of one value), it is not ranked against means over every seed, and the section gives the reference
     head's accuracy on that seed beside it."""
-    from m3net.readme_figures import render_table1_synthetic
-
     wide = "m3net (m3net-proj_dim-0)"
     per_seed = {"0": {"1-shot": _compare_seed(80, 60, 40), "5-shot": _compare_seed(90, 70, 50)},
                 "1": {"1-shot": _compare_seed(84, 58, 41), "5-shot": _compare_seed(92, 72, 52)}}
@@ -113,8 +196,6 @@ def test_table1_section_compares_a_head_of_the_first_seed_only_through_its_paire
 def test_cap_check_section_sets_each_head_beside_its_table1_row_of_the_same_seed():
     """A seed trained again with a higher cap: each head's row at either cap, from either record, on that seed
     (not the Table 1 record's mean over seeds), its paired difference against M3Net at the same cap."""
-    from m3net.readme_figures import render_cap_check
-
     def record(cap, m3net_y, trx_y, trx_best, seeds):
         per_seed = {s: {"1-shot": _compare_seed(m3net_y + int(s), trx_y, 40, ci=1.5),
                         "5-shot": _compare_seed(m3net_y + 10, trx_y + 20, 50)} for s in seeds}
@@ -156,8 +237,6 @@ def _compare_seed(m3net_y, trx_y, otam_y, ci=1.0):
 
 
 def test_table1_section_states_the_ranking_and_where_a_peer_is_ahead():
-    from m3net.readme_figures import render_table1_synthetic
-
     per_seed = {"0": {"1-shot": _compare_seed(80, 60, 40), "5-shot": _compare_seed(90, 93, 50)},
                 "1": {"1-shot": _compare_seed(82, 58, 41), "5-shot": _compare_seed(91, 92.5, 52)}}
     trained = {"head": "m3net", "widths": {"channels": 2048, "width": 128}, "episodes_trained": 800,
