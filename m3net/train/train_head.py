@@ -10,15 +10,22 @@ import logging
 
 import torch
 
-from m3net.cache import ProvenanceError, load_cache
-from m3net.cache.schema import provenance_differences
+from m3net.cache import load_cache
 from m3net.config import RunSettings, setting, settings
 from m3net.data.episodes import EpisodeSampler, EpisodeSettings
 from m3net.errors import ConfigError
 from m3net.model import build_head
 from m3net.model.registry import HeadSettings
 from m3net.runtime import resolve_device
-from m3net.train.checkpoint import load_module_state, optimizer_steps, restore_rng, rng_state, trained_episodes
+from m3net.train.checkpoint import (
+    check_features,
+    features_entry,
+    load_module_state,
+    optimizer_steps,
+    restore_rng,
+    rng_state,
+    trained_episodes,
+)
 from m3net.train.features import (
     InputNormSettings,
     ResidencySettings,
@@ -80,13 +87,10 @@ def run_input_norm(config, state, path):
     return norm
 
 
-def _check_resume(state, config, provenance, path):
-    # The cache is checked by its provenance below, not by its path.
+def _check_resume(state, config, cached, path):
+    # The cache is checked by its features' shape and its provenance below, not by its path.
     check_resumed_config(state["train_config"], config, path, RESUMABLE_CHANGES | {"cache"})
-    diffs = provenance_differences(provenance, state["provenance"])
-    if diffs:
-        raise ProvenanceError(f"{config.cache}: differs from the cache the checkpoint was trained on: "
-                              + "; ".join(f"{k}: {a!r} vs {b!r}" for k, a, b in diffs))
+    check_features(state, f"--resume {path}", cached.feature_shape, f"--cache {config.cache}", cached.provenance())
 
 
 def train_head(config, progress=True):
@@ -97,7 +101,7 @@ def train_head(config, progress=True):
         provenance = cached.provenance()
         state = run.load_last() if config.resume else None
         if state is not None:
-            _check_resume(state, config, provenance, run.last_path)
+            _check_resume(state, config, cached, run.last_path)
         num_frames, feature_dim = cached.feature_shape[-4], cached.feature_shape[-1]
         torch.manual_seed(config.seed)  # parameter init
         head = build_head(config.head, feature_dim=feature_dim, num_frames=num_frames, **config.head_options)
@@ -150,7 +154,8 @@ def train_head(config, progress=True):
 
         def snapshot():
             return dict(head=config.head, head_config=head.config_dict(), train_config=dataclasses.asdict(config),
-                        provenance=provenance, model=head.state_dict(), optimizer=optimizer.state_dict(),
+                        provenance=provenance, features=features_entry(head, cached.feature_shape),
+                        model=head.state_dict(), optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(), rng=rng_state(), **norm.checkpoint_entries())
 
         schedule = Schedule(config.episodes, config.log_every, config.val_every, config.checkpoint_every,
