@@ -48,6 +48,7 @@ from m3net.model.base import FewShotHead
 from m3net.model.registry import build_head
 from m3net.progress import progress_bar
 from m3net.runtime import resolve_device
+from m3net.train.checkpoint import check_features
 from m3net.train.evaluate import load_trained_head
 from m3net.train.features import InputNorm, input_norm_for
 
@@ -172,6 +173,9 @@ class FewShotClassifier:
         norm = input_norm_for(input_norm, [(path, state)])  # refused before any backbone is built
         provenance = state["provenance"]
         crop = int(provenance["crop"])
+        side = map_side(crop)  # so is a head built for other features than the backbone's
+        check_features(state, path, (head.config.num_frames, side, side, FEATURE_CHANNELS),
+                       f"the ResNet-50 maps of its cache's backbone ({provenance['weights']}, crop {crop})")
         transform = TransformConfig(resize=tuple(provenance["resize"]), crop=crop, mean=tuple(provenance["mean"]),
                                     std=tuple(provenance["std"]))
         if transform != view_transform(crop):

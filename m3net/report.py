@@ -400,6 +400,11 @@ def draw_report(results_dir, run_dir=None, clips_root=None):
         written.append(os.path.join(results_dir, name))
         return written[-1]
 
+    cfg = summary["config"]
+    # The split's labels and ids only; the features of the episodes drawn are read from the file as they are drawn,
+    # so memory is bounded by those episodes, not by the split (a Gym99 test split holds ~21 GB).
+    cached = load_cache(cfg["cache"], splits=(cfg["split"],), features=False)
+    head = _run_head(run_dir, cached, results_dir)  # refused before anything is drawn or read
     plot_accuracy(summary, out("accuracy.png"))
     others = []
     for name in sorted(os.listdir(results_dir)):
@@ -414,37 +419,44 @@ def draw_report(results_dir, run_dir=None, clips_root=None):
         plot_predictions(summary, first, out("predictions.png"))
     if run_dir and os.path.exists(os.path.join(run_dir, "train_log.csv")):
         plot_training(run_dir, out("training.png"))
-    cfg = summary["config"]
-    # The split's labels and ids only; the features of the episodes drawn are read from the file as they are drawn,
-    # so memory is bounded by those episodes, not by the split (a Gym99 test split holds ~21 GB).
-    cached = load_cache(cfg["cache"], splits=(cfg["split"],), features=False)
     sampler = EpisodeSampler(cached.labels, cached.split, cfg["split"], cfg["way"], cfg["shot"], cfg["queries"],
                              seed=cfg["seed"])
     bank = FeatureBank(cached, "cpu", reader=RowReader(cfg["cache"], normalise=evaluated_input_norm(summary)),
                        prefetch=READ_AHEAD)
     try:
-        _draw_episode_pictures(cached, bank, sampler, run_dir, clips_root, out)
+        _draw_episode_pictures(cached, bank, sampler, run_dir, head, clips_root, out)
     finally:
         bank.close()
     return written
 
 
-def _draw_episode_pictures(cached, bank, sampler, run_dir, clips_root, out):
-    """alignment.png and activations.png from the evaluation's seeded episodes."""
+def _run_head(run_dir, cached, results_dir):
+    """The head of ``run_dir``'s best.pt (None without one), refused when it was not trained on features like the
+    evaluated cache's (m3net.train.checkpoint.check_features)."""
+    checkpoint = os.path.join(run_dir, "best.pt") if run_dir else ""
+    if not os.path.exists(checkpoint):
+        return None
+    from m3net.train.checkpoint import check_features
+    from m3net.train.evaluate import load_trained_head
+
+    head, state = load_trained_head(checkpoint, "cpu")
+    check_features(state, f"--run {checkpoint}", cached.feature_shape,
+                   f"{cached.path} (the cache {results_dir} was evaluated on)", cached.provenance())
+    return head
+
+
+def _draw_episode_pictures(cached, bank, sampler, run_dir, head, clips_root, out):
+    """alignment.png and activations.png from the evaluation's seeded episodes; ``head``: the --run's, or None."""
     import click
 
     from m3net.model.m3net_head import M3Net
 
     episode, query_index = sampler.episode(0), 0
-    found = head = None
-    checkpoint = os.path.join(run_dir, "best.pt") if run_dir else ""
-    if os.path.exists(checkpoint):
+    found = None
+    if hasattr(head, "matcher_inputs") and head.config.use_im:
         from m3net.model import build_head
-        from m3net.train.evaluate import load_trained_head
 
-        head, _ = load_trained_head(checkpoint, "cpu")
-        if hasattr(head, "matcher_inputs") and head.config.use_im:
-            found = contrast_query(head, build_head("otam", feature_dim=bank.clip_shape[-1]), bank, sampler)
+        found = contrast_query(head, build_head("otam", feature_dim=bank.clip_shape[-1]), bank, sampler)
     if found:
         episode, query_index, wrong_label = found
     query_id = cached.video_ids[int(episode.query_rows[query_index])]

@@ -1,4 +1,5 @@
 """Episodes, train-head, evaluate on small generated caches (CPU)."""
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -8,7 +9,7 @@ from helpers_cache import order_only_cache
 from m3net.cache import ProvenanceError
 from m3net.cli import main
 from m3net.data.episodes import EpisodeError, EpisodeSampler
-from m3net.errors import ConfigError
+from m3net.errors import CheckpointError, ConfigError
 from m3net.train.checkpoint import load_checkpoint
 from m3net.train.evaluate import EvalConfig, evaluate
 from m3net.train.train_head import TrainConfig, train_head
@@ -66,8 +67,14 @@ def test_run_folder_is_not_overwritten_and_resume_checks_settings(cache, tmp_pat
     with pytest.raises(ConfigError, match="shot=1"):
         train_head(_config(cache, tmp_path / "run", shot=2, resume=True), progress=False)
     other = order_only_cache(tmp_path / "other.h5", frames=3, classes=(3, 2, 1))
-    with pytest.raises(ProvenanceError, match="num_frames"):
+    with pytest.raises(CheckpointError, match=r"16-channel features \(4 frames, 7x7 maps\); --cache .*other\.h5: "
+                                              r"16-channel features \(3 frames, 7x7 maps\)"):
         train_head(_config(str(other), tmp_path / "run", resume=True), progress=False)
+    renamed = order_only_cache(tmp_path / "renamed.h5")
+    with h5py.File(renamed, "r+") as f:
+        f.attrs["dataset"] = "renamed"
+    with pytest.raises(ProvenanceError, match="dataset: 'renamed' vs 'order-only'"):
+        train_head(_config(str(renamed), tmp_path / "run", resume=True), progress=False)
 
 
 def test_parameter_free_head_cannot_be_trained(cache, tmp_path):

@@ -9,12 +9,11 @@ import os
 
 import torch
 
+from m3net.cache.schema import ProvenanceError, provenance_differences
 from m3net.errors import CheckpointError
 from m3net.runtime import load_torch_file
 
 FORMAT = "m3net-head-checkpoint-1"
-
-
 
 
 def save_checkpoint(path, **state):
@@ -82,6 +81,58 @@ def features_provenance(state, path):
     from m3net.extract.backbone import file_sha256
 
     return {**state["provenance"], "weights": os.path.abspath(path), "weights_sha256": file_sha256(path)}
+
+
+def features_entry(head, clip_shape):
+    """The checkpoint entry "features": what ``head`` was built for and trained on, from the shape of one clip's
+    features as it read them, (..., T, H, W, C) (a views axis before T left out): the width C, the frames T, the
+    map H x W and the head's first pooling (``FewShotHead.input_pool()``: maps already pooled to it fit too)."""
+    frames, height, width, channels = (int(n) for n in clip_shape[-4:])
+    return {"channels": channels, "frames": frames, "map": [height, width], "pool": head.input_pool()}
+
+
+def trained_features(state):
+    """A checkpoint's "features" entry. One written before the entry existed gets C and T from its head_config
+    (every checkpoint's head was built with its feature_dim and num_frames) and no map (None: not compared)."""
+    if "features" in state:
+        return state["features"]
+    config = state["head_config"]
+    return {"channels": int(config["feature_dim"]), "frames": int(config["num_frames"]), "map": None, "pool": None}
+
+
+def _describe(features, note=""):
+    maps = f", {features['map'][0]}x{features['map'][1]} maps" if features.get("map") else ""
+    return f"{features['channels']}-channel features ({features['frames']} frames{maps}{note})"
+
+
+def check_features(state, checkpoint, clip_shape, source, provenance=None, maps=True):
+    """Refuses features a checkpoint's head was not trained on, from their shape (and attributes) alone, so before
+    any feature is read: every route that pairs a checkpoint with features calls this first.
+
+    ``checkpoint`` and ``source`` name both sides as the command names them ("--checkpoint runs/a/best.pt",
+    "--cache b.h5"); ``clip_shape``: one clip's features, (..., T, H, W, C). Compared with the checkpoint's
+    "features" (``trained_features``): the width C and the frames T (the head's layers are built for C, and T is
+    its num_frames: the T x T layers of m3net's IVCE and STRM fix it, the API decodes that many frames); the map
+    H x W where the checkpoint records it, unless ``maps`` is False (finetune --init-head: the head trains on maps
+    of the run's --crop from then on, and every head runs on any map size); a map fits when it is the same, or when
+    one side is already pooled to the n x n the head pools to first. A difference is a CheckpointError. Then, given
+    a cache's attributes (``provenance``), those the head expects (``state["provenance"]``) are compared: a
+    difference is a ProvenanceError (the views, sampling, weights, crop, ...)."""
+    expected = trained_features(state)
+    frames, height, width, channels = (int(n) for n in clip_shape[-4:])
+    given = {"channels": channels, "frames": frames, "map": [height, width]}
+    trained_map, pool = expected.get("map"), expected.get("pool")
+    maps_fit = (not maps or trained_map is None or list(trained_map) == given["map"]
+                or bool(pool) and [pool, pool] in (list(trained_map), given["map"]))
+    if (channels, frames) != (expected["channels"], expected["frames"]) or not maps_fit:
+        pooled = f", pooled to {pool}x{pool} first" if pool and not maps_fit else ""
+        raise CheckpointError(f"{checkpoint}: its head was built for {_describe(expected, pooled)}; {source}: "
+                              f"{_describe(given)}; a head reads only features like those it was trained on: give it "
+                              "such features, or train a head on these")
+    differences = provenance_differences(provenance, state["provenance"]) if provenance is not None else []
+    if differences:
+        raise ProvenanceError(f"{source}: not the kind of cache {checkpoint} was trained on: "
+                              + "; ".join(f"{key}: {have!r} vs {want!r}" for key, have, want in differences))
 
 
 def rng_state():

@@ -14,15 +14,14 @@ import os
 import numpy as np
 import torch
 
-from m3net.cache import ProvenanceError, cache_info
-from m3net.cache.schema import provenance_differences
+from m3net.cache import cache_info
 from m3net.config import RunSettings, from_group, setting, settings
 from m3net.data.episodes import SPLITS, EpisodeSampler, EpisodeSettings
 from m3net.errors import ConfigError, NonFiniteError
 from m3net.model import build_head
 from m3net.progress import progress_bar
 from m3net.runtime import resolve_device
-from m3net.train.checkpoint import features_provenance, load_checkpoint, load_module_state
+from m3net.train.checkpoint import check_features, features_provenance, load_checkpoint, load_module_state
 from m3net.train.features import InputNormSettings, ResidencySettings, input_norm_for, open_bank
 from m3net.train.metrics import episode_accuracies, mean_and_ci
 from m3net.train.presets import PresetSettings
@@ -95,15 +94,14 @@ def _cache_path(config):
     return cache_path
 
 
-def _check_provenance(cache_path, attrs, heads):
-    """Every trained head scores only the kind of cache it was trained on (checked before reading features)."""
-    provenance = {k: v for k, v in attrs.items() if k != "created"}
-    for label, _, state in heads:
-        if state is not None:
-            diffs = provenance_differences(provenance, state["provenance"])
-            if diffs:
-                raise ProvenanceError(f"{cache_path}: not the kind of cache {label} was trained on: "
-                                      + "; ".join(f"{k}: {a!r} vs {b!r}" for k, a, b in diffs))
+def _check_checkpoints(config, cache_path, info, heads):
+    """Every trained head scores only features like those it was trained on, from the kind of cache it was trained
+    on (checked before any feature is read). ``heads`` begins with the checkpoints' heads, in their order."""
+    source = f"--cache {cache_path}"
+    if not config.cache:  # _cache_path took the first checkpoint's
+        source = f"{cache_path} (the cache {config.checkpoints[0]} was trained on)"
+    for path, (_, _, state) in zip(config.checkpoints, heads):
+        check_features(state, f"--checkpoint {path}", info["feature_shape"][1:], source, info["attrs"])
 
 
 def _writable_out(out):
@@ -127,7 +125,7 @@ def evaluate(config, progress=True):
     info = cache_info(cache_path)
     num_frames, feature_dim = info["attrs"]["num_frames"], info["feature_shape"][-1]
     heads = build_heads(config, device, feature_dim, num_frames)
-    _check_provenance(cache_path, info["attrs"], heads)
+    _check_checkpoints(config, cache_path, info, heads)
     # One input for every head: the trained heads' own normalisation (and statistics), or the cache's.
     norm = input_norm_for(config.input_norm, [(label, state) for label, _, state in heads if state is not None],
                           cache_path)

@@ -33,8 +33,8 @@ from m3net.config import RunSettings, from_group, setting, settings
 from m3net.data.datasets import DatasetSettings, coverage, load_dataset
 from m3net.data.episodes import EpisodeSampler, EpisodeSettings
 from m3net.errors import ConfigError
-from m3net.extract.backbone import build_backbone
-from m3net.extract.loop import ExtractConfig, cache_attrs
+from m3net.extract.backbone import FEATURE_CHANNELS, build_backbone
+from m3net.extract.loop import ExtractConfig, cache_attrs, map_side
 from m3net.extract.sampling import sample_indices
 from m3net.extract.transforms import TransformConfig, normalise, test_view, train_view
 from m3net.extract.video import Clip
@@ -42,6 +42,8 @@ from m3net.model import build_head
 from m3net.model.registry import HeadSettings
 from m3net.runtime import resolve_device
 from m3net.train.checkpoint import (
+    check_features,
+    features_entry,
     load_checkpoint,
     load_module_state,
     optimizer_steps,
@@ -219,14 +221,25 @@ def set_train_mode(model, config):
                 m.eval()
 
 
-def _initial_head(config):
+def backbone_clip_shape(config):
+    """(T, H, W, C) of one clip's maps as the backbone gives them to the head: --frames, the --crop's map."""
+    side = map_side(config.crop)
+    return (config.frames, side, side, FEATURE_CHANNELS)
+
+
+def checked_init_head(config):
+    """The --init-head checkpoint, refused when its head is not --head or was not built for the backbone's maps
+    at --frames (m3net.train.checkpoint.check_features; the map size may differ: the head trains on these maps)."""
     saved = load_checkpoint(config.init_head)
     if saved["head"] != config.head:
         raise ConfigError(f"--init-head {config.init_head}: a {saved['head']!r} head, not --head {config.head!r}")
-    shape = {k: saved["head_config"].get(k) for k in ("feature_dim", "num_frames")}
-    if shape != {"feature_dim": 2048, "num_frames": config.frames}:
-        raise ConfigError(f"--init-head {config.init_head}: trained on {shape}, "
-                         f"this run feeds feature_dim 2048 and --frames {config.frames}")
+    check_features(saved, f"--init-head {config.init_head}", backbone_clip_shape(config),
+                   f"the ResNet-50 maps at --frames {config.frames} --crop {config.crop}", maps=False)
+    return saved
+
+
+def _initial_head(config):
+    saved = checked_init_head(config)
     head = build_head(saved["head"], **saved["head_config"])
     load_module_state(head, saved["model"], config.init_head)
     return head
@@ -375,6 +388,7 @@ class FinetuneTask(EpisodeTask):
         self.failures_path = failures_path
         self.transform = TransformConfig(resize=(config.crop * 8 // 7,) * 2, crop=config.crop)
         self.provenance = _features_provenance(config, self.transform)
+        self.features = features_entry(built.head, backbone_clip_shape(config))
         # Frozen BN and frozen stages leave parameters without gradients; DDP must not wait for them.
         self.wrapped = (torch.nn.parallel.DistributedDataParallel(built.model, find_unused_parameters=True)
                         if world > 1 else built.model)
@@ -468,7 +482,8 @@ class FinetuneTask(EpisodeTask):
     def snapshot(self):
         config, built = self.config, self.built
         return dict(head=config.head, head_config=built.head.config_dict(), train_config=dataclasses.asdict(config),
-                    provenance=self.provenance, init_backbone=built.init_provenance, model=built.head.state_dict(),
+                    provenance=self.provenance, features=self.features, init_backbone=built.init_provenance,
+                    model=built.head.state_dict(),
                     backbone=built.backbone.state_dict(), optimizer=built.optimizer.state_dict(),
                     scheduler=built.scheduler.state_dict(), scaler=built.scaler.state_dict(), rng=rng_state(),
                     **built.model.norm.checkpoint_entries())
@@ -490,6 +505,8 @@ def finetune(config, progress=True):
     """Trains backbone + head; writes last.pt, best.pt, train_log.csv, val_log.csv, failures.csv
     (and tensorboard/ when tensorboard is installed) into config.out."""
     dataset = checked_dataset(config)
+    if config.init_head:
+        checked_init_head(config)  # refused before any model or run folder is made
     world, rank, device = _distributed_setup(config)
     if not config.resume:
         _rounds(config, 0, world)  # refused before the run folder is made (a resumed run checks from its episode)

@@ -10,15 +10,22 @@ import logging
 
 import torch
 
-from m3net.cache import ProvenanceError, load_cache
-from m3net.cache.schema import provenance_differences
+from m3net.cache import load_cache
 from m3net.config import RunSettings, setting, settings
 from m3net.data.episodes import EpisodeSampler, EpisodeSettings
 from m3net.errors import ConfigError
 from m3net.model import build_head
 from m3net.model.registry import HeadSettings
 from m3net.runtime import resolve_device
-from m3net.train.checkpoint import load_module_state, optimizer_steps, restore_rng, rng_state, trained_episodes
+from m3net.train.checkpoint import (
+    check_features,
+    features_entry,
+    load_module_state,
+    optimizer_steps,
+    restore_rng,
+    rng_state,
+    trained_episodes,
+)
 from m3net.train.features import (
     InputNormSettings,
     ResidencySettings,
@@ -67,16 +74,14 @@ def run_input_norm(config, state, path):
     return norm
 
 
-# A resumed run may read the same cache from another path: the cache is checked by its provenance, not its path.
+# A resumed run may read the same cache from another path: the cache is checked by its features' shape and its
+# provenance, not by its path.
 RESUMABLE = RESUMABLE_CHANGES | {"cache"}
 
 
-def _check_resume(state, config, provenance, path):
+def _check_resume(state, config, cached, path):
     check_resumed_config(state["train_config"], config, path, RESUMABLE)
-    diffs = provenance_differences(provenance, state["provenance"])
-    if diffs:
-        raise ProvenanceError(f"{config.cache}: differs from the cache the checkpoint was trained on: "
-                              + "; ".join(f"{k}: {a!r} vs {b!r}" for k, a, b in diffs))
+    check_features(state, f"--resume {path}", cached.feature_shape, f"--cache {config.cache}", cached.provenance())
 
 
 class HeadTrainingTask(EpisodeTask):
@@ -84,9 +89,10 @@ class HeadTrainingTask(EpisodeTask):
     samplers of the train and val episodes drawn from them. Episode ``index`` trains on its own draw of views;
     the gradients of --accumulate episodes make one optimizer step (and the run's last episode ends one)."""
 
-    def __init__(self, config, head, bank, optimizer, scheduler, train_sampler, val_sampler, provenance, norm, steps):
+    def __init__(self, config, head, bank, optimizer, scheduler, train_sampler, val_sampler, features, norm, steps):
         self.config, self.head, self.bank, self.optimizer, self.scheduler = config, head, bank, optimizer, scheduler
-        self.train_sampler, self.val_sampler, self.provenance, self.norm = train_sampler, val_sampler, provenance, norm
+        self.train_sampler, self.val_sampler, self.norm = train_sampler, val_sampler, norm
+        self.features = features  # what checkpoints say of the features the head reads: provenance and shape
         self.steps = steps  # optimizer steps taken (a resumed run's included)
         self.pending = 0  # episodes whose gradients wait for the next optimizer step (--accumulate)
 
@@ -125,7 +131,7 @@ class HeadTrainingTask(EpisodeTask):
     def snapshot(self):
         config, head = self.config, self.head
         return dict(head=config.head, head_config=head.config_dict(), train_config=dataclasses.asdict(config),
-                    provenance=self.provenance, model=head.state_dict(), optimizer=self.optimizer.state_dict(),
+                    **self.features, model=head.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), rng=rng_state(), **self.norm.checkpoint_entries())
 
     def optimizer_steps(self):
@@ -146,7 +152,7 @@ def train_head(config, progress=True):
         provenance = cached.provenance()
         state = run.load_last() if config.resume else None
         if state is not None:
-            _check_resume(state, config, provenance, run.last_path)
+            _check_resume(state, config, cached, run.last_path)
         num_frames, feature_dim = cached.feature_shape[-4], cached.feature_shape[-1]
         torch.manual_seed(config.seed)  # parameter init
         head = build_head(config.head, feature_dim=feature_dim, num_frames=num_frames, **config.head_options)
@@ -177,7 +183,8 @@ def train_head(config, progress=True):
             best, stale = state["best_val_acc"], state.get("stale_validations", 0)
             run.trim_logs(step)
         bank.prefetch(train_sampler, step, config.episodes)
-        task = HeadTrainingTask(config, head, bank, optimizer, scheduler, train_sampler, val_sampler, provenance, norm,
+        features = {"provenance": provenance, "features": features_entry(head, cached.feature_shape)}
+        task = HeadTrainingTask(config, head, bank, optimizer, scheduler, train_sampler, val_sampler, features, norm,
                                 steps)
         schedule = Schedule(config.episodes, config.log_every, config.val_every, config.checkpoint_every,
                             validating=config.val_episodes > 0, patience=config.patience)
