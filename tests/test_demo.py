@@ -124,7 +124,8 @@ def test_reference_comparison_record_renders_with_every_head_on_the_same_input(d
     record = seeds_record(reference, (config.seed,))
     trained = record["trained"][str(config.seed)]
     assert set(trained) == {"m3net (m3net)", "pal (pal)", "m3net (m3net-proj_dim-8)"}
-    assert trained["pal (pal)"]["recipe"]["lr"] == 1e-3 and trained["pal (pal)"]["input_norm"] == "standardize"
+    assert trained["pal (pal)"]["recipe"]["lr"] == 1e-4 and trained["pal (pal)"]["input_norm"] == "standardize"
+    assert trained["pal (pal)"]["head_options"] == {"temperature": 1.0}  # the recipe's head option
     assert trained["m3net (m3net-proj_dim-8)"]["widths"]["width"] == 8
     text = render_table1_synthetic(record, "record.json")
     assert "| M3Net (d = 16) |" in text and "| PAL |" in text and "| M3Net (d = 8) |" in text
