@@ -22,10 +22,10 @@ import numpy as np
 
 from m3net.config import RunSettings, Settings, from_group, setting, settings, split_settings
 from m3net.data.synthetic import SyntheticConfig, generate_synthetic
-from m3net.errors import ConfigError
+from m3net.errors import ConfigError, NonFiniteError
 from m3net.extract.backbone import IMAGENET_FILES, RandomWeightsWarning, WeightsError, resolve_weights_file
 from m3net.train.features import InputNormSettings
-from m3net.train.loop import OptimizerSettings, ScheduleSettings
+from m3net.train.loop import OptimizerSettings, ScheduleSettings, check_resumed_config, read_stop
 from m3net.train.presets import PresetSettings
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,8 @@ def run_demo(config):
     _step(f"4/4 evaluate on {config.eval_episodes} seeded test episodes -> {report}")
 
     def score(shot):
-        return evaluate(EvalConfig(cache=cache, checkpoints=tuple(os.path.join(r, "best.pt") for r in runs.values()),
+        scored = tuple(path for path in (os.path.join(r, "best.pt") for r in runs.values()) if os.path.exists(path))
+        return evaluate(EvalConfig(cache=cache, checkpoints=scored,
                                    heads=config.baselines, input_norm=config.input_norm,
                                    way=config.way, shot=shot, queries=1, episodes=config.eval_episodes,
                                    seed=config.seed, device=config.device))
@@ -218,19 +219,21 @@ def head_train_config(config, cache, head, head_options, run):
 
 
 def finished(saved, train_config):
-    """A saved run has reached its cap, or stopped early after --patience validations without a better one."""
+    """A saved run has reached its cap, stopped early after --patience validations without a better one, or
+    stopped on a non-finite loss after the episode it saved (it would only diverge again)."""
     from m3net.train.checkpoint import trained_episodes
 
     patience = train_config.patience
     stopped = patience > 0 and saved.get("stale_validations", 0) >= patience
-    return trained_episodes(saved) >= train_config.episodes or stopped
+    diverged = read_stop(train_config.out)
+    return (trained_episodes(saved) >= train_config.episodes or stopped
+            or (diverged is not None and diverged["saved"] == trained_episodes(saved)))
 
 
 def train_or_reuse(config, cache, head, head_options, folder, step):
     """Trains ``head`` on the demo's cache into <out>/runs/<folder> (``head_train_config``), or reuses the
     finished run there (a run of other settings is refused); returns the run folder."""
     from m3net.train.checkpoint import load_checkpoint
-    from m3net.train.loop import check_resumed_config
     from m3net.train.train_head import train_head
 
     run = os.path.join(config.out, "runs", folder)
@@ -239,6 +242,9 @@ def train_or_reuse(config, cache, head, head_options, folder, step):
     cap = "up to " if config.preset == "reference" or config.patience else ""
     _step(f"{step} train the {folder} head ({cap}{config.train_episodes} episodes) -> {run}")
     saved = load_checkpoint(last) if os.path.exists(last) else None
+    if saved is None and (read_stop(run) or {}).get("saved") == 0:
+        logger.info(f"[demo] reusing the finished run in {run}: it diverged before its first checkpoint")
+        return run
     if saved is not None:
         try:  # a run of another demo version (other head options, lr, ...) is not this demo's result
             check_resumed_config(saved["train_config"], train_config, last)
@@ -247,28 +253,39 @@ def train_or_reuse(config, cache, head, head_options, folder, step):
                               f"--out ({err})") from None
     if saved is not None and finished(saved, train_config):
         logger.info(f"[demo] reusing the finished run in {run}")
-    else:
+        return run
+    try:
         train_head(train_config)
+    except NonFiniteError as err:  # the other heads go on; this one is scored from the best.pt it reached, if any
+        kept = "its best.pt is scored" if os.path.exists(os.path.join(run, "best.pt")) else \
+            "it has no best.pt (no validation before) and is left out of the scores"
+        logger.warning(f"[demo] the {folder} head diverged ({err}); {kept}")
     return run
 
 
 def run_record(run):
     """What a comparison states of a trained head beside its accuracy: its options, widths and parameters, the
     recipe it was trained with, the episodes it trained and the one best.pt (the one scored) comes from."""
+    from m3net.config import RUN_CONFIG, load_run_config
     from m3net.model import build_head
     from m3net.train.checkpoint import load_checkpoint, trained_episodes
     from m3net.train.presets import RECIPE_OPTIONS
 
-    last, best = (load_checkpoint(os.path.join(run, name)) for name in ("last.pt", "best.pt"))
-    trained = last["train_config"]
-    head = build_head(last["head"], **last["head_config"])
-    return {"head": last["head"], "head_options": trained["head_options"], "widths": head.widths(),
-            "parameters": sum(p.numel() for p in head.parameters()), "preset": trained.get("preset", "none"),
+    last, best = (load_checkpoint(path) if os.path.exists(path) else None
+                  for path in (os.path.join(run, "last.pt"), os.path.join(run, "best.pt")))
+    # a run that diverged before its first checkpoint has its settings in config.json alone
+    trained = last["train_config"] if last else load_run_config(os.path.join(run, RUN_CONFIG))[1]
+    head = last and build_head(last["head"], **last["head_config"])
+    episodes = trained_episodes(last) if last else 0
+    diverged = read_stop(run)
+    return {"head": trained["head"], "head_options": trained["head_options"], "widths": head and head.widths(),
+            "parameters": head and sum(p.numel() for p in head.parameters()), "preset": trained.get("preset", "none"),
             "recipe": {key: trained[key] for key in (*RECIPE_OPTIONS, "clip_grad") if key in trained},
             "cap": trained["episodes"], "patience": trained.get("patience", 0),
-            "episodes_trained": trained_episodes(last), "stopped_early": trained_episodes(last) < trained["episodes"],
-            "best_episodes": trained_episodes(best),
-            "best_val_acc": best["best_val_acc"], "input_norm": last.get("input_norm", "none")}
+            "episodes_trained": episodes, "stopped_early": episodes < trained["episodes"],
+            "diverged_at": diverged and diverged["episodes"],  # a non-finite loss stopped it there (else None)
+            "best_episodes": best and trained_episodes(best), "best_val_acc": best and best["best_val_acc"],
+            "input_norm": last.get("input_norm", "none") if last else trained["input_norm"]}
 
 
 def head_spec(text):

@@ -184,3 +184,27 @@ def test_seeds_summary_lists_every_head_and_view_with_its_spread_over_the_seeds(
     assert lines[1].index("1-shot") == lines[2].index("77.00")  # columns line up
     assert lines[6:] == ["record: benchmarks/demo.json"]
     assert format_seeds_summary(result).splitlines()[-1] == "record: not written (no --record)"
+
+
+@pytest.mark.usefixtures("aligned_head")
+@pytest.mark.parametrize("every", [1, 4])
+def test_a_diverging_head_does_not_stop_the_demo_and_is_recorded(cache, tmp_path, caplog, every):
+    """A head whose loss turns non-finite (the run stops with its last finite state, here after a checkpoint and a
+    validation, or before any): the demo logs it, goes on, treats the run as finished when it comes back, and its
+    record says where it diverged."""
+    from m3net.demo import run_record, train_or_reuse
+
+    config = DemoConfig(out=str(tmp_path), lr=1e30, train_episodes=40, val_every=every, val_episodes=2, device="cpu",
+                        input_norm="none")  # the shared cache holds no channel statistics
+    caplog.set_level(logging.INFO, logger="m3net")
+    run = train_or_reuse(config, cache, "test-aligned", {}, "aligned", "3/4")
+    assert "the aligned head diverged" in caplog.text
+    record = run_record(run)
+    assert record["stopped_early"] and record["episodes_trained"] < record["diverged_at"] <= 40
+    if every == 1:  # validated and saved at episode 1, before the loss turned non-finite
+        assert record["episodes_trained"] == record["best_episodes"] == 1 and record["widths"]
+    else:  # nothing saved: the record comes from its config.json
+        assert record["episodes_trained"] == 0 and record["best_episodes"] is None and record["widths"] is None
+    caplog.clear()
+    assert train_or_reuse(config, cache, "test-aligned", {}, "aligned", "3/4") == run
+    assert "reusing the finished run" in caplog.text  # not trained again: it would only diverge again

@@ -191,6 +191,13 @@ def test_table1_section_compares_a_head_of_the_first_seed_only_through_its_paire
             "(5-shot).") in text
     assert "Ahead of M3Net (d = 128): M3Net (d = 2048) at 5-shot (+3.00 points" in text
     assert "is not in this record" not in text
+    assert "Diverged" not in text
+    # a peer whose loss turned non-finite: named with the episode and the best.pt that was scored
+    record["trained"]["1"]["trx (trx)"] = {**peer, "diverged_at": 170, "episodes_trained": 160, "best_episodes": 160,
+                                           "stopped_early": True}
+    assert ("Diverged under its reference recipe (a non-finite training loss stopped the run; the demo went on with "
+            "the other heads): TRX in 1/2 seeds (seed 1 at episode 170, best.pt from episode 160).") in \
+        render_table1_synthetic(record, "benchmarks/t.json")
 
 
 def test_cap_check_section_sets_each_head_beside_its_table1_row_of_the_same_seed():

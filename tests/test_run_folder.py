@@ -1,6 +1,7 @@
 """The training run folder (m3net.train.loop, m3net.train.checkpoint): one writer, nothing lost on a crash
 or a failed write, a non-finite loss stops with the last good state, garbage checkpoints are named errors."""
 import csv
+import json
 import os
 
 import pytest
@@ -35,6 +36,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cache, tmp_pat
     state = load_checkpoint(str(out / "last.pt"))
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert 0 < state["episodes"] == state["optimizer_steps"] < 50
+    stop = json.loads((out / "stopped.json").read_text())  # why it stopped, for whoever trains several heads
+    assert stop["saved"] == state["episodes"] < stop["episodes"] and "not finite" in stop["message"]
+
+
+def test_a_resumed_run_forgets_an_earlier_stop(cache, tmp_path):
+    out = tmp_path / "run"
+    train_head(_config(cache, out), progress=False)
+    (out / "stopped.json").write_text(json.dumps({"episodes": 5, "saved": 3}))
+    train_head(_config(cache, out, episodes=9, resume=True), progress=False)
+    assert not (out / "stopped.json").exists()  # this attempt trained on without a non-finite loss
 
 
 def test_a_run_folder_has_one_writer_and_a_dead_writer_leaves_no_stale_lock(cache, tmp_path):

@@ -180,6 +180,23 @@ def _at_the_cap(trained, names):
             "capped recipe reached, not the recipe's ceiling): " + ", ".join(rising) + ".")
 
 
+def _diverged(trained, names):
+    """The sentence naming the trained heads a non-finite training loss stopped (the run keeps its last finite
+    checkpoint; best.pt, if a validation came before, is what is scored), or None when none diverged."""
+    stopped = []
+    for label, runs in trained.items():
+        hit = sorted((seed, run) for seed, run in runs.items() if run.get("diverged_at"))
+        if hit:
+            where = ", ".join(f"seed {seed} at episode {run['diverged_at']}, "
+                              + (f"best.pt from episode {run['best_episodes']}" if run["best_episodes"] else
+                                 "no best.pt, not scored") for seed, run in hit)
+            stopped.append(f"{names.get(label, head_name(label))} in {len(hit)}/{len(runs)} seeds ({where})")
+    if not stopped:
+        return None
+    return ("Diverged under its reference recipe (a non-finite training loss stopped the run; the demo went on "
+            "with the other heads): " + "; ".join(stopped) + ".")
+
+
 def render_table1_synthetic(record, record_path):
     """The markdown of the table1-synthetic section from a ``demo --compare ... --preset reference`` record:
     every head's fused accuracy and its paired difference against M3Net, the width and the episodes each
@@ -258,7 +275,10 @@ def render_table1_synthetic(record, record_path):
     else:
         lines.append(f"No head is ahead of {names[reference]} at any shot, in any seed.")
     lines += ["", _at_the_cap(trained, names)]
-    if not any(label.startswith("m3net") and run["widths"]["width"] == run["widths"]["channels"]
+    diverged = _diverged(trained, names)
+    if diverged:
+        lines += ["", diverged]
+    if not any(label.startswith("m3net") and run["widths"] and run["widths"]["width"] == run["widths"]["channels"]
                for label, run in first.items()):
         lines += ["", "M3Net at the paper's width (d = 2048, no projection) is not in this record: "
                   "`--compare-once m3net:proj_dim=0` adds it on the first seed."]

@@ -4,7 +4,8 @@ that logs, validates, checkpoints, stops on a non-finite loss and saves on Ctrl-
 once, for both.
 
 A run folder holds ``last.pt`` (every --checkpoint-every episodes and after each validation),
-``best.pt`` (best validation accuracy), ``train_log.csv``, ``val_log.csv``, ``failures*.csv`` and,
+``best.pt`` (best validation accuracy), ``train_log.csv``, ``val_log.csv``, ``failures*.csv``, ``config.json``
+(the run's settings), ``stopped.json`` (only after a non-finite loss stopped it) and,
 with tensorboard installed, ``tensorboard/``. One process writes it (``.lock``); ``--resume``
 continues from ``last.pt`` and first drops log rows past its episode count, so a run killed between
 two checkpoints logs each episode once.
@@ -36,6 +37,16 @@ logger = logging.getLogger(__name__)
 
 VAL_FIELDS = ("episodes", "optimizer_steps", "val_acc", "val_ci", "best_val_acc")
 RUN_FILES = ("last.pt", "best.pt", "train_log.csv", "val_log.csv")
+STOPPED = "stopped.json"  # written when a run stops on a non-finite loss
+
+
+def read_stop(out):
+    """What OUT/stopped.json says of a run that stopped on a non-finite loss, or None."""
+    path = os.path.join(out, STOPPED)
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
 
 
 class Interrupted(M3NetError):
@@ -201,6 +212,14 @@ class RunFolder:
             raise
         return self
 
+    def record_stop(self, saved, episodes, message):
+        """OUT/stopped.json: the run stopped on a non-finite loss at ``episodes``, last.pt holding episode ``saved``
+        (a caller that trains several heads, the demo, reads it to go on with the others)."""
+        if self.writer:
+            with open(os.path.join(self.out, STOPPED), "w") as fh:
+                json.dump({"reason": "non-finite training loss", "episodes": episodes, "saved": saved,
+                           "message": message}, fh, indent=1)
+
     def _check_contents(self):
         held = [name for name in RUN_FILES if os.path.exists(os.path.join(self.out, name))]
         if self.resume and "last.pt" not in held:
@@ -208,6 +227,8 @@ class RunFolder:
         if not self.resume and held:
             raise ConfigError(f"--out {self.out} already holds a run ({', '.join(held)}): pass --resume to "
                               "continue it, or choose another --out")
+        if self.writer and os.path.exists(os.path.join(self.out, STOPPED)):
+            os.remove(os.path.join(self.out, STOPPED))  # a resumed run tries again; it says so again if it stops
 
     def __exit__(self, *exc):
         if self.board:
@@ -380,10 +401,12 @@ def run_episodes(run, schedule, task, start, best, stale=0, progress=True, desc=
             result = task.train_step(episodes)
             before, episodes = episodes, min(episodes + schedule.stride, schedule.episodes)
             if not task.agree(result is None or math.isfinite(result["loss"])):
-                raise NonFiniteError(
+                error = NonFiniteError(
                     f"episodes {before + 1}-{episodes}: the training loss is not finite ({result and result['loss']}); "
                     f"stopped. {run.last_path} keeps episode {saved}, the last saved finite state. Lower --lr, or "
                     "check the cache for NaN/inf features (`m3net cache-info`).")
+                run.record_stop(saved, episodes, str(error))
+                raise error
             window.add(result, episodes - before)
             bar.update(episodes - before)
             final = episodes == schedule.episodes
