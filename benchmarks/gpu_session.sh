@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The GPU measurements and GPU tests in one device call that fits the lease (issue #23).
+# The GPU measurements and GPU tests in one device call that fits the lease (issues #23, #31).
 #
-#   OUT=dir bash benchmarks/gpu_session.sh all          # bench, then tests (~8 min on an H200, see below)
-#   OUT=dir bash benchmarks/gpu_session.sh bench        # smoke, warm, the DTW figures, bench-train, bench-finetune
+#   OUT=dir bash benchmarks/gpu_session.sh all          # correctness, then timings, then tests (BUDGET_S, below)
+#   OUT=dir bash benchmarks/gpu_session.sh bench        # smoke, warm, verify, the DTW figures, bench-train, bench-finetune
 #   OUT=dir bash benchmarks/gpu_session.sh tests        # the GPU-marked tests at T <= 8 and the kernel tests
-#   OUT=dir bash benchmarks/gpu_session.sh tests-long   # the GPU-marked test at T = 16 (compile-bound, ~4.5 min)
+#   OUT=dir bash benchmarks/gpu_session.sh tests-long   # the T = 16 GPU test and the T = 16 matchers (compile-bound)
 #   OUT=dir bash benchmarks/gpu_session.sh steps dtw-floor tests-gpu   # a rerun of chosen steps
 #   QUICK=1 OUT=dir bash benchmarks/gpu_session.sh all  # the rehearsal: every step at tiny sizes, on a CPU
 #   PYTHON=V/bin/python QUICK=1 OUT=dir bash benchmarks/gpu_session.sh all  # the rehearsal in a venv V pinned
@@ -18,21 +18,35 @@
 # no `set -e`. Whatever finished is in $OUT when the session is killed. $OUT holds 3 files (the
 # device returns at most 8). Without a GPU the kernels run interpreted (TRITON_INTERPRET=1).
 #
-# Steps, in priority order (bench):
+# Budget: BUDGET_S (default 540, under the device's 10-minute call with the machine's start before it)
+# is the whole session's. Each step runs under the smaller of its own limit and the time left less a
+# 20 s margin (timeout's 10 s from TERM to KILL, the summary); a step left less than 15 s is not started
+# and gets a "skipped" line. So the script ends by itself within BUDGET_S, every step has a line, and the
+# summary prints last (an EXIT trap: also after a killed step or a TERM). TRITON_CACHE_DIR, if set, is
+# Triton's cache as usual (a cache compiled elsewhere for the device's versions spares the compiles it holds).
+#
+# Steps of `all`, in this order (correctness first, so a call cut short has still checked the kernels):
 #   smoke            versions, GPU, measured copy bandwidth, one compile timed, soft 8x8 fwd+bwd vs the fp64 reference
-#   warm             every kernel variant of the DTW steps and the heads' steps compiled once, up to 16 processes
+#   warm             every kernel variant that verify, the DTW timings and tests-gpu launch, recorded from their own
+#                    calls and compiled once each (JITFunction.warmup, up to 16 processes), then one episode of
+#                    bench-train and bench-finetune
+#   verify           values, gradients and path lengths vs the float64 reference: soft, hard, otam 8x8, with length,
+#                    symmetric, the similarity paths (with length, symmetric), the long path at 32x32 (all modes,
+#                    fwd and bwd), one launch of pysdtw's kernel where it is installed
 #   dtw-floor        % of the bandwidth floor at 1M pairs of 8x8 fp32: soft, hard, otam x fwd, bwd, fwd+bwd
 #                    (floors 260 / 516 / 776 B per pair: m3net.bench.dtw.floor_bytes_per_pair)
+#   tests-gpu        the GPU-marked tests at T <= 8
 #   dtw-competitors  x eager and x pysdtw's forward kernel at 4k and 32k pairs of 8x8 (+ the torch reference)
-#   dtw-matchers     the I-M matcher and the OTAM head end to end at T = 8 and 16 (32k pairs, d = 2048)
-#   dtw-long         the long path: soft fwd at T = 16 (short), 17, 32; fwd+bwd at 17, 32; 1M pairs
+#   dtw-matchers     the I-M matcher and the OTAM head end to end at T = 8 (32k pairs, d = 2048)
+#   dtw-long         the long path: soft fwd at T = 16 (short), 17, 32; fwd+bwd at 17, 32; 1M pairs (the torch
+#                    reference and the eager loop on 64k of them)
+#   tests-kernel     tests/test_dtw*.py, not slow, xdist on every core
 #   bench-train      m3net, m3net proj_dim=128, trx on generated features (no decoder)
 #   bench-finetune   ResNet-50 + m3net head on random frames, 1 and 5 shot, checkpointing off/on (no decoder)
-# tests: tests-gpu (-m gpu, T <= 8), tests-kernel (tests/test_dtw*.py, not slow, xdist on every core);
-# tests-long: tests-warm-long (the T = 16 GPU test's 16x16 variants compiled in 8 parallel
-# processes), tests-gpu-long (-m gpu, T = 16). Only the GPU-marked files and the kernel test files
-# are collected: no decoder is imported. make-synthetic and bench-extract need PyAV, which the
-# device image lacks: they are not in this script.
+# tests-long: tests-warm-long (the T = 16 GPU test's and dtw-matchers-long's variants, one process each),
+# tests-gpu-long (-m gpu, T = 16), dtw-matchers-long (the matchers at T = 16). Only the GPU-marked files
+# and the kernel test files are collected: no decoder is imported. make-synthetic and bench-extract
+# need PyAV, which the device image lacks: they are not in this script.
 #
 # Time estimate, from compile counts and sizes. Compiles dominate. sm_90 compile times with Triton
 # 3.6 (the device's), measured on this project's 2-core CPU under a load of 3 to 10 (upper bounds):
@@ -79,60 +93,77 @@ out=${OUT:-$(mktemp -d)}
 mkdir -p "$out"
 log="$out/session.log"
 quick=$([ "${QUICK:-0}" = 1 ] && echo true || echo false)
+budget=${BUDGET_S:-540}
+# Kept free at the end: timeout's 10 s between TERM and KILL, the failed line and the summary.
+margin=20
+min_step=15  # a step given less than this would only start, compile and be killed: skipped instead
+summary() { "$py" tools/gpu_session.py summary "$out"/*.jsonl 2>&1 | tee -a "$log"; }
+trap summary EXIT  # also when a step is killed or the script is stopped
+trap 'exit 143' TERM INT
 if ! "$py" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
     export TRITON_INTERPRET=1  # no GPU: the Triton kernels run interpreted (tiny sizes with QUICK=1)
 fi
-echo "gpu_session $stage: OUT=$out QUICK=${QUICK:-0} TRITON_INTERPRET=${TRITON_INTERPRET:-0} $(date -u +%FT%TZ)" | tee -a "$log"
+echo "gpu_session $stage: OUT=$out QUICK=${QUICK:-0} BUDGET_S=$budget TRITON_INTERPRET=${TRITON_INTERPRET:-0}" \
+    "TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-default} $(date -u +%FT%TZ)" | tee -a "$log"
+
+line() {  # line STAGE NAME STATUS RC SECONDS ERROR: the script's own JSON line for a step
+    printf '{"step": "%s", "stage": "%s", "status": "%s", "rc": %d, "seconds": %d, "quick": %s, "error": "%s"}\n' \
+        "$2" "$1" "$3" "$4" "$5" "$quick" "$6" >>"$out/$1.jsonl"
+}
 
 step() {  # step NAME LIMIT_S STAGE: one process, one JSON line in $out/STAGE.jsonl whatever happens
-    local name=$1 limit=$2 jsonl="$out/$3.jsonl" before after rc start=$SECONDS
+    local name=$1 jsonl="$out/$3.jsonl" before after rc start=$SECONDS
+    # The step's limit: its own, or what is left of the budget less the margin, whichever is smaller.
+    local left=$((budget - SECONDS - margin)) limit=$2
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt "$min_step" ]; then
+        line "$3" "$name" skipped 0 0 "not started: ${left} s left of BUDGET_S=${budget} after the ${margin} s margin"
+        echo "== $name: skipped (${left} s left of the budget)" | tee -a "$log"
+        return
+    fi
     # Without a GPU the kernels are interpreted; every bench DTW call takes the Triton path, as on the device.
     [ "$3" = bench ] && [ "${TRITON_INTERPRET:-0}" = 1 ] && local -x M3NET_DTW_BACKEND=triton
     before=$(grep -c "\"step\": \"$name\"" "$jsonl" 2>/dev/null)
-    echo "== $name (limit ${limit} s) $(date -u +%T)" | tee -a "$log"
+    echo "== $name (limit ${limit} s, ${SECONDS} s into the session) $(date -u +%T)" | tee -a "$log"
     timeout -k 10 "$limit" "$py" tools/gpu_session.py "$name" --jsonl "$jsonl" 2>&1 \
         | sed -u "s/^/[$name] /" | tee -a "$log"
     rc=${PIPESTATUS[0]}
     after=$(grep -c "\"step\": \"$name\"" "$jsonl" 2>/dev/null)
     if [ "${after:-0}" = "${before:-0}" ]; then  # killed (124: over its limit) or crashed before its line
-        printf '{"step": "%s", "stage": "%s", "status": "failed", "rc": %d, "seconds": %d, "quick": %s, "error": "%s"}\n' \
-            "$name" "$3" "$rc" $((SECONDS - start)) "$quick" \
-            "exit status $rc without a result line$([ "$rc" = 124 ] && echo ": over its ${limit} s limit")" >>"$jsonl"
+        line "$3" "$name" failed "$rc" $((SECONDS - start)) \
+            "exit status $rc without a result line$([ "$rc" = 124 ] && echo ": over its ${limit} s limit")"
         echo "== $name: failed (exit status $rc)" | tee -a "$log"
     fi
 }
 
-bench() {
-    step smoke 180 bench
-    step warm 420 bench
-    step dtw-floor 240 bench
-    step dtw-competitors 300 bench
-    step dtw-matchers 240 bench
-    step dtw-long 300 bench
-    step bench-train 300 bench
-    step bench-finetune 360 bench
+# Correctness first: a call cut short by the budget has still checked the kernels on the device.
+bench_head() {
+    step smoke 120 bench
+    step warm 300 bench
+    step verify 120 bench
+    step dtw-floor 120 bench
 }
 
-tests() {
-    step tests-gpu 300 tests
-    step tests-kernel 480 tests
+bench_tail() {
+    step dtw-competitors 180 bench
+    step dtw-matchers 120 bench
+    step dtw-long 180 bench
 }
 
-tests_long() {  # the T = 16 GPU test: its 16x16 backward variants compile for minutes each, in parallel first
-    step tests-warm-long 540 tests
-    step tests-gpu-long 300 tests
+heads() {
+    step bench-train 180 bench
+    step bench-finetune 240 bench
 }
 
 case "$stage" in
-bench) bench ;;
-tests) tests ;;
-tests-long) tests_long ;;
-all) bench; tests ;;
+bench) bench_head; bench_tail; heads ;;
+tests) step tests-gpu 240 tests; step tests-kernel 300 tests ;;
+tests-long) step tests-warm-long 420 tests; step tests-gpu-long 240 tests; step dtw-matchers-long 120 bench ;;
+all) bench_head; step tests-gpu 240 tests; bench_tail; step tests-kernel 300 tests; heads ;;
 steps)  # a rerun of chosen steps: gpu_session.sh steps dtw-floor tests-gpu
     shift
     for name in "$@"; do
-        case "$name" in tests-*) step "$name" 540 tests ;; *) step "$name" 420 bench ;; esac
+        case "$name" in tests-*) step "$name" 420 tests ;; *) step "$name" 300 bench ;; esac
     done ;;
-*) echo "unknown stage $stage: expected bench, tests, tests-long, all or steps NAME..." >&2; exit 2 ;;
+*) echo "unknown stage $stage: expected bench, tests, tests-long, all or steps NAME..." >&2; trap - EXIT; exit 2 ;;
 esac
-"$py" tools/gpu_session.py summary "$out"/*.jsonl 2>&1 | tee -a "$log"

@@ -9,7 +9,10 @@ of the values and whose backward loops over every pair in Python: that would tim
 not the kernel. Its backward is not timed for the same reason (its rows in ``bwd`` and ``fwd+bwd``
 say so). Every implementation is timed at the same number of pairs B; on the CPU the eager loop and
 the Triton interpreter are capped (the row's note says at how many pairs), and on CUDA the eager
-loop, whose autograd graph keeps every cell, at most EAGER_CUDA_MAX_CELLS cells. Rates are per
+loop, whose autograd graph keeps every cell, at most EAGER_CUDA_MAX_CELLS cells; ``reference_max_pairs``
+caps the torch reference and the eager loop further (the GPU session times them on 64k of 1M pairs of
+the long path, where the Triton rows run all of them). The device's copy rate (``% copy``) is measured
+once per process. Rates are per
 pair; every row also checks its values on the first CHECKED_PAIRS pairs against the float64
 reference (``max_abs_err``).
 
@@ -36,6 +39,7 @@ ceiling a real kernel can reach. ``x pysdtw`` and ``x eager`` = the row's pairs/
 competitor's at the same size.
 """
 import dataclasses
+import functools
 import os
 import time
 from dataclasses import field
@@ -85,6 +89,7 @@ class DTWBenchConfig(RecordSettings, RunSettings):
     warmup: int = 2
     eager_max_pairs: int = setting(4096, "CPU only: cap on pairs for the slow per-cell Python loop.", minimum=1)
     interpret_max_pairs: int = 256  # CPU only: the Triton interpreter, at most this many pairs
+    reference_max_pairs: int = 0  # the torch reference and the eager loop timed on at most this many pairs (0: all)
     implementations: tuple = setting(IMPLEMENTATIONS, "Implementations to time.", choices=IMPLEMENTATIONS,
                                      option="--impl")
     compile_only: bool = False  # one untimed call per implementation and size (warms the kernel caches)
@@ -113,8 +118,10 @@ def peak_bandwidth(device):
     return next((bw for key, bw in PEAK_BANDWIDTH if key in name), None)
 
 
+@functools.lru_cache(maxsize=None)
 def copy_bandwidth(device, nbytes=COPY_BYTES):
-    """Bytes read + written per second by a large device-to-device copy (CUDA only; None elsewhere)."""
+    """Bytes read + written per second by a large device-to-device copy (CUDA only; None elsewhere),
+    measured once per process and device: every record of a process shares the ceiling."""
     if device.type != "cuda":
         return None
     import triton.testing
@@ -203,13 +210,15 @@ def _implementations(config, device):
                                                          "interpreter)")
         except ImportError:
             impls["triton"] = Implementation(skipped="triton not installed")
+    limit = config.reference_max_pairs or float("inf")
     if "torch-reference" in config.implementations:
-        impls["torch-reference"] = Implementation(dtw_reference)
+        impls["torch-reference"] = Implementation(dtw_reference, cap=lambda n, m: limit)
     if "eager-loop" in config.implementations:
         if on_cpu:
-            impls["eager-loop"] = Implementation(eager_dtw, cap=lambda n, m: config.eager_max_pairs)
+            impls["eager-loop"] = Implementation(eager_dtw, cap=lambda n, m: min(limit, config.eager_max_pairs))
         else:
-            impls["eager-loop"] = Implementation(eager_dtw, cap=lambda n, m: max(1, EAGER_CUDA_MAX_CELLS // (n * m)))
+            impls["eager-loop"] = Implementation(
+                eager_dtw, cap=lambda n, m: min(limit, max(1, EAGER_CUDA_MAX_CELLS // (n * m))))
     if "pysdtw" in config.implementations:
         impls["pysdtw"] = _pysdtw_implementation(config, device)
     return impls
