@@ -5,6 +5,7 @@ compiles every variant the later steps launch, once; records unpack into benchma
 rehearsal (QUICK) lines are refused."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from m3net.kernels.dtw_grid import recorded_launches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_session.sh")
-# `all` runs smoke, warm, verify, dtw-floor, tests-gpu, the other DTW timings, tests-kernel, the heads; then
+# `all` runs smoke, warm, verify, tests-gpu, the DTW timings, tests-kernel, the heads; then
 # `tests-long` runs tests-warm-long, tests-gpu-long and dtw-matchers-long.
 BENCH_STEPS = ["smoke", "warm", "verify", "dtw-floor", "dtw-competitors", "dtw-matchers", "dtw-long", "bench-train",
                "bench-finetune", "dtw-matchers-long"]
@@ -86,6 +87,31 @@ def test_warm_compiles_each_variant_the_later_steps_launch_once():
     assert kernels == {"_dtw_short_fwd_kernel", "_dtw_short_bwd_kernel", "_dtw_long_fwd_kernel", "_dtw_long_bwd_kernel"}
     assert any(dict(key[1]).get("SYMMETRIC") and key[0] == "_dtw_short_bwd_kernel" for key in warmed)  # tests-gpu's
     assert units == sorted(units, key=lambda unit: unit.weight, reverse=True)  # the longest compiles first
+
+
+@pytest.mark.slow
+def test_cache_compiles_for_sm90_and_a_second_build_loads_it(tmp_path):
+    """`gpu_session.py cache DIR`: warm's variants compiled for sm_90 without a GPU into DIR; built again,
+    each variant is a cache load (the key static_sm90.compile_launch computes is stable across processes)."""
+    pytest.importorskip("triton")
+    from helpers_tools import env_with_tools
+
+    env = env_with_tools({k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    command = [sys.executable, os.path.join(ROOT, "tools", "gpu_session.py"), "cache", str(tmp_path / "cache"),
+               "--only", "verify hard 8x8: _dtw_short_fwd"]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    if "No module named" in first.stderr and "nvidia" in first.stderr:
+        pytest.skip("this triton wheel has no CUDA backend")
+    assert first.returncode == 0 and "1 variants" in first.stdout, first.stderr[-2000:]
+    # Carried elsewhere (as to the device), relocated, pruned to what a hit loads: built again, it loads.
+    shutil.copytree(tmp_path / "cache", tmp_path / "moved")
+    shutil.rmtree(tmp_path / "cache")
+    assert {p.suffix for p in (tmp_path / "moved").rglob("*") if p.is_file()} == {".json", ".cubin"}
+    relocate = [*command[:3], str(tmp_path / "moved"), "--relocate"]
+    assert subprocess.run(relocate, cwd=ROOT, env=env, timeout=60).returncode == 0
+    again = subprocess.run([*command[:3], str(tmp_path / "moved"), *command[4:]], cwd=ROOT, capture_output=True,
+                           text=True, env=env, timeout=900)
+    assert again.returncode == 0 and "1 variants, 1 under 1 s" in again.stdout, again.stdout + again.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -172,7 +198,7 @@ def test_rehearsal_runs_every_step_and_a_failing_step_does_not_stop_the_next(tmp
     log = (out / "session.log").read_text()
     assert "[dtw-competitors]" in log and "[tests-kernel]" in log and "headline" in log  # summary last
     order = [text.split()[1] for text in log.splitlines() if text.startswith("== ") and "limit" in text]
-    assert order[:5] == ["smoke", "warm", "verify", "dtw-floor", "tests-gpu"], order  # correctness first
+    assert order[:5] == ["smoke", "warm", "verify", "tests-gpu", "dtw-floor"], order  # correctness first
     checks = next(line for line in bench if line["step"] == "verify")["result"]["checks"]
     assert len(checks) >= 11 and all(check["ok"] for check in checks)
 

@@ -3,6 +3,8 @@
     python tools/gpu_session.py STEP --jsonl OUT/bench.jsonl   # run STEP, append its one JSON line
     python tools/gpu_session.py summary OUT/*.jsonl             # the short table printed last
     python tools/gpu_session.py unpack OUT/bench.jsonl          # GPU records -> benchmarks/bench_*.{json,csv}
+    python tools/gpu_session.py cache DIR [--jobs N]             # warm's variants compiled for sm_90 into DIR
+    python tools/gpu_session.py cache DIR --relocate              # DIR's group files pointed at DIR (the device)
 
 Run from the repository root (the tests steps collect tests/ from there). A repository tool, not part of
 the installed package: it imports the product as m3net, which gpu_session.sh takes from the checkout
@@ -23,6 +25,11 @@ QUICK=1 shrinks every size so the whole session rehearses on a CPU (Triton inter
 numbers mean nothing, and ``unpack`` refuses them. M3NET_SESSION_FAIL=step[,step] makes those steps
 raise at their start (the test that a failing step does not stop the next one);
 M3NET_SESSION_PYTEST_K=EXPR narrows the tests steps to ``-k EXPR``.
+
+The warm step records the launches the later steps make (m3net.kernels.dtw_grid.recorded_launches around
+their own calls, at WARM_BATCH pairs: no variant depends on the batch) and compiles each distinct
+variant once (JITFunction.warmup with the argument types). ``cache`` compiles the same variants here, on
+a machine without a GPU, into a Triton cache folder to carry to the device as TRITON_CACHE_DIR.
 
 Decoders: no step imports PyAV or decord (the device image has neither); bench-train and
 bench-finetune use generated features and random frames, and each step's result lists the decoder
@@ -664,10 +671,77 @@ def unpack(paths, out_dir):
     return 0
 
 
+def build_cache(directory, jobs=1, only=None):
+    """Compiles for sm_90, with this machine's Triton, every kernel variant the warm step compiles, into
+    ``directory`` as Triton's cache. Carried to a GPU with the same Triton (and its bundled ptxas) and named
+    TRITON_CACHE_DIR there, its compiles are cache loads: static_sm90.compile_launch binds and packs the
+    arguments as JITFunction.run does, so the keys match; a variant whose key differs compiles as without
+    the cache. Returns one row per variant: its seconds (a cache load takes a fraction of one); ``only``:
+    the variants whose label holds this text."""
+    os.environ["TRITON_CACHE_DIR"] = os.path.abspath(directory)
+    os.environ["M3NET_DTW_BACKEND"] = "triton"  # the recorded calls on CPU tensors take the kernels
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("cache compiles the kernels: run it without TRITON_INTERPRET=1")
+    import concurrent.futures
+    import multiprocessing
+
+    units = [unit for unit in _warm_units(FULL) if unit.kind == "kernel" and (only or "") in unit.label]
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    with concurrent.futures.ProcessPoolExecutor(max(1, jobs), mp_context=context) as pool:
+        for unit, seconds in zip(units, pool.map(_compile_for_sm90, units)):
+            rows.append({"unit": unit.label, "seconds": round(seconds, 2)})
+            print(f"cache {unit.label}: {seconds:.1f} s", flush=True)
+    relocate_cache(directory, prune=True)
+    return rows
+
+
+CACHE_KEEP = (".json", ".cubin")  # what a cache hit loads (metadata, binary); the IR dumps are ~10x their size
+
+
+def relocate_cache(directory, prune=False):
+    """Points every group file of a Triton cache folder at the folder's own files. Triton writes a group's
+    files as absolute paths and counts a group whose metadata file is missing as a miss, so a cache built
+    at one path must be relocated where it is read (gpu_session.sh does so for TRITON_CACHE_DIR); ``prune``
+    first deletes all but the CACHE_KEEP files."""
+    directory = os.path.abspath(directory)
+    for group_path in glob.glob(os.path.join(directory, "*", "__grp__*")):
+        folder = os.path.dirname(group_path)
+        if prune:
+            for name in os.listdir(folder):
+                if not name.startswith("__grp__") and not name.endswith(CACHE_KEEP):
+                    os.remove(os.path.join(folder, name))
+        with open(group_path) as fh:
+            children = json.load(fh).get("child_paths") or {}
+        kept = {name: os.path.join(folder, name) for name in children if os.path.exists(os.path.join(folder, name))}
+        with open(group_path, "w") as fh:
+            json.dump({"child_paths": kept}, fh)
+
+
+def _compile_for_sm90(unit):
+    import importlib
+
+    import torch
+    from triton.runtime.jit import MockTensor
+
+    from m3net.kernels.dtw_grid import KernelLaunch
+    from static_sm90 import compile_launch
+
+    module, name, grid, args, constexprs, warps = unit.launch
+    args = tuple(MockTensor(getattr(torch, a[1])) if isinstance(a, tuple) else a for a in args)  # as warmup() does
+    start = time.perf_counter()
+    compile_launch(KernelLaunch(getattr(importlib.import_module(module), name), grid, args, constexprs, warps, 1))
+    return time.perf_counter() - start
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=[*STEPS, "summary", "unpack"])
-    parser.add_argument("files", nargs="*", help="summary / unpack: the JSON-lines files")
+    parser.add_argument("step", choices=[*STEPS, "summary", "unpack", "cache"])
+    parser.add_argument("files", nargs="*", help="summary / unpack: the JSON-lines files; cache: the cache folder")
+    parser.add_argument("--jobs", type=int, default=1, help="cache: variants compiled at a time")
+    parser.add_argument("--only", help="cache: only the variants whose label holds this text")
+    parser.add_argument("--relocate", action="store_true", help="cache: compile nothing, point the folder's "
+                        "group files at its own files (a cache built elsewhere)")
     parser.add_argument("--jsonl", help="the step's JSON-lines file (appended)")
     parser.add_argument("--out-dir", default="benchmarks", help="unpack: where the records go")
     args = parser.parse_args(argv)
@@ -675,6 +749,15 @@ def main(argv=None):
         return summary(args.files)
     if args.step == "unpack":
         return unpack(args.files, args.out_dir)
+    if args.step == "cache":
+        if len(args.files) != 1:
+            parser.error("cache takes one folder")
+        if args.relocate:
+            return relocate_cache(args.files[0]) or 0
+        rows = build_cache(args.files[0], args.jobs, args.only)
+        hits = sum(row["seconds"] < 1 for row in rows)
+        print(f"{len(rows)} variants, {hits} under 1 s (cache loads), {sum(r['seconds'] for r in rows):.0f} s in all")
+        return 0
     if not args.jsonl:
         parser.error("--jsonl is required for a step")
     return run_step(args.step, args.jsonl)

@@ -32,7 +32,9 @@ in the pass, whatever the implementation:
     fwd+bwd  both, a whole training step                                         776 B
 
 The same for every mode: OTAM's zero padding and dtw_symmetric's transpose are formed in
-registers, never moved. ``% floor`` = floor bytes / time / the device's datasheet DRAM bandwidth
+registers, never moved. The Triton kernels move the floor on the short path and a little more on the
+long path, whose training forward writes checkpoint rows for the backward (``triton_bytes_per_pair``).
+``% floor`` = floor bytes / time / the device's datasheet DRAM bandwidth
 (PEAK_BANDWIDTH, known GPUs only), always against the floor of the timed pass; ``% copy`` = the same
 against the device-to-device copy rate measured in the same process (bytes read + written), the
 ceiling a real kernel can reach. ``x pysdtw`` and ``x eager`` = the row's pairs/s over that
@@ -49,6 +51,7 @@ import torch
 from m3net.bench.record import RecordSettings, benchmark_record, write_benchmark
 from m3net.config import RunSettings, setting, settings
 from m3net.kernels.dtw import MODES, dtw, dtw_reference, dtw_similarity, dtw_with_length
+from m3net.kernels.dtw_grid import _recording
 from m3net.kernels.eager import eager_dtw
 from m3net.runtime import resolve_device, synchronize
 
@@ -109,6 +112,22 @@ def floor_bytes_per_pair(n, m, dtype, mode, pass_):
     forward = cost + value  # cost in, value out
     backward = cost + value + cost  # cost in again, incoming gradient in, gradient out
     return {"fwd": forward, "bwd": backward, "fwd+bwd": forward + backward}[pass_]
+
+
+def triton_bytes_per_pair(n, m, dtype, mode, pass_):
+    """The DRAM bytes the Triton kernels move per pair in ``pass_`` by construction (every tensor a launch
+    reads or writes, once), so floor / this is the most % of the floor they can reach. The short path
+    (N, M <= SHORT_MAX) moves the floor; on the long path the training forward also writes its checkpoint
+    rows (m3net.kernels.dtw_long, about one value per cell per SEGMENT_ROWS rows), which the backward
+    reads back beside the cost: 14,600 B per training step of 32x32 fp32 against a floor of 12,296 B."""
+    from m3net.kernels.dtw import SHORT_MAX
+    from m3net.kernels.dtw_long import _checkpoint_shape
+
+    floor = floor_bytes_per_pair(n, m, dtype, mode, pass_)
+    if n <= SHORT_MAX and m <= SHORT_MAX or pass_ == "fwd":
+        return floor
+    checkpoints = _accumulation_bytes(dtype) * int(torch.Size(_checkpoint_shape(1, mode, n, m)).numel())
+    return floor + checkpoints * (2 if pass_ == "fwd+bwd" else 1)  # written by the forward, read by the backward
 
 
 def peak_bandwidth(device):
@@ -201,7 +220,7 @@ def _implementations(config, device):
             def run_triton(cost, mode, gamma):
                 return dtw(cost, mode=mode, gamma=gamma, backend="triton")
 
-            if not on_cpu:
+            if not on_cpu or _recording():  # a recorded call launches nothing: any device records the launches
                 impls["triton"] = Implementation(run_triton)
             elif interpret:
                 impls["triton"] = Implementation(run_triton, cap=lambda n, m: config.interpret_max_pairs)
