@@ -33,9 +33,9 @@
 #   verify           values, gradients and path lengths vs the float64 reference: soft, hard, otam 8x8, with length,
 #                    symmetric, the similarity paths (with length, symmetric), the long path at 32x32 (all modes,
 #                    fwd and bwd), one launch of pysdtw's kernel where it is installed
+#   tests-gpu        the GPU-marked tests at T <= 8
 #   dtw-floor        % of the bandwidth floor at 1M pairs of 8x8 fp32: soft, hard, otam x fwd, bwd, fwd+bwd
 #                    (floors 260 / 516 / 776 B per pair: m3net.bench.dtw.floor_bytes_per_pair)
-#   tests-gpu        the GPU-marked tests at T <= 8
 #   dtw-competitors  x eager and x pysdtw's forward kernel at 4k and 32k pairs of 8x8 (+ the torch reference)
 #   dtw-matchers     the I-M matcher and the OTAM head end to end at T = 8 (32k pairs, d = 2048)
 #   dtw-long         the long path: soft fwd at T = 16 (short), 17, 32; fwd+bwd at 17, 32; 1M pairs (the torch
@@ -48,38 +48,47 @@
 # and the kernel test files are collected: no decoder is imported. make-synthetic and bench-extract
 # need PyAV, which the device image lacks: they are not in this script.
 #
-# Time estimate, from compile counts and sizes. Compiles dominate. sm_90 compile times with Triton
-# 3.6 (the device's), measured on this project's 2-core CPU under a load of 3 to 10 (upper bounds):
-# 8x8 short fwd 1.2 s (1 warp) to 2.7 s (4 warps), with length on a similarity 3.4 s; 8x8 bwd 6-8 s,
-# 8x8 symmetric similarity bwd 23 s; 16x16 fwd 30-50 s; 16x16 bwd 205 s; long-path kernels 2-3 s.
-# The launchers pin num_warps (dtw_short.SHORT_WARPS, dtw_long.LONG_WARPS = 1), so a variant compiles
-# once whatever the batch; the times above include 2- and 4-warp compiles from before that (upper bounds).
-#   smoke            ~25 s   2 compiles, a 1 GiB copy, the fp64 reference on 1000 pairs, process start
-#   warm             ~80 s   40 units, ~43 variants, ~430 s of compiling on 16 processes; the longest
-#                            chain is one 16x16 fwd (<= 50 s) plus worker start-up
+# Time estimate, from compile counts and sizes. Compiles dominate, and Triton's make_ttgir pass is
+# single-threaded, so 16 cores shorten the sum, not the longest compile. sm_90 compile times with
+# Triton 3.6 (the device's), each timed by tools/static_sm90.py (benchmarks/dtw_static_sm90.md, column
+# "compile"): on this project's 2-core CPU, 2 compiles at a time, load average 2 to 4.4 with the
+# Table 1 job paused (upper bounds: the same variant took 132 s and 281 s in two windows):
+#   8x8 short fwd 1-6 s (fwd symmetric 11-12 s), 8x8 bwd 8-18 s, 8x8 OTAM symmetric bwd 125-128 s;
+#   long path (T > 16): fwd under 1 s, bwd (recomputing from checkpoints) 8-11 s;
+#   16x16 short fwd 6-122 s (fwd+length 47-281 s), 16x16 bwd 209-683 s (spilling).
+# warm compiles each variant once, in parallel: its longest chain is one 8x8 OTAM symmetric backward.
+#   smoke            ~30 s   2 compiles (~20 s), a 1 GiB copy, the fp64 reference on 1000 pairs, process start
+#   warm             ~150 s  ~31 variants, ~700 s of compiling on 16 processes (longest ~130 s) + start-up,
+#                            and one episode of each head step alongside; ~30 s where a carried cache hits
+#   verify           ~20 s   14 checks at 1000 pairs (cached kernels), the fp64 reference at 32x32 the slowest
+#   tests-gpu        ~60 s   variants warmed; one Inductor compile; two 8.6 GB batch-innermost tests
 #   dtw-floor        ~20 s   9 timings (do_bench: 25 ms warm-up + 100 ms of repeats) at 1M pairs
 #   dtw-competitors  ~40 s   48 timings at 4k/32k pairs incl. the eager loop's graphs, pysdtw's numba JIT
-#   dtw-matchers     ~15 s   dtw-long ~40 s (the reference and eager loop at 32x32, 1M / 64k pairs)
+#   dtw-matchers     ~15 s   dtw-long ~30 s (the reference and eager loop at 64k pairs)
+#   tests-kernel     ~3 min  ~350 kernel specializations, 2-3x Triton 3.9's ~1,050 s of compiling on 16 workers
 #   bench-train      ~30 s   bench-finetune ~50 s (4 settings x 7 steps of 400 frames at 224)
-#   bench            ~5 min
-#   tests-gpu        ~70 s   ~12 8x8 similarity variants (2 dtypes in parallel) + one Inductor compile
-#   tests-kernel     ~2 min  352 kernel specializations (counted with the interpreter: 172 short fwd,
-#                            136 short bwd, 44 long), ~1,050 s of compiling, ~1.3x that across 16 workers
-#   all              ~8 min  (bench + tests)
-#   tests-long       ~4.5 min: 8 chains of a 16x16 fwd + bwd compile (~250 s each) in parallel
-# So one call runs `all`; `tests-long` needs a second call (a fresh machine if the first went back).
-# Every step's measured time comes back in its JSON line ("seconds"), and each warm unit's in warm's
-# result: correct this estimate from them after the first session.
+#   all              ~10.5 min without a cache: with BUDGET_S=540 everything up to dtw-long ends (~6 min),
+#                    tests-kernel runs on what is left (about 2.5 min) and the heads' steps are skipped
+#   tests-long       ~12 min at 16 processes: 16x16 backward compiles (209-683 s each) in parallel, more
+#                    than one call's budget: `steps tests-warm-long` in one call fills the cache dir for
+#                    `tests-long` in the next only where the machine is kept (or carry a cache, below)
+# So one call runs `all` (its budget cuts what does not fit); a second runs `steps tests-kernel
+# bench-train bench-finetune`. Every step's measured time comes back in its JSON line ("seconds"), and
+# each warm unit's in warm's result: correct this estimate from them after the first session.
 #
 # The device call, after fetching pysdtw's wheel once here into the ignored folder .whl/ (7 KB; its
-# kernel needs numba, which the device has):
+# kernel needs numba, which the device has) and, optionally, compiling warm's variants here into a
+# Triton cache for the device (~12 min of CPU; the pinned venv's Triton 3.6 and its bundled ptxas, as on
+# the device; pruned to the metadata and cubins, ~5 MB):
 #   mkdir -p .whl && python3 -m pip download --no-deps --only-binary=:all: -d .whl pysdtw==0.0.5
-#   run(carry=[".whl"], timeout_s=590, command="python3 -m pip install -q --no-index --no-deps --no-compile
-#       --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
-#       M3NET_GIT_SHA=<the commit sent> bash benchmarks/gpu_session.sh all")
+#   V/bin/python tools/gpu_session.py cache .triton-cache --jobs 2   # optional; .triton-cache/ is ignored
+#   run(carry=[".whl", ".triton-cache"], timeout_s=590, command="python3 -m pip install -q --no-index --no-deps
+#       --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
+#       TRITON_CACHE_DIR=$PWD/.triton-cache M3NET_GIT_SHA=<the commit sent> bash benchmarks/gpu_session.sh all")
 # (one line in the call; the tree sent to the device has no .git: M3NET_GIT_SHA stamps the records
-# with the commit sent). For the T = 16 test: the same with `tests-long` and timeout_s=330. Then,
-# here, with the returned files under FILES:
+# with the commit sent; the script points the carried cache's group files at where it lies, and a
+# variant whose key differs there simply compiles). For the T = 16 test: the same with `tests-long`.
+# Then, here, with the returned files under FILES:
 #   python tools/gpu_session.py summary FILES/*.jsonl
 #   python tools/gpu_session.py unpack FILES/bench.jsonl && python tools/docs_sections.py
 set -u -o pipefail
@@ -100,6 +109,9 @@ min_step=15  # a step given less than this would only start, compile and be kill
 summary() { "$py" tools/gpu_session.py summary "$out"/*.jsonl 2>&1 | tee -a "$log"; }
 trap summary EXIT  # also when a step is killed or the script is stopped
 trap 'exit 143' TERM INT
+if [ -n "${TRITON_CACHE_DIR:-}" ] && [ -d "$TRITON_CACHE_DIR" ]; then
+    "$py" tools/gpu_session.py cache "$TRITON_CACHE_DIR" --relocate  # a cache built elsewhere: its paths, here
+fi
 if ! "$py" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
     export TRITON_INTERPRET=1  # no GPU: the Triton kernels run interpreted (tiny sizes with QUICK=1)
 fi
@@ -137,14 +149,14 @@ step() {  # step NAME LIMIT_S STAGE: one process, one JSON line in $out/STAGE.js
 }
 
 # Correctness first: a call cut short by the budget has still checked the kernels on the device.
-bench_head() {
+correctness() {
     step smoke 120 bench
     step warm 300 bench
     step verify 120 bench
-    step dtw-floor 120 bench
 }
 
-bench_tail() {
+timings() {
+    step dtw-floor 120 bench
     step dtw-competitors 180 bench
     step dtw-matchers 120 bench
     step dtw-long 180 bench
@@ -156,10 +168,10 @@ heads() {
 }
 
 case "$stage" in
-bench) bench_head; bench_tail; heads ;;
+bench) correctness; timings; heads ;;
 tests) step tests-gpu 240 tests; step tests-kernel 300 tests ;;
 tests-long) step tests-warm-long 420 tests; step tests-gpu-long 240 tests; step dtw-matchers-long 120 bench ;;
-all) bench_head; step tests-gpu 240 tests; bench_tail; step tests-kernel 300 tests; heads ;;
+all) correctness; step tests-gpu 240 tests; timings; step tests-kernel 300 tests; heads ;;
 steps)  # a rerun of chosen steps: gpu_session.sh steps dtw-floor tests-gpu
     shift
     for name in "$@"; do
