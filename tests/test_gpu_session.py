@@ -79,7 +79,7 @@ def test_warm_compiles_each_variant_the_later_steps_launch_once():
         for step in ("dtw-floor", "dtw-competitors", "dtw-matchers", "dtw-long"):
             session._run_plan([(kind, session.dataclasses.replace(config, implementations=("triton",)), dim)
                                for kind, config, dim in session.dtw_plans(s)[step]])
-        for case in session._verify_cases():
+        for case in session._verify_cases(s):
             session._verify_case(case, "cpu", 4)
     launched = {session._variant_key(session._picklable(launch)) for launch in launches}
     assert launched and launched <= set(warmed), launched - set(warmed)

@@ -70,7 +70,11 @@ class Sizes:
     timing: dict = dataclasses.field(default_factory=dict)  # DTWBenchConfig overrides (CPU repeats)
     smoke_pairs: int = 1000
     verify_pairs: int = 1000  # verify: pairs per check (the long path's float64 reference is the slowest part)
+    verify_long: int = 32  # verify: the long path's T (past SHORT_MAX: several segments of its backward)
     episode_queries: int = 40  # the GPU test's episode: 40 queries x 25 supports
+    # warm also runs one episode of each head step, on the GPU beside the compiles (cuDNN, allocator, first
+    # launches); the rehearsal's tiny heads have nothing to warm and would take half its budget on 2 cores
+    warm_heads: bool = True
 
 
 FULL = Sizes()
@@ -80,7 +84,8 @@ QUICK_SIZES = Sizes(
     reference_pairs=4,
     train={"channels": 64, "train_episodes": 2, "eval_episodes": 3, "warmup": 1},
     finetune={"shots": (1,), "queries": 1, "frames": 2, "crop": 32, "steps": 1, "warmup": 1},
-    timing={"repeats": 1, "warmup": 0}, smoke_pairs=64, verify_pairs=4, episode_queries=4)
+    timing={"repeats": 1, "warmup": 0}, smoke_pairs=64, verify_pairs=4, verify_long=17, episode_queries=4,
+    warm_heads=False)
 
 
 def sizes():
@@ -272,15 +277,14 @@ def _dtw_sources(s, steps):
 
 def _warm_units(s):
     """One unit per kernel variant that verify (smoke's among them), the DTW timings and tests-gpu launch (recorded from
-    their own calls, de-duplicated), then the heads' steps (one episode each: they also compile and load
-    what the kernels do not)."""
+    their own calls, de-duplicated), then (``warm_heads``) the heads' steps, one episode each."""
     device = _device()
     sources = [(f"verify {case.label}", functools.partial(_verify_case, case, device, None))
-               for case in _verify_cases()]
+               for case in _verify_cases(s)]
     sources += _dtw_sources(s, ("dtw-floor", "dtw-competitors", "dtw-matchers", "dtw-long"))
     sources += _gpu_test_sources(8)
     units = sorted(_recorded_units(sources), key=lambda unit: unit.weight, reverse=True)
-    return units + [WarmUnit("bench-train", "train"), WarmUnit("bench-finetune", "finetune")]
+    return units + ([WarmUnit("bench-train", "train"), WarmUnit("bench-finetune", "finetune")] if s.warm_heads else [])
 
 
 def _warm_one(unit):
@@ -339,7 +343,7 @@ class VerifyCase:
     m: int = 0  # 0: square
 
 
-def _verify_cases():
+def _verify_cases(s):
     from m3net.kernels import MODES
 
     cases = [VerifyCase(f"{mode} 8x8", mode, 8) for mode in MODES]
@@ -348,7 +352,7 @@ def _verify_cases():
               VerifyCase("soft 8x8 similarity with length", "soft", 8, "similarity+length"),
               VerifyCase("hard 8x8 similarity with length", "hard", 8, "similarity+length"),
               VerifyCase("otam 8x8 similarity symmetric", "otam", 8, "similarity+symmetric")]
-    cases += [VerifyCase(f"{mode} 32x32 long", mode, 32) for mode in MODES]  # the long path
+    cases += [VerifyCase(f"{mode} {s.verify_long}x{s.verify_long} long", mode, s.verify_long) for mode in MODES]
     return cases
 
 
@@ -402,7 +406,7 @@ def verify(s):
     lengths: exact)."""
     device = _device()
     checks = []
-    for case in _verify_cases():
+    for case in _verify_cases(s):
         start = time.perf_counter()
         ((outs, grad), inference, (ref_outs, ref_grad)) = _verify_case(case, device, s.verify_pairs)
         row = {"case": case.label, "value_err": (outs[0].double() - ref_outs[0]).abs().max().item(),
