@@ -58,7 +58,8 @@
 #   16x16 short fwd 6-122 s (fwd+length 47-281 s), 16x16 bwd 209-683 s (spilling).
 # warm compiles each variant once, in parallel: its longest chain is one 8x8 OTAM symmetric backward.
 #   smoke            ~30 s   2 compiles (~20 s), a 1 GiB copy, the fp64 reference on 1000 pairs, process start
-#   warm             ~150 s  ~31 variants, ~700 s of compiling on 16 processes (longest ~130 s) + start-up,
+#   warm             ~150 s  33 variants, 864 s of compiling here (`cache` below), on 16 processes the longest
+#                            (an 8x8 OTAM symmetric backward, 138-165 s here) + start-up,
 #                            and one episode of each head step alongside; ~30 s where a carried cache hits
 #   verify           ~20 s   14 checks at 1000 pairs (cached kernels), the fp64 reference at 32x32 the slowest
 #   tests-gpu        ~60 s   variants warmed; one Inductor compile; two 8.6 GB batch-innermost tests
@@ -78,8 +79,9 @@
 #
 # The device call, after fetching pysdtw's wheel once here into the ignored folder .whl/ (7 KB; its
 # kernel needs numba, which the device has) and, optionally, compiling warm's variants here into a
-# Triton cache for the device (~12 min of CPU; the pinned venv's Triton 3.6 and its bundled ptxas, as on
-# the device; pruned to the metadata and cubins, ~5 MB):
+# Triton cache for the device (33 variants, 864 s of compiling: 8.5 min on 2 processes here; the pinned
+# venv's Triton 3.6 and its bundled ptxas, as on the device; pruned to the metadata and cubins, 3.9 MB;
+# built again in a moved and relocated copy, all 33 load from it in 1 s):
 #   mkdir -p .whl && python3 -m pip download --no-deps --only-binary=:all: -d .whl pysdtw==0.0.5
 #   V/bin/python tools/gpu_session.py cache .triton-cache --jobs 2   # optional; .triton-cache/ is ignored
 #   run(carry=[".whl", ".triton-cache"], timeout_s=590, command="python3 -m pip install -q --no-index --no-deps

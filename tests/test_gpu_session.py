@@ -102,7 +102,7 @@ def test_cache_compiles_for_sm90_and_a_second_build_loads_it(tmp_path):
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
     if "No module named" in first.stderr and "nvidia" in first.stderr:
         pytest.skip("this triton wheel has no CUDA backend")
-    assert first.returncode == 0 and "1 variants" in first.stdout, first.stderr[-2000:]
+    assert first.returncode == 0 and "1 variants, 0 loaded" in first.stdout, first.stderr[-2000:]
     # Carried elsewhere (as to the device), relocated, pruned to what a hit loads: built again, it loads.
     shutil.copytree(tmp_path / "cache", tmp_path / "moved")
     shutil.rmtree(tmp_path / "cache")
@@ -111,7 +111,8 @@ def test_cache_compiles_for_sm90_and_a_second_build_loads_it(tmp_path):
     assert subprocess.run(relocate, cwd=ROOT, env=env, timeout=60).returncode == 0
     again = subprocess.run([*command[:3], str(tmp_path / "moved"), *command[4:]], cwd=ROOT, capture_output=True,
                            text=True, env=env, timeout=900)
-    assert again.returncode == 0 and "1 variants, 1 under 1 s" in again.stdout, again.stdout + again.stderr[-2000:]
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 variants, 1 loaded from the cache" in again.stdout, again.stdout
 
 
 @pytest.mark.slow

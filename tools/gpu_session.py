@@ -680,8 +680,8 @@ def build_cache(directory, jobs=1, only=None):
     ``directory`` as Triton's cache. Carried to a GPU with the same Triton (and its bundled ptxas) and named
     TRITON_CACHE_DIR there, its compiles are cache loads: static_sm90.compile_launch binds and packs the
     arguments as JITFunction.run does, so the keys match; a variant whose key differs compiles as without
-    the cache. Returns one row per variant: its seconds (a cache load takes a fraction of one); ``only``:
-    the variants whose label holds this text."""
+    the cache. Returns (one row per variant with its seconds, how many were loaded from the cache rather
+    than compiled); ``only``: the variants whose label holds this text."""
     os.environ["TRITON_CACHE_DIR"] = os.path.abspath(directory)
     os.environ["M3NET_DTW_BACKEND"] = "triton"  # the recorded calls on CPU tensors take the kernels
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -692,12 +692,17 @@ def build_cache(directory, jobs=1, only=None):
     units = [unit for unit in _warm_units(FULL) if unit.kind == "kernel" and (only or "") in unit.label]
     context = multiprocessing.get_context("spawn")
     rows = []
+    def folders():
+        return set(os.listdir(directory)) if os.path.isdir(directory) else set()
+
+    before = folders()
     with concurrent.futures.ProcessPoolExecutor(max(1, jobs), mp_context=context) as pool:
         for unit, seconds in zip(units, pool.map(_compile_for_sm90, units)):
             rows.append({"unit": unit.label, "seconds": round(seconds, 2)})
             print(f"cache {unit.label}: {seconds:.1f} s", flush=True)
+    compiled = len(folders() - before)  # a compile writes a folder for its key, a load none
     relocate_cache(directory, prune=True)
-    return rows
+    return rows, len(rows) - compiled
 
 
 CACHE_KEEP = (".json", ".cubin")  # what a cache hit loads (metadata, binary); the IR dumps are ~10x their size
@@ -758,9 +763,8 @@ def main(argv=None):
             parser.error("cache takes one folder")
         if args.relocate:
             return relocate_cache(args.files[0]) or 0
-        rows = build_cache(args.files[0], args.jobs, args.only)
-        hits = sum(row["seconds"] < 1 for row in rows)
-        print(f"{len(rows)} variants, {hits} under 1 s (cache loads), {sum(r['seconds'] for r in rows):.0f} s in all")
+        rows, hits = build_cache(args.files[0], args.jobs, args.only)
+        print(f"{len(rows)} variants, {hits} loaded from the cache, {sum(r['seconds'] for r in rows):.0f} s in all")
         return 0
     if not args.jsonl:
         parser.error("--jsonl is required for a step")
