@@ -71,11 +71,19 @@ Implementations (this file: validation, dispatch, custom ops, autograd and the p
                              to right: up and diag come from its own previous row, and the left
                              neighbour of its first column is lane l-1's last value of the same row,
                              computed one step earlier and passed across lanes (tl.gather along the
-                             lane axis: a warp shuffle). N + L - 1 steps; with STORE_WEIGHTS (only when
-                             a gradient is needed) it writes the 3 predecessor weights W per cell.
-      _dtw_long_bwd_kernel   the reverse recursion from W on the same tiling, mirrored: right to
-                             left, lane l+1 handing lane l the E·W_left (this row) and E·W_diag (the
-                             row below) of its first column; writes dcost once.
+                             lane axis: a warp shuffle). N + L - 1 steps; with CHECKPOINTS (only when
+                             a gradient is needed) it writes, every S = SEGMENT_ROWS steps, each lane's
+                             current row and the value left of it (K + 1 values per lane): the row
+                             above the lane's next segment of S rows.
+      _dtw_long_bwd_kernel   the reverse recursion on the same tiling, one segment at a time from the
+                             last, nothing per cell stored: each lane recomputes its S rows of R from
+                             the segment's checkpoint row in registers (all lanes at once: lane l-1's
+                             segment starts one row below lane l's, so the left neighbour of lane l's
+                             row r is lane l-1's row r - 1, one step earlier), then runs the
+                             recursion bottom-up through them, mirrored: right to left, the weights W
+                             of a row from R of it and the row above (the forward's arithmetic),
+                             lane l+1 handing lane l the E·W_left (this row) and E·W_diag (the row
+                             below) of its first column; writes dcost once.
     fp16 / bf16 inputs accumulate (and return values) in fp32; fp64 stays fp64, γ included (the
     kernels take log2(e)/γ as an fp64 argument and convert it to the accumulation dtype).
 
@@ -86,8 +94,12 @@ Limits and complexity
     dtw_symmetric's backward runs both directions in one program only up to SYMMETRIC_BWD_MAX (8,
     dtw_short.py); beyond, one launch each. Long path: (N + L - 1)·L·K cell updates per pair (about
     N·M, plus the wavefront's fill and drain: L - 1 idle steps per lane), one value exchanged between
-    neighbouring lanes per step (two in the backward); the forward with a gradient also writes
-    W = 3·B·N'·M' values (N'×M' the grid, M' = M+2 for otam) which the backward reads once. Switch
+    neighbouring lanes per step (two in the backward). The backward runs about twice the forward's
+    cell updates (the recompute, then the recursion: ⌈(N + L - 1)/S⌉·S steps each) and reads the cost
+    again; the forward with a gradient also writes ⌊(N + L - 2)/S⌋·L·(K + 1) checkpoint values per
+    pair (about N'·M'/S: N'×M' the grid, M' = M+2 for otam), which the backward reads once: a 32×32
+    fp32 training step moves 14,600 B per pair against the 12,296 B floor, at most 84% of it (32,772 B
+    and 37.5% when the forward stored 3 weights per cell). Switch
     point SHORT_MAX = 16, set statically (no GPU timing yet; see benchmarks/dtw_static_sm90.md for
     both paths at 16×16). Offsets are 64-bit everywhere (a batch-innermost layout may pass 2^31
     elements). Grids wider than MAX_KERNEL_WIDTH columns run on the torch reference with a
@@ -123,7 +135,7 @@ from m3net.kernels.dtw_grid import (
     recorded_launches,
     triton,
 )
-from m3net.kernels.dtw_long import _long_backward, _long_forward
+from m3net.kernels.dtw_long import _checkpoint_shape, _long_backward, _long_forward
 from m3net.kernels.dtw_reference import _reference_backward, _reference_forward
 from m3net.kernels.dtw_short import _short_backward, _short_forward
 
@@ -199,11 +211,12 @@ def _backend_for(cost, mode, requested):
 
 
 def _path_length(cost, backend):
-    """Cells on the hard optimal path, from the hard DP's weights (paths without the short kernel)."""
+    """Cells on the hard optimal path, from the hard DP's backward (paths without the short kernel)."""
     if backend == "triton":
-        _, weights = _long_forward(cost, "hard", 0.0, store_weights=True)
-        ones = torch.ones(cost.shape[0], dtype=weights.dtype, device=cost.device)
-        return _long_backward(weights, ones, "hard", cost.shape[1], cost.shape[2], weights.dtype).sum(dim=(1, 2))
+        _, checkpoints = _long_forward(cost, "hard", 0.0, checkpoints=True)
+        acc = _accumulation_dtype(cost.dtype)
+        ones = torch.ones(cost.shape[0], dtype=acc, device=cost.device)
+        return _long_backward(cost, checkpoints, ones, "hard", 0.0, acc).sum(dim=(1, 2))
     _, weights = _reference_forward(cost, "hard", 0.0)
     return _reference_backward(weights, "hard", cost.shape[1], cost.shape[2]).sum(dim=(1, 2))
 
@@ -213,30 +226,36 @@ def _path_length(cost, backend):
 # the DTW as one opaque node (no graph break, no tracing into Triton launches or the reference's
 # Python loop). The register_fake functions give Dynamo / AOTAutograd the output metadata.
 # --------------------------------------------------------------------------------------------
-def _forward_outputs_meta(cost, mode, backend, with_length, similarity, store_weights):
+def _forward_outputs_meta(cost, mode, backend, with_length, similarity, for_backward):
     """{name: (shape, dtype)} of m3net::dtw_forward's outputs; unused outputs are empty (0,)."""
     batch = cost.shape[0] * cost.shape[1] if similarity else cost.shape[0]
     n, m = cost.shape[-2:]
     acc = _accumulation_dtype(cost.dtype)
-    stores = store_weights and not _uses_short_path(backend, n, m)  # the short backward recomputes instead
-    return {"value": ((batch,), acc), "length": ((batch if with_length else 0,), acc),
-            "saved": ((batch, *_grid_shape(mode, n, m), 3) if stores else (0,), acc)}
+    saved = (0,)  # the short backward recomputes R from the cost alone
+    if for_backward and backend == "torch":
+        saved = (batch, *_grid_shape(mode, n, m), 3)  # the reference's predecessor weights
+    elif for_backward and not _uses_short_path(backend, n, m):
+        saved = _checkpoint_shape(batch, mode, n, m)  # the long path's checkpoint rows
+    return {"value": ((batch,), acc), "length": ((batch if with_length else 0,), acc), "saved": (saved, acc)}
 
 
 @torch.library.custom_op("m3net::dtw_forward", mutates_args=())
 def _dtw_forward_op(cost: torch.Tensor, mode: str, gamma: float, backend: str, with_length: bool, symmetric: bool,
-                    similarity: bool, store_weights: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(value (B,), hard path length (B,) or (0,), predecessor weights for the backward or (0,)).
+                    similarity: bool, for_backward: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(value (B,), hard path length (B,) or (0,), what the backward needs besides the input or (0,)).
 
     ``backend`` is resolved ('triton' | 'torch'). ``symmetric`` and ``similarity`` come only with the
-    short path (_run falls back to two calls / a materialised 1 - s elsewhere).
+    short path (_run falls back to two calls / a materialised 1 - s elsewhere). ``for_backward``: a
+    gradient will be needed; the long path then stores its checkpoint rows, the reference its weights.
     """
     length = saved = None
     if _uses_short_path(backend, *cost.shape[-2:]):
         value, length = _short_forward(cost, mode, gamma, with_length, symmetric, similarity)
     else:
-        forward = _long_forward if backend == "triton" else _reference_forward
-        value, saved = forward(cost, mode, gamma, store_weights=store_weights)
+        if backend == "triton":
+            value, saved = _long_forward(cost, mode, gamma, checkpoints=for_backward)
+        else:
+            value, saved = _reference_forward(cost, mode, gamma, store_weights=for_backward)
         value = value.contiguous()  # the reference's value is a strided view of its DP buffer
         if with_length:
             length = _path_length(cost, backend)
@@ -245,40 +264,43 @@ def _dtw_forward_op(cost: torch.Tensor, mode: str, gamma: float, backend: str, w
 
 
 @_dtw_forward_op.register_fake
-def _(cost, mode, gamma, backend, with_length, symmetric, similarity, store_weights):
-    meta = _forward_outputs_meta(cost, mode, backend, with_length, similarity, store_weights)
+def _(cost, mode, gamma, backend, with_length, symmetric, similarity, for_backward):
+    meta = _forward_outputs_meta(cost, mode, backend, with_length, similarity, for_backward)
     return tuple(cost.new_empty(shape, dtype=dtype) for shape, dtype in meta.values())
 
 
 @torch.library.custom_op("m3net::dtw_backward", mutates_args=())
-def _dtw_backward_op(saved: torch.Tensor, grad_out: torch.Tensor, mode: str, gamma: float, backend: str,
-                     symmetric: bool, similarity: bool, n: int, m: int, dtype: torch.dtype) -> torch.Tensor:
-    """d(Σ grad_out · value)/d input. ``saved``: the input itself on the short path (the backward
-    recomputes R from it), else the forward's predecessor weights (grid (B, N, M') x 3)."""
+def _dtw_backward_op(cost: torch.Tensor, saved: torch.Tensor, grad_out: torch.Tensor, mode: str, gamma: float,
+                     backend: str, symmetric: bool, similarity: bool, n: int, m: int,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """d(Σ grad_out · value)/d input. The Triton backwards recompute R from the input ``cost`` (the long
+    path a segment at a time, from the checkpoint rows in ``saved``); the reference reads the predecessor
+    weights in ``saved`` (grid (B, N, M') x 3) and ignores ``cost``."""
     if _uses_short_path(backend, n, m):
-        return _short_backward(saved, grad_out, mode, gamma, symmetric, similarity)
+        return _short_backward(cost, grad_out, mode, gamma, symmetric, similarity)
     if backend == "triton":
-        return _long_backward(saved, grad_out, mode, n, m, dtype)
+        return _long_backward(cost, saved, grad_out, mode, gamma, dtype)
     return (_reference_backward(saved, mode, n, m) * grad_out.to(saved.dtype)[:, None, None]).to(dtype)
 
 
 @_dtw_backward_op.register_fake
-def _(saved, grad_out, mode, gamma, backend, symmetric, similarity, n, m, dtype):
+def _(cost, saved, grad_out, mode, gamma, backend, symmetric, similarity, n, m, dtype):
     if _uses_short_path(backend, n, m):
-        return torch.empty_like(saved) if similarity else saved.new_empty(saved.shape)
-    return saved.new_empty(saved.shape[0], n, m, dtype=dtype)
+        return torch.empty_like(cost) if similarity else cost.new_empty(cost.shape)
+    return saved.new_empty(grad_out.shape[0], n, m, dtype=dtype)
 
 
 def _setup_dtw_context(ctx, inputs, output):
-    cost, mode, gamma, backend, _with_length, symmetric, similarity, _store_weights = inputs
+    cost, mode, gamma, backend, _with_length, symmetric, similarity, _for_backward = inputs
     ctx.args = (mode, gamma, backend, symmetric, similarity, *cost.shape[-2:], cost.dtype)
-    # Short path: keep the input (the backward recomputes R); else the weights, not the input.
-    ctx.save_for_backward(cost if _uses_short_path(backend, *cost.shape[-2:]) else output[2])
+    # Triton: the input (its backwards recompute R) and the long path's checkpoints; the reference: its
+    # weights alone (the op's cost argument is then a stand-in, unread).
+    ctx.save_for_backward(cost if backend == "triton" else output[2], output[2])
 
 
 def _dtw_op_backward(ctx, grad_value, _grad_length, _grad_saved):
-    (saved,) = ctx.saved_tensors
-    return (torch.ops.m3net.dtw_backward(saved, grad_value, *ctx.args),) + (None,) * 7
+    cost, saved = ctx.saved_tensors
+    return (torch.ops.m3net.dtw_backward(cost, saved, grad_value, *ctx.args),) + (None,) * 7
 
 
 _dtw_forward_op.register_autograd(_dtw_op_backward, setup_context=_setup_dtw_context)
@@ -299,9 +321,9 @@ def _run(cost, mode, gamma, backend, with_length=False, symmetric=False, similar
         # Two calls on one accumulation-dtype copy: their gradients add there, rounded to a 16-bit cost once.
         cost = cost.to(_accumulation_dtype(cost.dtype))
         return _run(cost, mode, gamma, backend) + _run(cost.transpose(1, 2), mode, gamma, backend)
-    store_weights = cost.requires_grad and torch.is_grad_enabled()
+    for_backward = cost.requires_grad and torch.is_grad_enabled()
     value, length, _ = torch.ops.m3net.dtw_forward(cost, mode, float(gamma), backend, with_length, symmetric,
-                                                   similarity, store_weights)
+                                                   similarity, for_backward)
     return (value, length.detach()) if with_length else value
 
 
@@ -391,7 +413,7 @@ def launch_configs(mode, n, m, pass_="fwd", dtype=torch.float32, similarity=Fals
     call issues for ``batch`` pairs of N x M ``dtype`` inputs, recorded from the launchers themselves.
 
     pass_ (PASSES): fwd = dtw / dtw_similarity without a gradient; fwd (training) = the same on an
-    input that requires one (the long path then stores its weights); fwd+length = dtw_with_length /
+    input that requires one (the long path then stores its checkpoint rows); fwd+length = dtw_with_length /
     with_length=True; fwd symmetric = dtw_symmetric / symmetric=True; bwd / bwd symmetric = the
     backward of fwd (training) / fwd symmetric. similarity: the (Q, S, N, M) view of a (Q·N, S·M) frame
     matmul (S = 5) as the matchers pass it. Nothing runs: the static sm_90 table compiles these launches

@@ -96,6 +96,33 @@ def test_gradcheck_float64_triton(mode, triton_backend):
     assert torch.autograd.gradcheck(lambda c: dtw(c, mode=mode, gamma=0.2), (cost,))
 
 
+@pytest.mark.parametrize("mode", ["soft", "hard", "otam"])
+def test_gradcheck_float64_triton_long_path(mode, triton_backend):
+    """The long path's backward, recomputed a segment at a time from the forward's checkpoint rows, against
+    finite differences (torch's fast gradcheck): 2·SHORT_MAX + 1 rows (several segments), 2 lanes a row."""
+    gen = torch.Generator().manual_seed(9)
+    cost = (torch.rand(2, 2 * SHORT_MAX + 1, 9, generator=gen, dtype=torch.float64) * 2).to(DEVICE).requires_grad_()
+    assert torch.autograd.gradcheck(lambda c: dtw(c, mode=mode, gamma=0.2), (cost,), fast_mode=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("segment", [1, 3, 5])
+def test_long_backward_at_other_segment_heights(segment, monkeypatch, triton_backend):
+    """The long backward's segments (SEGMENT_ROWS rows recomputed at a time) at heights whose segment
+    boundaries fall elsewhere against the lanes' skew: values and gradients equal the reference's."""
+    from m3net.kernels import dtw_long
+
+    monkeypatch.setattr(dtw_long, "SEGMENT_ROWS", segment)
+    gen = torch.Generator().manual_seed(segment)
+    for mode in ("soft", "hard", "otam"):
+        for shape in [(SHORT_MAX + 3, 20), (2, SHORT_MAX + 2), (SHORT_MAX + 1, 1)]:
+            cost = (torch.rand(3, *shape, generator=gen, dtype=torch.float64) * 2).to(DEVICE)
+            value, grad = _value_and_grad(dtw, cost, mode, gamma=0.1)
+            ref_value, ref_grad = _value_and_grad(dtw_reference, cost, mode, gamma=0.1)
+            torch.testing.assert_close(value, ref_value, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("gamma", [0.01, 0.1, 1.0, 10.0])
 def test_soft_matches_tslearn(gamma):
     tslearn_metrics = pytest.importorskip("tslearn.metrics")

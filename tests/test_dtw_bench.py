@@ -82,6 +82,37 @@ def test_floors_per_pass_dtype_and_mode():
         floor_bytes_per_pair(8, 8, torch.float32, "soft", "backward")
 
 
+@pytest.mark.parametrize("mode", ["soft", "hard", "otam"])
+def test_triton_bytes_per_pair_are_what_the_launches_move(mode):
+    """triton_bytes_per_pair against the tensors the launchers pass (tools/static_sm90.py's accounting: every
+    distinct storage once): the floor on the short path and for the long path's inference forward; the
+    floor plus the checkpoint rows (written, then read) for a long training step. A 32x32 fp32 step can
+    reach 84% of its floor (37.5% when the forward stored 3 weights per cell: 32,772 B)."""
+    pytest.importorskip("triton")
+    import torch
+
+    import static_sm90
+    from m3net.bench.dtw import floor_bytes_per_pair, triton_bytes_per_pair
+    from m3net.kernels.dtw import launch_configs
+
+    batch = 64
+    for n, m, dtype in [(32, 32, torch.float32), (17, 40, torch.bfloat16), (40, 3, torch.float64)]:
+        moved = {p: sum(static_sm90._bytes_per_pair(launch, batch)
+                        for launch in static_sm90._long_launches(mode, n, m, p, dtype, batch))
+                 for p in ("fwd", "fwd (training)", "bwd")}
+        assert triton_bytes_per_pair(n, m, dtype, mode, "fwd") == moved["fwd"] == floor_bytes_per_pair(
+            n, m, dtype, mode, "fwd")
+        assert triton_bytes_per_pair(n, m, dtype, mode, "bwd") == moved["bwd"]
+        step = triton_bytes_per_pair(n, m, dtype, mode, "fwd+bwd")
+        assert step == moved["fwd (training)"] + moved["bwd"] > floor_bytes_per_pair(n, m, dtype, mode, "fwd+bwd")
+    short = launch_configs(mode, 8, 8, "fwd (training)", torch.float32, batch=batch)
+    assert sum(static_sm90._bytes_per_pair(launch, batch) for launch in short) == 260 == triton_bytes_per_pair(
+        8, 8, torch.float32, mode, "fwd+bwd") - 516
+    if mode == "soft":
+        assert (triton_bytes_per_pair(32, 32, torch.float32, mode, "fwd+bwd"), floor_bytes_per_pair(
+            32, 32, torch.float32, mode, "fwd+bwd")) == (14600, 12296)
+
+
 def test_backward_alone_is_held_to_its_own_floor(tmp_path):
     result = CliRunner().invoke(main, ["bench-dtw", "--pairs", "32", "--n", "4", "--m", "6", "--repeats", "1",
                                        "--pass", "bwd", "--impl", "torch-reference", "--impl", "pysdtw",

@@ -284,7 +284,16 @@ def test_opcheck_dtw_ops():
     weights = torch.ops.m3net.dtw_forward(cost.detach(), "soft", 0.1, "torch", False, False, False, True)[2]
     grad_out = torch.rand(2, dtype=torch.float64)
     torch.library.opcheck(torch.ops.m3net.dtw_backward,
-                          (weights, grad_out, "soft", 0.1, "torch", False, False, 4, 5, torch.float64))
+                          (cost.detach(), weights, grad_out, "soft", 0.1, "torch", False, False, 4, 5, torch.float64))
+    if dtw_module.triton is not None:  # the long path: its checkpoint rows from the forward op to the backward op
+        n = 2 * SHORT_MAX + 1
+        long_cost = (torch.rand(2, n, 3, dtype=torch.float64) * 2).to(DEVICE).requires_grad_()
+        args = (long_cost, "otam", 0.1, "triton", False, False, False, True)
+        torch.library.opcheck(torch.ops.m3net.dtw_forward, args)
+        checkpoints = torch.ops.m3net.dtw_forward(long_cost.detach(), *args[1:])[2]
+        assert checkpoints.shape[0] >= 2  # segments past the first: a checkpoint row each
+        torch.library.opcheck(torch.ops.m3net.dtw_backward, (long_cost.detach(), checkpoints, grad_out.to(DEVICE),
+                                                             "otam", 0.1, "triton", False, False, n, 3, torch.float64))
 
 
 def _compiled_equals_eager(fn, inputs):

@@ -1,8 +1,11 @@
 """benchmarks/gpu_session.sh and its steps (tools/gpu_session.py): one JSON line per step, written as
-the step ends; a failing step does not stop the next; at most 8 files come back; results survive a
-kill; records unpack into benchmarks/ files, and rehearsal (QUICK) lines are refused."""
+the step ends; a failing step does not stop the next; the session ends within its budget (BUDGET_S) with
+a line for every step and the summary; at most 8 files come back; results survive a kill; the warm step
+compiles every variant the later steps launch, once; records unpack into benchmarks/ files, and
+rehearsal (QUICK) lines are refused."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,14 +14,16 @@ import time
 import pytest
 
 import gpu_session as session
-from m3net.bench.dtw import MATCHER_CALLS
 from m3net.errors import ConfigError
+from m3net.kernels.dtw_grid import recorded_launches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_session.sh")
-BENCH_STEPS = ["smoke", "warm", "dtw-floor", "dtw-competitors", "dtw-matchers", "dtw-long", "bench-train",
-               "bench-finetune"]
-TESTS_STEPS = ["tests-gpu", "tests-kernel", "tests-warm-long", "tests-gpu-long"]  # `all`, then `tests-long`
+# `all` runs smoke, warm, verify, tests-gpu, the DTW timings, tests-kernel, the heads; then
+# `tests-long` runs tests-warm-long, tests-gpu-long and dtw-matchers-long.
+BENCH_STEPS = ["smoke", "warm", "verify", "dtw-floor", "dtw-competitors", "dtw-matchers", "dtw-long", "bench-train",
+               "bench-finetune", "dtw-matchers-long"]
+TESTS_STEPS = ["tests-gpu", "tests-kernel", "tests-warm-long", "tests-gpu-long"]
 
 
 def _lines(path):
@@ -63,21 +68,51 @@ def test_unpack_writes_records_and_refuses_rehearsal_lines(tmp_path):
         session.unpack([jsonl], tmp_path / "out")
 
 
-def test_warm_units_cover_every_timed_dtw_config_once():
-    units = session._warm_units(session.QUICK_SIZES)
-    assert len({unit.label for unit in units}) == len(units)
-    plans = session.dtw_plans(session.QUICK_SIZES)
-    # one unit per (pairs, size) of a table, per (size, call) of the matchers
-    expected = sum(len(c.pairs) * len(c.sizes) * (len(MATCHER_CALLS) if kind == "matchers" else 1)
-                   for plan in plans.values() for kind, c, _ in plan)
-    dtw_units = [unit for unit in units if unit.kind in ("table", "matchers")]
-    assert len(dtw_units) == expected
-    assert all(unit.config.compile_only and unit.config.implementations == ("triton",) for unit in dtw_units)
-    assert max(units[0].config.sizes[0]) == 16  # the longest compiles (16x16 short kernels) start first
-    assert {unit.kind for unit in units} >= {"train", "finetune"}
-    for sizes in (session.QUICK_SIZES, session.FULL):  # no two units run the same thing
-        keys = [repr((unit.kind, unit.config, unit.args)) for unit in session._warm_units(sizes)]
-        assert len(set(keys)) == len(keys)
+def test_warm_compiles_each_variant_the_later_steps_launch_once():
+    """The warm step's kernel units against the launches the DTW timings and verify make themselves
+    (recorded, not run): every variant launched is warmed, and no variant twice."""
+    s = session.QUICK_SIZES
+    units = [unit for unit in session._warm_units(s) if unit.kind == "kernel"]
+    warmed = [session._variant_key(unit.launch) for unit in units]
+    assert len(set(warmed)) == len(warmed)
+    with recorded_launches() as launches:
+        for step in ("dtw-floor", "dtw-competitors", "dtw-matchers", "dtw-long"):
+            session._run_plan([(kind, session.dataclasses.replace(config, implementations=("triton",)), dim)
+                               for kind, config, dim in session.dtw_plans(s)[step]])
+        for case in session._verify_cases(s):
+            session._verify_case(case, "cpu", 4)
+    launched = {session._variant_key(session._picklable(launch)) for launch in launches}
+    assert launched and launched <= set(warmed), launched - set(warmed)
+    kernels = {key[0] for key in warmed}
+    assert kernels == {"_dtw_short_fwd_kernel", "_dtw_short_bwd_kernel", "_dtw_long_fwd_kernel", "_dtw_long_bwd_kernel"}
+    assert any(dict(key[1]).get("SYMMETRIC") and key[0] == "_dtw_short_bwd_kernel" for key in warmed)  # tests-gpu's
+    assert units == sorted(units, key=lambda unit: unit.weight, reverse=True)  # the longest compiles first
+
+
+@pytest.mark.slow
+def test_cache_compiles_for_sm90_and_a_second_build_loads_it(tmp_path):
+    """`gpu_session.py cache DIR`: warm's variants compiled for sm_90 without a GPU into DIR; built again,
+    each variant is a cache load (the key static_sm90.compile_launch computes is stable across processes)."""
+    pytest.importorskip("triton")
+    from helpers_tools import env_with_tools
+
+    env = env_with_tools({k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    command = [sys.executable, os.path.join(ROOT, "tools", "gpu_session.py"), "cache", str(tmp_path / "cache"),
+               "--only", "verify hard 8x8: _dtw_short_fwd"]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    if "No module named" in first.stderr and "nvidia" in first.stderr:
+        pytest.skip("this triton wheel has no CUDA backend")
+    assert first.returncode == 0 and "1 variants, 0 loaded" in first.stdout, first.stderr[-2000:]
+    # Carried elsewhere (as to the device), relocated, pruned to what a hit loads: built again, it loads.
+    shutil.copytree(tmp_path / "cache", tmp_path / "moved")
+    shutil.rmtree(tmp_path / "cache")
+    assert {p.suffix for p in (tmp_path / "moved").rglob("*") if p.is_file()} == {".json", ".cubin"}
+    relocate = [*command[:3], str(tmp_path / "moved"), "--relocate"]
+    assert subprocess.run(relocate, cwd=ROOT, env=env, timeout=60).returncode == 0
+    again = subprocess.run([*command[:3], str(tmp_path / "moved"), *command[4:]], cwd=ROOT, capture_output=True,
+                           text=True, env=env, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 variants, 1 loaded from the cache" in again.stdout, again.stdout
 
 
 @pytest.mark.slow
@@ -104,10 +139,38 @@ def test_a_step_that_dies_without_its_line_gets_a_failed_line(tmp_path):
         assert "without a result line" in line["error"]
 
 
+FAKE_PYTHON = """#!/bin/bash
+# No GPU; every step runs for 60 s; the summary is the real one.
+[ "$1" = -c ] && exit 1
+[ "$2" = summary ] && exec {python} "$@"
+sleep 60
+"""
+
+
+@pytest.mark.slow
+def test_the_session_ends_within_its_budget_with_a_line_for_every_step(tmp_path):
+    """BUDGET_S=40 less the 20 s margin: the first step gets 20 s (its own limit is longer) and is killed,
+    the next ones have no time left and are skipped; the summary prints; the script ends by itself."""
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    start = time.monotonic()
+    proc = subprocess.run(["bash", SCRIPT, "all"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OUT": str(out), "PYTHON": str(fake), "BUDGET_S": "40"})
+    assert time.monotonic() - start < 40
+    bench, tests = _lines(out / "bench.jsonl"), _lines(out / "tests.jsonl")
+    assert [line["step"] for line in bench] == BENCH_STEPS[:-1] and [line["step"] for line in tests] == TESTS_STEPS[:2]
+    assert (bench[0]["status"], bench[0]["rc"]) == ("failed", 124) and "over its" in bench[0]["error"]
+    assert all(line["status"] == "skipped" and "BUDGET_S=40" in line["error"] for line in bench[1:] + tests)
+    assert "headline" in proc.stdout and "skipped" in proc.stdout.split("headline")[1]
+
+
 def _rehearsal_env(out, **extra):
-    # The tests steps run the kernel tests: CI runs them itself, so the rehearsal keeps a few ("bench").
+    # The tests steps run the kernel tests: CI runs them itself, so the rehearsal keeps a few ("bench"). The
+    # budget: a whole rehearsal on 2 loaded cores may take longer than the device's default.
     return {**os.environ, "QUICK": "1", "OUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
-            session.PYTEST_K_ENV: "bench or matchers", **extra}
+            "BUDGET_S": "3000", session.PYTEST_K_ENV: "bench or matchers", **extra}
 
 
 @pytest.mark.slow
@@ -122,7 +185,7 @@ def test_rehearsal_runs_every_step_and_a_failing_step_does_not_stop_the_next(tmp
     bench = _lines(out / "bench.jsonl")
     assert [line["step"] for line in bench] == BENCH_STEPS, proc.stdout[-3000:]
     status = {line["step"]: line["status"] for line in bench}
-    assert status["dtw-floor"] == "error" and "on purpose" in bench[2]["error"]
+    assert status["dtw-floor"] == "error" and "on purpose" in bench[3]["error"]
     assert status == {**{step: "ok" for step in BENCH_STEPS}, "dtw-floor": "error"}, proc.stdout[-3000:]
     assert all(line["quick"] for line in bench)
     records = {r["benchmark"] for line in bench for r in line.get("records") or []}
@@ -135,6 +198,10 @@ def test_rehearsal_runs_every_step_and_a_failing_step_does_not_stop_the_next(tmp
     assert kernel["forbidden_imported_at_collection"] == []
     log = (out / "session.log").read_text()
     assert "[dtw-competitors]" in log and "[tests-kernel]" in log and "headline" in log  # summary last
+    order = [text.split()[1] for text in log.splitlines() if text.startswith("== ") and "limit" in text]
+    assert order[:5] == ["smoke", "warm", "verify", "tests-gpu", "dtw-floor"], order  # correctness first
+    checks = next(line for line in bench if line["step"] == "verify")["result"]["checks"]
+    assert len(checks) >= 11 and all(check["ok"] for check in checks)
 
 
 @pytest.mark.slow

@@ -19,6 +19,12 @@ repository root:
 
 ``--before FILE`` stores FILE's rows as the "before" block of the new table (the kernels as they were
 at FILE's commit); a regeneration keeps the before block of the file it overwrites.
+
+Every compile is timed (``compile_s``: triton.compile from source, so run it with an empty
+TRITON_CACHE_DIR, or a hit reads as a compile of a fraction of a second); ``--jobs N`` compiles N
+variants at a time, and the table records the machine's cores and its load average before and after.
+``--rows FILE`` keeps each measured variant's rows in FILE (JSON lines) as it is measured and skips the
+variants already there: a table too long to compile in one sitting is measured over several runs.
 """
 import argparse
 import datetime
@@ -28,6 +34,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 TARGET = "cuda sm_90 (GPUTarget('cuda', 90, 32))"
 MODES = ("soft", "hard", "otam")
@@ -65,8 +72,10 @@ def compile_for_sm90(kernel, pointer_types, constexprs, num_warps=4):
 def compile_launch(launch):
     """A recorded launch (dtw_grid.KernelLaunch) compiled for sm_90 exactly as JITFunction.run would
     compile it on a Hopper GPU: Triton's own binder specialises the arguments (pointer alignment,
-    integers equal to 1 or divisible by 16, annotated types) and packs signature, constexprs and attrs."""
+    integers equal to 1 or divisible by 16, annotated types) and packs signature, constexprs and attrs,
+    so the compile lands in Triton's cache (TRITON_CACHE_DIR) under the key the GPU's JIT looks up."""
     import triton
+    from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
@@ -74,7 +83,9 @@ def compile_launch(launch):
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)
     kernel = launch.kernel
-    kwargs = {**launch.constexprs, "num_warps": launch.num_warps}
+    # The two options JITFunction.run adds before binding: the same options, the same cache key.
+    kwargs = {**launch.constexprs, "num_warps": launch.num_warps, "debug": kernel.debug or knobs.runtime.debug,
+              "instrumentation_mode": knobs.compilation.instrumentation_mode}
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound_args, specialization, options = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args, specialization, options)
@@ -139,7 +150,9 @@ def resource_usage(cubin_path):
 
 
 def _measure_launch(launch, workdir):
+    start = time.perf_counter()
     compiled = compile_launch(launch)
+    compile_s = time.perf_counter() - start
     cubin = os.path.join(workdir, "kernel.cubin")
     with open(cubin, "wb") as fh:
         fh.write(compiled.asm["cubin"])
@@ -153,6 +166,7 @@ def _measure_launch(launch, workdir):
         "spill_instructions": count_instructions(sass, "LDL", "STL"),
         "local_bytes": usage["LOCAL"], "shared_bytes": int(compiled.metadata.shared) + usage["SHARED"],
         "global_loads": count_instructions(sass, "LDG"), "barriers": count_instructions(sass, "BAR"),
+        "compile_s": round(compile_s, 1),
     }
 
 
@@ -173,10 +187,10 @@ def _long_launches(mode, n, m, pass_, dtype, batch):
 
     cost = torch.zeros(batch, n, m, dtype=dtype)
     with recorded_launches() as launches:
-        _, weights = dtw_long._long_forward(cost, mode, 0.1, store_weights=pass_ != "fwd")
+        _, checkpoints = dtw_long._long_forward(cost, mode, 0.1, checkpoints=pass_ != "fwd")
         if pass_ == "bwd":
             launches.clear()
-            dtw_long._long_backward(weights, torch.ones(batch), mode, n, m, dtype)
+            dtw_long._long_backward(cost, checkpoints, torch.ones(batch), mode, 0.1, dtype)
     return launches
 
 
@@ -199,31 +213,69 @@ def variants():
     return rows
 
 
-def measure(only=None, batch=4096):
-    """Compiles every variant; returns the table's rows (``only``: a predicate on a variant tuple)."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        raise RuntimeError("static_sm90 compiles the kernels: run it without TRITON_INTERPRET=1")
+def _launches(variant, batch):
     import torch
 
     from m3net.kernels.dtw import launch_configs
 
-    out = []
+    path, mode, pass_, n, m, dtype, similarity = variant
+    torch_dtype = getattr(torch, DTYPES[dtype])
+    if path == "long" and max(n, m) <= 16:
+        return _long_launches(mode, n, m, pass_, torch_dtype, batch)
+    return launch_configs(mode, n, m, pass_, torch_dtype, similarity=similarity, batch=batch)
+
+
+def _measure_variant_launch(variant, index, batch=4096):
+    """The row of launch ``index`` of a variant's pass."""
+    path, mode, pass_, n, m, dtype, _ = variant
+    launch = _launches(variant, batch)[index]
     with tempfile.TemporaryDirectory() as workdir:
-        for variant in variants():
-            if only is not None and not only(*variant):
-                continue
-            path, mode, pass_, n, m, dtype, similarity = variant
-            torch_dtype = getattr(torch, DTYPES[dtype])
-            if path == "long" and max(n, m) <= 16:
-                launches = _long_launches(mode, n, m, pass_, torch_dtype, batch)
-            else:
-                launches = launch_configs(mode, n, m, pass_, torch_dtype, similarity=similarity, batch=batch)
-            for launch in launches:
-                row = {"path": path, "mode": mode, "pass": pass_, "n": n, "m": m, "dtype": DTYPES[dtype],
-                       **_measure_launch(launch, workdir), "bytes_per_pair": _bytes_per_pair(launch, batch)}
-                print(" ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
-                out.append(row)
-    return out
+        row = {"path": path, "mode": mode, "pass": pass_, "n": n, "m": m, "dtype": DTYPES[dtype],
+               **_measure_launch(launch, workdir), "bytes_per_pair": _bytes_per_pair(launch, batch)}
+    print(" ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
+    return row
+
+
+def measure(only=None, jobs=1, rows_file=None, batch=4096, compile_missing=True):
+    """Compiles every launch of every variant (``jobs`` at a time, the long path's quick ones first); returns
+    the table's rows in variants() order (``only``: a predicate on a variant tuple; ``rows_file``: rows kept
+    from earlier runs, new ones appended as each launch is measured). ``compile_missing`` False: only the
+    rows already in ``rows_file``, and the (variant, launch) pairs missing from it."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("static_sm90 compiles the kernels: run it without TRITON_INTERPRET=1")
+    import concurrent.futures
+    import multiprocessing
+
+    wanted = [v for v in variants() if only is None or only(*v)]
+    counts = {v: len(_launches(v, batch)) for v in wanted}  # recorded, not compiled
+    done = {}
+    if rows_file and os.path.exists(rows_file):
+        with open(rows_file) as fh:
+            for text in fh:
+                entry = json.loads(text)
+                variant = tuple(entry["variant"])
+                indices = [entry["launch"]] if "launch" in entry else range(len(entry["rows"]))
+                done.update({(variant, k): row for k, row in zip(indices, entry.get("rows") or [entry["row"]])})
+    todo = sorted(((v, k) for v in wanted for k in range(counts[v]) if (v, k) not in done),
+                  key=lambda task: task[0][0] != "long")
+    if not compile_missing:
+        return [done[v, k] for v in wanted for k in range(counts[v]) if (v, k) in done], todo
+    def keep(variant, k, row):
+        done[variant, k] = row
+        if rows_file:
+            with open(rows_file, "a") as fh:
+                fh.write(json.dumps({"variant": variant, "launch": k, "row": row}) + "\n")
+
+    if jobs <= 1:
+        for variant, k in todo:
+            keep(variant, k, _measure_variant_launch(variant, k, batch))
+    else:
+        context = multiprocessing.get_context("spawn")  # each worker a fresh interpreter: no shared compile state
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            futures = {pool.submit(_measure_variant_launch, v, k, batch): (v, k) for v, k in todo}
+            for future in concurrent.futures.as_completed(futures):  # kept as each ends: a stop loses no row
+                keep(*futures[future], future.result())
+    return [done[v, k] for v in wanted for k in range(counts[v])], []
 
 
 def _keyed(rows):
@@ -249,25 +301,28 @@ def markdown(result):
         "barrier instructions in the SASS (static count, not executed).",
         "shared: the launch's dynamic shared memory plus the cubin's static. bytes/pair: DRAM traffic of the",
         "pass by construction (every tensor it reads or writes, once). Timings need a GPU: `m3net bench-dtw`.",
+        f"compile: seconds of triton.compile from source for sm_90 (an empty cache), {result.get('jobs', 1)} at a "
+        f"time on {result.get('cpus', '?')} cores, load average {result.get('load_before', '?')} before and "
+        f"{result.get('load_after', '?')} after ({result.get('load_note', 'other work on the machine included')}).",
         "",
         "| path | kernel | mode | pass | N×M | dtype | warps | SASS/pair | regs | stack (B) | LDL/STL | LDG | BAR "
-        "| shared (B) | bytes/pair |",
-        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| shared (B) | bytes/pair | compile (s) |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['path']} | `{r['kernel']}` | {r['mode']} | {r['pass']} | {r['n']}×{r['m']} | {r['dtype']} | "
             f"{r['num_warps']} | {r['sass_per_pair']:,} | {r['registers']} | {r['spills']:,} | "
             f"{r['spill_instructions']} | {r.get('global_loads', '')} | {r.get('barriers', '')} | "
-            f"{r['shared_bytes']:,} | {r['bytes_per_pair']:,} |"
+            f"{r['shared_bytes']:,} | {r['bytes_per_pair']:,} | {r.get('compile_s', '')} |"
         )
     before = result.get("before")
     if before:
         old = _keyed(before["rows"])
         lines += [
             "",
-            f"## Before and after (before: the kernels at {before['git_sha']}, measured the same way on "
-            f"{before['date']})",
+            f"## Before and after (before: the kernels at {before['git_sha']} with triton {before.get('triton')}, "
+            f"measured the same way on {before['date']})",
             "",
             "| path | kernel | mode | pass | N×M | dtype | SASS/pair | regs | stack (B) | bytes/pair |",
             "|---|---|---|---|---|---|---:|---:|---:|---:|",
@@ -282,6 +337,9 @@ def markdown(result):
                 f"{o['sass_per_pair']:,} → {r['sass_per_pair']:,} | {o['registers']} → {r['registers']} | "
                 f"{o['spills']:,} → {r['spills']:,} | {o['bytes_per_pair']:,} → {r['bytes_per_pair']:,} |"
             )
+    if result.get("missing"):
+        lines += ["", "Not in the table: these launches' compiles did not end within the measuring runs "
+                  f"({result.get('missing_note', 'see the notes')}):", *[f"- {m}" for m in result["missing"]]]
     lines += ["", "Notes", *result.get("notes", [])]
     return "\n".join(lines) + "\n"
 
@@ -297,18 +355,21 @@ NOTES = [
     "  wavefront kernels (lanes of 8 columns), at 16×16 (where the dispatch takes the short path: the",
     "  comparison behind SHORT_MAX), at 8×8 bf16 and at 32×32, where they run.",
     "- fwd+length: value + hard path length (soft mode runs the hard DP alongside; on the long path a hard",
-    "  forward with weights and a backward follow). fwd / bwd symmetric: dtw(C) + dtw(Cᵀ) from one read of C;",
-    "  past SYMMETRIC_BWD_MAX the backward is one launch per direction. fwd (training): the forward on an",
-    "  input that needs a gradient; the long path then stores its predecessor weights for the backward.",
+    "  forward with checkpoints and a backward follow). fwd / bwd symmetric: dtw(C) + dtw(Cᵀ) from one read of",
+    "  C; past SYMMETRIC_BWD_MAX the backward is one launch per direction. fwd (training): the forward on an",
+    "  input that needs a gradient; the long path then stores a checkpoint row every SEGMENT_ROWS steps, from",
+    "  which its backward recomputes R (it reads the cost again, as the short backward does).",
+    "- bytes/pair of a backward counts dvalue once per batch where autograd passes an expanded tensor (4 B",
+    "  less per pair than the floor's accounting).",
     "- Every launch is a 1-warp program and the batch is not specialised: the rows hold for any batch.",
     "- The before block (if any) was measured the same way (the launches recorded at 4,096 pairs, Triton's",
-    "  own specialisation, the cubin's resources) on the kernels as they were at its commit: there the short",
-    "  kernels ran 4 warps at large batches and moved each cost row through shared memory, and the long",
-    "  path was a row-tile kernel reducing a full row per cell.",
+    "  own specialisation, the cubin's resources) on the kernels as they were at its commit, with its Triton",
+    "  version: a row's change is the kernel's and the compiler's together.",
 ]
 
 
-def write(out_json, command, before_json=None):
+def write(out_json, command, before_json=None, jobs=1, rows_file=None, load_note=None, compile_missing=True,
+          missing_note=None):
     import triton
 
     from m3net.runtime import git_sha
@@ -320,10 +381,18 @@ def write(out_json, command, before_json=None):
             previous = json.load(fh)
         before = previous.get("before") if before_json is None else {
             key: previous.get(key) for key in ("git_sha", "date", "triton", "rows")}
+    load_before = round(os.getloadavg()[0], 2)
+    rows, missing = measure(jobs=jobs, rows_file=rows_file, compile_missing=compile_missing)
     result = {
         "target": TARGET, "triton": triton.__version__, "git_sha": git_sha(),
-        "date": datetime.date.today().isoformat(), "command": command, "notes": NOTES, "rows": measure(),
+        "date": datetime.date.today().isoformat(), "command": command, "notes": NOTES, "rows": rows,
+        "jobs": jobs, "cpus": os.cpu_count(), "load_before": load_before, "load_after": round(os.getloadavg()[0], 2),
     }
+    if load_note:
+        result["load_note"] = load_note
+    if missing:  # launches whose compile never ended within a measuring run: named, not silently dropped
+        result["missing_note"] = missing_note or "each run stopped first"
+        result["missing"] = [f"{v[0]} {v[1]} {v[2]} {v[3]}x{v[4]} {DTYPES[v[5]]}, launch {k}" for v, k in missing]
     if before:
         result["before"] = before
     tmp = out_json + ".tmp"
@@ -342,6 +411,12 @@ def main():
     parser.add_argument("--out", default="benchmarks/dtw_static_sm90.json")
     parser.add_argument("--before", help="A previous table whose rows become the before block.")
     parser.add_argument("--markdown-only", action="store_true", help="Rewrite the .md from the existing --out JSON.")
+    parser.add_argument("--jobs", type=int, default=1, help="Variants compiled at a time (processes).")
+    parser.add_argument("--rows", help="JSON-lines file of measured variants: kept, reused, appended to.")
+    parser.add_argument("--load-note", help="How the load was held during the compiles (written in the table).")
+    parser.add_argument("--no-compile", action="store_true", help="Write the table from --rows alone, naming the "
+                        "launches missing from it.")
+    parser.add_argument("--missing-note", help="Why launches are missing (written in the table).")
     args = parser.parse_args()
     if args.markdown_only:
         with open(args.out) as fh:
@@ -351,7 +426,8 @@ def main():
             fh.write(markdown(result))
         print("wrote", md_path)
         return
-    for path in write(args.out, "python tools/static_sm90.py --out " + args.out, args.before):
+    for path in write(args.out, "python tools/static_sm90.py --out " + args.out, args.before, args.jobs, args.rows,
+                      args.load_note, not args.no_compile, args.missing_note):
         print("wrote", path)
 
 

@@ -9,7 +9,10 @@ of the values and whose backward loops over every pair in Python: that would tim
 not the kernel. Its backward is not timed for the same reason (its rows in ``bwd`` and ``fwd+bwd``
 say so). Every implementation is timed at the same number of pairs B; on the CPU the eager loop and
 the Triton interpreter are capped (the row's note says at how many pairs), and on CUDA the eager
-loop, whose autograd graph keeps every cell, at most EAGER_CUDA_MAX_CELLS cells. Rates are per
+loop, whose autograd graph keeps every cell, at most EAGER_CUDA_MAX_CELLS cells; ``reference_max_pairs``
+caps the torch reference and the eager loop further (the GPU session times them on 64k of 1M pairs of
+the long path, where the Triton rows run all of them). The device's copy rate (``% copy``) is measured
+once per process. Rates are per
 pair; every row also checks its values on the first CHECKED_PAIRS pairs against the float64
 reference (``max_abs_err``).
 
@@ -29,13 +32,16 @@ in the pass, whatever the implementation:
     fwd+bwd  both, a whole training step                                         776 B
 
 The same for every mode: OTAM's zero padding and dtw_symmetric's transpose are formed in
-registers, never moved. ``% floor`` = floor bytes / time / the device's datasheet DRAM bandwidth
+registers, never moved. The Triton kernels move the floor on the short path and a little more on the
+long path, whose training forward writes checkpoint rows for the backward (``triton_bytes_per_pair``).
+``% floor`` = floor bytes / time / the device's datasheet DRAM bandwidth
 (PEAK_BANDWIDTH, known GPUs only), always against the floor of the timed pass; ``% copy`` = the same
 against the device-to-device copy rate measured in the same process (bytes read + written), the
 ceiling a real kernel can reach. ``x pysdtw`` and ``x eager`` = the row's pairs/s over that
 competitor's at the same size.
 """
 import dataclasses
+import functools
 import os
 import time
 from dataclasses import field
@@ -45,6 +51,7 @@ import torch
 from m3net.bench.record import RecordSettings, benchmark_record, write_benchmark
 from m3net.config import RunSettings, setting, settings
 from m3net.kernels.dtw import MODES, dtw, dtw_reference, dtw_similarity, dtw_with_length
+from m3net.kernels.dtw_grid import _recording
 from m3net.kernels.eager import eager_dtw
 from m3net.runtime import resolve_device, synchronize
 
@@ -85,6 +92,7 @@ class DTWBenchConfig(RecordSettings, RunSettings):
     warmup: int = 2
     eager_max_pairs: int = setting(4096, "CPU only: cap on pairs for the slow per-cell Python loop.", minimum=1)
     interpret_max_pairs: int = 256  # CPU only: the Triton interpreter, at most this many pairs
+    reference_max_pairs: int = 0  # the torch reference and the eager loop timed on at most this many pairs (0: all)
     implementations: tuple = setting(IMPLEMENTATIONS, "Implementations to time.", choices=IMPLEMENTATIONS,
                                      option="--impl")
     compile_only: bool = False  # one untimed call per implementation and size (warms the kernel caches)
@@ -106,6 +114,22 @@ def floor_bytes_per_pair(n, m, dtype, mode, pass_):
     return {"fwd": forward, "bwd": backward, "fwd+bwd": forward + backward}[pass_]
 
 
+def triton_bytes_per_pair(n, m, dtype, mode, pass_):
+    """The DRAM bytes the Triton kernels move per pair in ``pass_`` by construction (every tensor a launch
+    reads or writes, once), so floor / this is the most % of the floor they can reach. The short path
+    (N, M <= SHORT_MAX) moves the floor; on the long path the training forward also writes its checkpoint
+    rows (m3net.kernels.dtw_long, about one value per cell per SEGMENT_ROWS rows), which the backward
+    reads back beside the cost: 14,600 B per training step of 32x32 fp32 against a floor of 12,296 B."""
+    from m3net.kernels.dtw import SHORT_MAX
+    from m3net.kernels.dtw_long import _checkpoint_shape
+
+    floor = floor_bytes_per_pair(n, m, dtype, mode, pass_)
+    if n <= SHORT_MAX and m <= SHORT_MAX or pass_ == "fwd":
+        return floor
+    checkpoints = _accumulation_bytes(dtype) * int(torch.Size(_checkpoint_shape(1, mode, n, m)).numel())
+    return floor + checkpoints * (2 if pass_ == "fwd+bwd" else 1)  # written by the forward, read by the backward
+
+
 def peak_bandwidth(device):
     if device.type != "cuda":
         return None
@@ -113,8 +137,10 @@ def peak_bandwidth(device):
     return next((bw for key, bw in PEAK_BANDWIDTH if key in name), None)
 
 
+@functools.lru_cache(maxsize=None)
 def copy_bandwidth(device, nbytes=COPY_BYTES):
-    """Bytes read + written per second by a large device-to-device copy (CUDA only; None elsewhere)."""
+    """Bytes read + written per second by a large device-to-device copy (CUDA only; None elsewhere),
+    measured once per process and device: every record of a process shares the ceiling."""
     if device.type != "cuda":
         return None
     import triton.testing
@@ -194,7 +220,7 @@ def _implementations(config, device):
             def run_triton(cost, mode, gamma):
                 return dtw(cost, mode=mode, gamma=gamma, backend="triton")
 
-            if not on_cpu:
+            if not on_cpu or _recording():  # a recorded call launches nothing: any device records the launches
                 impls["triton"] = Implementation(run_triton)
             elif interpret:
                 impls["triton"] = Implementation(run_triton, cap=lambda n, m: config.interpret_max_pairs)
@@ -203,13 +229,15 @@ def _implementations(config, device):
                                                          "interpreter)")
         except ImportError:
             impls["triton"] = Implementation(skipped="triton not installed")
+    limit = config.reference_max_pairs or float("inf")
     if "torch-reference" in config.implementations:
-        impls["torch-reference"] = Implementation(dtw_reference)
+        impls["torch-reference"] = Implementation(dtw_reference, cap=lambda n, m: limit)
     if "eager-loop" in config.implementations:
         if on_cpu:
-            impls["eager-loop"] = Implementation(eager_dtw, cap=lambda n, m: config.eager_max_pairs)
+            impls["eager-loop"] = Implementation(eager_dtw, cap=lambda n, m: min(limit, config.eager_max_pairs))
         else:
-            impls["eager-loop"] = Implementation(eager_dtw, cap=lambda n, m: max(1, EAGER_CUDA_MAX_CELLS // (n * m)))
+            impls["eager-loop"] = Implementation(
+                eager_dtw, cap=lambda n, m: min(limit, max(1, EAGER_CUDA_MAX_CELLS // (n * m))))
     if "pysdtw" in config.implementations:
         impls["pysdtw"] = _pysdtw_implementation(config, device)
     return impls
