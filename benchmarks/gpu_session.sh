@@ -12,7 +12,7 @@
 #       click tqdm matplotlib pytest pytest-xdist (numpy < 2.4: Triton 3.6's interpreter int()s 1-element arrays)
 #
 # Each step is its own process (python tools/gpu_session.py STEP; the steps and their sizes are
-# documented there) and appends one JSON line to $OUT/bench.jsonl or $OUT/tests.jsonl as soon as it
+# documented in tools/gpu_session_steps.py) and appends one JSON line to $OUT/bench.jsonl or $OUT/tests.jsonl as soon as it
 # ends; everything printed goes to $OUT/session.log as it is printed. A step that fails or outlives
 # its limit is logged (a "failed" line if it died without writing its own) and the next step runs:
 # no `set -e`. Whatever finished is in $OUT when the session is killed. $OUT holds 3 files (the

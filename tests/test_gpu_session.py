@@ -3,6 +3,7 @@ the step ends; a failing step does not stop the next; the session ends within it
 a line for every step and the summary; at most 8 files come back; results survive a kill; the warm step
 compiles every variant the later steps launch, once; records unpack into benchmarks/ files, and
 rehearsal (QUICK) lines are refused."""
+import dataclasses
 import json
 import os
 import shutil
@@ -14,6 +15,8 @@ import time
 import pytest
 
 import gpu_session as session
+import gpu_session_steps as steps
+import gpu_session_warm as warming
 from m3net.errors import ConfigError
 from m3net.kernels.dtw_grid import recorded_launches
 
@@ -32,7 +35,7 @@ def _lines(path):
 
 
 def test_a_step_made_to_fail_writes_its_error_line(tmp_path, monkeypatch):
-    monkeypatch.setenv(session.FAIL_ENV, "dtw-floor,smoke")
+    monkeypatch.setenv(steps.FAIL_ENV, "dtw-floor,smoke")
     jsonl = tmp_path / "bench.jsonl"
     assert session.main(["smoke", "--jsonl", str(jsonl)]) == 1
     assert session.main(["dtw-floor", "--jsonl", str(jsonl)]) == 1
@@ -71,17 +74,17 @@ def test_unpack_writes_records_and_refuses_rehearsal_lines(tmp_path):
 def test_warm_compiles_each_variant_the_later_steps_launch_once():
     """The warm step's kernel units against the launches the DTW timings and verify make themselves
     (recorded, not run): every variant launched is warmed, and no variant twice."""
-    s = session.QUICK_SIZES
-    units = [unit for unit in session._warm_units(s) if unit.kind == "kernel"]
-    warmed = [session._variant_key(unit.launch) for unit in units]
+    s = steps.QUICK_SIZES
+    units = [unit for unit in warming.warm_units(s) if unit.kind == "kernel"]
+    warmed = [warming.variant_key(unit.launch) for unit in units]
     assert len(set(warmed)) == len(warmed)
     with recorded_launches() as launches:
         for step in ("dtw-floor", "dtw-competitors", "dtw-matchers", "dtw-long"):
-            session._run_plan([(kind, session.dataclasses.replace(config, implementations=("triton",)), dim)
-                               for kind, config, dim in session.dtw_plans(s)[step]])
-        for case in session._verify_cases(s):
-            session._verify_case(case, "cpu", 4)
-    launched = {session._variant_key(session._picklable(launch)) for launch in launches}
+            steps.run_plan([(kind, dataclasses.replace(config, implementations=("triton",)), dim)
+                               for kind, config, dim in steps.dtw_plans(s)[step]])
+        for case in steps.verify_cases(s):
+            steps.verify_case(case, "cpu", 4)
+    launched = {warming.variant_key(warming.picklable(launch)) for launch in launches}
     assert launched and launched <= set(warmed), launched - set(warmed)
     kernels = {key[0] for key in warmed}
     assert kernels == {"_dtw_short_fwd_kernel", "_dtw_short_bwd_kernel", "_dtw_long_fwd_kernel", "_dtw_long_bwd_kernel"}
@@ -118,7 +121,7 @@ def test_cache_compiles_for_sm90_and_a_second_build_loads_it(tmp_path):
 @pytest.mark.slow
 def test_kernel_and_gpu_test_files_import_no_decoder():
     """What the tests steps collect, collected in a fresh interpreter: neither PyAV nor decord gets imported."""
-    files = sorted({*session._gpu_test_files(), *__import__("glob").glob(session.KERNEL_TESTS)})
+    files = sorted({*steps.gpu_test_files(), *__import__("glob").glob(steps.KERNEL_TESTS)})
     assert "tests/test_synthetic.py" not in files and "tests/test_dtw_similarity.py" in files
     code = ("import sys, pytest; s = pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', *sys.argv[1:]]);"
             "print('DECODERS', [m for m in ('av', 'decord') if m in sys.modules]); sys.exit(s)")
@@ -170,7 +173,7 @@ def _rehearsal_env(out, **extra):
     # The tests steps run the kernel tests: CI runs them itself, so the rehearsal keeps a few ("bench"). The
     # budget: a whole rehearsal on 2 loaded cores may take longer than the device's default.
     return {**os.environ, "QUICK": "1", "OUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
-            "BUDGET_S": "3000", session.PYTEST_K_ENV: "bench or matchers", **extra}
+            "BUDGET_S": "3000", steps.PYTEST_K_ENV: "bench or matchers", **extra}
 
 
 @pytest.mark.slow
