@@ -8,12 +8,13 @@ import re
 import pytest
 
 from docs_reference import render_paper_ablations
-from docs_results import latest_record, render_cap_check, render_demo_results, render_table1_synthetic
+from docs_results import RECIPE_FIELDS, latest_record, render_cap_check, render_demo_results, render_table1_synthetic
 from docs_sections import DOCS, SECTIONS, expected_docs, main, replace_section
 from m3net.config import parse_seeds
 from m3net.demo import aggregate, seed_checks
 from m3net.errors import ConfigError
 from m3net.paper import ABLATIONS
+from m3net.train.presets import RECIPES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
@@ -269,3 +270,30 @@ def test_table1_section_states_the_ranking_and_where_a_peer_is_ahead():
     assert "not the recipe's ceiling): TRX in 2/2 seeds." in text
     assert "M3Net at the paper's width (d = 2048, no projection) is not in this record" in text
     assert "fair" not in text
+
+
+def test_table1_section_names_the_heads_recorded_under_an_earlier_reference_recipe():
+    """A record made before a reference recipe changed (issue 30: TRX's summed loss) says so, per head and value;
+    a record made with today's recipes says nothing."""
+    recipes = {recipe.head: recipe for recipe in RECIPES}
+
+    def run(head, **changes):
+        recipe = recipes[head]
+        return {"head": head, "preset": "reference", "widths": {"channels": 2048, "width": 2048},
+                "episodes_trained": 960, "best_episodes": 800, "stopped_early": False,
+                "head_options": dict(recipe.head_options),
+                "recipe": {field: getattr(recipe, field) for field in RECIPE_FIELDS}, **changes}
+
+    per_seed = {"0": {"1-shot": _compare_seed(80, 60, 40), "5-shot": _compare_seed(90, 70, 50)}}
+    record = {"config": {"preset": "reference", "compare": ["trx"], "compare_once": [], "train_episodes": 960,
+                         "patience": 3, "val_every": 160, "val_episodes": 50, "eval_episodes": 600, "way": 5},
+              "seeds": [0], "per_seed": per_seed, "over_seeds": aggregate(per_seed),
+              "trained": {"0": {"m3net (m3net)": run("m3net"), "trx (trx)": run("trx")}},
+              "weights_used": {"0": "random"}, "device": "CPU", "git_sha": "abcdef0", "demo_wall_s": {"0": 600}}
+    assert "Recorded before the reference recipe changed" not in render_table1_synthetic(record, "t.json")
+    old = run("trx", head_options={})
+    old["recipe"]["lr"] = 0.01
+    record["trained"]["0"]["trx (trx)"] = old
+    assert ("Recorded before the reference recipe changed, so these rows show the earlier recipe, not what "
+            "`--preset reference` trains today: TRX: lr 0.001 (recorded 0.01), loss_reduction=sum (recorded the "
+            "head default).") in render_table1_synthetic(record, "t.json")

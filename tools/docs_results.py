@@ -13,6 +13,7 @@ import os
 
 from m3net.errors import ConfigError
 from m3net.paper import METHOD_NAMES, VIEW_NAMES
+from m3net.train.presets import RECIPES
 
 RECORD_PATTERN = os.path.join("benchmarks", "demo_synthetic_cpu_*.json")
 TABLE1_PATTERN = os.path.join("benchmarks", "table1_synthetic_cpu_*.json")
@@ -197,6 +198,37 @@ def _diverged(trained, names):
             "with the other heads): " + "; ".join(stopped) + ".")
 
 
+RECIPE_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "accumulate", "queries", "lr_step", "lr_gamma")
+
+
+def _value(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _recipe_changes(trained, names):
+    """The sentence naming the heads whose recorded reference recipe differs from today's RECIPES (their rows show
+    how the record trained them, not how --preset reference trains them now), or None when every one matches."""
+    current = {recipe.head: recipe for recipe in RECIPES}
+    changed = []
+    for label, runs in trained.items():
+        run = runs[min(runs)]
+        recipe = current.get(run.get("head"))
+        if recipe is None or run.get("preset") != "reference" or "recipe" not in run:
+            continue
+        differences = [f"{field} {_value(getattr(recipe, field))} (recorded {_value(run['recipe'][field])})"
+                       for field in RECIPE_FIELDS if run["recipe"].get(field) != getattr(recipe, field)]
+        recorded = run.get("head_options") or {}
+        differences += [f"{name}={value} (recorded {recorded.get(name, 'the head default')})"
+                        for name, value in recipe.head_options.items() if recorded.get(name) != value]
+        if differences:
+            changed.append(f"{names.get(label, head_name(label))}: " + ", ".join(differences))
+    if not changed:
+        return None
+    return ("Recorded before the reference recipe changed, so these rows show the earlier recipe, not what "
+            "`--preset reference` trains today: " + "; ".join(changed) + ". Re-running the command above replaces "
+            "them.")
+
+
 def render_table1_synthetic(record, record_path):
     """The markdown of the table1-synthetic section from a ``demo --compare ... --preset reference`` record:
     every head's fused accuracy and its paired difference against M3Net, the width and the episodes each
@@ -275,9 +307,9 @@ def render_table1_synthetic(record, record_path):
     else:
         lines.append(f"No head is ahead of {names[reference]} at any shot, in any seed.")
     lines += ["", _at_the_cap(trained, names)]
-    diverged = _diverged(trained, names)
-    if diverged:
-        lines += ["", diverged]
+    for sentence in (_diverged(trained, names), _recipe_changes(trained, names)):
+        if sentence:
+            lines += ["", sentence]
     if not any(label.startswith("m3net") and run["widths"] and run["widths"]["width"] == run["widths"]["channels"]
                for label, run in first.items()):
         lines += ["", "M3Net at the paper's width (d = 2048, no projection) is not in this record: "
@@ -324,7 +356,8 @@ def render_cap_check(longer, longer_path, table1, table1_path):
                 cells.append("—" if paired is None else f"{paired['difference']:+.2f} ± {paired['ci95']:.2f}")
             lines.append(f"| {names[label]} | {cap} | {run['episodes_trained']}/{run['best_episodes']} | "
                          f"{run['best_val_acc']:.1f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    changed = _recipe_changes({label: {seed: longer["trained"][seed][label]} for label in labels}, names)
+    return "\n".join(lines + (["", changed] if changed else []))
 
 
 
