@@ -130,6 +130,9 @@ class HyRSM(FewShotHead):
       (m3net.train.presets.RECIPES; mean reduction); the trainer's default is the paper's SGD for every head.
     - There is no temporal coherence regulariser: it belongs to HyRSM++ (the TPAMI extension),
       not to CVPR 2022 HyRSM nor to its code.
+    - With ``heads=1`` the reference's intra-relation attention has no output projection (its
+      ``to_out`` is an Identity when heads == 1 and dim_head == dim); here it always has one (W_o, a
+      Linear d -> d). At the default 8 heads both have it.
     - Frames are the cached ResNet-50 maps instead of a backbone in the loop; one episode per step.
     """
 
