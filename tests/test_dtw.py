@@ -4,6 +4,7 @@ Oracles: brute force over every monotone warping path, float64 gradcheck, tslear
 the literal per-cell loops of m3net.kernels.eager, and the torch reference vs the Triton kernel
 (interpreted on CPU, compiled on CUDA).
 """
+import sys
 import warnings
 
 import numpy as np
@@ -89,19 +90,25 @@ def test_gradcheck_float64_reference(mode):
     assert torch.autograd.gradcheck(lambda c: dtw_reference(c, mode=mode, gamma=0.2), (cost,))
 
 
+@pytest.mark.parametrize("fast_mode", fast_first([True, False], keep=1))  # the whole Jacobian: 48 launches
 @pytest.mark.parametrize("mode", ["soft", "hard", "otam"])
-def test_gradcheck_float64_triton(mode, triton_backend):
+def test_gradcheck_float64_triton(mode, fast_mode, triton_backend):
     gen = torch.Generator().manual_seed(8)
     cost = (torch.rand(2, 3, 4, generator=gen, dtype=torch.float64) * 2).to(DEVICE).requires_grad_()  # 2 pairs
-    assert torch.autograd.gradcheck(lambda c: dtw(c, mode=mode, gamma=0.2), (cost,))
+    assert torch.autograd.gradcheck(lambda c: dtw(c, mode=mode, gamma=0.2), (cost,), fast_mode=fast_mode)
 
 
-@pytest.mark.parametrize("mode", ["soft", "hard", "otam"])
-def test_gradcheck_float64_triton_long_path(mode, triton_backend):
+# (mode, rows, columns, short_max): the fast case routes a 9x5 grid to the long path by lowering SHORT_MAX to 4
+# (3 segments of SEGMENT_ROWS = 4, a tenth of the time interpreted); the full suite runs every mode at the real
+# switch point, 2·SHORT_MAX + 1 rows (~14 s each interpreted).
+@pytest.mark.parametrize("mode, rows, columns, short_max", fast_first_rows(
+    [("otam", 9, 5, 4)] + [(mode, 2 * SHORT_MAX + 1, 9, SHORT_MAX) for mode in ("otam", "soft", "hard")], keep=1))
+def test_gradcheck_float64_triton_long_path(mode, rows, columns, short_max, monkeypatch, triton_backend):
     """The long path's backward, recomputed a segment at a time from the forward's checkpoint rows, against
-    finite differences (torch's fast gradcheck): 2·SHORT_MAX + 1 rows (several segments), 2 lanes a row."""
+    finite differences (torch's fast gradcheck), over several segments."""
+    monkeypatch.setattr(sys.modules["m3net.kernels.dtw"], "SHORT_MAX", short_max)
     gen = torch.Generator().manual_seed(9)
-    cost = (torch.rand(2, 2 * SHORT_MAX + 1, 9, generator=gen, dtype=torch.float64) * 2).to(DEVICE).requires_grad_()
+    cost = (torch.rand(2, rows, columns, generator=gen, dtype=torch.float64) * 2).to(DEVICE).requires_grad_()
     assert torch.autograd.gradcheck(lambda c: dtw(c, mode=mode, gamma=0.2), (cost,), fast_mode=True)
 
 
@@ -123,7 +130,7 @@ def test_long_backward_at_other_segment_heights(segment, monkeypatch, triton_bac
             torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("gamma", [0.01, 0.1, 1.0, 10.0])
+@pytest.mark.parametrize("gamma", fast_first([0.01, 10.0, 0.1, 1.0], keep=2))  # the extremes first
 def test_soft_matches_tslearn(gamma):
     tslearn_metrics = pytest.importorskip("tslearn.metrics")
     rng = np.random.default_rng(int(gamma * 1000))
@@ -166,11 +173,11 @@ def _value_and_grad(fn, cost, mode, gamma=0.1):
 
 @pytest.mark.parametrize("mode", ["soft", "hard", "otam"])
 @pytest.mark.parametrize(
-    "dtype, shape",  # every shape in fp32; the 16-bit dtypes at the odd shape in the fast loop, all in CI
-    fast_first_rows([(torch.float32, s) for s in [(1, 1), (1, 7), (7, 1), (8, 8), (5, 13)]]
-                    + [(dt, (5, 13)) for dt in (torch.float16, torch.bfloat16)]
+    "dtype, shape",  # the fast loop: every dtype at the odd shape, fp32 at a single row and column; all in CI
+    fast_first_rows([(dt, (5, 13)) for dt in (torch.float32, torch.float16, torch.bfloat16)]
+                    + [(torch.float32, s) for s in [(1, 7), (7, 1), (1, 1), (8, 8)]]
                     + [(dt, s) for dt in (torch.float16, torch.bfloat16) for s in [(1, 1), (1, 7), (7, 1), (8, 8)]]
-                    + [(torch.float32, (33, 17))], keep=7),  # (33, 17): the long path, slow interpreted
+                    + [(torch.float32, (33, 17))], keep=5),  # (33, 17): the long path, slow interpreted
 )
 def test_triton_matches_reference(mode, dtype, shape, triton_backend):
     batch = 3
@@ -185,7 +192,7 @@ def test_triton_matches_reference(mode, dtype, shape, triton_backend):
     torch.testing.assert_close(grad.double(), ref_grad.double(), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("batch", fast_first([1, 257, 3], keep=2))
+@pytest.mark.parametrize("batch", fast_first([1, 257, 3], keep=1))
 def test_triton_batches(batch, triton_backend):
     gen = torch.Generator().manual_seed(batch)
     cost = (torch.rand(batch, 8, 8, generator=gen) * 2).to(DEVICE)
@@ -347,7 +354,7 @@ def test_infinite_cost(backend, shape):
     torch.testing.assert_close(otam.cpu(), dtw_reference(blocked, mode="otam"), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("gamma", [1 / 3, 1e-3])
+@pytest.mark.parametrize("gamma", fast_first([1e-3, 1 / 3], keep=1))
 def test_fp64_gamma_long_path(gamma, triton_backend):
     """fp64 costs keep an fp64 γ on the long path (N > SHORT_MAX): values and gradients equal the
     float64 reference to float64 precision (a γ rounded to fp32 is off by ~1e-8 relative).
