@@ -219,15 +219,17 @@ def head_train_config(config, cache, head, head_options, run):
 
 
 def finished(saved, train_config):
-    """A saved run has reached its cap, stopped early after --patience validations without a better one, or
-    stopped on a non-finite loss after the episode it saved (it would only diverge again)."""
+    """A run has reached its cap, stopped early after --patience validations without a better one, or stopped on a
+    non-finite loss after the episode it saved (it would only diverge again). ``saved`` is its last.pt, None when
+    it has none (then it counts as 0 episodes: finished only if it diverged before its first checkpoint)."""
     from m3net.train.checkpoint import trained_episodes
 
+    episodes = trained_episodes(saved) if saved is not None else 0
     patience = train_config.patience
-    stopped = patience > 0 and saved.get("stale_validations", 0) >= patience
+    stopped = saved is not None and patience > 0 and saved.get("stale_validations", 0) >= patience
     diverged = read_stop(train_config.out)
-    return (trained_episodes(saved) >= train_config.episodes or stopped
-            or (diverged is not None and diverged["saved"] == trained_episodes(saved)))
+    return (saved is not None and episodes >= train_config.episodes) or stopped \
+        or (diverged is not None and diverged["saved"] == episodes)
 
 
 def train_or_reuse(config, cache, head, head_options, folder, step):
@@ -242,17 +244,15 @@ def train_or_reuse(config, cache, head, head_options, folder, step):
     cap = "up to " if config.preset == "reference" or config.patience else ""
     _step(f"{step} train the {folder} head ({cap}{config.train_episodes} episodes) -> {run}")
     saved = load_checkpoint(last) if os.path.exists(last) else None
-    if saved is None and (read_stop(run) or {}).get("saved") == 0:
-        logger.info(f"[demo] reusing the finished run in {run}: it diverged before its first checkpoint")
-        return run
     if saved is not None:
         try:  # a run of another demo version (other head options, lr, ...) is not this demo's result
             check_resumed_config(saved["train_config"], train_config, last)
         except ConfigError as err:
             raise ConfigError(f"{run} holds a head trained with other settings; remove it or choose another "
                               f"--out ({err})") from None
-    if saved is not None and finished(saved, train_config):
-        logger.info(f"[demo] reusing the finished run in {run}")
+    if finished(saved, train_config):
+        why = "" if saved is not None else ": it diverged before its first checkpoint"
+        logger.info(f"[demo] reusing the finished run in {run}{why}")
         return run
     try:
         train_head(train_config)

@@ -208,3 +208,4 @@ def test_a_diverging_head_does_not_stop_the_demo_and_is_recorded(cache, tmp_path
     caplog.clear()
     assert train_or_reuse(config, cache, "test-aligned", {}, "aligned", "3/4") == run
     assert "reusing the finished run" in caplog.text  # not trained again: it would only diverge again
+    assert ("it diverged before its first checkpoint" in caplog.text) == (every != 1)
