@@ -199,9 +199,16 @@ def test_table1_section_compares_a_head_of_the_first_seed_only_through_its_paire
     # a peer whose loss turned non-finite: named with the episode and the best.pt that was scored
     record["trained"]["1"]["trx (trx)"] = {**peer, "diverged_at": 170, "episodes_trained": 160, "best_episodes": 160,
                                            "stopped_early": True}
+    # and one that diverged before its first validation in every seed: a row that says it was not scored
+    for seed in ("0", "1"):
+        record["trained"][seed]["strm (strm)"] = {"head": "strm", "widths": None, "diverged_at": 49,
+                                                  "episodes_trained": 0, "best_episodes": None, "stopped_early": True}
+    text = render_table1_synthetic(record, "benchmarks/t.json")
     assert ("Diverged under its reference recipe (a non-finite training loss stopped the run; the demo went on with "
-            "the other heads): TRX in 1/2 seeds (seed 1 at episode 170, best.pt from episode 160).") in \
-        render_table1_synthetic(record, "benchmarks/t.json")
+            "the other heads): TRX in 1/2 seeds (seed 1 at episode 170, best.pt from episode 160); STRM in 2/2 seeds "
+            "(seed 0 at episode 49, no best.pt, not scored, seed 1 at episode 49, no best.pt, not scored).") in text
+    assert "| STRM | — | 0/—, 0/— | not scored | not scored | — | — |" in text
+    assert "| TRX | d = 2048, d_k = 1152 | 960/800, 160/160 |" in text
 
 
 def test_cap_check_section_sets_each_head_beside_its_table1_row_of_the_same_seed():

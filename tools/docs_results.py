@@ -115,7 +115,7 @@ def render_demo_results(record, record_path):
 
 def _width(trained):
     """A trained head's widths as the table states them (m3net.model FewShotHead.widths)."""
-    if trained is None:
+    if trained is None or trained["widths"] is None:  # parameter-free, or diverged before its first checkpoint
         return "—"
     w = trained["widths"]
     text = f"d = {w['width']}" + (f" of C = {w['channels']}" if w["width"] != w["channels"] else "")
@@ -271,10 +271,12 @@ def render_table1_synthetic(record, record_path):
         "",
         *_comparison_header(["method", "width", "episodes trained / best.pt's, per seed"], shots, names[reference]),
     ]
+    def episodes(runs):
+        return ", ".join(f"{run['episodes_trained']}/{run['best_episodes'] or '—'}"
+                         for _, run in sorted(runs.items())) or "—"
+
     for label in accuracy[shots[0]]:
         runs = trained.get(label, {})
-        episodes = ", ".join(f"{run['episodes_trained']}/{run['best_episodes']}"
-                             for _, run in sorted(runs.items())) or "—"
         count = accuracy[shots[0]][label]["seeds"]
         cells = [_mean_sd(accuracy[shot][label]["mean"], accuracy[shot][label]) for shot in shots]
         for shot in shots:
@@ -283,8 +285,12 @@ def render_table1_synthetic(record, record_path):
                          f"{p['seeds_with_ci_below_zero']}/{p['seeds']}, < 0 in {p['seeds_with_ci_above_zero']}/"
                          f"{p['seeds']})")
         seeds_note = f" (seed {', '.join(sorted(runs))} only)" if count < len(seeds) else ""
-        lines.append(f"| {names[label]}{seeds_note} | {_width(first.get(label))} | {episodes} | " + " | ".join(cells)
-                     + " |")
+        lines.append(f"| {names[label]}{seeds_note} | {_width(first.get(label))} | {episodes(runs)} | "
+                     + " | ".join(cells) + " |")
+    for label in (label for label in trained if label not in accuracy[shots[0]]):  # no best.pt in any seed
+        names[label] = head_name(label)
+        lines.append(f"| {names[label]} | {_width(first[label])} | {episodes(trained[label])} | "
+                     + " | ".join(["not scored"] * len(shots) + ["—"] * len(shots)) + " |")
     lines.append("")
     for shot in shots:  # a row of fewer seeds is compared through its paired column, not ranked against means
         lines.append(f"Ranking at {shot} (mean fused accuracy over the {len(seeds)} seeds): " + _ranking(
