@@ -235,6 +235,11 @@ def test_cap_check_section_sets_each_head_beside_its_table1_row_of_the_same_seed
     assert "| TRX | 3840 | 3840/2560 | 50.0 | 60.00 | 80.00 | -22.00 ± 1.50 | -12.00 ± 1.00 |" in text
     assert "| M3Net (d = 128) | 3840 | 3840/1920 | 80.0 | 82.00 | 92.00 | — | — |" in text
     assert "the episode of its best validation, on 50 validation episodes" in text
+    assert "Diverged" not in text
+    longer["trained"]["0"]["trx (trx)"].update(diverged_at=337, episodes_trained=320, best_episodes=160)
+    assert ("Diverged under its reference recipe (a non-finite training loss stopped the run; the demo went on with "
+            "the other heads): TRX in 1/1 seeds (seed 0 at episode 337, best.pt from episode 160).") in \
+        render_cap_check(longer, "benchmarks/longer.json", table1, "benchmarks/t1.json")
 
 
 def test_readme_ablations_list_every_reproduce_variant():

@@ -362,8 +362,11 @@ def render_cap_check(longer, longer_path, table1, table1_path):
                 cells.append("—" if paired is None else f"{paired['difference']:+.2f} ± {paired['ci95']:.2f}")
             lines.append(f"| {names[label]} | {cap} | {run['episodes_trained']}/{run['best_episodes']} | "
                          f"{run['best_val_acc']:.1f} | " + " | ".join(cells) + " |")
-    changed = _recipe_changes({label: {seed: longer["trained"][seed][label]} for label in labels}, names)
-    return "\n".join(lines + (["", changed] if changed else []))
+    trained = {label: {seed: longer["trained"][seed][label]} for label in labels}
+    for sentence in (_diverged(trained, names), _recipe_changes(trained, names)):
+        if sentence:
+            lines += ["", sentence]
+    return "\n".join(lines)
 
 
 
